@@ -1,0 +1,11 @@
+//! leakhunt-analyzer: read process memory images (ELF cores from any producer, live processes),
+//! write self-contained cores, take a census of the heap and diff two snapshots into findings.
+//!
+//! Pure: no Kubernetes. The operator crate builds on it.
+
+pub mod image;
+pub mod notes;
+pub mod util;
+
+pub use image::{open_snapshot, CoreFile, LiveProcess, Mapping, MemoryImage, ProcessInfo};
+pub mod findings;

@@ -5,6 +5,7 @@
 
 pub mod image;
 pub mod notes;
+pub mod python;
 pub mod util;
 
 pub use image::{open_snapshot, CoreFile, LiveProcess, Mapping, MemoryImage, ProcessInfo};

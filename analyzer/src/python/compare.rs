@@ -114,7 +114,10 @@ pub fn compare(before: &PyHeap, after: &PyHeap, native: &NativeGrowth) -> PyComp
             }
         }
     }
-    let mut types: Vec<TypeGrowth> = by_name.into_values().collect();
+    let mut types: Vec<TypeGrowth> = by_name
+        .into_values()
+        .filter(|t| t.count_growth() != 0 || t.bytes_growth() != 0)
+        .collect();
     types.sort_by(|a, b| {
         b.bytes_growth()
             .cmp(&a.bytes_growth())

@@ -106,7 +106,7 @@ fn find_type_type(mem: Mem<'_>, regions: &[(u64, u64)]) -> Option<u64> {
                 let addr = base + off as u64;
                 if le64(&b[off + 8..]) == addr {
                     let name = le64(&b[off + 24..]);
-                    if plausible(name) && mem.cstr(name, 8).as_deref() == Some("type") {
+                    if name != 0 && mem.cstr(name, 8).as_deref() == Some("type") {
                         found = Some(addr);
                         return false;
                     }

@@ -10,7 +10,12 @@ use leakhunt_analyzer::python;
 use leakhunt_analyzer::{CoreFile, MemoryImage};
 
 fn native(img: &dyn MemoryImage) -> (u64, u64) {
-    let heap = img.mappings().iter().filter(|m| m.is_heap()).map(|m| m.len()).sum();
+    let heap = img
+        .mappings()
+        .iter()
+        .filter(|m| m.is_heap())
+        .map(|m| m.len())
+        .sum();
     let anon = img
         .mappings()
         .iter()
@@ -56,7 +61,12 @@ fn main() -> anyhow::Result<()> {
                 );
             }
             for t in cmp.types.iter().take(8) {
-                println!("  type {:<30} {:+} ({:+} B)", t.name, t.count_growth(), t.bytes_growth());
+                println!(
+                    "  type {:<30} {:+} ({:+} B)",
+                    t.name,
+                    t.count_growth(),
+                    t.bytes_growth()
+                );
             }
             for n in &cmp.notes {
                 println!("  note: {n}");

@@ -1,7 +1,7 @@
 """The seed case: a Flask service whose Profiler keeps a class-level list of request timings.
 
-Serves on 127.0.0.1 on a free port; prints "ready PORT"; answers "ok" to every stdin line so a test
-can synchronise; "quit" (or EOF) ends it.
+Serves on 127.0.0.1 on a free port; prints "ready PORT"; answers "ok PORT" to every stdin line so a
+test can synchronise; "quit" (or EOF) ends it.
 """
 import sys
 import threading
@@ -36,7 +36,7 @@ def main():
     for line in sys.stdin:
         if line.strip() == "quit":
             break
-        print("ok", flush=True)
+        print("ok", server.server_port, flush=True)
     server.shutdown()
 
 

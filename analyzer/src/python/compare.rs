@@ -98,13 +98,15 @@ pub fn compare(before: &PyHeap, after: &PyHeap, native: &NativeGrowth) -> PyComp
     let mut by_name: FxHashMap<&str, TypeGrowth> = FxHashMap::default();
     for (heap, is_after) in [(before, false), (after, true)] {
         for t in heap.types() {
-            let e = by_name.entry(t.name.as_str()).or_insert_with(|| TypeGrowth {
-                name: t.name.clone(),
-                count_before: 0,
-                count_after: 0,
-                bytes_before: 0,
-                bytes_after: 0,
-            });
+            let e = by_name
+                .entry(t.name.as_str())
+                .or_insert_with(|| TypeGrowth {
+                    name: t.name.clone(),
+                    count_before: 0,
+                    count_after: 0,
+                    bytes_before: 0,
+                    bytes_after: 0,
+                });
             if is_after {
                 e.count_after += t.count;
                 e.bytes_after += t.bytes;
@@ -131,12 +133,9 @@ pub fn compare(before: &PyHeap, after: &PyHeap, native: &NativeGrowth) -> PyComp
     let native_after = native.heap_after + native.anonymous_after;
     let native_growth = native_after as i64 - native_before as i64;
     let unexplained = native_growth - py_growth.max(0);
-    let top_container_growth = suspects
-        .first()
-        .map(|s| s.retained_growth())
-        .unwrap_or(0);
-    let native_suspect = unexplained >= NATIVE_MIN_BYTES as i64
-        && unexplained >= 2 * top_container_growth.max(0);
+    let top_container_growth = suspects.first().map(|s| s.retained_growth()).unwrap_or(0);
+    let native_suspect =
+        unexplained >= NATIVE_MIN_BYTES as i64 && unexplained >= 2 * top_container_growth.max(0);
     if native_suspect {
         suspects.insert(
             0,
@@ -150,10 +149,7 @@ pub fn compare(before: &PyHeap, after: &PyHeap, native: &NativeGrowth) -> PyComp
                 retained_bytes_after: native_before.saturating_add(unexplained.max(0) as u64),
                 referrers: vec![
                     "[heap] and anonymous mappings".into(),
-                    format!(
-                        "Python objects grew by {}",
-                        human_signed(py_growth)
-                    ),
+                    format!("Python objects grew by {}", human_signed(py_growth)),
                 ],
             },
         );
@@ -166,7 +162,11 @@ pub fn compare(before: &PyHeap, after: &PyHeap, native: &NativeGrowth) -> PyComp
             && s.retained_growth() >= LEAK_MIN_BYTES as i64
     };
     let top_type = types.first().filter(|t| t.bytes_growth() > 0);
-    let (verdict, summary) = if let Some(s) = suspects.iter().find(|s| leaking(s)).filter(|_| !native_suspect) {
+    let (verdict, summary) = if let Some(s) = suspects
+        .iter()
+        .find(|s| leaking(s))
+        .filter(|_| !native_suspect)
+    {
         (
             Verdict::Leak,
             format!(

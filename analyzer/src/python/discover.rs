@@ -4,7 +4,7 @@
 //! the collector's generation lists (a self-describing signature inside the GC state).
 
 use super::layout::{GcGenerations, Layout, Version};
-use super::mem::{le64, plausible, u32_at, word, Mem};
+use super::mem::{le64, plausible, u32_at, Mem};
 use super::Error;
 use crate::image::Mapping;
 
@@ -201,10 +201,7 @@ fn parse_version_prefix(b: &[u8]) -> Option<Version> {
     if major != 3 || !(6..=20).contains(&minor) || tail.len() > 8 {
         return None;
     }
-    if !tail
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '+')
-    {
+    if !tail.chars().all(|c| c.is_ascii_alphanumeric() || c == '+') {
         return None;
     }
     Some(Version {
@@ -255,7 +252,9 @@ fn find_gc_heads(mem: Mem<'_>, regions: &[(u64, u64)], kind: GcGenerations) -> V
                         let t = u32_at(b, off as u64 + 16 + 24 * k);
                         t < 10_000_000
                     });
-                    if thresholds_ok && (0..4).all(|k| valid_list_head(mem, g + gc_head_offset(kind, k))) {
+                    if thresholds_ok
+                        && (0..4).all(|k| valid_list_head(mem, g + gc_head_offset(kind, k)))
+                    {
                         states.push(g);
                         if states.len() >= 16 {
                             return false;
@@ -319,8 +318,8 @@ pub fn discover(mem: Mem<'_>) -> Result<Option<Interpreter>, Error> {
             Some([m]) => Some(*m),
             _ => file_minor,
         };
-        let text = find_version_text(mem, &data, hinted)
-            .or_else(|| find_version_text(mem, &data, None));
+        let text =
+            find_version_text(mem, &data, hinted).or_else(|| find_version_text(mem, &data, None));
         let v = match (text, hinted) {
             (Some(v), _) => v,
             (None, Some(minor)) => {
@@ -362,7 +361,7 @@ pub fn discover(mem: Mem<'_>) -> Result<Option<Interpreter>, Error> {
     let mut sys_modules = None;
     let mut gc_heads = Vec::new();
     if let Some(d) = &debug {
-        check_debug_offsets(mem, d, &layout, &mut notes);
+        check_debug_offsets(d, &layout, &mut notes);
         // runtime_state.interpreters_head, interpreter_state.gc / imports_modules.
         let interp_head = d.words.get(5).copied().unwrap_or(0);
         let gc_off = d.words.get(10).copied().unwrap_or(0);
@@ -412,7 +411,7 @@ pub fn discover(mem: Mem<'_>) -> Result<Option<Interpreter>, Error> {
 }
 
 /// Compare what `_Py_DebugOffsets` says with our table; a mismatch is a note, not a failure.
-fn check_debug_offsets(mem: Mem<'_>, d: &DebugOffsets, l: &Layout, notes: &mut Vec<String>) {
+fn check_debug_offsets(d: &DebugOffsets, l: &Layout, notes: &mut Vec<String>) {
     // Indices of u64 fields: pyobject.ob_type = 45, type_object.tp_name = 47, tp_flags = 49,
     // list_object.ob_item = 54, dict_object.ma_keys = 57, ma_values = 58, unicode asciiobject_size = 70.
     if d.version_hex >> 16 != 0x030d {
@@ -435,5 +434,4 @@ fn check_debug_offsets(mem: Mem<'_>, d: &DebugOffsets, l: &Layout, notes: &mut V
             None => {}
         }
     }
-    let _ = (mem, word(&[], 0));
 }

@@ -26,7 +26,10 @@ pub fn bfs(w: &Walk, modules: &[u32]) -> Bfs {
                   parent: &mut Vec<u32>,
                   label: &mut Vec<u32>| {
         while let Some(v) = queue.pop_front() {
-            let (s, e) = (w.starts[v as usize] as usize, w.starts[v as usize + 1] as usize);
+            let (s, e) = (
+                w.starts[v as usize] as usize,
+                w.starts[v as usize + 1] as usize,
+            );
             for k in s..e {
                 let t = w.targets[k];
                 if !seen[t as usize] {
@@ -80,7 +83,10 @@ pub fn retained_sizes(w: &Walk, roots: &[u32]) -> Vec<u64> {
         if v == root {
             roots.get(k).copied()
         } else {
-            let (s, e) = (w.starts[v as usize] as usize, w.starts[v as usize + 1] as usize);
+            let (s, e) = (
+                w.starts[v as usize] as usize,
+                w.starts[v as usize + 1] as usize,
+            );
             (s + k < e).then(|| w.targets[s + k])
         }
     };
@@ -186,13 +192,7 @@ pub fn retained_sizes(w: &Walk, roots: &[u32]) -> Vec<u64> {
     out
 }
 
-fn eval(
-    v: u32,
-    ancestor: &mut [u32],
-    label: &mut [u32],
-    semi: &[u32],
-    path: &mut Vec<u32>,
-) -> u32 {
+fn eval(v: u32, ancestor: &mut [u32], label: &mut [u32], semi: &[u32], path: &mut Vec<u32>) -> u32 {
     if ancestor[v as usize] == NONE {
         return v;
     }

@@ -138,20 +138,18 @@ impl PyHeap {
     pub fn census(&self) -> PyCensus {
         let mut top: Vec<(&u64, &Container)> = self.containers.iter().collect();
         top.sort_by(|a, b| b.1.retained.cmp(&a.1.retained).then(a.0.cmp(b.0)));
-        let containers = top
-            .into_iter()
-            .take(20)
-            .map(|(addr, c)| ContainerSummary {
-                path: c
-                    .named
-                    .as_ref()
-                    .map(|n| n.path.clone())
-                    .unwrap_or_else(|| format!("<{} at {addr:#x}>", self.type_name(c.type_name))),
-                type_name: self.type_name(c.type_name).to_string(),
-                items: c.items,
-                retained_bytes: c.retained,
-            })
-            .collect();
+        let containers =
+            top.into_iter()
+                .take(20)
+                .map(|(addr, c)| ContainerSummary {
+                    path: c.named.as_ref().map(|n| n.path.clone()).unwrap_or_else(|| {
+                        format!("<{} at {addr:#x}>", self.type_name(c.type_name))
+                    }),
+                    type_name: self.type_name(c.type_name).to_string(),
+                    items: c.items,
+                    retained_bytes: c.retained,
+                })
+                .collect();
         PyCensus {
             version: self.version.clone(),
             objects: self.objects,

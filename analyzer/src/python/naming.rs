@@ -19,9 +19,9 @@ pub fn module_name(mem: Mem<'_>, l: &Layout, m: u64) -> Option<String> {
     let d = mem.u64(m + 16)?;
     let mut entries = Vec::new();
     read_dict(mem, l, d, &mut entries, 1 << 16)?;
-    let v = entries
-        .iter()
-        .find_map(|&(k, v)| (read_ascii(mem, l, k, 16).as_deref() == Some("__name__")).then_some(v))?;
+    let v = entries.iter().find_map(|&(k, v)| {
+        (read_ascii(mem, l, k, 16).as_deref() == Some("__name__")).then_some(v)
+    })?;
     let name = read_ascii(mem, l, v, 200)?;
     name.bytes()
         .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'.')
@@ -136,7 +136,9 @@ impl<'a> Namer<'a> {
         let t = self.type_name(r).to_string();
         Named {
             path: format!("<{t} held outside Python objects>"),
-            referrers: vec![format!("{t} (no path from a module; held by native code or a frame)")],
+            referrers: vec![format!(
+                "{t} (no path from a module; held by native code or a frame)"
+            )],
         }
     }
 
@@ -185,7 +187,8 @@ impl<'a> Namer<'a> {
             Label::None => {
                 let t = self.type_name(child);
                 n.path.push_str(&format!(".<{t}>"));
-                n.referrers.push(format!("referenced by {}", self.type_name(parent)));
+                n.referrers
+                    .push(format!("referenced by {}", self.type_name(parent)));
             }
         }
         n

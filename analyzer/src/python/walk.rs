@@ -377,25 +377,48 @@ impl<'a> Walker<'a> {
                 Some(m) => format!("{m}.{qual}"),
             };
         }
-        // Nearest static base.
-        let (mut base, mut base_name, mut base_size) = (t, cname.clone(), basicsize);
-        let mut steps = 0;
-        while steps < 32 {
+        // Nearest base with a known layout (by `tp_name`: since 3.10 some C types such as
+        // `functools._lru_cache_wrapper` and `collections.deque` are heap types), else the nearest
+        // static base.
+        let (mut base, mut base_name, mut base_size) = (t, String::new(), 16);
+        let mut known = None;
+        let mut static_found = false;
+        for _ in 0..32 {
             let bflags = self.mem.u64(base + l.tp_flags).unwrap_or(0);
+            let bname = self
+                .mem
+                .u64(base + l.tp_name)
+                .and_then(|p| self.mem.cstr(p, 256))
+                .unwrap_or_default();
+            let bsize = self.mem.u64(base + l.tp_basicsize).unwrap_or(16);
+            let k = match bname.as_str() {
+                "set" | "frozenset" => Some(Kind::Set),
+                "collections.deque" => Some(Kind::Deque),
+                "bytearray" => Some(Kind::ByteArray),
+                "float" => Some(Kind::Float),
+                "module" => Some(Kind::Module),
+                "cell" => Some(Kind::Cell),
+                "function" => Some(Kind::Function),
+                "functools._lru_cache_wrapper" => Some(Kind::LruCache),
+                "dict" | "list" | "tuple" | "str" | "int" | "bytes" | "type" => Some(Kind::Other),
+                _ => None,
+            };
+            if k.is_some() || (bflags & flags::HEAPTYPE == 0 && !static_found) {
+                base_name = bname;
+                base_size = bsize;
+                static_found = true;
+                if k.is_some() {
+                    known = k;
+                    break;
+                }
+            }
             if bflags & flags::HEAPTYPE == 0 {
-                base_name = self
-                    .mem
-                    .u64(base + l.tp_name)
-                    .and_then(|p| self.mem.cstr(p, 256))
-                    .unwrap_or_default();
-                base_size = self.mem.u64(base + l.tp_basicsize).unwrap_or(16);
                 break;
             }
             match self.mem.u64(base + l.tp_base) {
                 Some(b) if plausible(b) => base = b,
                 _ => break,
             }
-            steps += 1;
         }
         let kind = if tflags & flags::TYPE_SUBCLASS != 0 {
             Kind::Type
@@ -412,17 +435,10 @@ impl<'a> Walker<'a> {
         } else if tflags & flags::BYTES_SUBCLASS != 0 {
             Kind::Bytes
         } else {
-            match base_name.as_str() {
-                "set" | "frozenset" => Kind::Set,
-                "collections.deque" => Kind::Deque,
-                "bytearray" => Kind::ByteArray,
-                "float" => Kind::Float,
-                "module" => Kind::Module,
-                "cell" => Kind::Cell,
-                "function" => Kind::Function,
-                "functools._lru_cache_wrapper" => Kind::LruCache,
-                _ if heap => Kind::Instance,
-                _ => Kind::Other,
+            match known {
+                Some(Kind::Other) | None if heap && base_name == "object" => Kind::Instance,
+                Some(k) => k,
+                None => Kind::Other,
             }
         };
         Some(TypeInfo {
@@ -455,9 +471,9 @@ impl<'a> Walker<'a> {
         entries.clear();
         let r = read_dict(self.mem, &self.l, d, &mut entries, 1 << 12)
             .and_then(|_| {
-                entries.iter().find_map(|&(k, v)| {
-                    (self.read_str(k, 64).as_deref() == Some(key)).then_some(v)
-                })
+                entries
+                    .iter()
+                    .find_map(|&(k, v)| (self.read_str(k, 64).as_deref() == Some(key)).then_some(v))
             })
             .and_then(|v| self.read_str(v, 200));
         self.scratch = entries;
@@ -570,7 +586,11 @@ impl<'a> Walker<'a> {
                 size = ti.basicsize + blocks * 528;
             }
             Kind::Str => {
-                let state = self.mem.bytes(a + 32, 4).map(|b| u32_at(&b, 0)).unwrap_or(0);
+                let state = self
+                    .mem
+                    .bytes(a + 32, 4)
+                    .map(|b| u32_at(&b, 0))
+                    .unwrap_or(0);
                 let kind = u64::from((state >> 2) & 7).max(1);
                 let compact = (state >> 5) & 1 == 1;
                 let ascii = (state >> 6) & 1 == 1;
@@ -700,7 +720,11 @@ impl<'a> Walker<'a> {
                 self.damage.bad_contents += 1;
                 break;
             };
-            let last = if block == right { right_index.min(63) } else { 63 };
+            let last = if block == right {
+                right_index.min(63)
+            } else {
+                63
+            };
             let mut k = index.min(64);
             while k <= last && left > 0 {
                 if let Some(&w) = ws.get(1 + k as usize) {
@@ -854,10 +878,7 @@ pub fn read_dict(
     if !plausible(keys) {
         return None;
     }
-    let static_keys = mem
-        .img
-        .mapping_at(keys)
-        .is_some_and(|m| m.is_file_backed());
+    let static_keys = mem.img.mapping_at(keys).is_some_and(|m| m.is_file_backed());
     let (entries_at, n, esize, key_off, val_off, table_bytes) = match l.dict_keys {
         DictKeys::Sized => {
             let kh = mem.bytes(keys, 40)?;
@@ -921,8 +942,8 @@ pub fn read_dict(
             extra += table_bytes;
         }
     } else {
-        let embedded = l.dict_values_header > 0
-            && mem.bytes(values, 4).is_some_and(|b| byte(&b, 2) != 0);
+        let embedded =
+            l.dict_values_header > 0 && mem.bytes(values, 4).is_some_and(|b| byte(&b, 2) != 0);
         if !embedded {
             extra += n * 8 + 8;
         }

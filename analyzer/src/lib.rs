@@ -13,3 +13,5 @@ pub mod census;
 pub mod findings;
 pub mod report;
 pub mod symbols;
+#[doc(hidden)]
+pub mod fuzzing;

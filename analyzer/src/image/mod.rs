@@ -6,7 +6,7 @@ mod files;
 mod live;
 
 pub use self::core::CoreFile;
-pub use self::live::LiveProcess;
+pub use self::live::{parse_maps, process_info, read_maps, LiveProcess};
 
 use std::fmt;
 use std::path::{Path, PathBuf};

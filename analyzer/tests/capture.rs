@@ -143,7 +143,8 @@ impl Target {
         self.tids()
             .iter()
             .filter_map(|t| {
-                let s = std::fs::read_to_string(format!("/proc/{}/task/{t}/stat", self.pid())).ok()?;
+                let s =
+                    std::fs::read_to_string(format!("/proc/{}/task/{t}/stat", self.pid())).ok()?;
                 s[s.rfind(')')? + 1..].trim_start().chars().next()
             })
             .collect()
@@ -230,8 +231,14 @@ fn captures_threads_memory_and_files_of_a_c_program() {
 
     assert_eq!(s.threads, 5);
     assert!(s.stopped <= s.total);
-    assert!(s.memory_bytes > 1 << 20 && s.file_bytes <= estimate, "{s:?} vs {estimate}");
-    let mode = std::fs::metadata(&out).expect("stat core").permissions().mode();
+    assert!(
+        s.memory_bytes > 1 << 20 && s.file_bytes <= estimate,
+        "{s:?} vs {estimate}"
+    );
+    let mode = std::fs::metadata(&out)
+        .expect("stat core")
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600, "core file mode");
 
     let core = CoreFile::open(&out, None).expect("open our core");
@@ -243,12 +250,18 @@ fn captures_threads_memory_and_files_of_a_c_program() {
         core.info().exe.as_deref(),
         Some(t.exe.to_str().expect("utf-8 path"))
     );
-    assert!(core.notes().iter().all(|n| !n.contains("pages missing")), "{:?}", core.notes());
+    assert!(
+        core.notes().iter().all(|n| !n.contains("pages missing")),
+        "{:?}",
+        core.notes()
+    );
     assert_blocks(&core, &t.blocks);
     // Mappings carry the paths and pseudo-names of /proc/PID/maps.
     let maps = core.mappings();
     let exe = t.exe.to_str().expect("utf-8");
-    assert!(maps.iter().any(|m| m.path.as_deref() == Some(exe) && m.perms.exec));
+    assert!(maps
+        .iter()
+        .any(|m| m.path.as_deref() == Some(exe) && m.perms.exec));
     assert!(maps
         .iter()
         .any(|m| m.path.as_deref().is_some_and(|p| p.ends_with("/libc.so.6"))));
@@ -270,14 +283,24 @@ fn gdb_lists_every_thread_and_libc() {
     let out = dir.path().join("gdb.core");
     capture(t.pid(), &opts(out.clone())).expect("capture");
     let o = Command::new("gdb")
-        .args(["-nx", "-batch", "-ex", "info threads", "-ex", "info sharedlibrary"])
+        .args([
+            "-nx",
+            "-batch",
+            "-ex",
+            "info threads",
+            "-ex",
+            "info sharedlibrary",
+        ])
         .arg(&t.exe)
         .arg(&out)
         .output()
         .expect("run gdb (install it: .ci/install)");
     let text = String::from_utf8_lossy(&o.stdout);
     for tid in t.tids() {
-        assert!(text.contains(&format!("LWP {tid})")), "thread {tid} missing:\n{text}");
+        assert!(
+            text.contains(&format!("LWP {tid})")),
+            "thread {tid} missing:\n{text}"
+        );
     }
     assert!(text.contains("libc.so.6"), "libc missing:\n{text}");
     // gdb unwinds each worker into our function (symbols from the executable).
@@ -310,10 +333,22 @@ fn pystack_shows_the_running_python_function() {
 fn zst_core_reads_back_identically() {
     let dir = tempfile::tempdir().expect("tempdir");
     let t = Target::c(dir.path(), 8);
+    // A running thread's memory changes even in pause(): the kernel rewrites its rseq CPU id when it
+    // migrates. Job-stop the target so both captures see the same bytes; capture must keep it stopped.
+    signal(&t, nix::sys::signal::Signal::SIGSTOP);
     let plain = dir.path().join("same.core");
     let packed = dir.path().join("same.core.zst");
     let a = capture(t.pid(), &opts(plain.clone())).expect("capture plain");
     let b = capture(t.pid(), &opts(packed.clone())).expect("capture zst");
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(
+        t.states().iter().all(|&s| s == 'T'),
+        "job stop lost: {:?}",
+        t.states()
+    );
+    signal(&t, nix::sys::signal::Signal::SIGCONT);
+    wait_until(|| t.states().iter().all(|&s| s == 'S'));
+    assert_running(&t);
     assert_eq!(a.memory_bytes, b.memory_bytes);
     let mut head = [0u8; 4];
     std::io::Read::read_exact(&mut std::fs::File::open(&packed).expect("open"), &mut head)
@@ -332,6 +367,24 @@ fn zst_core_reads_back_identically() {
         assert!(da == db, "segment {va:#x} differs");
     }
     assert_blocks(&b, &t.blocks);
+}
+
+fn signal(t: &Target, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(t.pid()), sig).expect("signal target");
+    let want = if sig == nix::sys::signal::Signal::SIGSTOP {
+        'T'
+    } else {
+        'S'
+    };
+    wait_until(|| t.states().iter().all(|&s| s == want));
+}
+
+fn wait_until(mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out");
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 #[test]
@@ -386,7 +439,10 @@ fn refuses_a_missing_pid_an_existing_output_and_a_size_cap() {
     assert!(matches!(e, Error::TooLarge { .. }), "{e}");
     assert!(!capped.exists());
     assert_running(&t);
-    assert_eq!(leftovers(dir.path()), ["leakhunt-target", "target.c", "x.core"]);
+    assert_eq!(
+        leftovers(dir.path()),
+        ["leakhunt-target", "target.c", "x.core"]
+    );
 }
 
 /// Files in `dir`, sorted (temporary `.partial` files would show here).
@@ -410,7 +466,10 @@ fn process_killed_mid_capture_is_reported_and_leaves_nothing() {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-            if status.lines().any(|l| l.starts_with("TracerPid:") && l != "TracerPid:\t0") {
+            if status
+                .lines()
+                .any(|l| l.starts_with("TracerPid:") && l != "TracerPid:\t0")
+            {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid),
                     nix::sys::signal::Signal::SIGKILL,
@@ -422,7 +481,10 @@ fn process_killed_mid_capture_is_reported_and_leaves_nothing() {
     });
     let out = dir.path().join("dead.core");
     let r = capture(pid, &opts(out.clone()));
-    assert!(killer.join().expect("killer"), "capture never stopped the target");
+    assert!(
+        killer.join().expect("killer"),
+        "capture never stopped the target"
+    );
     let e = r.expect_err("the target died mid-capture");
     assert!(matches!(e, Error::ProcessExited { .. }), "{e}");
     assert!(e.to_string().contains("exited during the capture"), "{e}");
@@ -481,7 +543,10 @@ fn cli_prints_a_summary_and_uses_exit_codes() {
         .expect("run cli");
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(text.contains("5 threads") && text.contains("stopped"), "{text}");
+    assert!(
+        text.contains("5 threads") && text.contains("stopped"),
+        "{text}"
+    );
     CoreFile::open(&out, None).expect("open cli core");
 
     // Exists without --force: one-line error, exit 1.
@@ -492,9 +557,19 @@ fn cli_prints_a_summary_and_uses_exit_codes() {
         .expect("run cli");
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1));
-    assert!(err.contains("already exists") && err.lines().count() == 1, "{err}");
+    assert!(
+        err.contains("already exists") && err.lines().count() == 1,
+        "{err}"
+    );
     let o = Command::new(BIN)
-        .args(["capture", "--pid", &t.pid().to_string(), "--force", "--compress", "--output"])
+        .args([
+            "capture",
+            "--pid",
+            &t.pid().to_string(),
+            "--force",
+            "--compress",
+            "--output",
+        ])
         .arg(&out)
         .output()
         .expect("run cli");
@@ -529,7 +604,10 @@ fn no_permission_says_what_to_do() {
         .expect("run setpriv");
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(err.contains("CAP_SYS_PTRACE") && err.contains("ptrace_scope"), "{err}");
+    assert!(
+        err.contains("CAP_SYS_PTRACE") && err.contains("ptrace_scope"),
+        "{err}"
+    );
     assert!(!dir.path().join("nope.core").exists());
     assert_running(&t);
 }

@@ -447,13 +447,17 @@ impl MemoryImage for CoreFile {
             let at = addr
                 .checked_add(done as u64)
                 .ok_or(ReadError::Unmapped(addr))?;
-            let seg = self.segment_at(at).ok_or(ReadError::Unmapped(at))?;
-            let seg_end = seg.vaddr + seg.memsz;
-            let want = (buf.len() - done).min((seg_end - at) as usize);
+            // The run of bytes with one source: a segment, or a mapping the core has no segment for.
+            let extent_end = match self.segment_at(at) {
+                Some(seg) => seg.vaddr + seg.memsz,
+                None => self.mapping_at(at).ok_or(ReadError::Unmapped(at))?.end,
+            };
+            let want = (buf.len() - done).min((extent_end - at) as usize);
             let dst = &mut buf[done..done + want];
-            if let Some(src) = self.slice_core(at, want) {
-                dst.copy_from_slice(src);
-            } else if let Some(src) = self.slice_file(at, want) {
+            if let Some(src) = self
+                .slice_core(at, want)
+                .or_else(|| self.slice_file(at, want))
+            {
                 dst.copy_from_slice(src);
             } else {
                 // Part stored, part substituted (kernel cores keep the first page of each ELF mapping).
@@ -566,6 +570,31 @@ fn build_mappings(
             }
         }
     }
+    // gcore leaves out the mappings it does not dump (code); NT_FILE still names them, and their
+    // bytes can come from the files. Permissions are unknown: treat them as read-only code.
+    let mut extra = Vec::new();
+    for f in files {
+        let i = out.partition_point(|m| m.end <= f.start);
+        let covered = out.get(i).is_some_and(|m| m.start < f.end);
+        if !covered && f.start < f.end {
+            extra.push(Mapping {
+                start: f.start,
+                end: f.end,
+                perms: Perms {
+                    read: true,
+                    write: false,
+                    exec: true,
+                    private: true,
+                },
+                offset: f.offset,
+                path: Some(f.path.clone()),
+            });
+        }
+    }
+    if !extra.is_empty() {
+        out.extend(extra);
+        out.sort_by_key(|m| m.start);
+    }
     for (start, name) in pseudo {
         if let Some(m) = out
             .iter_mut()
@@ -580,8 +609,9 @@ fn build_mappings(
     out
 }
 
-/// Kernel and gcore cores do not name `[heap]`: it is the anonymous writable mapping that starts
-/// within the kernel's brk randomisation range (32 MiB) after the executable's last mapping.
+/// Kernel and gcore cores do not name `[heap]`: it is the first anonymous writable mapping that
+/// starts within the kernel's brk randomisation range after the executable's last mapping (1 GiB
+/// on x86-64 since Linux 6.x, 32 MiB before) and is not the executable's `.bss` right behind it.
 fn guess_heap(maps: &mut [Mapping]) {
     let Some(exe) = maps
         .iter()
@@ -601,8 +631,8 @@ fn guess_heap(maps: &mut [Mapping]) {
     if let Some(m) = maps.iter_mut().find(|m| {
         m.path.is_none()
             && m.perms.write
-            && m.start >= exe_end
-            && m.start - exe_end <= (32 << 20) + 0x1000
+            && m.start > exe_end
+            && m.start - exe_end <= (1 << 30) + (32 << 20)
     }) {
         m.path = Some("[heap]".into());
     }

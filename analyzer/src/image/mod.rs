@@ -6,6 +6,7 @@ mod files;
 mod live;
 
 pub use self::core::CoreFile;
+pub(crate) use self::files::build_id_from_header_page;
 pub use self::live::{parse_maps, process_info, read_maps, LiveProcess};
 
 use std::fmt;

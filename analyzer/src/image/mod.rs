@@ -7,7 +7,7 @@ mod live;
 
 pub use self::core::CoreFile;
 pub(crate) use self::files::{build_id_from_header_page, open_regular};
-pub use self::live::LiveProcess;
+pub use self::live::{parse_maps, process_info, read_maps, LiveProcess};
 
 use std::fmt;
 use std::path::{Path, PathBuf};

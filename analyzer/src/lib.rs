@@ -3,6 +3,7 @@
 //!
 //! Pure: no Kubernetes. The operator crate builds on it.
 
+pub mod capture;
 pub mod image;
 pub mod notes;
 pub mod python;
@@ -14,3 +15,5 @@ pub mod census;
 pub mod findings;
 pub mod report;
 pub mod symbols;
+#[doc(hidden)]
+pub mod fuzzing;

@@ -29,13 +29,21 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let t0 = Instant::now();
     let a = CoreFile::open(Path::new(&args[0]), None)?;
-    let ha = python::load(&a)?.ok_or_else(|| anyhow::anyhow!("not a CPython process"))?;
+    let b = args
+        .get(1)
+        .map(|p| CoreFile::open(Path::new(p), None))
+        .transpose()?;
+    // Both heaps load in parallel, as `diff` would.
+    let (ha, hb) = std::thread::scope(|s| {
+        let hb = b.as_ref().map(|b| s.spawn(|| python::load(b)));
+        let ha = python::load(&a);
+        (ha, hb.map(|h| h.join().expect("load thread")))
+    });
+    let ha = ha?.ok_or_else(|| anyhow::anyhow!("not a CPython process"))?;
     eprintln!("loaded {} objects in {:?}", ha.object_count(), t0.elapsed());
-    match args.get(1) {
-        None => println!("{}", serde_json::to_string_pretty(&ha.census())?),
-        Some(b) => {
-            let bi = CoreFile::open(Path::new(b), None)?;
-            let hb = python::load(&bi)?.ok_or_else(|| anyhow::anyhow!("not a CPython process"))?;
+    match (b, hb) {
+        (Some(bi), Some(hb)) => {
+            let hb = hb?.ok_or_else(|| anyhow::anyhow!("not a CPython process"))?;
             let (na, nb) = (native(&a), native(&bi));
             let cmp = python::compare(
                 &ha,
@@ -72,6 +80,7 @@ fn main() -> anyhow::Result<()> {
                 println!("  note: {n}");
             }
         }
+        _ => println!("{}", serde_json::to_string_pretty(&ha.census())?),
     }
     eprintln!("total {:?}", t0.elapsed());
     Ok(())

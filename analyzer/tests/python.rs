@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{gcore, Workload};
+use leakhunt_analyzer::capture::{capture, CaptureOptions};
 use leakhunt_analyzer::findings::{NativeGrowth, SuspectKind, Verdict};
 use leakhunt_analyzer::python::{self, PyComparison, PyHeap};
 use leakhunt_analyzer::{CoreFile, MemoryImage};
@@ -142,34 +143,70 @@ fn for_each_version(what: &str, check: impl Fn(&str, &Path, &Path) -> Result<(),
     eprintln!("{what}: passed on {ran:?}");
 }
 
+/// Snapshot producers: gdb's gcore and our own capture.
+const PRODUCERS: [&str; 2] = ["gcore", "capture"];
+
+/// One snapshot of `pid` per producer, in `PRODUCERS` order.
+fn snap(pid: i32, dir: &Path, name: &str) -> Vec<PathBuf> {
+    let g = gcore(pid, dir, &format!("{name}-gcore"));
+    let ours = dir.join(format!("{name}-capture.core"));
+    capture(
+        pid,
+        &CaptureOptions {
+            output: ours.clone(),
+            compress: false,
+            overwrite: true,
+            max_bytes: None,
+        },
+    )
+    .unwrap_or_else(|e| panic!("capture of {pid}: {e}"));
+    vec![g, ours]
+}
+
+/// Snapshot pairs (before, after) per producer.
+type Pairs = Vec<(&'static str, PathBuf, PathBuf)>;
+
+fn pairs(a: Vec<PathBuf>, b: Vec<PathBuf>) -> Pairs {
+    PRODUCERS
+        .iter()
+        .zip(a.into_iter().zip(b))
+        .map(|(p, (a, b))| (*p, a, b))
+        .collect()
+}
+
 /// Start `shapes.py SCENARIO`, warm it up, snapshot, run `n` iterations, snapshot again.
-fn snapshots(py: &Path, scenario: &str, n: u32, dir: &Path) -> (PathBuf, PathBuf) {
+fn snapshots(py: &Path, scenario: &str, n: u32, dir: &Path) -> Pairs {
     let mut w = Workload::start(Command::new(py).arg(workload("shapes.py")).arg(scenario));
     w.send(&format!("step {n}"));
-    let a = gcore(w.pid(), dir, "a");
+    let a = snap(w.pid(), dir, "a");
     w.send(&format!("step {n}"));
-    let b = gcore(w.pid(), dir, "b");
-    (a, b)
+    let b = snap(w.pid(), dir, "b");
+    pairs(a, b)
 }
 
 /// A leak shape: the top suspect is a container whose path is `path`, grown by `n` items.
 fn leak_shape(scenario: &str, path: &str, n: u32, exact_items: bool) {
     for_each_version(scenario, |version, py, dir| {
-        let (a, b) = snapshots(py, scenario, n, dir);
-        let (heap, c) = diff(&a, &b);
-        if heap.version() != version {
-            return Err(format!("version read as {}", heap.version()));
-        }
-        let top = c.suspects.first().ok_or_else(|| describe(&c))?;
-        if c.verdict != Verdict::Leak || top.kind != SuspectKind::Container || top.path != path {
-            return Err(format!("expected leak at {path}\n{}", describe(&c)));
-        }
-        let growth = top.count_growth();
-        if (exact_items && growth != i64::from(n)) || growth < i64::from(n) / 2 {
-            return Err(format!(
-                "item growth {growth}, expected {n}\n{}",
-                describe(&c)
-            ));
+        for (producer, a, b) in snapshots(py, scenario, n, dir) {
+            let (heap, c) = diff(&a, &b);
+            if heap.version() != version {
+                return Err(format!("{producer}: version read as {}", heap.version()));
+            }
+            let top = c.suspects.first().ok_or_else(|| describe(&c))?;
+            if c.verdict != Verdict::Leak || top.kind != SuspectKind::Container || top.path != path
+            {
+                return Err(format!(
+                    "{producer}: expected leak at {path}\n{}",
+                    describe(&c)
+                ));
+            }
+            let growth = top.count_growth();
+            if (exact_items && growth != i64::from(n)) || growth < i64::from(n) / 2 {
+                return Err(format!(
+                    "{producer}: item growth {growth}, expected {n}\n{}",
+                    describe(&c)
+                ));
+            }
         }
         Ok(())
     });
@@ -212,10 +249,11 @@ fn leak_defaultdict() {
 
 fn no_leak(scenario: &str) {
     for_each_version(scenario, |_, py, dir| {
-        let (a, b) = snapshots(py, scenario, 2000, dir);
-        let (_, c) = diff(&a, &b);
-        if c.verdict != Verdict::NoLeak {
-            return Err(format!("expected no leak\n{}", describe(&c)));
+        for (producer, a, b) in snapshots(py, scenario, 2000, dir) {
+            let (_, c) = diff(&a, &b);
+            if c.verdict != Verdict::NoLeak {
+                return Err(format!("{producer}: expected no leak\n{}", describe(&c)));
+            }
         }
         Ok(())
     });
@@ -235,20 +273,24 @@ fn control_churn_is_not_a_leak() {
 fn native_malloc_growth_is_a_native_suspect() {
     for_each_version("native", |_, py, dir| {
         // 100 × 256 KiB = 25 MiB of malloc outside Python objects.
-        let (a, b) = snapshots(py, "native", 100, dir);
-        let (_, c) = diff(&a, &b);
-        let top = c.suspects.first().ok_or_else(|| describe(&c))?;
-        if c.verdict != Verdict::Leak || top.kind != SuspectKind::Native {
-            return Err(format!("expected a native suspect\n{}", describe(&c)));
-        }
-        if c.suspects
-            .iter()
-            .any(|s| s.kind == SuspectKind::Container && s.count_growth() > 50)
-        {
-            return Err(format!(
-                "an innocent container was blamed\n{}",
-                describe(&c)
-            ));
+        for (producer, a, b) in snapshots(py, "native", 100, dir) {
+            let (_, c) = diff(&a, &b);
+            let top = c.suspects.first().ok_or_else(|| describe(&c))?;
+            if c.verdict != Verdict::Leak || top.kind != SuspectKind::Native {
+                return Err(format!(
+                    "{producer}: expected a native suspect\n{}",
+                    describe(&c)
+                ));
+            }
+            if c.suspects
+                .iter()
+                .any(|s| s.kind == SuspectKind::Container && s.count_growth() > 50)
+            {
+                return Err(format!(
+                    "{producer}: an innocent container was blamed\n{}",
+                    describe(&c)
+                ));
+            }
         }
         Ok(())
     });
@@ -285,22 +327,27 @@ fn seed_leaky_flask() {
         for i in 0..REQUESTS {
             get(i)?;
         }
-        let a = gcore(w.pid(), dir, "a");
+        let a = snap(w.pid(), dir, "a");
         for i in 0..REQUESTS {
             get(REQUESTS + i)?;
         }
-        let b = gcore(w.pid(), dir, "b");
-        let (_, c) = diff(&a, &b);
-        let top = c.suspects.first().ok_or_else(|| describe(&c))?;
-        if c.verdict != Verdict::Leak || !top.path.ends_with("Profiler.results") {
-            return Err(format!("expected …Profiler.results\n{}", describe(&c)));
-        }
-        if top.count_growth() != i64::from(REQUESTS) {
-            return Err(format!(
-                "item growth {} != {REQUESTS} requests\n{}",
-                top.count_growth(),
-                describe(&c)
-            ));
+        let b = snap(w.pid(), dir, "b");
+        for (producer, a, b) in pairs(a, b) {
+            let (_, c) = diff(&a, &b);
+            let top = c.suspects.first().ok_or_else(|| describe(&c))?;
+            if c.verdict != Verdict::Leak || !top.path.ends_with("Profiler.results") {
+                return Err(format!(
+                    "{producer}: expected …Profiler.results\n{}",
+                    describe(&c)
+                ));
+            }
+            if top.count_growth() != i64::from(REQUESTS) {
+                return Err(format!(
+                    "{producer}: item growth {} != {REQUESTS} requests\n{}",
+                    top.count_growth(),
+                    describe(&c)
+                ));
+            }
         }
         Ok(())
     });
@@ -333,7 +380,10 @@ fn non_python_process_is_none() {
 fn corrupted_core_gives_partial_results() {
     let (version, py) = interpreters().pop().expect("an interpreter");
     let dir = tempfile::tempdir().expect("tempdir");
-    let (a, _) = snapshots(&py, "module_dict", 2000, dir.path());
+    let (_, a, _) = snapshots(&py, "module_dict", 2000, dir.path())
+        .into_iter()
+        .next()
+        .expect("a gcore pair");
     let data = std::fs::read(&a).expect("read core");
     let img = CoreFile::open(&a, None).expect("open core");
     let elf = object::read::elf::ElfFile64::<object::Endianness>::parse(&*data).expect("elf");

@@ -3,6 +3,7 @@
 Serves on 127.0.0.1 on a free port; prints "ready PORT"; answers "ok PORT" to every stdin line so a
 test can synchronise; "quit" (or EOF) ends it.
 """
+import logging
 import sys
 import threading
 import time
@@ -11,6 +12,7 @@ from flask import Flask
 from werkzeug.serving import make_server
 
 app = Flask(__name__)
+logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no access log on the test's stderr
 
 
 class Profiler:

@@ -435,3 +435,46 @@ fn check_debug_offsets(d: &DebugOffsets, l: &Layout, notes: &mut Vec<String>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_prefixes() {
+        let v = parse_version_prefix(b"3.11.7 (main, Jan  1 2024, 00:00:00) [GCC 12.2.0]\0junk");
+        assert_eq!(
+            v,
+            Some(Version {
+                major: 3,
+                minor: 11,
+                micro: 7
+            })
+        );
+        let rc = parse_version_prefix(b"3.13.0rc1+ (heads/3.13:abc, ...)").expect("rc");
+        assert_eq!((rc.minor, rc.micro), (13, 0));
+        assert_eq!(parse_version_prefix(b"3.11.7"), None);
+        assert_eq!(parse_version_prefix(b"3.x.7 ("), None);
+        assert_eq!(parse_version_prefix(b"2.7.18 ("), None);
+    }
+
+    #[test]
+    fn python_file_names() {
+        let m = |p: &str| Mapping {
+            start: 0,
+            end: 0x1000,
+            perms: crate::image::Perms::parse("r--p"),
+            offset: 0,
+            path: Some(p.into()),
+        };
+        assert_eq!(
+            python_file(&[m("/usr/lib/libpython3.11.so.1.0")]),
+            Some(("/usr/lib/libpython3.11.so.1.0".into(), 11, false))
+        );
+        assert_eq!(
+            python_file(&[m("/usr/bin/python3.13t")]).map(|f| (f.1, f.2)),
+            Some((13, true))
+        );
+        assert_eq!(python_file(&[m("/usr/bin/sleep")]), None);
+    }
+}

@@ -212,3 +212,64 @@ fn eval(v: u32, ancestor: &mut [u32], label: &mut [u32], semi: &[u32], path: &mu
     }
     label[v as usize]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::python::walk::{Damage, Obj, Walk};
+
+    /// A graph of objects of size 10 each with the given edges.
+    fn walk(n: usize, edges: &[(u32, u32)]) -> Walk {
+        let mut starts = Vec::new();
+        let mut targets = Vec::new();
+        for v in 0..n as u32 {
+            starts.push(targets.len() as u32);
+            targets.extend(edges.iter().filter(|e| e.0 == v).map(|e| e.1));
+        }
+        starts.push(targets.len() as u32);
+        Walk {
+            types: Vec::new(),
+            objs: (0..n)
+                .map(|i| Obj {
+                    addr: 0x1000 + 16 * i as u64,
+                    size: 10,
+                    ty: 0,
+                    items: 0,
+                })
+                .collect(),
+            labels: vec![0; targets.len()],
+            starts,
+            targets,
+            damage: Damage::default(),
+        }
+    }
+
+    #[test]
+    fn retained_sizes_follow_dominators() {
+        // 0 → 1 → 2, 0 → 3 → 2: 2 is shared (dominated by 0 only); 1 and 3 keep only themselves.
+        // 3 → 4 → 5 → 4 (cycle below 3): 3 retains 4 and 5.
+        let w = walk(6, &[(0, 1), (1, 2), (0, 3), (3, 2), (3, 4), (4, 5), (5, 4)]);
+        let r = retained_sizes(&w, &[0]);
+        assert_eq!(r, vec![60, 10, 10, 30, 20, 10]);
+    }
+
+    #[test]
+    fn orphans_become_roots_and_modules_come_first() {
+        // 0 is the module; 2 → 3 is reachable from nothing we know (held by C code).
+        let w = walk(4, &[(0, 1), (2, 3)]);
+        let b = bfs(&w, &[0]);
+        assert_eq!(b.roots, vec![0, 2]);
+        assert_eq!(b.parent[1], 0);
+        assert_eq!(b.parent[3], 2);
+        let r = retained_sizes(&w, &b.roots);
+        assert_eq!(r, vec![20, 10, 20, 10]);
+    }
+
+    #[test]
+    fn a_pure_cycle_is_still_rooted() {
+        let w = walk(3, &[(0, 1), (1, 2), (2, 0)]);
+        let b = bfs(&w, &[]);
+        assert_eq!(b.roots, vec![0]);
+        assert_eq!(retained_sizes(&w, &b.roots), vec![30, 20, 10]);
+    }
+}

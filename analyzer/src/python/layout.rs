@@ -197,3 +197,38 @@ impl Layout {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(minor: u32) -> Version {
+        Version {
+            major: 3,
+            minor,
+            micro: 0,
+        }
+    }
+
+    #[test]
+    fn supported_range_and_free_threaded() {
+        for minor in 8..=14 {
+            assert!(Layout::for_version(v(minor), false).is_ok(), "3.{minor}");
+        }
+        let e = Layout::for_version(v(7), false).unwrap_err().to_string();
+        assert!(e.contains("3.7.0"), "{e}");
+        let e = Layout::for_version(v(13), true).unwrap_err().to_string();
+        assert!(e.contains("free-threaded"), "{e}");
+    }
+
+    #[test]
+    fn heap_type_sizes_identify_versions() {
+        for minor in [10, 11, 12, 13] {
+            let l = Layout::for_version(v(minor), false).unwrap();
+            assert_eq!(
+                Layout::minor_from_heap_type_size(l.heap_type_size),
+                Some(&[minor][..])
+            );
+        }
+    }
+}

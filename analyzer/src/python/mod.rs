@@ -38,6 +38,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 const NAME_MIN_ITEMS: u32 = 8;
 /// Upper bound on containers named per heap (the largest first).
 const MAX_NAMED: usize = 20_000;
+/// Containers listed in the census.
+const CENSUS_CONTAINERS: usize = 20;
 
 /// One container (list, dict, set, deque and their subclasses) as seen in one snapshot.
 #[derive(Debug, Clone)]
@@ -140,7 +142,7 @@ impl PyHeap {
         top.sort_by(|a, b| b.1.retained.cmp(&a.1.retained).then(a.0.cmp(b.0)));
         let containers =
             top.into_iter()
-                .take(20)
+                .take(CENSUS_CONTAINERS)
                 .map(|(addr, c)| ContainerSummary {
                     path: c.named.as_ref().map(|n| n.path.clone()).unwrap_or_else(|| {
                         format!("<{} at {addr:#x}>", self.type_name(c.type_name))
@@ -289,8 +291,21 @@ pub fn load(image: &dyn MemoryImage) -> Result<Option<PyHeap>> {
             }
         }
     }
+    // The largest containers by retained size are named whatever their length (the census lists
+    // them), then the longer ones, largest first.
+    let mut by_retained: Vec<u32> = (0..walk.objs.len() as u32)
+        .filter(|&i| {
+            walk.objs
+                .get(i as usize)
+                .and_then(|o| walk.types.get(o.ty as usize))
+                .is_some_and(|t| t.kind.is_container())
+        })
+        .collect();
+    by_retained.sort_by_key(|&i| std::cmp::Reverse(retained.get(i as usize).copied().unwrap_or(0)));
+    by_retained.truncate(CENSUS_CONTAINERS);
     to_name.sort_by_key(|&i| std::cmp::Reverse(retained.get(i as usize).copied().unwrap_or(0)));
     to_name.truncate(MAX_NAMED);
+    to_name.extend(by_retained);
     let mut namer = naming::Namer::new(mem, &interp.layout, &walk, &tree, &modules);
     for i in to_name {
         let named = namer.name(i);

@@ -194,3 +194,19 @@ impl<'a> Namer<'a> {
         n
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::printable_key;
+
+    #[test]
+    fn only_short_identifiers_are_printed() {
+        assert!(printable_key("sessions"));
+        assert!(printable_key("_cache2"));
+        assert!(!printable_key("sk_live_4eC39HqLyjWDarjtT1zdp7dc"));
+        assert!(!printable_key("user@example.com"));
+        assert!(!printable_key("2fa"));
+        assert!(!printable_key(""));
+        assert!(!printable_key(&"a".repeat(40)));
+    }
+}

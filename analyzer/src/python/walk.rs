@@ -182,6 +182,11 @@ impl<'a> Walker<'a> {
         for &r in extra_roots {
             self.intern(r);
         }
+        // Non-GC objects (str, int, float, ...) typically outnumber the tracked ones.
+        let expect = self.objs.len().saturating_mul(3).min(MAX_OBJECTS);
+        self.index.reserve(expect);
+        self.objs.reserve(expect);
+        self.starts.reserve(expect);
         let mut next = 0usize;
         while next < self.objs.len() {
             self.starts.push(self.targets.len() as u32);

@@ -194,6 +194,10 @@ pub trait MemoryImage: Send + Sync {
 
     fn info(&self) -> &ProcessInfo;
 
+    /// Hint that `len` bytes at `addr` will not be read again soon, so a streaming scan of a
+    /// memory-mapped core does not keep the whole core resident.
+    fn release(&self, _addr: u64, _len: usize) {}
+
     /// The parts of mapping `m` whose bytes the image holds, as `[start, end)` ranges. Scans
     /// iterate these rather than the mapping's nominal size, which a malformed core may inflate.
     fn stored_ranges(&self, m: &Mapping) -> Vec<(u64, u64)> {

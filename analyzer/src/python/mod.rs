@@ -8,6 +8,7 @@
 mod compare;
 mod discover;
 mod graph;
+mod integrate;
 pub mod layout;
 mod mem;
 mod naming;
@@ -17,6 +18,7 @@ use rustc_hash::FxHashMap;
 use serde::Serialize;
 
 pub use self::compare::{compare, PyComparison};
+pub use self::integrate::{census_of, refine_findings};
 use self::mem::Mem;
 use self::walk::{Kind, Walker};
 use crate::image::MemoryImage;
@@ -315,7 +317,6 @@ pub fn load(image: &dyn MemoryImage) -> Result<Option<PyHeap>> {
             }
         }
     }
-    notes.extend(image.notes());
     Ok(Some(PyHeap {
         version: interp.version_text,
         notes,

@@ -77,8 +77,13 @@ pub fn compare(before: &PyHeap, after: &PyHeap, native: &NativeGrowth) -> PyComp
     });
     // A container inside a growing container grows with it: keep the outermost accumulation point
     // unless the inner one is named differently (the paths say which contains which).
+    // Containers that gained less than this are noise (a temporary list of the last call).
+    const MIN_SUSPECT_BYTES: i64 = 1024;
     let mut kept: Vec<Suspect> = Vec::new();
-    for s in suspects {
+    for s in suspects
+        .into_iter()
+        .filter(|s| s.retained_growth() >= MIN_SUSPECT_BYTES)
+    {
         let nested = kept.iter().any(|k| {
             s.path
                 .strip_prefix(k.path.as_str())
@@ -131,7 +136,12 @@ pub fn compare(before: &PyHeap, after: &PyHeap, native: &NativeGrowth) -> PyComp
     let py_growth = after.total_bytes() as i64 - before.total_bytes() as i64;
     let native_before = native.heap_before + native.anonymous_before;
     let native_after = native.heap_after + native.anonymous_after;
-    let native_growth = native_after as i64 - native_before as i64;
+    // The caller's figure counts virtual sizes; thread stacks and (where recorded) RSS bound it.
+    let mut native_growth = native_after as i64 - native_before as i64;
+    native_growth = native_growth.min(after.native_bytes as i64 - before.native_bytes as i64);
+    if let (Some(a), Some(b)) = (before.rss, after.rss) {
+        native_growth = native_growth.min(b as i64 - a as i64);
+    }
     let unexplained = native_growth - py_growth.max(0);
     let top_container_growth = suspects.first().map(|s| s.retained_growth()).unwrap_or(0);
     let native_suspect =

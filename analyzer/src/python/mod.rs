@@ -80,6 +80,31 @@ pub struct PyHeap {
     containers: FxHashMap<u64, Container>,
     objects: u64,
     bytes: u64,
+    /// Native memory (brk heap + anonymous mappings) without thread stacks.
+    native_bytes: u64,
+    /// Resident set size when the image recorded it.
+    rss: Option<u64>,
+}
+
+/// Brk heap and anonymous writable mappings, leaving out what looks like thread stacks (mappings
+/// of the default 8 MiB stack size): a threaded server that starts a thread per request grows its
+/// virtual size by whole stacks that are neither resident nor a leak.
+fn native_bytes(image: &dyn MemoryImage) -> u64 {
+    const STACK: u64 = 8 << 20;
+    let mut total = 0u64;
+    let mut prev_rw_file_end = None;
+    for m in image.mappings() {
+        let bss = prev_rw_file_end == Some(m.start);
+        prev_rw_file_end = (m.is_file_backed() && m.perms.write).then_some(m.end);
+        if !m.perms.write || !m.perms.read || bss || m.is_stack() {
+            continue;
+        }
+        let thread_stack = m.is_anonymous() && (m.len() == STACK || m.len() == STACK - 4096);
+        if (m.is_heap() || m.is_anonymous()) && !thread_stack {
+            total = total.saturating_add(m.len());
+        }
+    }
+    total
 }
 
 /// The census of one heap: what `analyze` prints for a Python process.
@@ -325,5 +350,7 @@ pub fn load(image: &dyn MemoryImage) -> Result<Option<PyHeap>> {
         containers,
         objects: walk.objs.len() as u64,
         bytes: total,
+        native_bytes: native_bytes(image),
+        rss: image.info().rss,
     }))
 }

@@ -341,6 +341,25 @@ fn seed_leaky_flask() {
                     describe(&c)
                 ));
             }
+            if producer == "capture" {
+                // The same through the CLI, as the operator's analyzer Job runs it.
+                let (code, out, err) = common::run_analyzer(&[
+                    "diff",
+                    &a.to_string_lossy(),
+                    &b.to_string_lossy(),
+                    "--format",
+                    "json",
+                ]);
+                let json: serde_json::Value = serde_json::from_str(&out)
+                    .map_err(|e| format!("diff --format json (exit {code}): {e}: {err}"))?;
+                let path = json["suspects"][0]["path"].as_str().unwrap_or_default();
+                if json["runtime"]["kind"] != "cpython"
+                    || json["verdict"] != "leak"
+                    || !path.ends_with("Profiler.results")
+                {
+                    return Err(format!("CLI diff: {out}"));
+                }
+            }
             if top.count_growth() != i64::from(REQUESTS) {
                 return Err(format!(
                     "{producer}: item growth {} != {REQUESTS} requests\n{}",

@@ -7,7 +7,7 @@ use std::rc::Rc;
 use rustc_hash::FxHashMap;
 
 use super::layout::{flags, DictKeys, InstanceDict, Layout};
-use super::mem::{byte, plausible, u32_at, word, Mem};
+use super::mem::{byte, le64, plausible, u32_at, word, Mem};
 
 /// Hard cap on objects, so a corrupt heap cannot make us allocate without bound.
 pub const MAX_OBJECTS: usize = 1 << 29;
@@ -153,9 +153,44 @@ pub struct Walker<'a> {
     shared_keys: FxHashMap<u64, Rc<[u64]>>,
     damage: Damage,
     scratch: Vec<(u64, u64)>,
+    /// The mapping last read from, borrowed whole from the image: most reads hit it.
+    span: (u64, u64, &'a [u8]),
 }
 
 impl<'a> Walker<'a> {
+    /// `len` bytes at `addr`, from the cached mapping when possible.
+    fn rd(&mut self, addr: u64, len: usize) -> Option<std::borrow::Cow<'a, [u8]>> {
+        let (s, e, b) = self.span;
+        let end = addr.checked_add(len as u64)?;
+        if addr >= s && end <= e {
+            let o = (addr - s) as usize;
+            return b.get(o..o + len).map(std::borrow::Cow::Borrowed);
+        }
+        if let Some(m) = self.mem.img.mapping_at(addr) {
+            let (ms, me) = (m.start, m.end);
+            if let Some(whole) = usize::try_from(me - ms)
+                .ok()
+                .and_then(|n| self.mem.img.slice(ms, n))
+            {
+                self.span = (ms, me, whole);
+                if end <= me {
+                    let o = (addr - ms) as usize;
+                    return whole.get(o..o + len).map(std::borrow::Cow::Borrowed);
+                }
+            }
+        }
+        self.mem.bytes(addr, len)
+    }
+
+    fn rd_u64(&mut self, addr: u64) -> Option<u64> {
+        self.rd(addr, 8).map(|b| le64(&b))
+    }
+
+    fn rd_words(&mut self, addr: u64, n: usize) -> Option<Vec<u64>> {
+        let b = self.rd(addr, n.checked_mul(8)?)?;
+        Some(b.chunks_exact(8).map(le64).collect())
+    }
+
     pub fn new(mem: Mem<'a>, l: Layout, type_type: u64) -> Walker<'a> {
         Walker {
             mem,
@@ -171,6 +206,7 @@ impl<'a> Walker<'a> {
             shared_keys: FxHashMap::default(),
             damage: Damage::default(),
             scratch: Vec::new(),
+            span: (0, 0, &[]),
         }
     }
 
@@ -212,7 +248,7 @@ impl<'a> Walker<'a> {
 
     fn walk_gc_list(&mut self, head: u64) {
         // Forward along _gc_next; if the chain breaks, recover the rest backward along _gc_prev.
-        let mut cur = self.mem.u64(head).unwrap_or(0);
+        let mut cur = self.rd_u64(head).unwrap_or(0);
         let mut steps = 0usize;
         let mut broken = false;
         while cur != head {
@@ -228,7 +264,7 @@ impl<'a> Walker<'a> {
             if self.intern(cur + 16).is_none() {
                 self.damage.gc_bad_objects += 1;
             }
-            match self.mem.u64(cur) {
+            match self.rd_u64(cur) {
                 Some(n) => cur = n,
                 None => {
                     broken = true;
@@ -239,7 +275,7 @@ impl<'a> Walker<'a> {
         }
         if broken {
             self.damage.gc_broken_lists += 1;
-            let mut cur = self.mem.u64(head + 8).map(|p| p & !3).unwrap_or(0);
+            let mut cur = self.rd_u64(head + 8).map(|p| p & !3).unwrap_or(0);
             let mut steps = 0usize;
             while cur != head && plausible(cur) && steps < MAX_OBJECTS {
                 if self.index.contains_key(&(cur + 16)) {
@@ -248,7 +284,7 @@ impl<'a> Walker<'a> {
                 if self.intern(cur + 16).is_none() {
                     self.damage.gc_bad_objects += 1;
                 }
-                match self.mem.u64(cur + 8) {
+                match self.rd_u64(cur + 8) {
                     Some(p) => cur = p & !3,
                     None => break,
                 }
@@ -269,7 +305,7 @@ impl<'a> Walker<'a> {
             self.damage.capped = true;
             return None;
         }
-        let t = self.mem.u64(addr + 8)?;
+        let t = self.rd_u64(addr + 8)?;
         let ty = self.type_info(t)?;
         let i = self.objs.len() as u32;
         self.objs.push(Obj {
@@ -307,7 +343,7 @@ impl<'a> Walker<'a> {
             return;
         }
         let n = ((to - from) / 8).min(MAX_SCAN_WORDS) as usize;
-        let Some(ws) = self.mem.words(o + from, n) else {
+        let Some(ws) = self.rd_words(o + from, n) else {
             return;
         };
         for w in ws {
@@ -333,17 +369,17 @@ impl<'a> Walker<'a> {
         r
     }
 
-    fn is_type_object(&self, t: u64, depth: u32) -> bool {
+    fn is_type_object(&mut self, t: u64, depth: u32) -> bool {
         if t == self.type_type {
             return true;
         }
         if depth > 4 || !plausible(t) {
             return false;
         }
-        let Some(meta) = self.mem.u64(t + 8) else {
+        let Some(meta) = self.rd_u64(t + 8) else {
             return false;
         };
-        let meta_flags = self.mem.u64(meta + self.l.tp_flags).unwrap_or(0);
+        let meta_flags = self.rd_u64(meta + self.l.tp_flags).unwrap_or(0);
         meta_flags & flags::TYPE_SUBCLASS != 0 && self.is_type_object(meta, depth + 1)
     }
 
@@ -352,7 +388,7 @@ impl<'a> Walker<'a> {
             return None;
         }
         let l = self.l;
-        let b = self.mem.bytes(t, (l.tp_mro + 8) as usize)?;
+        let b = self.rd(t, (l.tp_mro + 8) as usize)?;
         let name_ptr = word(&b, l.tp_name);
         let basicsize = word(&b, l.tp_basicsize);
         let itemsize = word(&b, l.tp_itemsize);
@@ -370,7 +406,7 @@ impl<'a> Walker<'a> {
         let heap = tflags & flags::HEAPTYPE != 0;
         let (mut name, mut cached_keys) = (cname.clone(), 0);
         if heap {
-            cached_keys = self.mem.u64(t + l.ht_cached_keys).unwrap_or(0);
+            cached_keys = self.rd_u64(t + l.ht_cached_keys).unwrap_or(0);
             let qual = self
                 .mem
                 .u64(t + l.ht_qualname)
@@ -389,13 +425,13 @@ impl<'a> Walker<'a> {
         let mut known = None;
         let mut static_found = false;
         for _ in 0..32 {
-            let bflags = self.mem.u64(base + l.tp_flags).unwrap_or(0);
+            let bflags = self.rd_u64(base + l.tp_flags).unwrap_or(0);
             let bname = self
                 .mem
                 .u64(base + l.tp_name)
                 .and_then(|p| self.mem.cstr(p, 256))
                 .unwrap_or_default();
-            let bsize = self.mem.u64(base + l.tp_basicsize).unwrap_or(16);
+            let bsize = self.rd_u64(base + l.tp_basicsize).unwrap_or(16);
             let k = match bname.as_str() {
                 "set" | "frozenset" => Some(Kind::Set),
                 "collections.deque" => Some(Kind::Deque),
@@ -420,7 +456,7 @@ impl<'a> Walker<'a> {
             if bflags & flags::HEAPTYPE == 0 {
                 break;
             }
-            match self.mem.u64(base + l.tp_base) {
+            match self.rd_u64(base + l.tp_base) {
                 Some(b) if plausible(b) => base = b,
                 _ => break,
             }
@@ -504,7 +540,7 @@ impl<'a> Walker<'a> {
         let a = o.addr;
         let l = self.l;
         let mut items = 0u64;
-        let ob_size = self.mem.u64(a + 16).unwrap_or(0) as i64;
+        let ob_size = self.rd_u64(a + 16).unwrap_or(0) as i64;
         let var_size = |n: u64| ti.basicsize.saturating_add(n.saturating_mul(ti.itemsize));
         let mut size = if ti.itemsize != 0 {
             var_size(ob_size.unsigned_abs().min(MAX_ITEMS))
@@ -516,13 +552,13 @@ impl<'a> Walker<'a> {
         match ti.kind {
             Kind::List => {
                 let n = ob_size.clamp(0, MAX_ITEMS as i64) as u64;
-                let arr = self.mem.u64(a + 24).unwrap_or(0);
-                let alloc = self.mem.u64(a + 32).unwrap_or(0).clamp(n, MAX_ITEMS);
+                let arr = self.rd_u64(a + 24).unwrap_or(0);
+                let alloc = self.rd_u64(a + 32).unwrap_or(0).clamp(n, MAX_ITEMS);
                 if ob_size < 0 || ob_size as u64 > MAX_ITEMS {
                     self.damage.bad_contents += 1;
                 }
                 if n > 0 {
-                    match self.mem.words(arr, n as usize) {
+                    match self.rd_words(arr, n as usize) {
                         Some(ws) => {
                             for (k, w) in ws.into_iter().enumerate() {
                                 self.pedge(w, item_label(k as u64));
@@ -536,7 +572,7 @@ impl<'a> Walker<'a> {
             }
             Kind::Tuple => {
                 let n = ob_size.clamp(0, MAX_ITEMS as i64) as u64;
-                if let Some(ws) = self.mem.words(a + 24, n as usize) {
+                if let Some(ws) = self.rd_words(a + 24, n as usize) {
                     for (k, w) in ws.into_iter().enumerate() {
                         self.pedge(w, item_label(k as u64));
                     }
@@ -565,13 +601,13 @@ impl<'a> Walker<'a> {
                 self.conservative(a, 48, ti.static_base_size);
             }
             Kind::Set => {
-                let used = self.mem.u64(a + 24).unwrap_or(0);
-                let mask = self.mem.u64(a + 32).unwrap_or(0);
-                let table = self.mem.u64(a + 40).unwrap_or(0);
+                let used = self.rd_u64(a + 24).unwrap_or(0);
+                let mask = self.rd_u64(a + 32).unwrap_or(0);
+                let table = self.rd_u64(a + 40).unwrap_or(0);
                 let slots = mask.saturating_add(1);
                 if !slots.is_power_of_two() || slots > MAX_ITEMS || used > slots {
                     self.damage.bad_contents += 1;
-                } else if let Some(ws) = self.mem.words(table, (slots * 2) as usize) {
+                } else if let Some(ws) = self.rd_words(table, (slots * 2) as usize) {
                     for pair in ws.chunks_exact(2) {
                         if pair[0] != 0 {
                             self.edge(pair[0], L_NONE);
@@ -617,25 +653,25 @@ impl<'a> Walker<'a> {
                 size = 24 + 4 * digits.clamp(1, 1 << 28);
             }
             Kind::ByteArray => {
-                size = ti.basicsize + self.mem.u64(a + 24).unwrap_or(0).min(1 << 32);
+                size = ti.basicsize + self.rd_u64(a + 24).unwrap_or(0).min(1 << 32);
             }
             Kind::Bytes | Kind::Float => {}
             Kind::Module => {
-                let d = self.mem.u64(a + 16).unwrap_or(0);
+                let d = self.rd_u64(a + 16).unwrap_or(0);
                 self.pedge(d, L_ATTRS);
                 self.conservative(a, 24, ti.static_base_size);
             }
             Kind::Cell => {
-                let c = self.mem.u64(a + 16).unwrap_or(0);
+                let c = self.rd_u64(a + 16).unwrap_or(0);
                 if c != 0 {
                     self.pedge(c, L_CELL);
                 }
             }
             Kind::Type => {
-                let own_flags = self.mem.u64(a + l.tp_flags).unwrap_or(0);
+                let own_flags = self.rd_u64(a + l.tp_flags).unwrap_or(0);
                 gc = own_flags & flags::HEAPTYPE != 0;
                 let end = if gc { ti.basicsize } else { l.tp_mro + 8 + 40 };
-                let tp_dict = self.mem.u64(a + l.tp_dict).unwrap_or(0);
+                let tp_dict = self.rd_u64(a + l.tp_dict).unwrap_or(0);
                 if tp_dict != 0 {
                     self.edge(tp_dict, L_ATTRS);
                 }
@@ -645,7 +681,7 @@ impl<'a> Walker<'a> {
             Kind::LruCache => {
                 // The cache is the first dict the wrapper points to (after the embedded list root).
                 let n = (ti.static_base_size / 8).min(64) as usize;
-                if let Some(ws) = self.mem.words(a, n) {
+                if let Some(ws) = self.rd_words(a, n) {
                     let mut cache_found = false;
                     for (k, w) in ws.into_iter().enumerate().skip(2) {
                         if !plausible(w) || w == a || !self.mem.readable(w) {
@@ -707,7 +743,7 @@ impl<'a> Walker<'a> {
 
     /// Items and block count of a `collections.deque`.
     fn deque(&mut self, a: u64, len: i64) -> (u64, u64) {
-        let Some(h) = self.mem.bytes(a, 56) else {
+        let Some(h) = self.rd(a, 56) else {
             return (0, 0);
         };
         let mut block = word(&h, 24);
@@ -721,7 +757,7 @@ impl<'a> Walker<'a> {
         let max_blocks = len / 64 + 2;
         while blocks < max_blocks && plausible(block) {
             blocks += 1;
-            let Some(ws) = self.mem.words(block, 66) else {
+            let Some(ws) = self.rd_words(block, 66) else {
                 self.damage.bad_contents += 1;
                 break;
             };
@@ -768,16 +804,16 @@ impl<'a> Walker<'a> {
                         None => return 0,
                     }
                 };
-                let d = self.mem.u64(a + off).unwrap_or(0);
+                let d = self.rd_u64(a + off).unwrap_or(0);
                 if d != 0 {
                     self.pedge(d, L_ATTRS);
                 }
                 0
             }
             InstanceDict::Managed311 | InstanceDict::Managed312 if managed => {
-                let slot = self.mem.u64(a.wrapping_sub(24)).unwrap_or(0);
+                let slot = self.rd_u64(a.wrapping_sub(24)).unwrap_or(0);
                 let (dict, values) = if l.instance_dict == InstanceDict::Managed311 {
-                    (slot, self.mem.u64(a.wrapping_sub(32)).unwrap_or(0))
+                    (slot, self.rd_u64(a.wrapping_sub(32)).unwrap_or(0))
                 } else if slot & 1 == 1 {
                     (0, slot + 1)
                 } else {
@@ -794,12 +830,12 @@ impl<'a> Walker<'a> {
                 }
             }
             InstanceDict::Inline313 if managed => {
-                let dict = self.mem.u64(a.wrapping_sub(24)).unwrap_or(0);
+                let dict = self.rd_u64(a.wrapping_sub(24)).unwrap_or(0);
                 let inline = ti.flags & flags::INLINE_VALUES != 0;
                 let mut extra = 0;
                 let values = a + ti.basicsize;
                 let hdr = if inline {
-                    self.mem.bytes(values, 4).map(|b| b.to_vec())
+                    self.rd(values, 4).map(|b| b.to_vec())
                 } else {
                     None
                 };
@@ -828,7 +864,7 @@ impl<'a> Walker<'a> {
         }
         let names = self.shared_keys(keys);
         let n = (names.len() as u64).min(cap);
-        let Some(vals) = self.mem.words(values, n as usize) else {
+        let Some(vals) = self.rd_words(values, n as usize) else {
             self.damage.bad_contents += 1;
             return 0;
         };

@@ -462,4 +462,36 @@ fn corrupted_core_gives_partial_results() {
         Ok(None) => panic!("CPython {version}: corrupt core no longer recognised"),
         Err(e) => eprintln!("corrupt core refused with: {e}"),
     }
+
+    // Harder: every stored segment (interpreter state, type objects, GC heads too), several seeds.
+    // Whatever comes back, it must come back: no panic, no hang.
+    let all: Vec<(u64, u64)> = elf
+        .elf_program_headers()
+        .iter()
+        .filter(|ph| ph.p_type(endian) == object::elf::PT_LOAD && ph.p_filesz(endian) >= 4096)
+        .map(|ph| (ph.p_offset(endian), ph.p_filesz(endian)))
+        .collect();
+    for round in 0..6u64 {
+        let mut corrupt = data.clone();
+        let mut seed = 0xD1B5_4A32_D192_ED03 ^ round;
+        for _ in 0..20_000 {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let (off, size) = all[(seed >> 33) as usize % all.len()];
+            let at = (off + ((seed >> 7) % (size / 8)) * 8) as usize;
+            let junk = if round % 2 == 0 {
+                seed.rotate_left(17)
+            } else {
+                // Plausible pointers are nastier than random bits.
+                (seed & 0x0000_7fff_ffff_fff8) | 0x7f00_0000_0000
+            };
+            corrupt[at..at + 8].copy_from_slice(&junk.to_le_bytes());
+        }
+        std::fs::write(&bad, &corrupt).expect("write");
+        let img = CoreFile::open(&bad, None).expect("open corrupt core");
+        if let Ok(Some(heap)) = python::load(&img) {
+            let _ = heap.census();
+        }
+    }
 }

@@ -362,26 +362,38 @@ pub fn discover(mem: Mem<'_>) -> Result<Option<Interpreter>, Error> {
     let mut gc_heads = Vec::new();
     if let Some(d) = &debug {
         check_debug_offsets(d, &layout, &mut notes);
-        // runtime_state.interpreters_head, interpreter_state.gc / imports_modules.
+        // runtime_state.interpreters_head, interpreter_state.next / gc / imports_modules. 3.13 has
+        // `gc` at index 10; later releases may insert fields before it, so the index is confirmed
+        // by the GC lists it leads to.
         let interp_head = d.words.get(5).copied().unwrap_or(0);
-        let gc_off = d.words.get(10).copied().unwrap_or(0);
-        let modules_off = d.words.get(11).copied().unwrap_or(0);
         let next_off = d.words.get(8).copied().unwrap_or(0);
-        let mut interp = mem.u64(d.addr + interp_head).unwrap_or(0);
-        let mut n = 0;
-        while plausible(interp) && n < 64 {
-            let gens = interp + gc_off + 24;
-            for k in 0..4 {
-                let h = gens + gc_head_offset(layout.gc, k);
-                if valid_list_head(mem, h) {
-                    gc_heads.push(h);
+        let first = mem.u64(d.addr + interp_head).unwrap_or(0);
+        let gc_index = [10usize, 11].into_iter().find(|&i| {
+            let off = d.words.get(i).copied().unwrap_or(0);
+            plausible(first)
+                && off < (1 << 24)
+                && (0..4)
+                    .all(|k| valid_list_head(mem, first + off + 24 + gc_head_offset(layout.gc, k)))
+        });
+        if let Some(gi) = gc_index {
+            let gc_off = d.words.get(gi).copied().unwrap_or(0);
+            let modules_off = d.words.get(gi + 1).copied().unwrap_or(0);
+            let mut interp = first;
+            let mut n = 0;
+            while plausible(interp) && n < 64 {
+                let gens = interp + gc_off + 24;
+                for k in 0..4 {
+                    let h = gens + gc_head_offset(layout.gc, k);
+                    if valid_list_head(mem, h) {
+                        gc_heads.push(h);
+                    }
                 }
+                if sys_modules.is_none() {
+                    sys_modules = mem.u64(interp + modules_off).filter(|&p| plausible(p));
+                }
+                interp = mem.u64(interp + next_off).unwrap_or(0);
+                n += 1;
             }
-            if sys_modules.is_none() {
-                sys_modules = mem.u64(interp + modules_off).filter(|&p| plausible(p));
-            }
-            interp = mem.u64(interp + next_off).unwrap_or(0);
-            n += 1;
         }
         if gc_heads.is_empty() {
             notes.push("_Py_DebugOffsets led to no valid GC lists; scanning for them".into());

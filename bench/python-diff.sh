@@ -31,8 +31,13 @@ guppy_n=$(echo "$line" | awk '{print $3}')
 read -r wall user sys peak_kib < "$work/time"
 cpu=$(echo "$user + $sys" | bc -l)
 objects=$(grep -m1 -o 'loaded [0-9]* objects' "$work/err.txt" | awk '{print $2}')
+# The product command: generic census + CPython diff, text report.
+/usr/bin/time -f "%e %U %S %M" -o "$work/time-cli" "$BIN" diff "$work/a.core" "$work/b.core" > "$work/cli.txt"
+read -r cli_wall cli_user cli_sys cli_peak_kib < "$work/time-cli"
+cli_cpu=$(echo "$cli_user + $cli_sys" | bc -l)
 echo "CPython $VERSION, $(nproc) cores; core sizes: $(($(stat -c %s "$work/a.core") >> 20)) MiB, $(($(stat -c %s "$work/b.core") >> 20)) MiB"
 head -3 "$work/diff.txt"
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
-printf '| CPython | objects (A) | leakhunt diff wall (CPU) | peak RSS | guppy3 hpy().heap() in-process | guppy3 objects |\n|---|---|---|---|---|---|\n'
-printf '| %s | %s | %.2f s (%.2f s) | %d MiB | %.2f s | %s |\n' "$VERSION" "$objects" "$wall" "$cpu" $((peak_kib / 1024)) "$guppy_s" "$guppy_n"
+head -5 "$work/cli.txt"
+printf '| CPython | objects (A) | CPython diff wall (CPU) | peak RSS | `leakhunt-analyzer diff` wall (CPU) | peak RSS | guppy3 hpy().heap() in-process | guppy3 objects |\n|---|---|---|---|---|---|---|---|\n'
+printf '| %s | %s | %.2f s (%.2f s) | %d MiB | %.2f s (%.2f s) | %d MiB | %.2f s | %s |\n' "$VERSION" "$objects" "$wall" "$cpu" $((peak_kib / 1024)) "$cli_wall" "$cli_cpu" $((cli_peak_kib / 1024)) "$guppy_s" "$guppy_n"

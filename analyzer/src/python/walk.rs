@@ -186,9 +186,8 @@ impl<'a> Walker<'a> {
         self.rd(addr, 8).map(|b| le64(&b))
     }
 
-    fn rd_words(&mut self, addr: u64, n: usize) -> Option<Vec<u64>> {
-        let b = self.rd(addr, n.checked_mul(8)?)?;
-        Some(b.chunks_exact(8).map(le64).collect())
+    fn rd_words(&mut self, addr: u64, n: usize) -> Option<Words<'a>> {
+        self.rd(addr, n.checked_mul(8)?).map(Words)
     }
 
     pub fn new(mem: Mem<'a>, l: Layout, type_type: u64) -> Walker<'a> {
@@ -346,7 +345,7 @@ impl<'a> Walker<'a> {
         let Some(ws) = self.rd_words(o + from, n) else {
             return;
         };
-        for w in ws {
+        for w in ws.iter() {
             if w != o && plausible(w) && self.mem.readable(w) {
                 self.edge(w, L_NONE);
             }
@@ -560,7 +559,7 @@ impl<'a> Walker<'a> {
                 if n > 0 {
                     match self.rd_words(arr, n as usize) {
                         Some(ws) => {
-                            for (k, w) in ws.into_iter().enumerate() {
+                            for (k, w) in ws.iter().enumerate() {
                                 self.pedge(w, item_label(k as u64));
                             }
                         }
@@ -573,7 +572,7 @@ impl<'a> Walker<'a> {
             Kind::Tuple => {
                 let n = ob_size.clamp(0, MAX_ITEMS as i64) as u64;
                 if let Some(ws) = self.rd_words(a + 24, n as usize) {
-                    for (k, w) in ws.into_iter().enumerate() {
+                    for (k, w) in ws.iter().enumerate() {
                         self.pedge(w, item_label(k as u64));
                     }
                 }
@@ -608,9 +607,9 @@ impl<'a> Walker<'a> {
                 if !slots.is_power_of_two() || slots > MAX_ITEMS || used > slots {
                     self.damage.bad_contents += 1;
                 } else if let Some(ws) = self.rd_words(table, (slots * 2) as usize) {
-                    for pair in ws.chunks_exact(2) {
-                        if pair[0] != 0 {
-                            self.edge(pair[0], L_NONE);
+                    for (j, key) in ws.iter().enumerate() {
+                        if j % 2 == 0 && key != 0 {
+                            self.edge(key, L_NONE);
                         }
                     }
                     items = used;
@@ -683,7 +682,7 @@ impl<'a> Walker<'a> {
                 let n = (ti.static_base_size / 8).min(64) as usize;
                 if let Some(ws) = self.rd_words(a, n) {
                     let mut cache_found = false;
-                    for (k, w) in ws.into_iter().enumerate().skip(2) {
+                    for (k, w) in ws.iter().enumerate().skip(2) {
                         if !plausible(w) || w == a || !self.mem.readable(w) {
                             continue;
                         }
@@ -768,7 +767,7 @@ impl<'a> Walker<'a> {
             };
             let mut k = index.min(64);
             while k <= last && left > 0 {
-                if let Some(&w) = ws.get(1 + k as usize) {
+                if let Some(w) = ws.get(1 + k as usize) {
                     self.pedge(w, item_label(len - left));
                 }
                 left -= 1;
@@ -777,7 +776,7 @@ impl<'a> Walker<'a> {
             if block == right || left == 0 {
                 break;
             }
-            block = ws.get(65).copied().unwrap_or(0);
+            block = ws.get(65).unwrap_or(0);
             index = 0;
         }
         (len - left, blocks)
@@ -868,7 +867,7 @@ impl<'a> Walker<'a> {
             self.damage.bad_contents += 1;
             return 0;
         };
-        for (k, v) in vals.into_iter().enumerate() {
+        for (k, v) in vals.iter().enumerate() {
             if v == 0 {
                 continue;
             }
@@ -881,6 +880,20 @@ impl<'a> Walker<'a> {
             self.pedge(v, kl.map(key_label).unwrap_or(L_NONE));
         }
         n
+    }
+}
+
+/// Words borrowed from the image (no copy for core files).
+struct Words<'a>(std::borrow::Cow<'a, [u8]>);
+
+impl Words<'_> {
+    fn get(&self, i: usize) -> Option<u64> {
+        let o = i.checked_mul(8)?;
+        self.0.get(o..o.checked_add(8)?).map(le64)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        self.0.chunks_exact(8).map(le64)
     }
 }
 

@@ -194,6 +194,24 @@ pub fn capture(pid: i32, opts: &CaptureOptions) -> Result<CaptureSummary> {
         .suffix(".partial")
         .tempfile_in(&dir)
         .map_err(out_err)?;
+    // Compressing while the target is stopped would make it wait for the compressor. With room for
+    // the uncompressed core next to the output, write that first and compress once the target
+    // runs again; without, compress on the fly.
+    let staged = match available {
+        Some(free) if compress => free / 2 > first_estimate.saturating_add(64 << 20),
+        _ => false,
+    };
+    let raw = if staged {
+        Some(
+            tempfile::Builder::new()
+                .prefix(&format!(".{name}."))
+                .suffix(".raw.partial")
+                .tempfile_in(&dir)
+                .map_err(out_err)?,
+        )
+    } else {
+        None
+    };
 
     let stopped = ptrace::Stopped::stop(pid)?;
     let captured_at = SystemTime::now()
@@ -265,10 +283,11 @@ pub fn capture(pid: i32, opts: &CaptureOptions) -> Result<CaptureSummary> {
     let notes_len = (notes.len() + elf::note_len(LEAKHUNT_NOTE_NAME.len(), reserved)) as u64;
     let layout = elf::Layout::new(&regions, notes_len, page);
 
-    let file = tmp.as_file().try_clone().map_err(out_err)?;
-    let mut sink = sink::Sink::start(file, compress).map_err(out_err)?;
+    let first = raw.as_ref().unwrap_or(&tmp);
+    let file = first.as_file().try_clone().map_err(out_err)?;
+    let mut sink = sink::Sink::start(file, first.path(), compress && !staged).map_err(out_err)?;
     let headers = layout.headers(&regions, page);
-    let streamed = sink.send(headers) && stream_memory(pid, &regions, &mut sink)?;
+    let streamed = sink.send_bytes(headers) && stream_memory(pid, &regions, &mut sink)?;
     let stop_time = stopped.detach();
 
     if streamed {
@@ -278,11 +297,16 @@ pub fn capture(pid: i32, opts: &CaptureOptions) -> Result<CaptureSummary> {
         json.truncate(reserved);
         json.resize(reserved, b' ');
         elf::note(&mut notes, LEAKHUNT_NOTE_NAME, NT_LEAKHUNT_INFO, &json);
-        let _ = sink.send(notes);
+        let _ = sink.send_bytes(notes);
     }
     if let Err(e) = sink.finish() {
         return Err(write_error(e, output, layout.file_len(), &dir));
     }
+    if let Some(raw) = &raw {
+        compress_file(raw.path(), tmp.as_file())
+            .map_err(|e| write_error(e, output, layout.file_len(), &dir))?;
+    }
+    drop(raw);
     if !streamed {
         return Err(Error::Output {
             path: output.clone(),
@@ -313,6 +337,18 @@ pub fn capture(pid: i32, opts: &CaptureOptions) -> Result<CaptureSummary> {
         stopped: stop_time,
         total: t0.elapsed(),
     })
+}
+
+/// zstd-compress the file at `from` into `to`.
+fn compress_file(from: &Path, to: &std::fs::File) -> std::io::Result<()> {
+    let mut input = std::io::BufReader::with_capacity(4 << 20, std::fs::File::open(from)?);
+    let out = std::io::BufWriter::with_capacity(1 << 20, to.try_clone()?);
+    let mut enc = zstd::stream::write::Encoder::new(out, 1)?;
+    // Both cores: the target runs again and the capture is only waiting for this.
+    let _ = enc.multithread(2);
+    std::io::copy(&mut input, &mut enc)?;
+    let mut out = enc.finish()?;
+    std::io::Write::flush(&mut out)
 }
 
 fn check_limit(pid: i32, estimate: u64, limit: Option<u64>) -> Result<()> {
@@ -361,8 +397,7 @@ fn stream_memory(pid: i32, regions: &[Region], sink: &mut sink::Sink) -> Result<
                 return Ok(false);
             };
             let want = (end - at).min(sink::CHUNK as u64) as usize;
-            buf.resize(want, 0);
-            read_chunk(target, at, &mut buf)?;
+            read_chunk(target, at, buf.filled(want))?;
             if !sink.send(buf) {
                 return Ok(false);
             }
@@ -373,7 +408,7 @@ fn stream_memory(pid: i32, regions: &[Region], sink: &mut sink::Sink) -> Result<
 }
 
 /// Fill `buf` from `addr`; pages that fail to read (EFAULT/EIO: e.g. a file mapping past the end of
-/// its file) stay zero so the core keeps its layout.
+/// its file) become zeros so the core keeps its layout.
 fn read_chunk(target: Pid, addr: u64, buf: &mut [u8]) -> Result<()> {
     let page = page_size() as usize;
     let mut done = 0usize;

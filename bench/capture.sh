@@ -52,49 +52,85 @@ mkfifo "$work/ready"
 "$work/target" "$mib" > "$work/ready" &
 pid=$!
 read -r _ < "$work/ready"
+sleep 1
 rss_kib=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
 
-now() { date +%s.%N; }
-sub() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a - b }'; }
-div() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", a / b }'; }
-ours=() ; theirs=() ; stops=() ; zst=() ; zst_stops=()
+# Stop time seen from outside, the same way for both tools: how long the target has a tracer
+# (TracerPid != 0 in /proc/PID/status), sampled every millisecond.
+cat > "$work/stopwatch.py" <<'PY'
+import os, sys, time
+pid, flag = sys.argv[1], sys.argv[2]
+traced = 0.0
+since = None
+while os.path.exists(flag):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            on = any(l.startswith("TracerPid:") and l.split()[1] != "0" for l in f)
+    except OSError:
+        break
+    now = time.monotonic()
+    if on and since is None:
+        since = now
+    elif not on and since is not None:
+        traced += now - since
+        since = None
+    time.sleep(0.001)
+if since is not None:
+    traced += time.monotonic() - since
+print(f"{traced * 1000:.0f}")
+PY
+
+# run NAME CMD...: wall, CPU (user+sys) and externally observed stop time of one command.
+run() {
+  local name=$1; shift
+  touch "$work/flag"
+  python3 "$work/stopwatch.py" "$pid" "$work/flag" > "$work/stop.$name" &
+  local sw=$!
+  sleep 0.2
+  local TIMEFORMAT='%R %U %S'
+  { time "$@" > "$work/out.$name" 2>&1 ; } 2> "$work/time.$name"
+  rm -f "$work/flag"; wait "$sw"
+  read -r wall user sys < "$work/time.$name"
+  cpu=$(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%.2f", u + s }')
+  echo "$name $wall $cpu $(cat "$work/stop.$name")" >> "$work/results"
+}
+
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+: > "$work/results"
 for r in $(seq "$rounds"); do
   sync; rm -f "$work"/core*
-  t0=$(now); line=$("$bin" capture --pid "$pid" --output "$work/core.ours"); t1=$(now)
-  ours+=("$(sub "$t1" "$t0")")
-  stops+=("$(echo "$line" | sed -E 's/.*stopped ([0-9.]+) ms.*/\1/')")
-  size_ours=$(stat -c %s "$work/core.ours")
-  rm -f "$work/core.ours"; sync
-  t0=$(now); line=$("$bin" capture --pid "$pid" --output "$work/core.ours.zst"); t1=$(now)
-  zst+=("$(sub "$t1" "$t0")")
-  zst_stops+=("$(echo "$line" | sed -E 's/.*stopped ([0-9.]+) ms.*/\1/')")
-  size_zst=$(stat -c %s "$work/core.ours.zst")
-  rm -f "$work/core.ours.zst"; sync
-  t0=$(now); gcore -o "$work/core.gcore" "$pid" > /dev/null 2>&1; t1=$(now)
-  theirs+=("$(sub "$t1" "$t0")")
-  size_gcore=$(stat -c %s "$work/core.gcore.$pid")
-  rm -f "$work/core.gcore.$pid"
-  echo "round $r: leakhunt ${ours[-1]} s (stopped ${stops[-1]} ms), .zst ${zst[-1]} s (stopped ${zst_stops[-1]} ms), gcore ${theirs[-1]} s" >&2
+  run ours "$bin" capture --pid "$pid" --output "$work/core.ours"
+  size_ours=$(stat -c %s "$work/core.ours"); rm -f "$work/core.ours"; sync
+  run zst "$bin" capture --pid "$pid" --output "$work/core.ours.zst"
+  size_zst=$(stat -c %s "$work/core.ours.zst"); rm -f "$work/core.ours.zst"; sync
+  run gcore gcore -o "$work/core.gcore" "$pid"
+  size_gcore=$(stat -c %s "$work/core.gcore.$pid"); rm -f "$work/core.gcore.$pid"; sync
+  tail -3 "$work/results" | sed "s/^/round $r: /" >&2
 done
+load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-m_ours=$(median "${ours[@]}"); m_theirs=$(median "${theirs[@]}"); m_stop=$(median "${stops[@]}")
-m_zst=$(median "${zst[@]}"); m_zst_stop=$(median "${zst_stops[@]}")
-ratio=$(div "$m_theirs" "$m_ours")
-ratio_zst=$(div "$m_theirs" "$m_zst")
+# med NAME FIELD: median of one column for one tool.
+med() { awk -v n="$1" -v f="$2" '$1 == n {print $f}' "$work/results" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+div() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", a / b }'; }
+for t in ours zst gcore; do
+  eval "w_$t=\$(med $t 2) c_$t=\$(med $t 3) s_$t=\$(med $t 4)"
+done
 cpu=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
 table=$(cat <<MD
 ## capture
 
-\`bench/capture.sh\`: one process with $((rss_kib / 1024)) MiB resident (${mib} MiB of touched heap, 4 threads),
-captured by \`leakhunt-analyzer capture\` and by gdb's \`gcore\` in the same run, $rounds rounds, median wall time
-(including process start-up). Machine: $(nproc) cores ($cpu), $(uname -r), $(date -u +%Y-%m-%d).
+\`bench/capture.sh\`: one process with $((rss_kib / 1024)) MiB resident (${mib} MiB of touched heap, half of it
+random words, 4 threads), captured by \`leakhunt-analyzer capture\` and by gdb's \`gcore\` in the same run,
+alternating, $rounds rounds, medians. Wall and CPU time include each tool's start-up; "target stopped" is measured
+from outside for both (time the target has a tracer, sampled every ms). Output on $(df --output=fstype "$work" | tail -1)
+(\`$(df --output=source "$work" | tail -1)\`). Machine: $(nproc) cores ($cpu), $(free -g | awk '/Mem:/ {print $2}') GiB,
+Linux $(uname -r), $(date -u +%Y-%m-%d); load average $load_before before, $load_after after (other jobs shared the machine).
 
-| tool | wall time | target stopped | core size | vs gcore |
-| --- | ---: | ---: | ---: | ---: |
-| \`leakhunt-analyzer capture\` | ${m_ours} s | ${m_stop} ms | $((size_ours / 1048576)) MiB | ${ratio}× faster |
-| \`leakhunt-analyzer capture\` (.zst) | ${m_zst} s | ${m_zst_stop} ms | $((size_zst / 1048576)) MiB | ${ratio_zst}× faster |
-| \`gcore\` (gdb $(gdb --version | head -1 | awk '{print $NF}')) | ${m_theirs} s | ≈ wall time | $((size_gcore / 1048576)) MiB | 1× |
+| tool | wall time | CPU time | target stopped | core size | wall vs gcore | stop vs gcore |
+| --- | ---: | ---: | ---: | ---: | ---: | ---: |
+| \`leakhunt-analyzer capture\` | ${w_ours} s | ${c_ours} s | ${s_ours} ms | $((size_ours / 1048576)) MiB | $(div "$w_gcore" "$w_ours")× faster | $(div "$s_gcore" "$s_ours")× shorter |
+| \`leakhunt-analyzer capture\` to \`.zst\` | ${w_zst} s | ${c_zst} s | ${s_zst} ms | $((size_zst / 1048576)) MiB | $(div "$w_gcore" "$w_zst")× | $(div "$s_gcore" "$s_zst")× shorter |
+| \`gcore\` (gdb $(gdb --version | head -1 | awk '{print $NF}')) | ${w_gcore} s | ${c_gcore} s | ${s_gcore} ms | $((size_gcore / 1048576)) MiB | 1× | 1× |
 
 Our core also holds the read-only pages of the ELF objects (self-contained); gcore's does not.
 MD

@@ -285,7 +285,9 @@ pub fn capture(pid: i32, opts: &CaptureOptions) -> Result<CaptureSummary> {
 
     let first = raw.as_ref().unwrap_or(&tmp);
     let file = first.as_file().try_clone().map_err(out_err)?;
-    let mut sink = sink::Sink::start(file, first.path(), compress && !staged).map_err(out_err)?;
+    let budget = buffer_budget(layout.file_len());
+    let mut sink =
+        sink::Sink::start(file, first.path(), compress && !staged, budget).map_err(out_err)?;
     let headers = layout.headers(&regions, page);
     let streamed = sink.send_bytes(headers) && stream_memory(pid, &regions, &mut sink)?;
     let stop_time = stopped.detach();
@@ -337,6 +339,35 @@ pub fn capture(pid: i32, opts: &CaptureOptions) -> Result<CaptureSummary> {
         stopped: stop_time,
         total: t0.elapsed(),
     })
+}
+
+/// How much memory the capture may use to buffer the target's memory ahead of the disk (the
+/// target is released as soon as everything is read): at most the core's size and 1 GiB, an
+/// eighth of the machine's available memory, a quarter of what our own cgroup has left.
+fn buffer_budget(core_bytes: u64) -> usize {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let available = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+        .unwrap_or(0);
+    let mut budget = core_bytes.min(1 << 30).min(available / 8);
+    if let Some(left) = cgroup_memory_left() {
+        budget = budget.min(left / 4);
+    }
+    usize::try_from(budget).unwrap_or(0)
+}
+
+/// `memory.max - memory.current` of our cgroup (v2), when it has a limit.
+fn cgroup_memory_left() -> Option<u64> {
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = cgroup.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let dir = Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/'));
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
+    let max: u64 = read("memory.max")?.trim().parse().ok()?;
+    let current: u64 = read("memory.current")?.trim().parse().ok()?;
+    Some(max.saturating_sub(current))
 }
 
 /// zstd-compress the file at `from` into `to`.

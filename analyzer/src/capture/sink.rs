@@ -11,16 +11,17 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
 use std::thread::JoinHandle;
 
 /// Size of one read from the target (and one write).
 pub(crate) const CHUNK: usize = 16 << 20;
-/// Buffers in flight: one being read, the others queued or being written (48 MiB in all: larger
-/// writes did not go faster, the disk is the limit).
-const BUFFERS: usize = 3;
-/// Alignment `O_DIRECT` needs for addresses, offsets and lengths (the page size covers every
-/// filesystem's logical block size).
+/// Buffers in flight at least: one being read, the others queued or being written.
+const MIN_BUFFERS: usize = 3;
+/// Buffers start on a huge-page boundary, which also satisfies `O_DIRECT` (page alignment).
+const HUGE: usize = 2 << 20;
+/// Alignment `O_DIRECT` needs for offsets and lengths (the page size covers every filesystem's
+/// logical block size).
 const ALIGN: usize = 4096;
 const PAGE: usize = 4096;
 
@@ -33,8 +34,9 @@ pub(crate) struct Buf {
 
 impl Buf {
     fn new(capacity: usize) -> Buf {
-        let raw = vec![0u8; capacity + ALIGN];
-        let off = raw.as_ptr().align_offset(ALIGN).min(ALIGN);
+        let mut raw = vec![0u8; capacity + HUGE];
+        let off = raw.as_ptr().align_offset(HUGE).min(HUGE);
+        advise_huge_pages(&mut raw[off..off + capacity]);
         Buf { raw, off, len: 0 }
     }
 
@@ -46,6 +48,16 @@ impl Buf {
 
     fn bytes(&self) -> &[u8] {
         &self.raw[self.off..self.off + self.len]
+    }
+}
+
+/// Back a fresh buffer with huge pages where the kernel allows it: a gigabyte read from the target
+/// then costs hundreds, not hundreds of thousands, of page faults.
+fn advise_huge_pages(b: &mut [u8]) {
+    // SAFETY: `b` is memory we own for its whole length; MADV_HUGEPAGE only changes how the kernel
+    // backs it, never its contents or validity. A failure (THP disabled) is harmless.
+    unsafe {
+        libc::madvise(b.as_mut_ptr().cast(), b.len(), libc::MADV_HUGEPAGE);
     }
 }
 
@@ -133,12 +145,17 @@ enum Msg {
 pub(crate) struct Sink {
     tx: Option<SyncSender<Msg>>,
     free: Receiver<Buf>,
+    /// Buffers allocated so far, and the most we may: the reader runs ahead of a slow disk by up to
+    /// `max_buffers` chunks, so the target is released sooner.
+    allocated: usize,
+    max_buffers: usize,
     writer: Option<JoinHandle<io::Result<()>>>,
 }
 
 impl Sink {
-    /// Start the writer thread on `file` (whose path is `path`, reopened for `O_DIRECT`).
-    pub fn start(file: File, path: &Path, compress: bool) -> io::Result<Sink> {
+    /// Start the writer thread on `file` (whose path is `path`, reopened for `O_DIRECT`), with up to
+    /// `budget` bytes of buffers.
+    pub fn start(file: File, path: &Path, compress: bool, budget: usize) -> io::Result<Sink> {
         let mut out = if compress {
             let mut enc =
                 zstd::stream::write::Encoder::new(io::BufWriter::with_capacity(1 << 20, file), 1)?;
@@ -157,11 +174,10 @@ impl Sink {
                 pos: 0,
             }
         };
-        let (tx, rx) = sync_channel::<Msg>(BUFFERS);
-        let (free_tx, free) = sync_channel::<Buf>(BUFFERS);
-        for _ in 0..BUFFERS {
-            let _ = free_tx.send(Buf::new(CHUNK));
-        }
+        let max_buffers = (budget / CHUNK).max(MIN_BUFFERS);
+        // Both channels hold every buffer there may be, so neither side blocks on a full channel.
+        let (tx, rx) = sync_channel::<Msg>(max_buffers + 2);
+        let (free_tx, free) = sync_channel::<Buf>(max_buffers);
         let writer = std::thread::Builder::new()
             .name("capture-writer".into())
             .spawn(move || -> io::Result<()> {
@@ -180,13 +196,24 @@ impl Sink {
         Ok(Sink {
             tx: Some(tx),
             free,
+            allocated: 0,
+            max_buffers,
             writer: Some(writer),
         })
     }
 
-    /// An empty buffer to fill; `None` once the writer has failed.
+    /// An empty buffer to fill: a written one, a new one while within budget, else the next one
+    /// the writer gives back. `None` once the writer has failed.
     pub fn buffer(&mut self) -> Option<Buf> {
-        self.free.recv().ok()
+        match self.free.try_recv() {
+            Ok(b) => Some(b),
+            Err(TryRecvError::Empty) if self.allocated < self.max_buffers => {
+                self.allocated += 1;
+                Some(Buf::new(CHUNK))
+            }
+            Err(TryRecvError::Empty) => self.free.recv().ok(),
+            Err(TryRecvError::Disconnected) => None,
+        }
     }
 
     /// Queue a filled buffer; `false` once the writer has failed (see [`Sink::finish`]).
@@ -233,7 +260,7 @@ mod tests {
     fn roundtrip(compress: bool) -> (Vec<u8>, u64) {
         let tmp = tempfile::NamedTempFile::new().expect("temp");
         let mut sink =
-            Sink::start(tmp.reopen().expect("reopen"), tmp.path(), compress).expect("start");
+            Sink::start(tmp.reopen().expect("reopen"), tmp.path(), compress, 0).expect("start");
         assert!(sink.send_bytes(vec![1u8; PAGE]));
         let mut b = sink.buffer().expect("buffer");
         let s = b.filled(PAGE * 4);
@@ -282,6 +309,6 @@ mod tests {
         assert!(!is_zero_page(&p));
         assert!(!is_zero_page(&p[..PAGE - 1]));
         let mut b = Buf::new(PAGE);
-        assert_eq!(b.filled(PAGE).as_ptr() as usize % ALIGN, 0);
+        assert_eq!(b.filled(PAGE).as_ptr() as usize % HUGE, 0);
     }
 }

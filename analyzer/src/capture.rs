@@ -13,6 +13,7 @@ mod elf;
 mod plan;
 mod ptrace;
 mod sink;
+mod staging;
 
 use std::io::IoSliceMut;
 use std::path::{Path, PathBuf};
@@ -188,12 +189,8 @@ pub fn capture(pid: i32, opts: &CaptureOptions) -> Result<CaptureSummary> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "core".into());
-    // tempfile creates the file 0600 and deletes it on drop: any early return cleans up.
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".partial")
-        .tempfile_in(&dir)
-        .map_err(out_err)?;
+    // Mode 0600, nameless (or removed on drop) until complete: any early return cleans up.
+    let tmp = staging::Staging::create(&dir, &name).map_err(out_err)?;
     // Compressing while the target is stopped would make it wait for the compressor. With room for
     // the uncompressed core next to the output, write that first and compress once the target
     // runs again; without, compress on the fly.
@@ -202,13 +199,7 @@ pub fn capture(pid: i32, opts: &CaptureOptions) -> Result<CaptureSummary> {
         _ => false,
     };
     let raw = if staged {
-        Some(
-            tempfile::Builder::new()
-                .prefix(&format!(".{name}."))
-                .suffix(".raw.partial")
-                .tempfile_in(&dir)
-                .map_err(out_err)?,
-        )
+        Some(staging::Staging::create(&dir, &format!("{name}.raw")).map_err(out_err)?)
     } else {
         None
     };
@@ -284,12 +275,16 @@ pub fn capture(pid: i32, opts: &CaptureOptions) -> Result<CaptureSummary> {
     let layout = elf::Layout::new(&regions, notes_len, page);
 
     let first = raw.as_ref().unwrap_or(&tmp);
-    let file = first.as_file().try_clone().map_err(out_err)?;
+    let file = first.file().try_clone().map_err(out_err)?;
     let budget = buffer_budget(layout.file_len());
     let mut sink =
-        sink::Sink::start(file, first.path(), compress && !staged, budget).map_err(out_err)?;
+        sink::Sink::start(file, &first.path(), compress && !staged, budget).map_err(out_err)?;
     let headers = layout.headers(&regions, page);
     let streamed = sink.send_bytes(headers) && stream_memory(pid, &regions, &mut sink)?;
+    // Killed while we read: reads of a dying process can come back as zeros rather than ESRCH.
+    if !ptrace::process_alive(pid) {
+        return Err(Error::ProcessExited { pid });
+    }
     let stop_time = stopped.detach();
 
     if streamed {
@@ -304,32 +299,28 @@ pub fn capture(pid: i32, opts: &CaptureOptions) -> Result<CaptureSummary> {
     if let Err(e) = sink.finish() {
         return Err(write_error(e, output, layout.file_len(), &dir));
     }
-    if let Some(raw) = &raw {
-        compress_file(raw.path(), tmp.as_file())
-            .map_err(|e| write_error(e, output, layout.file_len(), &dir))?;
-    }
-    drop(raw);
     if !streamed {
         return Err(Error::Output {
             path: output.clone(),
             source: std::io::Error::other("the writer stopped early"),
         });
     }
-    let file_bytes = tmp.as_file().metadata().map_err(out_err)?.len();
-    if opts.overwrite {
-        tmp.persist(output).map_err(|e| out_err(e.error))?;
-    } else {
-        // No-clobber rename: another writer may have created the output meanwhile.
-        tmp.persist_noclobber(output).map_err(|e| {
-            if e.error.kind() == std::io::ErrorKind::AlreadyExists {
-                Error::OutputExists {
-                    path: output.clone(),
-                }
-            } else {
-                out_err(e.error)
-            }
-        })?;
+    if let Some(raw) = &raw {
+        compress_file(&raw.path(), tmp.file())
+            .map_err(|e| write_error(e, output, layout.file_len(), &dir))?;
     }
+    drop(raw);
+    let file_bytes = tmp.file().metadata().map_err(out_err)?.len();
+    // Never replaces an existing output unless asked, even one created while we captured.
+    tmp.publish(output, opts.overwrite).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            Error::OutputExists {
+                path: output.clone(),
+            }
+        } else {
+            out_err(e)
+        }
+    })?;
     Ok(CaptureSummary {
         path: output.clone(),
         file_bytes,

@@ -458,26 +458,19 @@ fn leftovers(dir: &Path) -> Vec<String> {
 #[test]
 fn process_killed_mid_capture_is_reported_and_leaves_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let t = Target::c(dir.path(), 256);
+    let t = Target::c(dir.path(), 512);
     let pid = t.pid();
-    // Kill the target as soon as the capture has it stopped (TracerPid set): reading 256 MiB takes
+    // Kill the target as soon as the capture has it stopped (TracerPid set): reading 512 MiB takes
     // far longer than the poll, so the kill lands mid-capture.
     let killer = std::thread::spawn(move || {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-            if status
-                .lines()
-                .any(|l| l.starts_with("TracerPid:") && l != "TracerPid:\t0")
-            {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-                return true;
-            }
+        let traced = wait_traced(pid);
+        if traced {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
-        false
+        traced
     });
     let out = dir.path().join("dead.core");
     let r = capture(pid, &opts(out.clone()));
@@ -610,4 +603,46 @@ fn no_permission_says_what_to_do() {
     );
     assert!(!dir.path().join("nope.core").exists());
     assert_running(&t);
+}
+
+/// Wait until `pid` has a tracer (the capture has it stopped); false after 20 s.
+fn wait_traced(pid: i32) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        if status
+            .lines()
+            .any(|l| l.starts_with("TracerPid:") && l != "TracerPid:\t0")
+        {
+            return true;
+        }
+    }
+    false
+}
+
+#[test]
+fn killed_capture_leaves_no_file_and_the_target_running() {
+    // The agent itself may be OOM-killed mid-capture: the kernel detaches the target, and the
+    // nameless (O_TMPFILE) core being written disappears with the process.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t = Target::c(dir.path(), 256);
+    let out_dir = dir.path().join("out");
+    std::fs::create_dir(&out_dir).expect("mkdir");
+    let mut cli = Command::new(BIN)
+        .args(["capture", "--pid", &t.pid().to_string(), "--output"])
+        .arg(out_dir.join("killed.core"))
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("run cli");
+    assert!(wait_traced(t.pid()), "capture never stopped the target");
+    cli.kill().expect("kill the capture");
+    let st = cli.wait().expect("wait");
+    assert!(!st.success());
+    wait_until(|| {
+        std::fs::read_to_string(format!("/proc/{}/status", t.pid()))
+            .is_ok_and(|s| s.contains("TracerPid:\t0\n"))
+    });
+    wait_until(|| t.states().iter().all(|&s| s == 'S'));
+    assert_running(&t);
+    assert!(leftovers(&out_dir).is_empty(), "{:?}", leftovers(&out_dir));
 }

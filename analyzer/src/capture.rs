@@ -161,6 +161,16 @@ pub fn capture(pid: i32, opts: &CaptureOptions) -> Result<CaptureSummary> {
     if pid <= 0 || !Path::new(&format!("/proc/{pid}")).exists() {
         return Err(Error::NoSuchProcess { pid });
     }
+    if pid as u32 == std::process::id() {
+        // A process cannot ptrace-stop itself; say so rather than "no permission".
+        return Err(Error::Process {
+            pid,
+            what: "capturing".into(),
+            source: std::io::Error::other(
+                "a process cannot capture itself; run the capture from another process",
+            ),
+        });
+    }
 
     // Size check before anything is stopped or written.
     let threads_now = std::fs::read_dir(format!("/proc/{pid}/task"))

@@ -371,6 +371,29 @@ mod tests {
     }
 
     #[test]
+    fn our_reader_opens_a_core_with_more_than_65535_segments() {
+        use crate::image::{CoreFile, MemoryImage};
+        use std::io::Write;
+        // 70,000 guard-page-sized mappings, one of them dumped with known bytes.
+        let mut regions: Vec<Region> = (0..70_000u64)
+            .map(|i| region(0x10_0000 + i * 0x2000, 0x10_1000 + i * 0x2000, false, None))
+            .collect();
+        regions[12_345].dump = true;
+        let mut notes = Vec::new();
+        note(&mut notes, b"CORE", NT_AUXV, &[0u8; 16]);
+        let l = Layout::new(&regions, notes.len() as u64, 4096);
+        let mut f = tempfile::NamedTempFile::new().expect("temp");
+        f.write_all(&l.headers(&regions, 4096)).expect("headers");
+        f.write_all(&[0x5a; 4096]).expect("memory");
+        f.write_all(&notes).expect("notes");
+        f.flush().expect("flush");
+        let core = CoreFile::open(f.path(), None).expect("open a PN_XNUM core");
+        assert_eq!(core.mappings().len(), 70_000);
+        let at = regions[12_345].mapping.start;
+        assert_eq!(core.read_u64(at + 8), Ok(0x5a5a_5a5a_5a5a_5a5a));
+    }
+
+    #[test]
     fn many_segments_use_pn_xnum() {
         let regions: Vec<Region> = (0..70_000u64)
             .map(|i| region(i * 0x1000, i * 0x1000 + 0x1000, false, None))

@@ -132,7 +132,11 @@ pub fn take(image: &dyn MemoryImage, sysroot: Option<&Path>) -> Census {
         process: image.info().clone(),
         rss,
         rss_estimated,
-        scanned_bytes: scanned_regions(maps).iter().map(Mapping::len).sum(),
+        scanned_bytes: scanned_regions(maps)
+            .iter()
+            .flat_map(|m| image.stored_ranges(m))
+            .map(|(a, b)| b - a)
+            .sum(),
         pointer_words,
         pointers,
         native,
@@ -209,11 +213,13 @@ fn count_pointers(image: &dyn MemoryImage, targets: &[Target]) -> FxHashMap<u64,
     const CHUNK: u64 = 8 << 20;
     let mut chunks: Vec<(u64, u64)> = Vec::new();
     for r in &regions {
-        let mut at = r.start;
-        while at < r.end {
-            let end = r.end.min(at + CHUNK);
-            chunks.push((at, end));
-            at = end;
+        for (start, end) in image.stored_ranges(r) {
+            let mut at = start;
+            while at < end {
+                let next = end.min(at.saturating_add(CHUNK));
+                chunks.push((at, next));
+                at = next;
+            }
         }
     }
     let threads = std::thread::available_parallelism()
@@ -265,7 +271,11 @@ fn scan_chunk(
 ) {
     let len = (end - start) as usize;
     let bytes: &[u8] = match image.slice(start, len) {
-        Some(s) => s,
+        Some(s) => {
+            scan_words(s, targets, counts);
+            image.release(start, len);
+            return;
+        }
         None => {
             buf.resize(len, 0);
             if image.read(start, buf).is_err() {

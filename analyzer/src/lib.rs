@@ -12,5 +12,7 @@ pub use image::{open_snapshot, CoreFile, LiveProcess, Mapping, MemoryImage, Proc
 pub mod analysis;
 pub mod census;
 pub mod findings;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod report;
 pub mod symbols;

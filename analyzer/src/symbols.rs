@@ -16,7 +16,7 @@ use crate::image::{Mapping, MemoryImage};
 
 /// Caps that keep a hostile image from making us allocate without bound.
 const MAX_SYMBOLS: usize = 4_000_000;
-const MAX_NAME: usize = 4096;
+const MAX_NAME: usize = 1024;
 
 #[derive(Debug, Clone)]
 pub struct Symbol {
@@ -209,7 +209,7 @@ fn from_file(
     mapped_min_vaddr: Option<u64>,
     build_id: Option<&[u8]>,
 ) -> Option<ObjectSymbols> {
-    let file = std::fs::File::open(on_disk).ok()?;
+    let file = crate::image::open_regular(on_disk)?;
     // SAFETY: read-only private mapping of a binary or library (replaced by rename, not rewritten).
     let map = unsafe { memmap2::Mmap::map(&file) }.ok()?;
     let obj = object::File::parse(&*map).ok()?;

@@ -22,6 +22,21 @@ const MAX_SEGMENTS: usize = 1 << 20;
 /// Upper bound on the size of the notes we parse (NT_FILE of a huge process is a few MB).
 const MAX_NOTE_BYTES: u64 = 256 << 20;
 
+/// The core's bytes: memory-mapped from a file, or owned (tests, fuzzing).
+enum Bytes {
+    Mapped(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl Bytes {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(m) => m,
+            Bytes::Owned(v) => v,
+        }
+    }
+}
+
 /// One PT_LOAD: `memsz` bytes at `vaddr`, the first `filesz` of which are stored at `offset`.
 #[derive(Debug, Clone, Copy)]
 struct Segment {
@@ -34,7 +49,7 @@ struct Segment {
 /// A parsed ELF core.
 pub struct CoreFile {
     path: PathBuf,
-    map: Mmap,
+    map: Bytes,
     /// Holds the decompressed copy of a `.zst` core alive (deleted on drop).
     _decompressed: Option<tempfile::NamedTempFile>,
     segments: Vec<Segment>,
@@ -80,12 +95,17 @@ impl CoreFile {
         // file by another process could fault; snapshots are written once, renamed into place and
         // never modified, so this does not happen to files we produce.
         let map = unsafe { Mmap::map(&file) }.map_err(io)?;
-        Self::parse(path.to_owned(), map, decompressed, sysroot)
+        Self::parse(path.to_owned(), Bytes::Mapped(map), decompressed, sysroot)
+    }
+
+    /// Parse a core held in memory (tests, fuzzing). `name` is used in messages.
+    pub fn from_bytes(name: &str, data: Vec<u8>, sysroot: Option<&Path>) -> Result<CoreFile> {
+        Self::parse(PathBuf::from(name), Bytes::Owned(data), None, sysroot)
     }
 
     fn parse(
         path: PathBuf,
-        map: Mmap,
+        map: Bytes,
         decompressed: Option<tempfile::NamedTempFile>,
         sysroot: Option<&Path>,
     ) -> Result<CoreFile> {
@@ -97,7 +117,7 @@ impl CoreFile {
             path: path.clone(),
             detail,
         };
-        let data: &[u8] = &map;
+        let data: &[u8] = map.as_slice();
         if data.len() < 4 || &data[..4] != b"\x7fELF" {
             return Err(not_core("no ELF magic"));
         }
@@ -405,7 +425,7 @@ impl CoreFile {
             return None;
         }
         let off = usize::try_from(s.offset + rel).ok()?;
-        self.map.get(off..off.checked_add(len)?)
+        self.map.as_slice().get(off..off.checked_add(len)?)
     }
 
     fn slice_file(&self, addr: u64, len: usize) -> Option<&[u8]> {
@@ -423,7 +443,10 @@ impl CoreFile {
         self.segments.iter().filter_map(|s| {
             let off = usize::try_from(s.offset).ok()?;
             let len = usize::try_from(s.filesz).ok()?;
-            Some((s.vaddr, self.map.get(off..off.checked_add(len)?)?))
+            Some((
+                s.vaddr,
+                self.map.as_slice().get(off..off.checked_add(len)?)?,
+            ))
         })
     }
 
@@ -478,6 +501,47 @@ impl MemoryImage for CoreFile {
     fn slice(&self, addr: u64, len: usize) -> Option<&[u8]> {
         self.slice_core(addr, len)
             .or_else(|| self.slice_file(addr, len))
+    }
+
+    fn release(&self, addr: u64, len: usize) {
+        let Bytes::Mapped(map) = &self.map else {
+            return;
+        };
+        let Some(s) = self.segment_at(addr) else {
+            return;
+        };
+        let rel = addr - s.vaddr;
+        let end = (rel + len as u64).min(s.filesz);
+        // madvise works on whole pages; segment data need not be page-aligned in the file.
+        let (start, stop) = (
+            (s.offset + rel).next_multiple_of(4096),
+            (s.offset + end) & !4095,
+        );
+        if start < stop {
+            // SAFETY: the mapping is a private read-only file mapping: dropping its pages only makes
+            // the next access fault them in again from the file, with the same contents.
+            let _ = unsafe {
+                map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    start as usize,
+                    (stop - start) as usize,
+                )
+            };
+        }
+    }
+
+    fn stored_ranges(&self, m: &Mapping) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        let i = self
+            .segments
+            .partition_point(|s| s.vaddr + s.memsz <= m.start);
+        for s in self.segments[i..].iter().take_while(|s| s.vaddr < m.end) {
+            let (a, b) = (s.vaddr.max(m.start), (s.vaddr + s.filesz).min(m.end));
+            if a < b {
+                out.push((a, b));
+            }
+        }
+        out
     }
 
     fn info(&self) -> &ProcessInfo {

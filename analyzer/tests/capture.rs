@@ -18,8 +18,10 @@ const BIN: &str = env!("CARGO_BIN_EXE_leakhunt-analyzer");
 /// Threads that each fill a malloc'd block with known words, a 1 MiB block in main, a marker in
 /// `.data` and a string in `.rodata`; then everyone sleeps. `argv[1]` MiB of incompressible bulk.
 const C_PROGRAM: &str = r#"
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <sys/mman.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -50,6 +52,20 @@ int main(int argc, char **argv) {
             bulk[k] = x;
         }
         printf("bulk %p %llx 0\n", (void *)bulk, (unsigned long long)bulk[0]);
+    }
+    if (argc > 2) {
+        /* A shared writable mapping two pages long of a one-page file: the second page cannot be
+           read (SIGBUS for the process, EFAULT for readers) and must come out as zeros. */
+        char path[4096];
+        snprintf(path, sizeof path, "%s/filemap.bin", argv[2]);
+        FILE *f = fopen(path, "w");
+        uint64_t page[512];
+        for (int k = 0; k < 512; k++) page[k] = 0x4c48000000000000ULL | k;
+        fwrite(page, sizeof page, 1, f);
+        fclose(f);
+        int fd = open(path, O_RDWR);
+        uint64_t *m = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        printf("filemap %p %llx 0\n", (void *)m, (unsigned long long)m[0]);
     }
     pthread_barrier_init(&barrier, NULL, NTHREADS + 1);
     pthread_t t[NTHREADS];
@@ -97,6 +113,7 @@ impl Target {
         let exe = compile_c(dir);
         let child = Command::new(&exe)
             .arg(bulk_mib.to_string())
+            .arg(dir)
             .stdout(Stdio::piped())
             .spawn()
             .expect("start the C target");
@@ -210,7 +227,7 @@ fn assert_blocks(core: &CoreFile, blocks: &Blocks) {
                     "rodata string"
                 );
             }
-            "global" | "bulk" => assert_eq!(core.read_u64(addr), Ok(first), "{name}"),
+            "global" | "bulk" | "filemap" => assert_eq!(core.read_u64(addr), Ok(first), "{name}"),
             _ => {
                 let span = if name == "main" { 1 << 20 } else { 4096 };
                 assert_eq!(core.read_u64(addr), Ok(first), "{name} first word");
@@ -256,6 +273,10 @@ fn captures_threads_memory_and_files_of_a_c_program() {
         core.notes()
     );
     assert_blocks(&core, &t.blocks);
+    // The page past the end of the mapped file cannot be read: it is zeros, the rest is intact.
+    let (filemap, _, _) = t.blocks["filemap"];
+    assert_eq!(core.read_u64(filemap + 4096), Ok(0));
+    assert_eq!(core.read_u64(filemap + 4096 - 8), Ok(0x4c48_0000_0000_01ff));
     // Mappings carry the paths and pseudo-names of /proc/PID/maps.
     let maps = core.mappings();
     let exe = t.exe.to_str().expect("utf-8");
@@ -441,7 +462,7 @@ fn refuses_a_missing_pid_an_existing_output_and_a_size_cap() {
     assert_running(&t);
     assert_eq!(
         leftovers(dir.path()),
-        ["leakhunt-target", "target.c", "x.core"]
+        ["filemap.bin", "leakhunt-target", "target.c", "x.core"]
     );
 }
 
@@ -482,7 +503,10 @@ fn process_killed_mid_capture_is_reported_and_leaves_nothing() {
     assert!(matches!(e, Error::ProcessExited { .. }), "{e}");
     assert!(e.to_string().contains("exited during the capture"), "{e}");
     assert!(!out.exists());
-    assert_eq!(leftovers(dir.path()), ["leakhunt-target", "target.c"]);
+    assert_eq!(
+        leftovers(dir.path()),
+        ["filemap.bin", "leakhunt-target", "target.c"]
+    );
 }
 
 /// A 1 MiB tmpfs, unmounted however the test ends.

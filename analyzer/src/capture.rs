@@ -567,3 +567,64 @@ fn stat_fields(stat: &str) -> Vec<&str> {
         .split_whitespace()
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pseudo_names_are_the_non_file_names() {
+        let maps = image::parse_maps(
+            "\
+1000-2000 rw-p 00000000 00:00 0 [heap]
+2000-3000 rw-p 00000000 00:00 0
+3000-4000 r--p 00000000 fd:01 7 /usr/lib/libc.so.6
+4000-5000 rw-p 00000000 00:00 0 [anon:python arena]
+",
+        );
+        assert_eq!(
+            pseudo_names(&maps),
+            [
+                (0x1000, "[heap]".to_owned()),
+                (0x4000, "[anon:python arena]".to_owned())
+            ]
+        );
+    }
+
+    #[test]
+    fn stat_fields_survive_parentheses_in_the_command_name() {
+        let f = stat_fields("42 (a) b (c)) S 1 42 42 0 -1");
+        assert_eq!(f.first(), Some(&"S"));
+        assert_eq!(f.get(4 - 3), Some(&"1"));
+    }
+
+    #[test]
+    fn estimate_covers_headers_memory_and_notes() {
+        let pid = std::process::id() as i32;
+        let est = estimate_size(pid).expect("estimate own size");
+        let maps = image::read_maps(pid).expect("maps");
+        let memory: u64 = plan::plan(pid, &maps).iter().map(Region::file_bytes).sum();
+        assert!(
+            est > memory && est < memory + (16 << 20),
+            "{est} vs {memory}"
+        );
+        assert!(matches!(
+            estimate_size(-1),
+            Err(Error::NoSuchProcess { .. } | Error::Process { .. })
+        ));
+    }
+
+    #[test]
+    fn refuses_to_capture_itself() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let e = capture(
+            std::process::id() as i32,
+            &CaptureOptions {
+                output: dir.path().join("self.core"),
+                ..Default::default()
+            },
+        )
+        .expect_err("self");
+        assert!(e.to_string().contains("cannot capture itself"), "{e}");
+    }
+}

@@ -32,6 +32,10 @@ pub(crate) const NT_FILE: u32 = 0x4649_4c45;
 const MACHINE: u16 = 62; // EM_X86_64
 #[cfg(target_arch = "aarch64")]
 const MACHINE: u16 = 183; // EM_AARCH64
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+compile_error!(
+    "capture writes x86-64 and aarch64 cores only (register layouts in capture/ptrace.rs)"
+);
 
 /// `elf_prstatus` is 112 bytes of header, the general registers, and `pr_fpvalid` padded to 8.
 const PRSTATUS_HEAD: usize = 112;

@@ -132,7 +132,12 @@ Linux $(uname -r), $(date -u +%Y-%m-%d); load average $load_before before, $load
 | \`leakhunt-analyzer capture\` to \`.zst\` | ${w_zst} s | ${c_zst} s | ${s_zst} ms | $((size_zst / 1048576)) MiB | $(div "$w_gcore" "$w_zst")× | $(div "$s_gcore" "$s_zst")× shorter |
 | \`gcore\` (gdb $(gdb --version | head -1 | awk '{print $NF}')) | ${w_gcore} s | ${c_gcore} s | ${s_gcore} ms | $((size_gcore / 1048576)) MiB | 1× | 1× |
 
-Our core also holds the read-only pages of the ELF objects (self-contained); gcore's does not.
+Our core also holds the read-only pages of the ELF objects (self-contained); gcore's does not. The plain
+capture is bound by the disk (\`O_DIRECT\` writes) and by the CPU other jobs leave; the target runs again as
+soon as its memory is read, while queued chunks are still being written. \`.zst\` is compressed after the
+target runs again (zstd level 1, two threads): its wall time is compression of a worst case (half random
+words; real heaps compress faster and smaller). On a shared machine the figures vary from run to run:
+compare rows of one run, not runs.
 MD
 )
 echo "$table"

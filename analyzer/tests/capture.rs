@@ -670,3 +670,31 @@ fn killed_capture_leaves_no_file_and_the_target_running() {
     assert_running(&t);
     assert!(leftovers(&out_dir).is_empty(), "{:?}", leftovers(&out_dir));
 }
+
+#[test]
+fn a_process_under_a_debugger_is_refused_and_left_to_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t = Target::c(dir.path(), 0);
+    // gdb attaches, then holds the process while its shell command sleeps.
+    let mut gdb = Command::new("gdb")
+        .args([
+            "-nx",
+            "-batch",
+            "-p",
+            &t.pid().to_string(),
+            "-ex",
+            "shell sleep 2",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run gdb");
+    assert!(wait_traced(t.pid()), "gdb never attached");
+    let e = capture(t.pid(), &opts(dir.path().join("traced.core"))).expect_err("traced");
+    let _ = gdb.wait();
+    assert!(matches!(e, Error::AlreadyTraced { .. }), "{e}");
+    assert!(e.to_string().contains("already traced"), "{e}");
+    assert!(!dir.path().join("traced.core").exists());
+    wait_until(|| t.states().iter().all(|&s| s == 'S'));
+    assert_running(&t);
+}

@@ -453,6 +453,10 @@ fn refuses_a_missing_pid_an_existing_output_and_a_size_cap() {
     capture(t.pid(), &o).expect("overwrite");
     CoreFile::open(&out, None).expect("overwritten core");
 
+    let e = capture(t.pid(), &opts(dir.path().join("no/such/dir/x.core"))).expect_err("no dir");
+    assert!(matches!(e, Error::Output { .. }), "{e}");
+    assert!(!e.to_string().contains(".partial"), "{e}");
+
     let capped = dir.path().join("capped.core");
     let mut o = opts(capped.clone());
     o.max_bytes = Some(1 << 20);

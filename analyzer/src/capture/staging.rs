@@ -30,6 +30,8 @@ impl Staging {
             .open(dir);
         match unnamed {
             Ok(file) => Ok(Staging { file, named: None }),
+            // Missing directory, no permission, full disk: the same for any kind of file.
+            Err(e) if !tmpfile_unsupported(&e) => Err(e),
             Err(_) => {
                 // tempfile creates 0600 files and removes them on drop.
                 let named = tempfile::Builder::new()
@@ -92,6 +94,14 @@ impl Staging {
             }
         }
     }
+}
+
+/// The error says the filesystem (or kernel) has no `O_TMPFILE`, not that the file cannot be made.
+fn tmpfile_unsupported(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EOPNOTSUPP) | Some(libc::EISDIR) | Some(libc::EINVAL)
+    )
 }
 
 fn link(from: &Path, to: &Path) -> io::Result<()> {

@@ -1,0 +1,5 @@
+#![forbid(unsafe_code)]
+//! leakhunt-operator: the `leakhunt` binary's library.
+
+pub mod crd;
+pub mod node;

@@ -19,9 +19,11 @@ def main():
     p.add_argument("--requests", type=int, default=2_000_000)
     p.add_argument("--seconds", type=float, default=600)
     p.add_argument("--give-up", type=float, default=10, help="stop after the server is down this long")
+    p.add_argument("--start-timeout", type=float, default=60, help="stop if the server never answers")
     args = p.parse_args()
 
-    deadline = time.monotonic() + args.seconds
+    started = time.monotonic()
+    deadline = started + args.seconds
     lock = threading.Lock()
     state = {"sent": 0, "ok": 0, "down_since": None, "stop": False}
 
@@ -45,7 +47,11 @@ def main():
             except OSError:
                 with lock:
                     now = time.monotonic()
-                    if state["down_since"] is None:
+                    if state["ok"] == 0:
+                        # Not up yet: wait for it, but not forever.
+                        if now - started > args.start_timeout:
+                            state["stop"] = True
+                    elif state["down_since"] is None:
                         state["down_since"] = now
                     elif now - state["down_since"] > args.give_up:
                         state["stop"] = True

@@ -8,4 +8,10 @@ pub mod notes;
 pub mod util;
 
 pub use image::{open_snapshot, CoreFile, LiveProcess, Mapping, MemoryImage, ProcessInfo};
+pub mod analysis;
+pub mod census;
 pub mod findings;
+pub mod report;
+pub mod symbols;
+#[doc(hidden)]
+pub mod fuzzing;

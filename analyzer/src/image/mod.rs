@@ -6,6 +6,7 @@ mod files;
 mod live;
 
 pub use self::core::CoreFile;
+pub(crate) use self::files::{build_id_from_header_page, open_regular};
 pub use self::live::LiveProcess;
 
 use std::fmt;
@@ -192,6 +193,12 @@ pub trait MemoryImage: Send + Sync {
     }
 
     fn info(&self) -> &ProcessInfo;
+
+    /// The parts of mapping `m` whose bytes the image holds, as `[start, end)` ranges. Scans
+    /// iterate these rather than the mapping's nominal size, which a malformed core may inflate.
+    fn stored_ranges(&self, m: &Mapping) -> Vec<(u64, u64)> {
+        vec![(m.start, m.end)]
+    }
 
     /// Human-readable notes about the image (missing pages, substituted files, ...).
     fn notes(&self) -> Vec<String> {

@@ -10,7 +10,8 @@ const NO_SYSROOT: &str = "/nonexistent/leakhunt-fuzz-sysroot";
 
 /// Parse `data` as a core and, if it parses, take the census and read every mapping's first bytes.
 pub fn core_reader(data: &[u8]) {
-    let Ok(core) = CoreFile::from_bytes("fuzz-input", data.to_vec(), Some(Path::new(NO_SYSROOT))) else {
+    let Ok(core) = CoreFile::from_bytes("fuzz-input", data.to_vec(), Some(Path::new(NO_SYSROOT)))
+    else {
         return;
     };
     for m in core.mappings().iter().take(1000) {

@@ -11,7 +11,7 @@ pub use image::{open_snapshot, CoreFile, LiveProcess, Mapping, MemoryImage, Proc
 pub mod analysis;
 pub mod census;
 pub mod findings;
-pub mod report;
-pub mod symbols;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod report;
+pub mod symbols;

@@ -12,7 +12,12 @@ use leakhunt_analyzer::findings::{SuspectKind, Verdict};
 
 fn pointer_count(core: &Path, symbol: &str) -> u64 {
     let a = analysis::analyze_path(core, None).expect("analyze");
-    a.census.pointers.iter().filter(|p| p.name == symbol).map(|p| p.count).sum()
+    a.census
+        .pointers
+        .iter()
+        .filter(|p| p.name == symbol)
+        .map(|p| p.count)
+        .sum()
 }
 
 #[test]
@@ -26,12 +31,21 @@ fn vtable_pointers_count_objects_in_a_gcore_core() {
     let widgets = pointer_count(&core, "vtable for Widget+0x10");
     let gadgets = pointer_count(&core, "vtable for Gadget+0x10");
     // Every live object holds its vtable pointer; a few stale copies may sit in freed memory.
-    assert!((20000..20100).contains(&widgets), "vtable for Widget counted {widgets} times");
-    assert!((700..720).contains(&gadgets), "vtable for Gadget counted {gadgets} times");
+    assert!(
+        (20000..20100).contains(&widgets),
+        "vtable for Widget counted {widgets} times"
+    );
+    assert!(
+        (700..720).contains(&gadgets),
+        "vtable for Gadget counted {gadgets} times"
+    );
 
     let (code, text, _) = run_analyzer(&["analyze", core.to_str().unwrap(), "--top", "5"]);
     assert_eq!(code, 0);
-    assert!(text.contains("vtable for Widget+0x10"), "text census lacks the vtable:\n{text}");
+    assert!(
+        text.contains("vtable for Widget+0x10"),
+        "text census lacks the vtable:\n{text}"
+    );
 }
 
 #[test]
@@ -47,19 +61,46 @@ fn diff_reports_native_growth_and_the_growing_class() {
 
     let f = analysis::diff_paths(&a, &b, None).expect("diff");
     assert_eq!(f.verdict, Verdict::Leak, "{f:#?}");
-    let native = f.suspects.iter().find(|s| s.kind == SuspectKind::Native).expect("a native suspect");
+    let native = f
+        .suspects
+        .iter()
+        .find(|s| s.kind == SuspectKind::Native)
+        .expect("a native suspect");
     let growth = native.retained_growth();
     // 48 MiB of malloc plus ~1.2 MiB of Widgets and the vector's growth.
-    assert!((48 << 20..56 << 20).contains(&growth), "native growth {growth} is not ≈ 48 MiB");
-    let vt = f.types.iter().find(|t| t.name == "vtable for Widget+0x10").expect("Widget vtable in types");
-    assert!((30000..30100).contains(&vt.count_growth()), "Widget growth {}", vt.count_growth());
-    assert!(f.suspects.iter().any(|s| s.path == "vtable for Widget+0x10"));
+    assert!(
+        (48 << 20..56 << 20).contains(&growth),
+        "native growth {growth} is not ≈ 48 MiB"
+    );
+    let vt = f
+        .types
+        .iter()
+        .find(|t| t.name == "vtable for Widget+0x10")
+        .expect("Widget vtable in types");
+    assert!(
+        (30000..30100).contains(&vt.count_growth()),
+        "Widget growth {}",
+        vt.count_growth()
+    );
+    assert!(f
+        .suspects
+        .iter()
+        .any(|s| s.path == "vtable for Widget+0x10"));
 
-    let (code, json, _) = run_analyzer(&["diff", a.to_str().unwrap(), b.to_str().unwrap(), "--format", "json"]);
+    let (code, json, _) = run_analyzer(&[
+        "diff",
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&json).expect("diff JSON");
     assert_eq!(v["verdict"], "leak");
-    assert!(v["suspects"][0]["retainedBytesAfter"].as_u64().unwrap() > v["suspects"][0]["retainedBytesBefore"].as_u64().unwrap());
+    assert!(
+        v["suspects"][0]["retainedBytesAfter"].as_u64().unwrap()
+            > v["suspects"][0]["retainedBytesBefore"].as_u64().unwrap()
+    );
     assert!(v["rss"]["after"].as_u64().unwrap() > v["rss"]["before"].as_u64().unwrap());
 }
 
@@ -97,7 +138,10 @@ struct CorePattern(Option<String>);
 impl CorePattern {
     fn plain() -> CorePattern {
         let path = "/proc/sys/kernel/core_pattern";
-        let old = std::fs::read_to_string(path).expect("read core_pattern").trim_end().to_owned();
+        let old = std::fs::read_to_string(path)
+            .expect("read core_pattern")
+            .trim_end()
+            .to_owned();
         if old.starts_with('|') || old.contains('/') {
             std::fs::write(path, "core").expect("tests run as root to set core_pattern");
             CorePattern(Some(old))
@@ -119,19 +163,39 @@ impl Drop for CorePattern {
 fn kernel_core(exe: &Path, dir: &Path, setup: &[&str]) -> PathBuf {
     let _pattern = CorePattern::plain();
     let mut w = Workload::start(
-        Command::new("sh").arg("-c").arg(format!("ulimit -c unlimited; exec {}", exe.display())).current_dir(dir),
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("ulimit -c unlimited; exec {}", exe.display()))
+            .current_dir(dir),
     );
     for cmd in setup {
         w.send(cmd);
     }
     let pid = w.pid();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGABRT).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGABRT,
+    )
+    .unwrap();
     let _ = w.child.wait();
-    let pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap().trim_end().replace("%p", &pid.to_string());
-    let uses_pid = std::fs::read_to_string("/proc/sys/kernel/core_uses_pid").map(|s| s.trim() == "1").unwrap_or(false);
-    let name = if uses_pid && !pattern.contains(&pid.to_string()) { format!("{pattern}.{pid}") } else { pattern };
+    let pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern")
+        .unwrap()
+        .trim_end()
+        .replace("%p", &pid.to_string());
+    let uses_pid = std::fs::read_to_string("/proc/sys/kernel/core_uses_pid")
+        .map(|s| s.trim() == "1")
+        .unwrap_or(false);
+    let name = if uses_pid && !pattern.contains(&pid.to_string()) {
+        format!("{pattern}.{pid}")
+    } else {
+        pattern
+    };
     let core = dir.join(name);
-    assert!(core.exists(), "the kernel wrote no core at {}", core.display());
+    assert!(
+        core.exists(),
+        "the kernel wrote no core at {}",
+        core.display()
+    );
     core
 }
 
@@ -141,15 +205,27 @@ fn kernel_cores_are_read_with_missing_pages_from_the_files() {
     let exe = compile("widgets.cpp", dir.path());
     let core = kernel_core(&exe, dir.path(), &["widgets 5000"]);
     let a = analysis::analyze_path(&core, None).expect("analyze kernel core");
-    let widgets: u64 = a.census.pointers.iter().filter(|p| p.name == "vtable for Widget+0x10").map(|p| p.count).sum();
-    assert!((5000..5050).contains(&widgets), "vtable for Widget counted {widgets} times");
+    let widgets: u64 = a
+        .census
+        .pointers
+        .iter()
+        .filter(|p| p.name == "vtable for Widget+0x10")
+        .map(|p| p.count)
+        .sum();
+    assert!(
+        (5000..5050).contains(&widgets),
+        "vtable for Widget counted {widgets} times"
+    );
     assert_eq!(a.census.process.exe.as_deref(), exe.to_str());
 
     // Without the files (a sysroot that lacks them), the census says which pages are missing.
     let empty = tempfile::tempdir().unwrap();
     let a = analysis::analyze_path(&core, Some(empty.path())).expect("analyze with empty sysroot");
     assert!(
-        a.census.notes.iter().any(|n| n.contains("pages missing") && n.contains("libc.so")),
+        a.census
+            .notes
+            .iter()
+            .any(|n| n.contains("pages missing") && n.contains("libc.so")),
         "no missing-pages note: {:?}",
         a.census.notes
     );

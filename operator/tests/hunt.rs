@@ -60,6 +60,8 @@ impl Drop for ChildGuard {
 struct Recorder {
     taken: Mutex<Vec<(i32, PathBuf)>>,
     fail_diff: bool,
+    /// SIGKILL the process right after its first snapshot: a worker that dies between A and B.
+    kill_after_first: bool,
 }
 
 impl Snapshotter for Recorder {
@@ -78,7 +80,11 @@ impl Snapshotter for Recorder {
             pid,
             message: e.to_string(),
         })?;
-        self.taken.lock().unwrap().push((pid, output.to_path_buf()));
+        let mut taken = self.taken.lock().unwrap();
+        taken.push((pid, output.to_path_buf()));
+        if self.kill_after_first && taken.len() == 1 {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
         Ok(Captured {
             path: output.to_path_buf(),
             file_bytes: rss.len() as u64,
@@ -267,6 +273,39 @@ fn worker_killed_parent_survives() {
     assert!(Path::new(&format!("/proc/{parent_pid}")).exists());
     assert_eq!(cg.0.procs().unwrap(), vec![parent_pid]);
     assert!(outcome.failure.is_none(), "{:?}", outcome.failure);
+}
+
+/// A master that respawns its leaking worker: when the worker dies between A and B, the hunt
+/// starts over in the new worker and ends with a pair of it.
+#[test]
+fn respawned_worker_is_hunted_again() {
+    let Some(h) = hierarchy() else { return };
+    let worker = leaker(2, 0.1).lines().map(|l| format!("        {l}")).collect::<Vec<_>>().join("\n");
+    let script = format!(
+        "import os, time\nfor _ in range(2):\n    pid = os.fork()\n    if pid == 0:\n{worker}\n    os.waitpid(pid, 0)\n"
+    );
+    let (mut opts, _tmp) = options("respawn", Target::Command(vec![python(), "-c".into(), script]), Some(64 * MIB));
+    opts.until = Until::Report;
+    opts.keep_snapshots = true;
+    let rec = Recorder {
+        kill_after_first: true,
+        ..Default::default()
+    };
+    let (outcome, _) = run(&opts, &rec);
+    let taken = rec.taken.lock().unwrap().clone();
+    let pids: Vec<i32> = taken.iter().map(|(p, _)| *p).collect();
+    assert_eq!(pids.len(), 3, "A (voided), A, B: {pids:?}");
+    assert_ne!(pids[0], pids[1], "the second A is of the new worker");
+    assert_eq!(pids[1], pids[2]);
+    assert!(!taken[0].1.exists(), "the void baseline is deleted");
+    let master = command_pid(&outcome).unwrap();
+    assert!(!pids.contains(&master), "never the master");
+    let st = outcome.report.status.unwrap();
+    assert!(st.notes.iter().any(|n| n.contains("is void")), "{:?}", st.notes);
+    assert_eq!(st.snapshots.len(), 2);
+    assert!(st.snapshots.iter().all(|s| s.pid == i64::from(pids[1])));
+    assert!(outcome.failure.is_none(), "{:?}", outcome.failure);
+    assert_cgroup_gone(&opts, &h);
 }
 
 /// A service whose memory stays flat: no snapshot, no leak verdict.

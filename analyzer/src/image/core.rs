@@ -443,7 +443,10 @@ impl CoreFile {
         self.segments.iter().filter_map(|s| {
             let off = usize::try_from(s.offset).ok()?;
             let len = usize::try_from(s.filesz).ok()?;
-            Some((s.vaddr, self.map.as_slice().get(off..off.checked_add(len)?)?))
+            Some((
+                s.vaddr,
+                self.map.as_slice().get(off..off.checked_add(len)?)?,
+            ))
         })
     }
 

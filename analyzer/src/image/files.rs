@@ -73,7 +73,11 @@ impl FileBacking {
 /// FIFO or device there must not block or feed us endless bytes.
 pub(crate) fn open_regular(path: &Path) -> Option<File> {
     use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).ok()?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
     file.metadata().ok()?.is_file().then_some(file)
 }
 

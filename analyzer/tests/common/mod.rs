@@ -8,7 +8,9 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
 /// Compile `tests/programs/NAME` (C or C++) into `dir`.
 pub fn compile(name: &str, dir: &Path) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs").join(name);
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/programs")
+        .join(name);
     let out = dir.join(name.rsplit_once('.').map(|(b, _)| b).unwrap_or(name));
     let cc = if name.ends_with(".cpp") { "g++" } else { "gcc" };
     let status = Command::new(cc)
@@ -37,9 +39,16 @@ impl Workload {
             .expect("start workload");
         let stdin = child.stdin.take().expect("stdin");
         let stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        let mut w = Workload { child, stdin, stdout };
+        let mut w = Workload {
+            child,
+            stdin,
+            stdout,
+        };
         let line = w.read_line();
-        assert!(line.starts_with("ready"), "workload said {line:?} instead of ready");
+        assert!(
+            line.starts_with("ready"),
+            "workload said {line:?} instead of ready"
+        );
         w
     }
 
@@ -49,7 +58,9 @@ impl Workload {
 
     pub fn read_line(&mut self) -> String {
         let mut line = String::new();
-        self.stdout.read_line(&mut line).expect("read workload output");
+        self.stdout
+            .read_line(&mut line)
+            .expect("read workload output");
         line.trim_end().to_owned()
     }
 
@@ -58,7 +69,10 @@ impl Workload {
         writeln!(self.stdin, "{cmd}").expect("write to workload");
         self.stdin.flush().expect("flush");
         let reply = self.read_line();
-        assert!(reply.starts_with("ok"), "workload answered {reply:?} to {cmd:?}");
+        assert!(
+            reply.starts_with("ok"),
+            "workload answered {reply:?} to {cmd:?}"
+        );
         reply
     }
 }
@@ -79,7 +93,11 @@ pub fn gcore(pid: i32, dir: &Path, name: &str) -> PathBuf {
         .arg(pid.to_string())
         .output()
         .expect("gcore (from gdb) is needed");
-    assert!(out.status.success(), "gcore failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "gcore failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let path = PathBuf::from(format!("{}.{pid}", prefix.display()));
     assert!(path.exists(), "gcore wrote no {}", path.display());
     path
@@ -92,7 +110,10 @@ pub fn analyzer_bin() -> PathBuf {
 
 /// Run the analyzer CLI; returns (exit code, stdout, stderr).
 pub fn run_analyzer(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(analyzer_bin()).args(args).output().expect("run analyzer");
+    let out = Command::new(analyzer_bin())
+        .args(args)
+        .output()
+        .expect("run analyzer");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -81,31 +81,26 @@ impl Snapshotter for Analyzer {
     }
 
     fn diff(&self, before: &Path, after: &Path) -> Result<Findings> {
-        Err(Error::Diff {
+        leakhunt_analyzer::analysis::diff_paths(before, after, None).map_err(|e| Error::Diff {
             before: before.to_path_buf(),
             after: after.to_path_buf(),
-            message: "this build has no diff (leakhunt_analyzer::analysis is not merged yet)"
-                .into(),
+            message: error_chain(&e),
         })
     }
 
     fn write_text(&self, findings: &Findings, out: &mut dyn Write) -> io::Result<()> {
-        writeln!(
-            out,
-            "verdict: {}  {}",
-            findings.verdict.as_str(),
-            findings.summary
-        )?;
-        for s in &findings.suspects {
-            writeln!(
-                out,
-                "  {} ({}) {:+} items {:+} bytes",
-                s.path,
-                s.type_name,
-                s.count_growth(),
-                s.retained_growth()
-            )?;
-        }
-        Ok(())
+        leakhunt_analyzer::report::write_text(findings, out)
     }
+}
+
+/// An error and its causes on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }

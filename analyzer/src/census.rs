@@ -271,7 +271,11 @@ fn scan_chunk(
 ) {
     let len = (end - start) as usize;
     let bytes: &[u8] = match image.slice(start, len) {
-        Some(s) => s,
+        Some(s) => {
+            scan_words(s, targets, counts);
+            image.release(start, len);
+            return;
+        }
         None => {
             buf.resize(len, 0);
             if image.read(start, buf).is_err() {

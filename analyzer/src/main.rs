@@ -4,7 +4,10 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use leakhunt_analyzer::capture::{self, CaptureOptions};
+use leakhunt_analyzer::util::human_bytes;
 use leakhunt_analyzer::{analysis, report, LiveProcess};
 
 #[derive(Parser)]
@@ -26,6 +29,24 @@ enum Format {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Write a self-contained ELF core of a running process (stopped only while its memory is read).
+    Capture {
+        /// Process to capture.
+        #[arg(long)]
+        pid: i32,
+        /// Core file to write (mode 0600); a `.zst` name implies --compress.
+        #[arg(long, short)]
+        output: PathBuf,
+        /// Compress with zstd.
+        #[arg(long)]
+        compress: bool,
+        /// Overwrite an existing output file.
+        #[arg(long)]
+        force: bool,
+        /// Refuse, before stopping the process, when the core would exceed this many bytes.
+        #[arg(long, value_name = "BYTES")]
+        max_size: Option<u64>,
+    },
     /// Census of one snapshot (an ELF core, optionally .zst) or of a live process.
     Analyze {
         /// The snapshot file.
@@ -84,6 +105,33 @@ fn run(args: Args) -> anyhow::Result<()> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     match args.command {
+        Command::Capture {
+            pid,
+            output,
+            compress,
+            force,
+            max_size,
+        } => {
+            let opts = CaptureOptions {
+                output,
+                compress,
+                overwrite: force,
+                max_bytes: max_size,
+            };
+            let s = capture::capture(pid, &opts)
+                .with_context(|| format!("capture of process {pid} failed"))?;
+            writeln!(
+                out,
+                "captured process {pid} to {}: {} file ({} of memory, {} mappings), {} threads, stopped {:.1} ms, total {:.1} ms",
+                s.path.display(),
+                human_bytes(s.file_bytes),
+                human_bytes(s.memory_bytes),
+                s.mappings,
+                s.threads,
+                s.stopped.as_secs_f64() * 1e3,
+                s.total.as_secs_f64() * 1e3,
+            )?;
+        }
         Command::Analyze {
             snapshot,
             pid,

@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{compile, gcore, run_analyzer, Workload};
+use common::{capture, compile, gcore, run_analyzer, Workload};
 use leakhunt_analyzer::analysis;
 use leakhunt_analyzer::findings::{SuspectKind, Verdict};
 
@@ -228,5 +228,47 @@ fn kernel_cores_are_read_with_missing_pages_from_the_files() {
             .any(|n| n.contains("pages missing") && n.contains("libc.so")),
         "no missing-pages note: {:?}",
         a.census.notes
+    );
+}
+
+#[test]
+fn our_capture_gives_the_same_census_and_a_recorded_rss() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = compile("widgets.cpp", dir.path());
+    let mut w = Workload::start(&mut Command::new(&exe));
+    w.send("widgets 3000");
+    let a = capture(w.pid(), dir.path(), "a");
+    // gcore of the same, unchanged process sees the same words.
+    let g = gcore(w.pid(), dir.path(), "g");
+    assert_eq!(
+        pointer_count(&a, "vtable for Widget+0x10"),
+        pointer_count(&g, "vtable for Widget+0x10")
+    );
+    w.send("widgets 4000");
+    w.send("malloc 20");
+    let b = capture(w.pid(), dir.path(), "b");
+    let f = analysis::diff_paths(&a, &b, None).expect("diff");
+    let vt = f
+        .types
+        .iter()
+        .find(|t| t.name == "vtable for Widget+0x10")
+        .expect("Widget vtable");
+    // Stale copies of vtable pointers in freed memory come and go: allow a few either way.
+    assert!(
+        (3990..4010).contains(&vt.count_growth()),
+        "Widget growth {}",
+        vt.count_growth()
+    );
+    // Our cores record RSS at capture time: the 20 MiB touched by malloc shows in it.
+    let rss_growth = f.rss.after as i64 - f.rss.before as i64;
+    assert!(
+        (20 << 20..26 << 20).contains(&rss_growth),
+        "RSS growth {rss_growth}"
+    );
+    assert!(f.interval.seconds > 0.0 && f.interval.seconds < 60.0);
+    assert!(
+        !f.notes.iter().any(|n| n.contains("RSS estimated")),
+        "{:?}",
+        f.notes
     );
 }

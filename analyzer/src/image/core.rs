@@ -503,6 +503,47 @@ impl MemoryImage for CoreFile {
             .or_else(|| self.slice_file(addr, len))
     }
 
+    fn release(&self, addr: u64, len: usize) {
+        let Bytes::Mapped(map) = &self.map else {
+            return;
+        };
+        let Some(s) = self.segment_at(addr) else {
+            return;
+        };
+        let rel = addr - s.vaddr;
+        let end = (rel + len as u64).min(s.filesz);
+        // madvise works on whole pages; segment data need not be page-aligned in the file.
+        let (start, stop) = (
+            (s.offset + rel).next_multiple_of(4096),
+            (s.offset + end) & !4095,
+        );
+        if start < stop {
+            // SAFETY: the mapping is a private read-only file mapping: dropping its pages only makes
+            // the next access fault them in again from the file, with the same contents.
+            let _ = unsafe {
+                map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    start as usize,
+                    (stop - start) as usize,
+                )
+            };
+        }
+    }
+
+    fn stored_ranges(&self, m: &Mapping) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        let i = self
+            .segments
+            .partition_point(|s| s.vaddr + s.memsz <= m.start);
+        for s in self.segments[i..].iter().take_while(|s| s.vaddr < m.end) {
+            let (a, b) = (s.vaddr.max(m.start), (s.vaddr + s.filesz).min(m.end));
+            if a < b {
+                out.push((a, b));
+            }
+        }
+        out
+    }
+
     fn info(&self) -> &ProcessInfo {
         &self.info
     }

@@ -120,3 +120,16 @@ pub fn run_analyzer(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Snapshot a live process with our own capture; returns the core path.
+pub fn capture(pid: i32, dir: &Path, name: &str) -> PathBuf {
+    let output = dir.join(format!("{name}.core"));
+    let opts = leakhunt_analyzer::capture::CaptureOptions {
+        output: output.clone(),
+        compress: false,
+        overwrite: false,
+        max_bytes: None,
+    };
+    leakhunt_analyzer::capture::capture(pid, &opts).expect("capture");
+    output
+}

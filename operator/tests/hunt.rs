@@ -62,6 +62,19 @@ struct Recorder {
     fail_diff: bool,
     /// SIGKILL the process right after its first snapshot: a worker that dies between A and B.
     kill_after_first: bool,
+    /// Capture and diff with the real analyzer (still recording which process).
+    real: bool,
+    /// Parent PID of each snapshotted process, at capture time.
+    parents: Mutex<Vec<i32>>,
+}
+
+impl Recorder {
+    fn real() -> Recorder {
+        Recorder {
+            real: true,
+            ..Default::default()
+        }
+    }
 }
 
 impl Snapshotter for Recorder {
@@ -69,7 +82,19 @@ impl Snapshotter for Recorder {
         snapshot::Analyzer.estimate_size(pid)
     }
 
-    fn capture(&self, pid: i32, output: &Path, _max: u64) -> snapshot::Result<Captured> {
+    fn capture(&self, pid: i32, output: &Path, max: u64) -> snapshot::Result<Captured> {
+        if let Some(ppid) = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("PPid:").and_then(|v| v.trim().parse().ok()))
+        {
+            self.parents.lock().unwrap().push(ppid);
+        }
+        if self.real {
+            let c = snapshot::Analyzer.capture(pid, output, max)?;
+            self.taken.lock().unwrap().push((pid, c.path.clone()));
+            return Ok(c);
+        }
         let rss = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| {
             snapshot::Error::Capture {
                 pid,
@@ -83,7 +108,10 @@ impl Snapshotter for Recorder {
         let mut taken = self.taken.lock().unwrap();
         taken.push((pid, output.to_path_buf()));
         if self.kill_after_first && taken.len() == 1 {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
         Ok(Captured {
             path: output.to_path_buf(),
@@ -95,6 +123,9 @@ impl Snapshotter for Recorder {
     }
 
     fn diff(&self, before: &Path, after: &Path) -> snapshot::Result<Findings> {
+        if self.real {
+            return snapshot::Analyzer.diff(before, after);
+        }
         if self.fail_diff {
             return Err(snapshot::Error::Diff {
                 before: before.into(),
@@ -110,6 +141,9 @@ impl Snapshotter for Recorder {
     }
 
     fn write_text(&self, findings: &Findings, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        if self.real {
+            return snapshot::Analyzer.write_text(findings, out);
+        }
         writeln!(out, "{}", findings.summary)
     }
 }
@@ -181,11 +215,16 @@ fn leaker_is_oom_killed_and_named() {
     let Some(h) = hierarchy() else { return };
     let (opts, _tmp) = options(
         "leaker",
-        Target::Command(vec![python(), "-c".into(), leaker(2, 0.05)]),
+        Target::Command(vec![python(), "-c".into(), leaker(1, 0.05)]),
         Some(64 * MIB),
     );
-    let rec = Recorder::default();
+    let rec = Recorder::real();
     let (outcome, text) = run(&opts, &rec);
+    assert_eq!(
+        outcome.findings.as_ref().map(|f| f.verdict),
+        Some(FindingsVerdict::Leak),
+        "{text}"
+    );
 
     // The command was the one killed, named by the kernel log (readable here) or its vanishing.
     assert!(!outcome.kills.is_empty(), "no OOM kill reported");
@@ -280,11 +319,19 @@ fn worker_killed_parent_survives() {
 #[test]
 fn respawned_worker_is_hunted_again() {
     let Some(h) = hierarchy() else { return };
-    let worker = leaker(2, 0.1).lines().map(|l| format!("        {l}")).collect::<Vec<_>>().join("\n");
+    let worker = leaker(2, 0.1)
+        .lines()
+        .map(|l| format!("        {l}"))
+        .collect::<Vec<_>>()
+        .join("\n");
     let script = format!(
         "import os, time\nfor _ in range(2):\n    pid = os.fork()\n    if pid == 0:\n{worker}\n    os.waitpid(pid, 0)\n"
     );
-    let (mut opts, _tmp) = options("respawn", Target::Command(vec![python(), "-c".into(), script]), Some(64 * MIB));
+    let (mut opts, _tmp) = options(
+        "respawn",
+        Target::Command(vec![python(), "-c".into(), script]),
+        Some(64 * MIB),
+    );
     opts.until = Until::Report;
     opts.keep_snapshots = true;
     let rec = Recorder {
@@ -301,7 +348,11 @@ fn respawned_worker_is_hunted_again() {
     let master = command_pid(&outcome).unwrap();
     assert!(!pids.contains(&master), "never the master");
     let st = outcome.report.status.unwrap();
-    assert!(st.notes.iter().any(|n| n.contains("is void")), "{:?}", st.notes);
+    assert!(
+        st.notes.iter().any(|n| n.contains("is void")),
+        "{:?}",
+        st.notes
+    );
     assert_eq!(st.snapshots.len(), 2);
     assert!(st.snapshots.iter().all(|s| s.pid == i64::from(pids[1])));
     assert!(outcome.failure.is_none(), "{:?}", outcome.failure);
@@ -515,7 +566,7 @@ fn ctrl_c_cleans_up_cgroup_and_command() {
 }
 
 /// gunicorn with two workers serving the leaky Flask app under load: the snapshot pair is of a
-/// worker (the master does not grow), and the hunt ends with the analysis.
+/// worker (the master does not grow), and the analyzer finds what grows in it.
 #[test]
 fn gunicorn_workers_leak_master_does_not() {
     let Some(h) = hierarchy() else { return };
@@ -542,16 +593,17 @@ fn gunicorn_workers_leak_master_does_not() {
     );
     opts.until = Until::Report;
     opts.duration = Some(Duration::from_secs(120));
-    opts.keep_snapshots = true;
     let stop = Arc::new(AtomicBool::new(false));
-    let load = {
-        let stop = Arc::clone(&stop);
-        std::thread::spawn(move || drive_load(port, &stop, Duration::from_secs(120)))
-    };
-    let rec = Recorder::default();
-    let (outcome, _) = run(&opts, &rec);
+    let load: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || drive_load(port, &stop, Duration::from_secs(120)))
+        })
+        .collect();
+    let rec = Recorder::real();
+    let (outcome, text) = run(&opts, &rec);
     stop.store(true, Ordering::Relaxed);
-    let sent = load.join().unwrap();
+    let sent: u64 = load.into_iter().map(|t| t.join().unwrap()).sum();
     eprintln!("load: {sent} requests");
 
     assert!(outcome.failure.is_none(), "{:?}", outcome.failure);
@@ -559,23 +611,61 @@ fn gunicorn_workers_leak_master_does_not() {
     let target = st.process.as_ref().expect("snapshotted process");
     let taken = rec.taken.lock().unwrap().clone();
     assert_eq!(taken.len(), 2, "{taken:?}");
-    assert!(taken.iter().all(|(p, _)| *p as i64 == target.pid));
+    assert!(taken.iter().all(|(p, _)| i64::from(*p) == target.pid));
     // A worker: its parent is the gunicorn master, which is the command itself.
     let master = command_pid(&outcome).expect("master pid");
     assert_eq!(target.name, "gunicorn");
     assert_ne!(target.pid, i64::from(master), "not the master");
-    let ppid = std::fs::read_to_string(&taken[0].1)
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("PPid:")
-                .map(|v| v.trim().parse::<i32>().unwrap())
-        });
     assert_eq!(
-        ppid,
-        Some(master),
-        "the snapshotted process is a worker of the master"
+        *rec.parents.lock().unwrap(),
+        vec![master, master],
+        "snapshots of a worker of the master"
     );
+    // What grows in the worker.
+    let findings = outcome.findings.as_ref().expect("findings");
+    assert_eq!(findings.verdict, FindingsVerdict::Leak, "{text}");
+    assert_eq!(st.verdict, Some(Verdict::Leak));
+    let top = findings.suspects.first().expect("a suspect");
+    assert!(
+        top.path.ends_with("Profiler.results"),
+        "top suspect {:?}\n{text}",
+        top.path
+    );
+    assert!(st.suspects[0].path.ends_with("Profiler.results"));
+    assert!(st
+        .snapshots
+        .iter()
+        .all(|s| s.sha256.len() == 64 && s.size > 0));
+    for (_, path) in &taken {
+        assert!(!path.exists(), "snapshot {path:?} not removed");
+    }
+    assert_cgroup_gone(&opts, &h);
+}
+
+/// Memory held but not growing, above the baseline: A, then B at the end of the watch, and the
+/// analyzer's verdict on the pair is not a leak.
+#[test]
+fn steady_process_above_baseline_is_not_a_leak() {
+    let Some(h) = hierarchy() else { return };
+    // One allocation to ~60% of the limit (between two samples), then churn that frees what it makes.
+    let script = "import time\nheld = b'x' * (36 << 20)\nwhile True:\n    junk = [str(i) for i in range(20000)]\n    del junk\n    time.sleep(0.05)\n";
+    let (mut opts, _tmp) = options(
+        "steady",
+        Target::Command(vec![python(), "-c".into(), script.into()]),
+        Some(64 * MIB),
+    );
+    opts.duration = Some(Duration::from_secs(6));
+    let rec = Recorder::real();
+    let (outcome, text) = run(&opts, &rec);
+    assert_eq!(
+        rec.taken.lock().unwrap().len(),
+        2,
+        "A at the baseline, B at the end of the watch"
+    );
+    assert!(outcome.failure.is_none(), "{:?}", outcome.failure);
+    let findings = outcome.findings.expect("findings");
+    assert_ne!(findings.verdict, FindingsVerdict::Leak, "{text}");
+    assert_ne!(outcome.report.status.unwrap().verdict, Some(Verdict::Leak));
     assert_cgroup_gone(&opts, &h);
 }
 

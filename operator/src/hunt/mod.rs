@@ -522,6 +522,12 @@ pub fn run(
     } else {
         Duration::ZERO
     };
+    hunt.progress.event(&format!(
+        "{samples} samples in {:.0}s, {:.2} ms each on average ({:.2} ms at most)",
+        started.elapsed().as_secs_f64(),
+        mean.as_secs_f64() * 1e3,
+        cost_max.as_secs_f64() * 1e3
+    ));
     Ok(HuntOutcome {
         report: hunt.report,
         findings: hunt.findings,
@@ -691,10 +697,10 @@ impl Hunt<'_> {
             self.write_report();
             return false;
         }
-        let path = self
-            .opts
-            .snapshot_dir
-            .join(format!("leakhunt-{}-{pid}-{role}.core", std::process::id()));
+        let path = self.opts.snapshot_dir.join(format!(
+            "leakhunt-{}-{pid}-{role}.core.zst",
+            std::process::id()
+        ));
         let result = self.snap.capture(pid, &path, self.opts.max_snapshot_size);
         let captured = match result {
             Ok(c) => c,
@@ -924,7 +930,7 @@ impl Hunt<'_> {
         if !analysed {
             // No analysis: judge from the working set alone, and say what was captured.
             status.notes.push(format!("{captured}: {peak_text}"));
-            let flat = (growth.unsigned_abs() as f64) < 0.005 * limit as f64;
+            let flat = (growth as f64) < 0.005 * limit as f64;
             status.verdict = Some(
                 if failure.is_none() && flat && !interrupted && status.oom_kills == 0 {
                     Verdict::NoLeak

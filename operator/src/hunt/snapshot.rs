@@ -6,6 +6,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use leakhunt_analyzer::capture;
 use leakhunt_analyzer::findings::Findings;
 
 #[derive(Debug, thiserror::Error)]
@@ -52,31 +53,30 @@ pub struct Analyzer;
 
 impl Snapshotter for Analyzer {
     fn estimate_size(&self, pid: i32) -> Result<u64> {
-        // Until the analyzer's capture lands: the writable mappings, which dominate a core.
-        let maps =
-            std::fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|e| Error::Estimate {
-                pid,
-                message: e.to_string(),
-            })?;
-        Ok(maps
-            .lines()
-            .filter_map(|l| {
-                let mut f = l.split_whitespace();
-                let (start, end) = f.next()?.split_once('-')?;
-                let writable = f.next()?.contains('w');
-                let len = u64::from_str_radix(end, 16)
-                    .ok()?
-                    .checked_sub(u64::from_str_radix(start, 16).ok()?)?;
-                writable.then_some(len)
-            })
-            .sum())
+        capture::estimate_size(pid).map_err(|e| Error::Estimate {
+            pid,
+            message: error_chain(&e),
+        })
     }
 
-    fn capture(&self, pid: i32, _output: &Path, _max_bytes: u64) -> Result<Captured> {
-        Err(Error::Capture {
+    fn capture(&self, pid: i32, output: &Path, max_bytes: u64) -> Result<Captured> {
+        let opts = capture::CaptureOptions {
+            output: output.to_path_buf(),
+            // Snapshots are compressed on disk (DESIGN: security model); the analyzer reads them back.
+            compress: true,
+            overwrite: false,
+            max_bytes: Some(max_bytes),
+        };
+        let s = capture::capture(pid, &opts).map_err(|e| Error::Capture {
             pid,
-            message: "this build has no capture (leakhunt_analyzer::capture is not merged yet)"
-                .into(),
+            message: error_chain(&e),
+        })?;
+        Ok(Captured {
+            path: s.path,
+            file_bytes: s.file_bytes,
+            memory_bytes: s.memory_bytes,
+            stopped: s.stopped,
+            total: s.total,
         })
     }
 

@@ -60,4 +60,11 @@ def healthz():
 
 
 if __name__ == "__main__":
+    # Quiet: no access log line per request, no banner; the demo's terminal is leakhunt's.
+    import logging
+
+    import flask.cli
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    flask.cli.show_server_banner = lambda *args, **kwargs: None
     app.run(host="127.0.0.1", port=int(os.environ.get("PORT", "8000")), threaded=True)

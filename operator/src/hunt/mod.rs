@@ -406,13 +406,13 @@ pub fn run(
             grower: sample.grower,
         };
         match machine.observe(&observation) {
-            Some(Action::SnapshotA { target }) if !hunt.snapshot('A', target, &sample, out) => {
+            Some(Action::SnapshotA { target }) if !hunt.snapshot('A', target, &sample) => {
                 machine.give_up(sample.t);
             }
             Some(Action::SnapshotA { .. }) => {}
             Some(Action::SnapshotB { target }) => {
                 let crossed = Instant::now();
-                if hunt.snapshot('B', target, &sample, out) {
+                if hunt.snapshot('B', target, &sample) {
                     hunt.analyse(out, crossed);
                 }
             }
@@ -651,13 +651,7 @@ impl Hunt<'_> {
     }
 
     /// Takes snapshot A or B of `target`; false if it was skipped or failed.
-    fn snapshot(
-        &mut self,
-        role: char,
-        target: ProcessKey,
-        sample: &Sample,
-        out: &mut dyn Write,
-    ) -> bool {
+    fn snapshot(&mut self, role: char, target: ProcessKey, sample: &Sample) -> bool {
         let pid = target.pid;
         let comm = sample
             .process(target)
@@ -725,7 +719,6 @@ impl Hunt<'_> {
             captured.stopped.as_secs_f64()
         );
         self.progress.event(&message);
-        let _ = writeln!(out, "{message}");
         let taken = SnapshotTaken {
             role,
             pid,
@@ -780,11 +773,12 @@ impl Hunt<'_> {
             Ok(findings) => {
                 let _ = writeln!(
                     out,
-                    "\nleakhunt report: {} (pid {}), snapshot A at {} → B at {} working set",
+                    "\nleakhunt report: {} (pid {}), snapshot A at {} and B at {} working set of a {} limit",
                     b.comm,
                     b.pid,
                     human_bytes(a.working_set),
-                    human_bytes(b.working_set)
+                    human_bytes(b.working_set),
+                    human_bytes(self.limit)
                 );
                 let _ = self.snap.write_text(&findings, out);
                 let _ = out.flush();
@@ -870,7 +864,7 @@ impl Hunt<'_> {
                 self.progress
                     .event("taking snapshot B at the end of the watch");
                 let crossed = Instant::now();
-                if self.snapshot('B', target, sample, out) {
+                if self.snapshot('B', target, sample) {
                     self.analyse(out, crossed);
                 }
             }

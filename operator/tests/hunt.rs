@@ -345,6 +345,11 @@ fn respawned_worker_is_hunted_again() {
     assert_ne!(pids[0], pids[1], "the second A is of the new worker");
     assert_eq!(pids[1], pids[2]);
     assert!(!taken[0].1.exists(), "the void baseline is deleted");
+    use std::os::unix::fs::PermissionsExt;
+    for (_, kept) in &taken[1..] {
+        let mode = std::fs::metadata(kept).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{kept:?} is readable by others");
+    }
     let master = command_pid(&outcome).unwrap();
     assert!(!pids.contains(&master), "never the master");
     let st = outcome.report.status.unwrap();

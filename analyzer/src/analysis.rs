@@ -57,7 +57,7 @@ pub fn analyze_path(path: &Path, sysroot: Option<&Path>) -> Result<Analysis> {
 pub fn analyze_image(image: &dyn MemoryImage, sysroot: Option<&Path>) -> Analysis {
     let mut census = census::take(image, sysroot);
     let python = match crate::python::census_of(image) {
-        Ok(p) => p,
+        Ok(p) => Some(p),
         Err(note) => {
             census.notes.push(note);
             None

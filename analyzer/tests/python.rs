@@ -392,6 +392,15 @@ fn non_python_process_is_none() {
     let _ = child.wait();
     let img = CoreFile::open(&core, None).expect("open core");
     assert!(python::load(&img).expect("no error").is_none());
+    // `analyze` falls back to the generic census and says so.
+    let a = leakhunt_analyzer::analysis::analyze_image(&img, None);
+    assert_eq!(a.runtime.kind, "native");
+    assert!(a.python.is_none());
+    assert!(
+        a.census.notes.iter().any(|n| n.contains("no CPython")),
+        "{:?}",
+        a.census.notes
+    );
 }
 
 /// Overwrite random words of the Python heap in a core: partial results and notes, no panic.

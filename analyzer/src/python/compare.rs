@@ -11,6 +11,8 @@ use crate::util::human_bytes;
 const LEAK_MIN_ITEMS: u64 = 32;
 /// ... and this many retained bytes to be called a leak.
 const LEAK_MIN_BYTES: u64 = 8 << 10;
+/// ... or fewer items that retain at least this much (and most of the Python growth).
+const LEAK_BIG_BYTES: u64 = 1 << 20;
 /// Native growth not explained by Python objects, above which it is a suspect of its own.
 const NATIVE_MIN_BYTES: u64 = 8 << 20;
 const MAX_SUSPECTS: usize = 10;
@@ -166,10 +168,14 @@ pub fn compare(before: &PyHeap, after: &PyHeap, native: &NativeGrowth) -> PyComp
         suspects.truncate(MAX_SUSPECTS);
     }
 
+    // Many items, or few big ones that hold most of what the Python heap gained.
     let leaking = |s: &Suspect| {
         s.kind == SuspectKind::Container
-            && s.count_growth() >= LEAK_MIN_ITEMS as i64
-            && s.retained_growth() >= LEAK_MIN_BYTES as i64
+            && s.count_growth() > 0
+            && ((s.count_growth() >= LEAK_MIN_ITEMS as i64
+                && s.retained_growth() >= LEAK_MIN_BYTES as i64)
+                || (s.retained_growth() >= LEAK_BIG_BYTES as i64
+                    && s.retained_growth().saturating_mul(2) >= py_growth))
     };
     let top_type = types.first().filter(|t| t.bytes_growth() > 0);
     let (verdict, summary) = if let Some(s) = suspects

@@ -47,10 +47,10 @@ pub fn refine_findings(findings: &mut Findings, before: &dyn MemoryImage, after:
 }
 
 /// The CPython census of one image, or a note saying why there is none.
-pub fn census_of(image: &dyn MemoryImage) -> Result<Option<PyCensus>, String> {
+pub fn census_of(image: &dyn MemoryImage) -> Result<PyCensus, String> {
     match load(image) {
-        Ok(Some(h)) => Ok(Some(h.census())),
-        Ok(None) => Ok(None),
+        Ok(Some(h)) => Ok(h.census()),
+        Ok(None) => Err("no CPython interpreter in this snapshot: generic census only".into()),
         Err(e) => Err(format!("{e}; generic census only")),
     }
 }

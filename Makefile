@@ -23,7 +23,10 @@ fmt:
 unit:
 	$(CARGO) test --workspace --release
 
-test: lint unit
+test: lint unit smoke
 
 clean:
 	$(CARGO) clean
+
+# Test control plane, node simulator, kubectl/helm and the smoke test.
+include tests/testenv.mk

@@ -145,12 +145,6 @@ impl CgroupMemory {
             .unwrap_or(0)
     }
 
-    pub fn pids(&self) -> Vec<i32> {
-        fs::read_to_string(self.procs_file())
-            .map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect())
-            .unwrap_or_default()
-    }
-
     /// Kills every process left in this cgroup and its children, then removes the directories.
     pub async fn destroy(&self) {
         destroy_tree(&self.path).await;

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use chrono::Utc;
+use k8s_openapi::jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{
     Node, NodeAddress, NodeCondition, NodeStatus, NodeSystemInfo,
@@ -45,7 +45,7 @@ fn conditions(now: &Time) -> Vec<NodeCondition> {
 }
 
 fn status(cfg: &NodeConfig) -> NodeStatus {
-    let now = Time(Utc::now());
+    let now = Time(Timestamp::now());
     let resources: BTreeMap<String, Quantity> = [
         ("cpu", &cfg.cpu),
         ("memory", &cfg.memory),
@@ -148,7 +148,7 @@ async fn renew_lease(client: &Client, cfg: &NodeConfig, node: &Node) -> kube::Re
         spec: Some(LeaseSpec {
             holder_identity: Some(cfg.name.clone()),
             lease_duration_seconds: Some(LEASE_SECONDS),
-            renew_time: Some(MicroTime(Utc::now())),
+            renew_time: Some(MicroTime(Timestamp::now())),
             ..Default::default()
         }),
     };

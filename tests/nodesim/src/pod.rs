@@ -10,7 +10,7 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use k8s_openapi::jiff::Timestamp;
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, ContainerState, ContainerStateRunning, ContainerStateTerminated,
@@ -113,7 +113,7 @@ fn waiting(reason: &str, message: Option<String>) -> ContainerState {
 }
 
 fn now() -> Time {
-    Time(Utc::now())
+    Time(Timestamp::now())
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -355,8 +355,8 @@ async fn token_for(
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
     let api: Api<ServiceAccount> = Api::namespaced(rt.client.clone(), &ns);
     let req = TokenRequest {
-        spec: TokenRequestSpec {
-            audiences: audience.into_iter().collect(),
+        spec: Some(TokenRequestSpec {
+            audiences: audience.map(|a| vec![a]),
             expiration_seconds: Some(24 * 3600),
             bound_object_ref: Some(BoundObjectReference {
                 api_version: Some("v1".into()),
@@ -364,14 +364,14 @@ async fn token_for(
                 name: pod.metadata.name.clone(),
                 uid: pod.metadata.uid.clone(),
             }),
-        },
+        }),
         ..Default::default()
     };
     api.create_token_request(sa, &PostParams::default(), &req)
         .await
         .map_err(|e| format!("TokenRequest for serviceaccount {ns}/{sa}: {e}"))?
         .status
-        .map(|s| s.token)
+        .and_then(|s| s.token)
         .ok_or_else(|| format!("TokenRequest for serviceaccount {ns}/{sa} returned no token"))
 }
 
@@ -588,7 +588,7 @@ async fn environment(rt: &Runtime, pod: &Pod, p: &Prepared, c: &Container) -> Re
             env.insert(format!("{prefix}{k}"), String::from_utf8_lossy(&v).into_owned());
         }
     }
-    for EnvVar { name, value, value_from } in c.env.iter().flatten() {
+    for EnvVar { name, value, value_from, .. } in c.env.iter().flatten() {
         let value = if let Some(v) = value {
             spec::expand(v, &env)
         } else if let Some(from) = value_from {
@@ -812,7 +812,7 @@ async fn on_exit(rt: &Runtime, slot: &mut Slot, status: std::io::Result<ExitStat
             started_at: started_at.clone(),
             finished_at: Some(now()),
             container_id: slot.container_id.clone(),
-            message: None,
+            ..Default::default()
         }),
         ..Default::default()
     };
@@ -831,7 +831,7 @@ async fn on_exit(rt: &Runtime, slot: &mut Slot, status: std::io::Result<ExitStat
         // a container that ran for 10 minutes starts over.
         let ran_long = started_at
             .as_ref()
-            .is_some_and(|t| Utc::now().signed_duration_since(t.0).num_seconds() > 600);
+            .is_some_and(|t| Timestamp::now().as_second() - t.0.as_second() > 600);
         let delay = if slot.restart_count == 0 || ran_long {
             Duration::ZERO
         } else {

@@ -9,6 +9,9 @@ export PATH := $(TOOLS_BIN):$(PATH)
 TESTENV_GO = GOMODCACHE=$(LEAKHUNT_CACHE)/go/mod GOCACHE=$(LEAKHUNT_CACHE)/go/build GOTOOLCHAIN=local GOFLAGS=-buildvcs=false nice -n 10 $(GO)
 KUBE_TESTENV_SRC := $(wildcard tests/kube-testenv/*.go) tests/kube-testenv/go.mod tests/kube-testenv/go.sum
 NODESIM_BIN := $(CARGO_TARGET_DIR)/release/nodesim
+# What nodesim runs for the `leakhunt:*` image (tests/nodesim/images.yaml).
+LEAKHUNT_BIN ?= $(CARGO_TARGET_DIR)/release/leakhunt
+export LEAKHUNT_BIN
 # Where `make testenv-up` keeps its state (etcd data, kubeconfig, logs, pids).
 TESTENV_DIR ?= $(LEAKHUNT_CACHE)/testenv
 

@@ -106,7 +106,11 @@ impl ImageMap {
             });
         };
         let name = first.rsplit('/').next().unwrap_or(first).to_string();
-        if let Some(mapped) = entry.programs.get(&name).or_else(|| entry.programs.get(&*first)) {
+        if let Some(mapped) = entry
+            .programs
+            .get(&name)
+            .or_else(|| entry.programs.get(&*first))
+        {
             *first = expand(mapped)?;
         }
         Ok(argv)
@@ -201,7 +205,12 @@ images:
             .unwrap();
         assert_eq!(argv, ["/build/leakhunt", "agent"]);
         let argv = m
-            .resolve("python:3.12", &["python".into(), "-c".into()], &["pass".into()], &env)
+            .resolve(
+                "python:3.12",
+                &["python".into(), "-c".into()],
+                &["pass".into()],
+                &env,
+            )
             .unwrap();
         assert_eq!(argv, ["python3", "-c", "pass"]);
     }

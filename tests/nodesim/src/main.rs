@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::{bail, Context as _};
 use clap::Parser;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
@@ -29,7 +29,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 #[derive(Parser, Debug)]
-#[command(name = "nodesim", about = "Simulated Kubernetes node: pod containers as local processes in memory cgroups")]
+#[command(
+    name = "nodesim",
+    about = "Simulated Kubernetes node: pod containers as local processes in memory cgroups"
+)]
 struct Args {
     /// Admin kubeconfig of the cluster to join.
     #[arg(long, env = "KUBECONFIG")]
@@ -133,7 +136,8 @@ struct Worker {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,kube=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,kube=warn".into()),
         )
         .init();
     let args = Args::parse();
@@ -144,7 +148,11 @@ async fn main() -> anyhow::Result<()> {
     let config = kube::Config::from_custom_kubeconfig(raw, &KubeConfigOptions::default())
         .await
         .context("load kubeconfig")?;
-    let server = config.cluster_url.to_string().trim_end_matches('/').to_string();
+    let server = config
+        .cluster_url
+        .to_string()
+        .trim_end_matches('/')
+        .to_string();
     let client = Client::try_from(config).context("build client")?;
 
     let cgroup_root_path = args
@@ -172,7 +180,11 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("register node")?;
     tracing::info!(node = %args.node_name, cgroup_root = %cgroup_root_path.display(), ?cgroup_root.hierarchy, "node registered and Ready");
-    println!("nodesim: ready node={} cgroup-root={}", args.node_name, cgroup_root_path.display());
+    println!(
+        "nodesim: ready node={} cgroup-root={}",
+        args.node_name,
+        cgroup_root_path.display()
+    );
 
     let rt = Arc::new(pod::Runtime {
         client: client.clone(),
@@ -235,8 +247,11 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         std::future::pending::<()>().await;
         return;
     };
@@ -265,7 +280,9 @@ async fn watch_pods(rt: Arc<pod::Runtime>, shutdown: watch::Receiver<bool>) -> a
         match event {
             Event::Init => seen = Some(HashSet::new()),
             Event::InitApply(p) | Event::Apply(p) => {
-                let Some(uid) = p.metadata.uid.clone() else { continue };
+                let Some(uid) = p.metadata.uid.clone() else {
+                    continue;
+                };
                 if let Some(s) = seen.as_mut() {
                     s.insert(uid.clone());
                 }
@@ -305,6 +322,9 @@ mod tests {
 
     #[test]
     fn base64_roundtrip() {
-        assert_eq!(base64_decode(&pod::base64_encode(b"-----BEGIN CERT")).as_deref(), Some("-----BEGIN CERT"));
+        assert_eq!(
+            base64_decode(&pod::base64_encode(b"-----BEGIN CERT")).as_deref(),
+            Some("-----BEGIN CERT")
+        );
     }
 }

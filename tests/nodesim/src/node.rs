@@ -3,13 +3,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::api::core::v1::{
-    Node, NodeAddress, NodeCondition, NodeStatus, NodeSystemInfo,
-};
+use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeCondition, NodeStatus, NodeSystemInfo};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference, Time};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::Client;
 use serde_json::json;
@@ -37,10 +35,30 @@ fn conditions(now: &Time) -> Vec<NodeCondition> {
         last_transition_time: Some(now.clone()),
     };
     vec![
-        cond("MemoryPressure", "False", "KubeletHasSufficientMemory", "nodesim has sufficient memory available"),
-        cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "nodesim has no disk pressure"),
-        cond("PIDPressure", "False", "KubeletHasSufficientPID", "nodesim has sufficient PID available"),
-        cond("Ready", "True", "KubeletReady", "nodesim is posting ready status"),
+        cond(
+            "MemoryPressure",
+            "False",
+            "KubeletHasSufficientMemory",
+            "nodesim has sufficient memory available",
+        ),
+        cond(
+            "DiskPressure",
+            "False",
+            "KubeletHasNoDiskPressure",
+            "nodesim has no disk pressure",
+        ),
+        cond(
+            "PIDPressure",
+            "False",
+            "KubeletHasSufficientPID",
+            "nodesim has sufficient PID available",
+        ),
+        cond(
+            "Ready",
+            "True",
+            "KubeletReady",
+            "nodesim is posting ready status",
+        ),
     ]
 }
 
@@ -70,7 +88,9 @@ fn status(cfg: &NodeConfig) -> NodeStatus {
             },
         ]),
         node_info: Some(NodeSystemInfo {
-            architecture: std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"),
+            architecture: std::env::consts::ARCH
+                .replace("x86_64", "amd64")
+                .replace("aarch64", "arm64"),
             operating_system: "linux".into(),
             kubelet_version: "v1.36.3-nodesim".into(),
             kube_proxy_version: String::new(),

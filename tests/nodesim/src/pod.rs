@@ -10,7 +10,6 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::jiff::Timestamp;
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, ContainerState, ContainerStateRunning, ContainerStateTerminated,
@@ -18,6 +17,7 @@ use k8s_openapi::api::core::v1::{
     ServiceAccount, Volume,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::Client;
 use serde_json::json;
@@ -117,7 +117,9 @@ fn now() -> Time {
 }
 
 fn random_hex(bytes: usize) -> String {
-    (0..bytes).map(|_| format!("{:02x}", rand::random::<u8>())).collect()
+    (0..bytes)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect()
 }
 
 /// A pod's on-disk state (volumes, kubeconfig, logs) under `STATE/pods/<ns>_<name>_<uid>`.
@@ -153,7 +155,10 @@ pub async fn run(rt: Arc<Runtime>, mut rx: PodRx, mut shutdown: watch::Receiver<
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let pods: Api<Pod> = Api::namespaced(rt.client.clone(), &ns);
     let spec_ = pod.spec.clone().unwrap_or_default();
-    let restart_policy = spec_.restart_policy.clone().unwrap_or_else(|| "Always".into());
+    let restart_policy = spec_
+        .restart_policy
+        .clone()
+        .unwrap_or_else(|| "Always".into());
     tracing::info!(pod = %format!("{ns}/{name}"), %uid, "pod bound to node");
 
     // A pod already finished (nodesim restarted) has nothing to run; only a pending deletion needs us.
@@ -220,7 +225,18 @@ pub async fn run(rt: Arc<Runtime>, mut rx: PodRx, mut shutdown: watch::Receiver<
 
         if dirty && last_patch.elapsed() >= Duration::from_millis(200) {
             let init_done = slots.iter().take(n_init).all(|s| s.done);
-            patch_status(&rt, &pods, &pod, &slots, n_init, &restart_policy, init_done, init_failed, &start_time).await;
+            patch_status(
+                &rt,
+                &pods,
+                &pod,
+                &slots,
+                n_init,
+                &restart_policy,
+                init_done,
+                init_failed,
+                &start_time,
+            )
+            .await;
             dirty = false;
             last_patch = Instant::now();
             let app: Vec<ContainerStatus> = slots.iter().skip(n_init).map(Slot::status).collect();
@@ -291,7 +307,10 @@ async fn prepare(rt: &Runtime, pod: &Pod) -> Result<Prepared, String> {
 
     // Service-account token minted by the TokenRequest API and bound to this pod, exactly what the kubelet
     // projects; processes get it as a kubeconfig in $KUBECONFIG so RBAC applies to them as in a cluster.
-    let sa = spec_.service_account_name.clone().unwrap_or_else(|| "default".into());
+    let sa = spec_
+        .service_account_name
+        .clone()
+        .unwrap_or_else(|| "default".into());
     let automount = spec_.automount_service_account_token != Some(false);
     let token = if automount || has_token_projection(&spec_.volumes) {
         Some(token_for(rt, pod, &sa, None).await?)
@@ -301,7 +320,10 @@ async fn prepare(rt: &Runtime, pod: &Pod) -> Result<Prepared, String> {
     let kubeconfig = match (&token, automount) {
         (Some(t), true) => {
             let path = dir.join("kubeconfig");
-            write_private(&path, kubeconfig_yaml(&rt.server, &rt.ca_pem, &ns, &sa, t).as_bytes())?;
+            write_private(
+                &path,
+                kubeconfig_yaml(&rt.server, &rt.ca_pem, &ns, &sa, t).as_bytes(),
+            )?;
             Some(path)
         }
         _ => None,
@@ -451,7 +473,12 @@ fn write_keys(
     Ok(())
 }
 
-async fn configmap_data(rt: &Runtime, ns: &str, name: &str, optional: bool) -> Result<BTreeMap<String, Vec<u8>>, String> {
+async fn configmap_data(
+    rt: &Runtime,
+    ns: &str,
+    name: &str,
+    optional: bool,
+) -> Result<BTreeMap<String, Vec<u8>>, String> {
     let api: Api<ConfigMap> = Api::namespaced(rt.client.clone(), ns);
     match api.get_opt(name).await {
         Ok(Some(cm)) => {
@@ -461,7 +488,12 @@ async fn configmap_data(rt: &Runtime, ns: &str, name: &str, optional: bool) -> R
                 .into_iter()
                 .map(|(k, v)| (k, v.into_bytes()))
                 .collect();
-            out.extend(cm.binary_data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)));
+            out.extend(
+                cm.binary_data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.0)),
+            );
             Ok(out)
         }
         Ok(None) if optional => Ok(BTreeMap::new()),
@@ -470,13 +502,27 @@ async fn configmap_data(rt: &Runtime, ns: &str, name: &str, optional: bool) -> R
     }
 }
 
-async fn secret_data(rt: &Runtime, ns: &str, name: &str, optional: bool) -> Result<BTreeMap<String, Vec<u8>>, String> {
+async fn secret_data(
+    rt: &Runtime,
+    ns: &str,
+    name: &str,
+    optional: bool,
+) -> Result<BTreeMap<String, Vec<u8>>, String> {
     let api: Api<Secret> = Api::namespaced(rt.client.clone(), ns);
     match api.get_opt(name).await {
         Ok(Some(s)) => {
-            let mut out: BTreeMap<String, Vec<u8>> =
-                s.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect();
-            out.extend(s.string_data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes())));
+            let mut out: BTreeMap<String, Vec<u8>> = s
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.0))
+                .collect();
+            out.extend(
+                s.string_data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into_bytes())),
+            );
             Ok(out)
         }
         Ok(None) if optional => Ok(BTreeMap::new()),
@@ -486,20 +532,28 @@ async fn secret_data(rt: &Runtime, ns: &str, name: &str, optional: bool) -> Resu
 }
 
 /// Materialises one volume as a host directory and returns its path.
-async fn volume(rt: &Runtime, pod: &Pod, dir: &Path, v: &Volume, token: Option<&str>) -> Result<PathBuf, String> {
+async fn volume(
+    rt: &Runtime,
+    pod: &Pod,
+    dir: &Path,
+    v: &Volume,
+    token: Option<&str>,
+) -> Result<PathBuf, String> {
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
     let own = dir.join("volumes").join(&v.name);
     if let Some(hp) = &v.host_path {
         let path = PathBuf::from(&hp.path);
         match hp.type_.as_deref() {
-            Some("DirectoryOrCreate") => std::fs::create_dir_all(&path).map_err(|e| format!("hostPath {}: {e}", path.display()))?,
-            Some("FileOrCreate") => {
-                if !path.exists() {
-                    write_private(&path, b"")?;
-                }
-            }
-            Some("Directory" | "File" | "Socket" | "CharDevice" | "BlockDevice") if !path.exists() => {
-                return Err(format!("hostPath type check failed: {} does not exist", path.display()));
+            Some("DirectoryOrCreate") => std::fs::create_dir_all(&path)
+                .map_err(|e| format!("hostPath {}: {e}", path.display()))?,
+            Some("FileOrCreate") if !path.exists() => write_private(&path, b"")?,
+            Some("Directory" | "File" | "Socket" | "CharDevice" | "BlockDevice")
+                if !path.exists() =>
+            {
+                return Err(format!(
+                    "hostPath type check failed: {} does not exist",
+                    path.display()
+                ));
             }
             _ => {}
         }
@@ -525,7 +579,11 @@ async fn volume(rt: &Runtime, pod: &Pod, dir: &Path, v: &Volume, token: Option<&
     } else if let Some(p) = &v.projected {
         for src in p.sources.iter().flatten() {
             if let Some(t) = &src.service_account_token {
-                let sa = pod.spec.as_ref().and_then(|s| s.service_account_name.clone()).unwrap_or_else(|| "default".into());
+                let sa = pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.service_account_name.clone())
+                    .unwrap_or_else(|| "default".into());
                 let tok = match (&t.audience, token) {
                     (None, Some(tok)) => tok.to_string(),
                     (aud, _) => token_for(rt, pod, &sa, aud.clone()).await?,
@@ -533,7 +591,8 @@ async fn volume(rt: &Runtime, pod: &Pod, dir: &Path, v: &Volume, token: Option<&
                 write_private(&own.join(&t.path), tok.as_bytes())?;
             }
             if let Some(cm) = &src.config_map {
-                let mut data = configmap_data(rt, &ns, &cm.name, cm.optional.unwrap_or(false)).await?;
+                let mut data =
+                    configmap_data(rt, &ns, &cm.name, cm.optional.unwrap_or(false)).await?;
                 if cm.name == "kube-root-ca.crt" && data.is_empty() {
                     data.insert("ca.crt".into(), rt.ca_pem.clone().into_bytes());
                 }
@@ -546,7 +605,8 @@ async fn volume(rt: &Runtime, pod: &Pod, dir: &Path, v: &Volume, token: Option<&
             if let Some(d) = &src.downward_api {
                 for it in d.items.iter().flatten() {
                     if let Some(f) = &it.field_ref {
-                        let value = spec::field_ref(pod, &f.field_path, &rt.node_ip).unwrap_or_default();
+                        let value =
+                            spec::field_ref(pod, &f.field_path, &rt.node_ip).unwrap_or_default();
                         write_private(&own.join(&it.path), value.as_bytes())?;
                     }
                 }
@@ -559,18 +619,34 @@ async fn volume(rt: &Runtime, pod: &Pod, dir: &Path, v: &Volume, token: Option<&
 }
 
 /// The container's environment as the kubelet builds it.
-async fn environment(rt: &Runtime, pod: &Pod, p: &Prepared, c: &Container) -> Result<BTreeMap<String, String>, String> {
+async fn environment(
+    rt: &Runtime,
+    pod: &Pod,
+    p: &Prepared,
+    c: &Container,
+) -> Result<BTreeMap<String, String>, String> {
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
     let mut env = BTreeMap::new();
     env.insert(
         "PATH".to_string(),
-        std::env::var("PATH").unwrap_or_else(|_| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()),
+        std::env::var("PATH").unwrap_or_else(|_| {
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()
+        }),
     );
-    env.insert("HOME".into(), std::env::var("HOME").unwrap_or_else(|_| "/root".into()));
-    env.insert("HOSTNAME".into(), pod.metadata.name.clone().unwrap_or_default());
+    env.insert(
+        "HOME".into(),
+        std::env::var("HOME").unwrap_or_else(|_| "/root".into()),
+    );
+    env.insert(
+        "HOSTNAME".into(),
+        pod.metadata.name.clone().unwrap_or_default(),
+    );
     if let Some(port) = rt.server.rsplit(':').next() {
         env.insert("KUBERNETES_SERVICE_HOST".into(), rt.node_ip.clone());
-        env.insert("KUBERNETES_SERVICE_PORT".into(), port.trim_end_matches('/').to_string());
+        env.insert(
+            "KUBERNETES_SERVICE_PORT".into(),
+            port.trim_end_matches('/').to_string(),
+        );
     }
     if let Some(kc) = &p.kubeconfig {
         env.insert("KUBECONFIG".into(), kc.display().to_string());
@@ -585,10 +661,19 @@ async fn environment(rt: &Runtime, pod: &Pod, p: &Prepared, c: &Container) -> Re
             BTreeMap::new()
         };
         for (k, v) in data {
-            env.insert(format!("{prefix}{k}"), String::from_utf8_lossy(&v).into_owned());
+            env.insert(
+                format!("{prefix}{k}"),
+                String::from_utf8_lossy(&v).into_owned(),
+            );
         }
     }
-    for EnvVar { name, value, value_from, .. } in c.env.iter().flatten() {
+    for EnvVar {
+        name,
+        value,
+        value_from,
+        ..
+    } in c.env.iter().flatten()
+    {
         let value = if let Some(v) = value {
             spec::expand(v, &env)
         } else if let Some(from) = value_from {
@@ -603,14 +688,24 @@ async fn environment(rt: &Runtime, pod: &Pod, p: &Prepared, c: &Container) -> Re
                 match data.get(&k.key) {
                     Some(v) => String::from_utf8_lossy(v).into_owned(),
                     None if k.optional.unwrap_or(false) => continue,
-                    None => return Err(format!("couldn't find key {} in ConfigMap {ns}/{}", k.key, k.name)),
+                    None => {
+                        return Err(format!(
+                            "couldn't find key {} in ConfigMap {ns}/{}",
+                            k.key, k.name
+                        ))
+                    }
                 }
             } else if let Some(k) = &from.secret_key_ref {
                 let data = secret_data(rt, &ns, &k.name, k.optional.unwrap_or(false)).await?;
                 match data.get(&k.key) {
                     Some(v) => String::from_utf8_lossy(v).into_owned(),
                     None if k.optional.unwrap_or(false) => continue,
-                    None => return Err(format!("couldn't find key {} in Secret {ns}/{}", k.key, k.name)),
+                    None => {
+                        return Err(format!(
+                            "couldn't find key {} in Secret {ns}/{}",
+                            k.key, k.name
+                        ))
+                    }
                 }
             } else {
                 String::new()
@@ -624,7 +719,14 @@ async fn environment(rt: &Runtime, pod: &Pod, p: &Prepared, c: &Container) -> Re
 }
 
 /// Starts the process for slot `i`; on a configuration error leaves it waiting with the kubelet's reason.
-async fn start(rt: &Runtime, pod: &Pod, p: &Prepared, slots: &mut [Slot], i: usize, exit_tx: &mpsc::UnboundedSender<Exited>) {
+async fn start(
+    rt: &Runtime,
+    pod: &Pod,
+    p: &Prepared,
+    slots: &mut [Slot],
+    i: usize,
+    exit_tx: &mpsc::UnboundedSender<Exited>,
+) {
     let Some(slot) = slots.get_mut(i) else { return };
     let c = slot.spec.clone();
     let image = c.image.clone().unwrap_or_default();
@@ -636,9 +738,22 @@ async fn start(rt: &Runtime, pod: &Pod, p: &Prepared, slots: &mut [Slot], i: usi
             return;
         }
     };
-    let command: Vec<String> = c.command.iter().flatten().map(|s| spec::expand(s, &env)).collect();
-    let args: Vec<String> = c.args.iter().flatten().map(|s| spec::expand(s, &env)).collect();
-    let argv = match rt.images.resolve(&image, &command, &args, &|v| std::env::var(v).ok()) {
+    let command: Vec<String> = c
+        .command
+        .iter()
+        .flatten()
+        .map(|s| spec::expand(s, &env))
+        .collect();
+    let args: Vec<String> = c
+        .args
+        .iter()
+        .flatten()
+        .map(|s| spec::expand(s, &env))
+        .collect();
+    let argv = match rt
+        .images
+        .resolve(&image, &command, &args, &|v| std::env::var(v).ok())
+    {
         Ok(argv) => argv,
         Err(e) => {
             let reason = match e {
@@ -673,7 +788,9 @@ async fn start(rt: &Runtime, pod: &Pod, p: &Prepared, slots: &mut [Slot], i: usi
     // program reads /var/run/secrets/... or its hostPath where the spec says.
     let mut mounts = Vec::new();
     for m in c.volume_mounts.iter().flatten() {
-        let Some(src) = p.volumes.get(&m.name) else { continue };
+        let Some(src) = p.volumes.get(&m.name) else {
+            continue;
+        };
         let source = match m.sub_path.as_deref().filter(|s| !s.is_empty()) {
             Some(sub) => src.join(sub),
             None => src.clone(),
@@ -686,7 +803,9 @@ async fn start(rt: &Runtime, pod: &Pod, p: &Prepared, slots: &mut [Slot], i: usi
             let created = if source.is_dir() {
                 std::fs::create_dir_all(&target).is_ok()
             } else {
-                target.parent().is_some_and(|d| std::fs::create_dir_all(d).is_ok())
+                target
+                    .parent()
+                    .is_some_and(|d| std::fs::create_dir_all(d).is_ok())
                     && std::fs::write(&target, b"").is_ok()
             };
             if !created {
@@ -707,10 +826,11 @@ async fn start(rt: &Runtime, pod: &Pod, p: &Prepared, slots: &mut [Slot], i: usi
     let log_dir = p.dir.join("logs").join(&c.name);
     let _ = std::fs::create_dir_all(&log_dir);
     let log_path = log_dir.join(format!("{}.log", slot.restart_count));
-    let (stdout, stderr) = match std::fs::File::create(&log_path).and_then(|f| Ok((f.try_clone()?, f))) {
-        Ok((a, b)) => (Stdio::from(a), Stdio::from(b)),
-        Err(_) => (Stdio::null(), Stdio::null()),
-    };
+    let (stdout, stderr) =
+        match std::fs::File::create(&log_path).and_then(|f| Ok((f.try_clone()?, f))) {
+            Ok((a, b)) => (Stdio::from(a), Stdio::from(b)),
+            Err(_) => (Stdio::null(), Stdio::null()),
+        };
     let workdir = c
         .working_dir
         .as_ref()
@@ -718,7 +838,8 @@ async fn start(rt: &Runtime, pod: &Pod, p: &Prepared, slots: &mut [Slot], i: usi
         .filter(|d| d.is_dir())
         .unwrap_or_else(|| p.dir.clone());
 
-    let mut cmd = tokio::process::Command::new(argv.first().map(String::as_str).unwrap_or("/bin/false"));
+    let mut cmd =
+        tokio::process::Command::new(argv.first().map(String::as_str).unwrap_or("/bin/false"));
     cmd.args(argv.iter().skip(1))
         .env_clear()
         .envs(&env)
@@ -750,7 +871,11 @@ async fn start(rt: &Runtime, pod: &Pod, p: &Prepared, slots: &mut [Slot], i: usi
             let tx = exit_tx.clone();
             tokio::spawn(async move {
                 let status = child.wait().await;
-                let _ = tx.send(Exited { slot: i, generation, status });
+                let _ = tx.send(Exited {
+                    slot: i,
+                    generation,
+                    status,
+                });
             });
             if slot.started_once {
                 slot.restart_count += 1;
@@ -761,14 +886,19 @@ async fn start(rt: &Runtime, pod: &Pod, p: &Prepared, slots: &mut [Slot], i: usi
             slot.container_id = Some(format!("nodesim://{id}"));
             slot.next_start = None;
             slot.state = ContainerState {
-                running: Some(ContainerStateRunning { started_at: Some(now()) }),
+                running: Some(ContainerStateRunning {
+                    started_at: Some(now()),
+                }),
                 ..Default::default()
             };
             tracing::info!(pod = pod.metadata.name.as_deref().unwrap_or(""), container = %c.name, pid = ?pid, argv = ?argv, "container started");
         }
         Err(e) => {
             cg.destroy().await;
-            slot.state = waiting("RunContainerError", Some(format!("exec {:?}: {e}", argv.first())));
+            slot.state = waiting(
+                "RunContainerError",
+                Some(format!("exec {:?}: {e}", argv.first())),
+            );
             slot.next_start = Some(Instant::now() + backoff(rt, slot.restart_count));
         }
     }
@@ -781,7 +911,12 @@ fn backoff(rt: &Runtime, restarts: i32) -> Duration {
 
 /// Records a process exit: OOMKilled when the container cgroup's OOM-kill counter moved, then decides on
 /// a restart with back-off.
-async fn on_exit(rt: &Runtime, slot: &mut Slot, status: std::io::Result<ExitStatus>, restart_policy: &str) {
+async fn on_exit(
+    rt: &Runtime,
+    slot: &mut Slot,
+    status: std::io::Result<ExitStatus>,
+    restart_policy: &str,
+) {
     let oom_kills = slot.cgroup.as_ref().map_or(0, CgroupMemory::oom_kills);
     let (exit_code, signal) = match &status {
         Ok(s) => match (s.code(), s.signal()) {
@@ -798,7 +933,11 @@ async fn on_exit(rt: &Runtime, slot: &mut Slot, status: std::io::Result<ExitStat
     } else {
         "Error"
     };
-    let started_at = slot.state.running.as_ref().and_then(|r| r.started_at.clone());
+    let started_at = slot
+        .state
+        .running
+        .as_ref()
+        .and_then(|r| r.started_at.clone());
     tracing::info!(container = %slot.spec.name, exit_code, ?signal, oom_kills, reason, "container exited");
     if let Some(cg) = slot.cgroup.take() {
         cg.destroy().await;
@@ -840,7 +979,11 @@ async fn on_exit(rt: &Runtime, slot: &mut Slot, status: std::io::Result<ExitStat
         slot.last_state = Some(terminated);
         slot.state = waiting(
             "CrashLoopBackOff",
-            Some(format!("back-off {}s restarting failed container={}", delay.as_secs(), slot.spec.name)),
+            Some(format!(
+                "back-off {}s restarting failed container={}",
+                delay.as_secs(),
+                slot.spec.name
+            )),
         );
         slot.next_start = Some(Instant::now() + delay);
     } else {
@@ -851,7 +994,11 @@ async fn on_exit(rt: &Runtime, slot: &mut Slot, status: std::io::Result<ExitStat
 }
 
 /// SIGTERM to each container's process group, SIGKILL after the grace period, cgroups removed.
-async fn terminate(slots: &mut [Slot], grace: Duration, exit_rx: &mut mpsc::UnboundedReceiver<Exited>) {
+async fn terminate(
+    slots: &mut [Slot],
+    grace: Duration,
+    exit_rx: &mut mpsc::UnboundedReceiver<Exited>,
+) {
     for s in slots.iter() {
         if let Some(pid) = s.pid {
             cgroup::unsafe_kill(-pid, libc::SIGTERM);
@@ -923,30 +1070,57 @@ async fn patch_status(
     let phase = spec::pod_phase(restart_policy, init_done, &app, init_failed);
     let all_ready = !app.is_empty() && app.iter().all(|s| s.ready);
     let t = now();
-    let previous = pod.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
+    let previous = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default();
     let cond = |type_: &str, ok: bool, reason: Option<&str>| {
         let status = if ok { "True" } else { "False" };
-        let same = previous.iter().find(|c| c.type_ == type_ && c.status == status);
+        let same = previous
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == status);
         PodCondition {
             type_: type_.into(),
             status: status.into(),
             reason: reason.filter(|_| !ok).map(String::from),
-            last_transition_time: Some(same.and_then(|c| c.last_transition_time.clone()).unwrap_or_else(|| t.clone())),
+            last_transition_time: Some(
+                same.and_then(|c| c.last_transition_time.clone())
+                    .unwrap_or_else(|| t.clone()),
+            ),
             ..Default::default()
         }
     };
     let terminal = matches!(phase, "Succeeded" | "Failed");
-    let reason_ready = if terminal { "PodCompleted" } else { "ContainersNotReady" };
+    let reason_ready = if terminal {
+        "PodCompleted"
+    } else {
+        "ContainersNotReady"
+    };
     let mut conditions: Vec<PodCondition> = previous
         .iter()
         .filter(|c| c.type_ == "PodScheduled")
         .cloned()
         .collect();
     conditions.push(cond("PodReadyToStartContainers", !terminal, None));
-    conditions.push(cond("Initialized", init_done, Some(if terminal { "PodCompleted" } else { "ContainersNotInitialized" })));
-    conditions.push(cond("ContainersReady", all_ready && !terminal, Some(reason_ready)));
+    conditions.push(cond(
+        "Initialized",
+        init_done,
+        Some(if terminal {
+            "PodCompleted"
+        } else {
+            "ContainersNotInitialized"
+        }),
+    ));
+    conditions.push(cond(
+        "ContainersReady",
+        all_ready && !terminal,
+        Some(reason_ready),
+    ));
     conditions.push(cond("Ready", all_ready && !terminal, Some(reason_ready)));
-    let ips = vec![PodIP { ip: rt.node_ip.clone() }];
+    let ips = vec![PodIP {
+        ip: rt.node_ip.clone(),
+    }];
     let mut status = json!({
         "phase": phase,
         "conditions": conditions,
@@ -1005,7 +1179,13 @@ impl ChildSetup {
             // Own session and process group, so termination reaches the whole container.
             check(libc::setsid())?;
             // If nodesim dies without cleaning up, its direct children die with it.
-            check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0))?;
+            check(libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ))?;
             // Join the container's memory cgroup before exec: every allocation is charged to it.
             let fd = libc::open(self.procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
             check(fd)?;
@@ -1025,7 +1205,13 @@ impl ChildSetup {
                     std::ptr::null(),
                 ))?;
                 for (src, dst, ro) in &self.mounts {
-                    check(libc::mount(src.as_ptr(), dst.as_ptr(), std::ptr::null(), libc::MS_BIND | libc::MS_REC, std::ptr::null()))?;
+                    check(libc::mount(
+                        src.as_ptr(),
+                        dst.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_BIND | libc::MS_REC,
+                        std::ptr::null(),
+                    ))?;
                     if *ro {
                         check(libc::mount(
                             std::ptr::null(),

@@ -91,7 +91,10 @@ pub fn resource_field_ref(c: &Container, resource: &str, divisor: Option<&str>) 
     .and_then(|q| parse_quantity(&q.0));
     // Unset limits default to node allocatable in the kubelet; 0 is the honest answer here.
     let value = value.unwrap_or(0.0);
-    let divisor = divisor.and_then(parse_quantity).filter(|d| *d > 0.0).unwrap_or(1.0);
+    let divisor = divisor
+        .and_then(parse_quantity)
+        .filter(|d| *d > 0.0)
+        .unwrap_or(1.0);
     Some(format!("{}", (value / divisor).ceil() as i64))
 }
 
@@ -160,10 +163,13 @@ pub fn pod_phase(
         _ if running => "Running",
         _ => {
             // Restarting containers (waiting in back-off after having run) keep the pod Running.
-            if statuses
-                .iter()
-                .any(|s| s.restart_count > 0 || s.last_state.as_ref().and_then(|l| l.terminated.as_ref()).is_some())
-            {
+            if statuses.iter().any(|s| {
+                s.restart_count > 0
+                    || s.last_state
+                        .as_ref()
+                        .and_then(|l| l.terminated.as_ref())
+                        .is_some()
+            }) {
                 "Running"
             } else {
                 "Pending"
@@ -225,10 +231,22 @@ mod tests {
         let mut pod = Pod::default();
         pod.metadata.name = Some("p".into());
         pod.metadata.labels = Some([("app".to_string(), "web".to_string())].into());
-        assert_eq!(field_ref(&pod, "metadata.name", "127.0.0.1").as_deref(), Some("p"));
-        assert_eq!(field_ref(&pod, "status.podIP", "127.0.0.1").as_deref(), Some("127.0.0.1"));
-        assert_eq!(field_ref(&pod, "metadata.labels['app']", "").as_deref(), Some("web"));
-        assert_eq!(field_ref(&pod, "metadata.labels['x']", "").as_deref(), Some(""));
+        assert_eq!(
+            field_ref(&pod, "metadata.name", "127.0.0.1").as_deref(),
+            Some("p")
+        );
+        assert_eq!(
+            field_ref(&pod, "status.podIP", "127.0.0.1").as_deref(),
+            Some("127.0.0.1")
+        );
+        assert_eq!(
+            field_ref(&pod, "metadata.labels['app']", "").as_deref(),
+            Some("web")
+        );
+        assert_eq!(
+            field_ref(&pod, "metadata.labels['x']", "").as_deref(),
+            Some("")
+        );
         assert_eq!(field_ref(&pod, "spec.bogus", ""), None);
     }
 
@@ -249,12 +267,30 @@ mod tests {
 
     #[test]
     fn phases() {
-        assert_eq!(pod_phase("Always", true, &[status(true, None, 0)], false), "Running");
-        assert_eq!(pod_phase("Never", true, &[status(false, Some(0), 0)], false), "Succeeded");
-        assert_eq!(pod_phase("Never", true, &[status(false, Some(1), 0)], false), "Failed");
-        assert_eq!(pod_phase("OnFailure", true, &[status(false, Some(0), 0)], false), "Succeeded");
-        assert_eq!(pod_phase("Always", true, &[status(false, None, 2)], false), "Running");
-        assert_eq!(pod_phase("Always", false, &[status(false, None, 0)], false), "Pending");
+        assert_eq!(
+            pod_phase("Always", true, &[status(true, None, 0)], false),
+            "Running"
+        );
+        assert_eq!(
+            pod_phase("Never", true, &[status(false, Some(0), 0)], false),
+            "Succeeded"
+        );
+        assert_eq!(
+            pod_phase("Never", true, &[status(false, Some(1), 0)], false),
+            "Failed"
+        );
+        assert_eq!(
+            pod_phase("OnFailure", true, &[status(false, Some(0), 0)], false),
+            "Succeeded"
+        );
+        assert_eq!(
+            pod_phase("Always", true, &[status(false, None, 2)], false),
+            "Running"
+        );
+        assert_eq!(
+            pod_phase("Always", false, &[status(false, None, 0)], false),
+            "Pending"
+        );
         assert_eq!(pod_phase("Never", false, &[], true), "Failed");
     }
 }

@@ -92,6 +92,8 @@ func TestKubeTestenv(t *testing.T) {
 		"--authorization-mode=Node,RBAC",
 		"--advertise-address=127.0.0.1",
 		"--allow-privileged=true",
+		// The only address is loopback, which the kubernetes Service endpoints may not use.
+		"--endpoint-reconciler-type=none",
 	}, storage)
 	if err != nil {
 		t.Fatalf("kube-apiserver: %v", err)

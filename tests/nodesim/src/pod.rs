@@ -800,6 +800,16 @@ async fn start(
             continue;
         }
         if !target.exists() {
+            // Remember every directory we are about to create, not only the last, so exit removes them all.
+            let missing: Vec<PathBuf> = target
+                .ancestors()
+                .skip(1)
+                .take_while(|a| !a.exists())
+                .map(Path::to_path_buf)
+                .collect();
+            if let Ok(mut set) = rt.created_mountpoints.lock() {
+                set.extend(missing);
+            }
             let created = if source.is_dir() {
                 std::fs::create_dir_all(&target).is_ok()
             } else {

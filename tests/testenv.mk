@@ -7,6 +7,12 @@ GO ?= go
 # Our kubectl first: the machine's /usr/bin/kubectl is another build.
 export PATH := $(TOOLS_BIN):$(PATH)
 TESTENV_GO = GOMODCACHE=$(LEAKHUNT_CACHE)/go/mod GOCACHE=$(LEAKHUNT_CACHE)/go/build GOTOOLCHAIN=local GOFLAGS=-buildvcs=false nice -n 10 $(GO)
+# The Kubernetes version, from go.mod; stamped into the binaries as a release build does (helm parses the
+# server's version, and kubectl reports its own).
+KUBE_VERSION := $(shell sed -n 's|^[[:space:]]*k8s.io/kubernetes \(v[0-9.]*\).*|\1|p' tests/kube-testenv/go.mod)
+KUBE_MINOR := $(word 2,$(subst ., ,$(KUBE_VERSION)))
+KUBE_LDFLAGS := $(foreach p,k8s.io/component-base/version k8s.io/client-go/pkg/version,\
+  -X $(p).gitVersion=$(KUBE_VERSION) -X $(p).gitMajor=1 -X $(p).gitMinor=$(KUBE_MINOR) -X $(p).gitTreeState=clean)
 KUBE_TESTENV_SRC := $(wildcard tests/kube-testenv/*.go) tests/kube-testenv/go.mod tests/kube-testenv/go.sum
 NODESIM_BIN := $(CARGO_TARGET_DIR)/release/nodesim
 # What nodesim runs for the `leakhunt:*` image (tests/nodesim/images.yaml).
@@ -22,11 +28,11 @@ tools: $(TOOLS_BIN)/kube-testenv $(TOOLS_BIN)/kubectl $(TOOLS_BIN)/helm
 $(TOOLS_BIN)/kube-testenv: $(KUBE_TESTENV_SRC)
 	@mkdir -p $(TOOLS_BIN)
 	@command -v $(GO) >/dev/null || { echo "testenv: Go is required to build kube-testenv (see .ci/install)" >&2; exit 1; }
-	cd tests/kube-testenv && $(TESTENV_GO) test -c -o $@ .
+	cd tests/kube-testenv && $(TESTENV_GO) test -c -ldflags '$(KUBE_LDFLAGS)' -o $@ .
 
 $(TOOLS_BIN)/kubectl: tests/kube-testenv/go.mod tests/kube-testenv/go.sum
 	@mkdir -p $(TOOLS_BIN)
-	cd tests/kube-testenv && $(TESTENV_GO) build -o $@ k8s.io/kubernetes/cmd/kubectl
+	cd tests/kube-testenv && $(TESTENV_GO) build -ldflags '$(KUBE_LDFLAGS)' -o $@ k8s.io/kubernetes/cmd/kubectl
 
 $(TOOLS_BIN)/helm: $(TOOLS_BIN)/.helm-$(HELM_VERSION)
 	@test -x $@

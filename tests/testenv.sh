@@ -109,7 +109,7 @@ up() {
   KUBECONFIG=$kubeconfig
   export KUBECONFIG
   for _ in $(seq 1 300); do
-    grep -q '^nodesim: ready' "$dir/nodesim.log" && break
+    grep -q '^nodesim: ready' "$dir/nodesim.log" 2>/dev/null && break
     kill -0 "$(cat "$dir/nodesim.pid")" 2>/dev/null || { tail -40 "$dir/nodesim.log" >&2; die "nodesim exited (log: $dir/nodesim.log)"; }
     sleep 0.2
   done

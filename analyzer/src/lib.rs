@@ -3,9 +3,17 @@
 //!
 //! Pure: no Kubernetes. The operator crate builds on it.
 
+pub mod capture;
 pub mod image;
 pub mod notes;
+pub mod python;
 pub mod util;
 
 pub use image::{open_snapshot, CoreFile, LiveProcess, Mapping, MemoryImage, ProcessInfo};
+pub mod analysis;
+pub mod census;
 pub mod findings;
+#[doc(hidden)]
+pub mod fuzzing;
+pub mod report;
+pub mod symbols;

@@ -1,1 +1,169 @@
-fn main() {}
+//! `leakhunt-analyzer`: capture, analyze and diff process memory snapshots.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use leakhunt_analyzer::capture::{self, CaptureOptions};
+use leakhunt_analyzer::util::human_bytes;
+use leakhunt_analyzer::{analysis, report, LiveProcess};
+
+#[derive(Parser)]
+#[command(
+    name = "leakhunt-analyzer",
+    version,
+    about = "Capture, analyze and diff process memory snapshots"
+)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a self-contained ELF core of a running process (stopped only while its memory is read).
+    Capture {
+        /// Process to capture.
+        #[arg(long)]
+        pid: i32,
+        /// Core file to write (mode 0600); a `.zst` name implies --compress.
+        #[arg(long, short)]
+        output: PathBuf,
+        /// Compress with zstd.
+        #[arg(long)]
+        compress: bool,
+        /// Overwrite an existing output file.
+        #[arg(long)]
+        force: bool,
+        /// Refuse, before stopping the process, when the core would exceed this many bytes.
+        #[arg(long, value_name = "BYTES")]
+        max_size: Option<u64>,
+    },
+    /// Census of one snapshot (an ELF core, optionally .zst) or of a live process.
+    Analyze {
+        /// The snapshot file.
+        #[arg(required_unless_present = "pid")]
+        snapshot: Option<PathBuf>,
+        /// Read a live process instead of a snapshot (not stopped: the view may be inconsistent).
+        #[arg(long, conflicts_with = "snapshot")]
+        pid: Option<i32>,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+        /// Directory holding the process's files, for pages a core lacks (kernel and gcore cores).
+        #[arg(long)]
+        sysroot: Option<PathBuf>,
+        /// How many pointer targets to print.
+        #[arg(long, default_value_t = 25)]
+        top: usize,
+    },
+    /// What grew between two snapshots of one process.
+    Diff {
+        before: PathBuf,
+        after: PathBuf,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+        #[arg(long)]
+        sysroot: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
+            eprintln!("leakhunt-analyzer: {}", dedup_chain(&chain));
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `thiserror` messages often already include their source; print each part once.
+fn dedup_chain(chain: &[String]) -> String {
+    let mut out = String::new();
+    for part in chain {
+        if !out.contains(part.as_str()) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(part);
+        }
+    }
+    out
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match args.command {
+        Command::Capture {
+            pid,
+            output,
+            compress,
+            force,
+            max_size,
+        } => {
+            let opts = CaptureOptions {
+                output,
+                compress,
+                overwrite: force,
+                max_bytes: max_size,
+            };
+            let s = capture::capture(pid, &opts)
+                .with_context(|| format!("capture of process {pid} failed"))?;
+            writeln!(
+                out,
+                "captured process {pid} to {}: {} file ({} of memory, {} mappings), {} threads, stopped {:.1} ms, total {:.1} ms",
+                s.path.display(),
+                human_bytes(s.file_bytes),
+                human_bytes(s.memory_bytes),
+                s.mappings,
+                s.threads,
+                s.stopped.as_secs_f64() * 1e3,
+                s.total.as_secs_f64() * 1e3,
+            )?;
+        }
+        Command::Analyze {
+            snapshot,
+            pid,
+            format,
+            sysroot,
+            top,
+        } => {
+            let a = match (snapshot, pid) {
+                (_, Some(pid)) => {
+                    analysis::analyze_image(&LiveProcess::open(pid)?, sysroot.as_deref())
+                }
+                (Some(path), None) => analysis::analyze_path(&path, sysroot.as_deref())?,
+                (None, None) => unreachable!("clap requires one of them"),
+            };
+            match format {
+                Format::Text => report::write_census(&a, top, &mut out)?,
+                Format::Json => writeln!(out, "{}", serde_json::to_string_pretty(&a)?)?,
+            }
+        }
+        Command::Diff {
+            before,
+            after,
+            format,
+            sysroot,
+        } => {
+            let f = analysis::diff_paths(&before, &after, sysroot.as_deref())?;
+            match format {
+                Format::Text => report::write_text(&f, &mut out)?,
+                Format::Json => writeln!(out, "{}", serde_json::to_string_pretty(&f)?)?,
+            }
+        }
+    }
+    out.flush()?;
+    Ok(())
+}

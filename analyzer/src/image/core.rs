@@ -22,6 +22,21 @@ const MAX_SEGMENTS: usize = 1 << 20;
 /// Upper bound on the size of the notes we parse (NT_FILE of a huge process is a few MB).
 const MAX_NOTE_BYTES: u64 = 256 << 20;
 
+/// The core's bytes: memory-mapped from a file, or owned (tests, fuzzing).
+enum Bytes {
+    Mapped(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl Bytes {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(m) => m,
+            Bytes::Owned(v) => v,
+        }
+    }
+}
+
 /// One PT_LOAD: `memsz` bytes at `vaddr`, the first `filesz` of which are stored at `offset`.
 #[derive(Debug, Clone, Copy)]
 struct Segment {
@@ -34,7 +49,7 @@ struct Segment {
 /// A parsed ELF core.
 pub struct CoreFile {
     path: PathBuf,
-    map: Mmap,
+    map: Bytes,
     /// Holds the decompressed copy of a `.zst` core alive (deleted on drop).
     _decompressed: Option<tempfile::NamedTempFile>,
     segments: Vec<Segment>,
@@ -80,12 +95,17 @@ impl CoreFile {
         // file by another process could fault; snapshots are written once, renamed into place and
         // never modified, so this does not happen to files we produce.
         let map = unsafe { Mmap::map(&file) }.map_err(io)?;
-        Self::parse(path.to_owned(), map, decompressed, sysroot)
+        Self::parse(path.to_owned(), Bytes::Mapped(map), decompressed, sysroot)
+    }
+
+    /// Parse a core held in memory (tests, fuzzing). `name` is used in messages.
+    pub fn from_bytes(name: &str, data: Vec<u8>, sysroot: Option<&Path>) -> Result<CoreFile> {
+        Self::parse(PathBuf::from(name), Bytes::Owned(data), None, sysroot)
     }
 
     fn parse(
         path: PathBuf,
-        map: Mmap,
+        map: Bytes,
         decompressed: Option<tempfile::NamedTempFile>,
         sysroot: Option<&Path>,
     ) -> Result<CoreFile> {
@@ -97,7 +117,7 @@ impl CoreFile {
             path: path.clone(),
             detail,
         };
-        let data: &[u8] = &map;
+        let data: &[u8] = map.as_slice();
         if data.len() < 4 || &data[..4] != b"\x7fELF" {
             return Err(not_core("no ELF magic"));
         }
@@ -405,7 +425,7 @@ impl CoreFile {
             return None;
         }
         let off = usize::try_from(s.offset + rel).ok()?;
-        self.map.get(off..off.checked_add(len)?)
+        self.map.as_slice().get(off..off.checked_add(len)?)
     }
 
     fn slice_file(&self, addr: u64, len: usize) -> Option<&[u8]> {
@@ -423,7 +443,10 @@ impl CoreFile {
         self.segments.iter().filter_map(|s| {
             let off = usize::try_from(s.offset).ok()?;
             let len = usize::try_from(s.filesz).ok()?;
-            Some((s.vaddr, self.map.get(off..off.checked_add(len)?)?))
+            Some((
+                s.vaddr,
+                self.map.as_slice().get(off..off.checked_add(len)?)?,
+            ))
         })
     }
 
@@ -447,13 +470,17 @@ impl MemoryImage for CoreFile {
             let at = addr
                 .checked_add(done as u64)
                 .ok_or(ReadError::Unmapped(addr))?;
-            let seg = self.segment_at(at).ok_or(ReadError::Unmapped(at))?;
-            let seg_end = seg.vaddr + seg.memsz;
-            let want = (buf.len() - done).min((seg_end - at) as usize);
+            // The run of bytes with one source: a segment, or a mapping the core has no segment for.
+            let extent_end = match self.segment_at(at) {
+                Some(seg) => seg.vaddr + seg.memsz,
+                None => self.mapping_at(at).ok_or(ReadError::Unmapped(at))?.end,
+            };
+            let want = (buf.len() - done).min((extent_end - at) as usize);
             let dst = &mut buf[done..done + want];
-            if let Some(src) = self.slice_core(at, want) {
-                dst.copy_from_slice(src);
-            } else if let Some(src) = self.slice_file(at, want) {
+            if let Some(src) = self
+                .slice_core(at, want)
+                .or_else(|| self.slice_file(at, want))
+            {
                 dst.copy_from_slice(src);
             } else {
                 // Part stored, part substituted (kernel cores keep the first page of each ELF mapping).
@@ -474,6 +501,47 @@ impl MemoryImage for CoreFile {
     fn slice(&self, addr: u64, len: usize) -> Option<&[u8]> {
         self.slice_core(addr, len)
             .or_else(|| self.slice_file(addr, len))
+    }
+
+    fn release(&self, addr: u64, len: usize) {
+        let Bytes::Mapped(map) = &self.map else {
+            return;
+        };
+        let Some(s) = self.segment_at(addr) else {
+            return;
+        };
+        let rel = addr - s.vaddr;
+        let end = rel.saturating_add(len as u64).min(s.filesz);
+        // madvise works on whole pages; segment data need not be page-aligned in the file.
+        let (start, stop) = (
+            (s.offset + rel).next_multiple_of(4096),
+            (s.offset + end) & !4095,
+        );
+        if start < stop {
+            // SAFETY: the mapping is a private read-only file mapping: dropping its pages only makes
+            // the next access fault them in again from the file, with the same contents.
+            let _ = unsafe {
+                map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    start as usize,
+                    (stop - start) as usize,
+                )
+            };
+        }
+    }
+
+    fn stored_ranges(&self, m: &Mapping) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        let i = self
+            .segments
+            .partition_point(|s| s.vaddr + s.memsz <= m.start);
+        for s in self.segments[i..].iter().take_while(|s| s.vaddr < m.end) {
+            let (a, b) = (s.vaddr.max(m.start), (s.vaddr + s.filesz).min(m.end));
+            if a < b {
+                out.push((a, b));
+            }
+        }
+        out
     }
 
     fn info(&self) -> &ProcessInfo {
@@ -561,10 +629,35 @@ fn build_mappings(
         let i = out.partition_point(|m| m.end <= f.start);
         for m in out.iter_mut().skip(i).take_while(|m| m.start < f.end) {
             if m.start >= f.start {
-                m.offset = f.offset + (m.start - f.start);
+                m.offset = f.offset.saturating_add(m.start - f.start);
                 m.path = Some(f.path.clone());
             }
         }
+    }
+    // gcore leaves out the mappings it does not dump (code); NT_FILE still names them, and their
+    // bytes can come from the files. Permissions are unknown: treat them as read-only code.
+    let mut extra = Vec::new();
+    for f in files {
+        let i = out.partition_point(|m| m.end <= f.start);
+        let covered = out.get(i).is_some_and(|m| m.start < f.end);
+        if !covered && f.start < f.end {
+            extra.push(Mapping {
+                start: f.start,
+                end: f.end,
+                perms: Perms {
+                    read: true,
+                    write: false,
+                    exec: true,
+                    private: true,
+                },
+                offset: f.offset,
+                path: Some(f.path.clone()),
+            });
+        }
+    }
+    if !extra.is_empty() {
+        out.extend(extra);
+        out.sort_by_key(|m| m.start);
     }
     for (start, name) in pseudo {
         if let Some(m) = out
@@ -580,8 +673,9 @@ fn build_mappings(
     out
 }
 
-/// Kernel and gcore cores do not name `[heap]`: it is the anonymous writable mapping that starts
-/// within the kernel's brk randomisation range (32 MiB) after the executable's last mapping.
+/// Kernel and gcore cores do not name `[heap]`: it is the first anonymous writable mapping that
+/// starts within the kernel's brk randomisation range after the executable's last mapping (1 GiB
+/// on x86-64 since Linux 6.x, 32 MiB before) and is not the executable's `.bss` right behind it.
 fn guess_heap(maps: &mut [Mapping]) {
     let Some(exe) = maps
         .iter()
@@ -601,8 +695,8 @@ fn guess_heap(maps: &mut [Mapping]) {
     if let Some(m) = maps.iter_mut().find(|m| {
         m.path.is_none()
             && m.perms.write
-            && m.start >= exe_end
-            && m.start - exe_end <= (32 << 20) + 0x1000
+            && m.start > exe_end
+            && m.start - exe_end <= (1 << 30) + (32 << 20)
     }) {
         m.path = Some("[heap]".into());
     }

@@ -30,7 +30,7 @@ impl FileBacking {
             Some(root) => root.join(name.trim_start_matches('/')),
             None => PathBuf::from(name),
         };
-        let file = File::open(&found_at).map_err(|_| "was not found")?;
+        let file = open_regular(&found_at).ok_or("was not found (or is not a regular file)")?;
         // SAFETY: read-only private mapping of a binary or library; such files are replaced by
         // rename on upgrade, not rewritten in place.
         let map = unsafe { Mmap::map(&file) }.map_err(|_| "could not be mapped")?;
@@ -67,6 +67,18 @@ impl FileBacking {
             )
         })
     }
+}
+
+/// Open `path` only if it is a regular file: a core names paths the analyzer then opens, and a
+/// FIFO or device there must not block or feed us endless bytes.
+pub(crate) fn open_regular(path: &Path) -> Option<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    file.metadata().ok()?.is_file().then_some(file)
 }
 
 /// The GNU build ID from the first page of a mapped ELF object (header, program headers and,

@@ -6,7 +6,8 @@ mod files;
 mod live;
 
 pub use self::core::CoreFile;
-pub use self::live::LiveProcess;
+pub(crate) use self::files::{build_id_from_header_page, open_regular};
+pub use self::live::{parse_maps, process_info, read_maps, LiveProcess};
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -192,6 +193,16 @@ pub trait MemoryImage: Send + Sync {
     }
 
     fn info(&self) -> &ProcessInfo;
+
+    /// Hint that `len` bytes at `addr` will not be read again soon, so a streaming scan of a
+    /// memory-mapped core does not keep the whole core resident.
+    fn release(&self, _addr: u64, _len: usize) {}
+
+    /// The parts of mapping `m` whose bytes the image holds, as `[start, end)` ranges. Scans
+    /// iterate these rather than the mapping's nominal size, which a malformed core may inflate.
+    fn stored_ranges(&self, m: &Mapping) -> Vec<(u64, u64)> {
+        vec![(m.start, m.end)]
+    }
 
     /// Human-readable notes about the image (missing pages, substituted files, ...).
     fn notes(&self) -> Vec<String> {

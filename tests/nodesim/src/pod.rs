@@ -377,8 +377,8 @@ async fn token_for(
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
     let api: Api<ServiceAccount> = Api::namespaced(rt.client.clone(), &ns);
     let req = TokenRequest {
-        spec: Some(TokenRequestSpec {
-            audiences: audience.map(|a| vec![a]),
+        spec: TokenRequestSpec {
+            audiences: audience.into_iter().collect(),
             expiration_seconds: Some(24 * 3600),
             bound_object_ref: Some(BoundObjectReference {
                 api_version: Some("v1".into()),
@@ -386,14 +386,14 @@ async fn token_for(
                 name: pod.metadata.name.clone(),
                 uid: pod.metadata.uid.clone(),
             }),
-        }),
+        },
         ..Default::default()
     };
     api.create_token_request(sa, &PostParams::default(), &req)
         .await
         .map_err(|e| format!("TokenRequest for serviceaccount {ns}/{sa}: {e}"))?
         .status
-        .and_then(|s| s.token)
+        .map(|s| s.token)
         .ok_or_else(|| format!("TokenRequest for serviceaccount {ns}/{sa} returned no token"))
 }
 

@@ -1,0 +1,288 @@
+//! Stopping every thread of a process with `PTRACE_SEIZE` + `PTRACE_INTERRUPT`, reading their
+//! registers, and letting them go again.
+//!
+//! SEIZE (unlike ATTACH) sends no SIGSTOP, so the target sees no signal and its job-control state
+//! is untouched; detaching resumes each thread exactly where it was. The [`Stopped`] guard detaches
+//! on drop, so every error path (and a panic) lets the target run again; if this process dies the
+//! kernel detaches for us.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::ptrace;
+use nix::sys::signal::Signal;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use super::{Error, Result};
+
+/// How long one thread may take to reach its ptrace stop. A thread in uninterruptible sleep (D state)
+/// or in a frozen cgroup does not stop; better to give up than to hang the agent.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Registers of one stopped thread, as the bytes of the kernel's `elf_gregset_t` / `elf_fpregset_t`.
+pub(crate) struct ThreadRegs {
+    pub tid: i32,
+    pub gregs: Vec<u8>,
+    pub fpregs: Option<Vec<u8>>,
+}
+
+/// The threads of one process, each in a ptrace stop until [`Stopped::detach`] or drop.
+pub(crate) struct Stopped {
+    pid: i32,
+    /// Stopped thread → the signal it was about to receive when it stopped, re-delivered on detach.
+    threads: BTreeMap<i32, Option<Signal>>,
+    since: Instant,
+}
+
+impl Stopped {
+    /// Seize and interrupt every thread of `pid`, listing `/proc/PID/task` until no new thread
+    /// appears (a thread that is still running can create more; once all are stopped none can).
+    pub fn stop(pid: i32) -> Result<Stopped> {
+        let mut me = Stopped {
+            pid,
+            threads: BTreeMap::new(),
+            since: Instant::now(),
+        };
+        loop {
+            let tids = list_tasks(pid)?;
+            let new: Vec<i32> = tids
+                .into_iter()
+                .filter(|t| !me.threads.contains_key(t))
+                .collect();
+            if new.is_empty() {
+                break;
+            }
+            for tid in new {
+                me.seize(tid)?;
+            }
+        }
+        if me.threads.is_empty() {
+            return Err(Error::ProcessExited { pid });
+        }
+        Ok(me)
+    }
+
+    fn seize(&mut self, tid: i32) -> Result<()> {
+        let pid = self.pid;
+        let t = Pid::from_raw(tid);
+        if task_state(pid, tid).is_none_or(|s| s == 'Z' || s == 'X') {
+            // A zombie thread (e.g. a leader that called pthread_exit) cannot stop and has no memory
+            // of its own; the live threads are what matter.
+            return Ok(());
+        }
+        match ptrace::seize(t, ptrace::Options::empty()) {
+            Ok(()) => {}
+            Err(Errno::ESRCH) => return self.gone(tid),
+            Err(Errno::EPERM) | Err(Errno::EACCES) => {
+                return Err(match tracer_of(pid) {
+                    Some(tracer) if tracer != 0 => Error::AlreadyTraced { pid, tracer },
+                    _ => Error::Permission { pid },
+                })
+            }
+            Err(e) => return Err(Error::ptrace(pid, "PTRACE_SEIZE", e)),
+        }
+        // From here on the thread is ours: record it so drop detaches it whatever happens next.
+        self.threads.insert(tid, None);
+        match ptrace::interrupt(t) {
+            Ok(()) => {}
+            Err(Errno::ESRCH) => return self.gone(tid),
+            Err(e) => return Err(Error::ptrace(pid, "PTRACE_INTERRUPT", e)),
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        let mut nap = Duration::from_micros(20);
+        loop {
+            match waitpid(t, Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) => {
+                    if Instant::now() > deadline {
+                        return Err(Error::StopTimeout {
+                            pid,
+                            tid,
+                            seconds: STOP_TIMEOUT.as_secs(),
+                        });
+                    }
+                    std::thread::sleep(nap);
+                    nap = (nap * 2).min(Duration::from_millis(5));
+                }
+                // The interrupt itself (or a group stop) — nothing to give back on detach.
+                Ok(WaitStatus::PtraceEvent(..)) | Ok(WaitStatus::PtraceSyscall(..)) => {
+                    return Ok(())
+                }
+                // A signal was about to be delivered: keep it and deliver it when we detach.
+                Ok(WaitStatus::Stopped(_, sig)) => {
+                    self.threads.insert(tid, Some(sig));
+                    return Ok(());
+                }
+                Ok(WaitStatus::Exited(..)) | Ok(WaitStatus::Signaled(..)) | Err(Errno::ECHILD) => {
+                    self.threads.remove(&tid);
+                    return self.gone(tid);
+                }
+                Ok(WaitStatus::Continued(_)) => continue,
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(Error::ptrace(pid, "waitpid", e)),
+            }
+        }
+    }
+
+    /// A thread vanished while we stopped it: fine for a worker thread, the end for the process.
+    fn gone(&mut self, tid: i32) -> Result<()> {
+        self.threads.remove(&tid);
+        if !process_alive(self.pid) {
+            return Err(Error::ProcessExited { pid: self.pid });
+        }
+        Ok(())
+    }
+
+    /// Thread IDs, the main thread first (gdb takes the first NT_PRSTATUS as the current thread).
+    pub fn tids(&self) -> Vec<i32> {
+        let mut v: Vec<i32> = self.threads.keys().copied().collect();
+        v.sort_by_key(|&t| (t != self.pid, t));
+        v
+    }
+
+    /// Registers of every stopped thread, main thread first.
+    pub fn registers(&self) -> Result<Vec<ThreadRegs>> {
+        let mut out = Vec::with_capacity(self.threads.len());
+        for tid in self.tids() {
+            let t = Pid::from_raw(tid);
+            let gregs = match regs::general(t) {
+                Ok(r) => r,
+                Err(Errno::ESRCH) if !process_alive(self.pid) => {
+                    return Err(Error::ProcessExited { pid: self.pid })
+                }
+                Err(e) => return Err(Error::ptrace(self.pid, "reading registers", e)),
+            };
+            // Floating-point registers are nice to have (gdb shows them); never fail for them.
+            let fpregs = regs::floating(t).ok();
+            out.push(ThreadRegs { tid, gregs, fpregs });
+        }
+        Ok(out)
+    }
+
+    /// Let every thread run again; returns how long the process was stopped.
+    pub fn detach(mut self) -> Duration {
+        self.release();
+        self.since.elapsed()
+    }
+
+    fn release(&mut self) {
+        for (tid, sig) in std::mem::take(&mut self.threads) {
+            let t = Pid::from_raw(tid);
+            if ptrace::detach(t, sig).is_err() {
+                // Gone (killed while stopped): collect its exit report so it does not linger.
+                let _ = waitpid(t, Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG));
+            }
+        }
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+fn list_tasks(pid: i32) -> Result<Vec<i32>> {
+    let rd = match std::fs::read_dir(format!("/proc/{pid}/task")) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::ProcessExited { pid })
+        }
+        Err(e) => {
+            return Err(Error::Process {
+                pid,
+                what: "listing threads".into(),
+                source: e,
+            })
+        }
+    };
+    let mut tids: Vec<i32> = rd
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    tids.sort_unstable();
+    Ok(tids)
+}
+
+/// Field 3 of `/proc/PID/task/TID/stat`.
+fn task_state(pid: i32, tid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+    stat.rfind(')')
+        .and_then(|i| stat.get(i + 1..))
+        .and_then(|s| s.trim_start().chars().next())
+}
+
+/// The process exists and is not a zombie.
+pub(crate) fn process_alive(pid: i32) -> bool {
+    task_state(pid, pid).is_some_and(|s| s != 'Z' && s != 'X')
+        || list_tasks(pid).is_ok_and(|t| {
+            t.iter()
+                .any(|&tid| task_state(pid, tid).is_some_and(|s| s != 'Z' && s != 'X'))
+        })
+}
+
+/// `TracerPid:` of `/proc/PID/status`.
+fn tracer_of(pid: i32) -> Option<i32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("TracerPid:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Register sets serialised field by field into the layout of the kernel's core-dump notes
+/// (`elf_gregset_t` is `user_regs_struct`, `elf_fpregset_t` is `user_fpregs_struct`/`user_fpsimd_struct`).
+#[cfg(target_arch = "x86_64")]
+mod regs {
+    use super::*;
+
+    pub fn general(t: Pid) -> nix::Result<Vec<u8>> {
+        let r = ptrace::getregs(t)?;
+        let words = [
+            r.r15, r.r14, r.r13, r.r12, r.rbp, r.rbx, r.r11, r.r10, r.r9, r.r8, r.rax, r.rcx,
+            r.rdx, r.rsi, r.rdi, r.orig_rax, r.rip, r.cs, r.eflags, r.rsp, r.ss, r.fs_base,
+            r.gs_base, r.ds, r.es, r.fs, r.gs,
+        ];
+        Ok(words.iter().flat_map(|w| w.to_le_bytes()).collect())
+    }
+
+    pub fn floating(t: Pid) -> nix::Result<Vec<u8>> {
+        let f = ptrace::getregset::<ptrace::regset::NT_PRFPREG>(t)?;
+        let mut b = Vec::with_capacity(512);
+        for h in [f.cwd, f.swd, f.ftw, f.fop] {
+            b.extend_from_slice(&h.to_le_bytes());
+        }
+        b.extend_from_slice(&f.rip.to_le_bytes());
+        b.extend_from_slice(&f.rdp.to_le_bytes());
+        b.extend_from_slice(&f.mxcsr.to_le_bytes());
+        b.extend_from_slice(&f.mxcr_mask.to_le_bytes());
+        for w in f.st_space.iter().chain(f.xmm_space.iter()) {
+            b.extend_from_slice(&w.to_le_bytes());
+        }
+        b.resize(512, 0);
+        Ok(b)
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+mod regs {
+    use super::*;
+
+    pub fn general(t: Pid) -> nix::Result<Vec<u8>> {
+        let r = ptrace::getregs(t)?;
+        let mut b: Vec<u8> = r.regs.iter().flat_map(|w| w.to_le_bytes()).collect();
+        for w in [r.sp, r.pc, r.pstate] {
+            b.extend_from_slice(&w.to_le_bytes());
+        }
+        Ok(b)
+    }
+
+    pub fn floating(t: Pid) -> nix::Result<Vec<u8>> {
+        let f = ptrace::getregset::<ptrace::regset::NT_PRFPREG>(t)?;
+        let mut b: Vec<u8> = f.vregs.iter().flat_map(|v| v.to_le_bytes()).collect();
+        b.extend_from_slice(&f.fpsr.to_le_bytes());
+        b.extend_from_slice(&f.fpcr.to_le_bytes());
+        b.resize(528, 0);
+        Ok(b)
+    }
+}

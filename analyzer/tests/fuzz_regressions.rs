@@ -1,0 +1,17 @@
+//! Inputs that once made the core reader misbehave (found by `cargo fuzz run core_reader`), and
+//! hand-made hostile cores: each must be handled without a panic.
+
+use std::path::Path;
+
+#[test]
+fn fuzz_regression_inputs_do_not_panic() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz-regressions");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).expect("regression dir") {
+        let path = entry.unwrap().path();
+        let data = std::fs::read(&path).unwrap();
+        leakhunt_analyzer::fuzzing::core_reader(&data);
+        n += 1;
+    }
+    assert!(n > 0, "no regression inputs in {}", dir.display());
+}

@@ -25,7 +25,7 @@ unit:
 	# Fuzz regressions again with overflow checks on (debug), as the fuzzer builds them.
 	$(CARGO) test -p leakhunt-analyzer --test fuzz_regressions
 
-test: lint unit
+test: lint unit smoke
 
 # The whole hunt on this host: the leaky Flask example under a memory limit, snapshotted,
 # analysed and OOM-killed (needs root for the memory cgroup; Python venv set up on first run).
@@ -39,3 +39,6 @@ crds:
 
 clean:
 	$(CARGO) clean
+
+# Test control plane, node simulator, kubectl/helm and the smoke test.
+include tests/testenv.mk

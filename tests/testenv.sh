@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# Starts and stops the test environment: kube-testenv (etcd, kube-apiserver, kube-controller-manager,
+# kube-scheduler in one process) and one nodesim node.
+#
+#   tests/testenv.sh up DIR     start both in the background, state under DIR; prints `export KUBECONFIG=...`
+#   tests/testenv.sh down DIR   stop both (SIGTERM, then SIGKILL), remove every process and cgroup left
+#
+# Needs kube-testenv and kubectl on PATH (make tools), NODESIM_BIN (make nodesim), root and a writable
+# memory cgroup hierarchy. A missing prerequisite is an error, never a skip.
+set -euo pipefail
+
+die() { echo "testenv: $*" >&2; exit 1; }
+
+cgroup_default_root() {
+  local id=$1
+  if [ -f /sys/fs/cgroup/memory/memory.limit_in_bytes ]; then
+    echo "/sys/fs/cgroup/memory/leakhunt-nodesim-$id"
+  else
+    echo "/sys/fs/cgroup/leakhunt-nodesim-$id"
+  fi
+}
+
+check_prereqs() {
+  command -v kube-testenv >/dev/null || die "kube-testenv not on PATH (run: make tools)"
+  command -v kubectl >/dev/null || die "kubectl not on PATH (run: make tools)"
+  [ -x "${NODESIM_BIN:-}" ] || die "NODESIM_BIN=${NODESIM_BIN:-} is not an executable (run: make nodesim)"
+  [ "$(id -u)" = 0 ] || die "nodesim must run as root (it creates memory cgroups and mount namespaces)"
+  local parent
+  parent=$(dirname "$1")
+  if [ -f /sys/fs/cgroup/memory/memory.limit_in_bytes ] || grep -qw memory "$parent/cgroup.controllers" 2>/dev/null; then
+    local probe="$parent/leakhunt-probe-$$"
+    mkdir "$probe" 2>/dev/null || die "cannot create a memory cgroup under $parent (cgroup permission)"
+    rmdir "$probe"
+  else
+    die "no writable memory cgroup controller (neither cgroup v1 /sys/fs/cgroup/memory nor v2 with memory)"
+  fi
+}
+
+# Kills everything in a cgroup subtree and removes it (for when nodesim could not clean up itself).
+sweep_cgroups() {
+  local root=$1
+  [ -d "$root" ] || return 0
+  local d
+  for _ in 1 2 3 4 5; do
+    while IFS= read -r d; do
+      xargs -r kill -9 <"$d/cgroup.procs" 2>/dev/null || true
+      rmdir "$d" 2>/dev/null || true
+    done < <(find "$root" -depth -type d 2>/dev/null)
+    [ -d "$root" ] || return 0
+    sleep 0.5
+  done
+  echo "testenv: warning: could not remove cgroup $root" >&2
+}
+
+stop_pid() {
+  local pidfile=$1 name=$2
+  [ -f "$pidfile" ] || return 0
+  local pid
+  pid=$(cat "$pidfile")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    if kill -0 "$pid" 2>/dev/null; then
+      echo "testenv: $name did not stop in 20s, killing" >&2
+      kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+    fi
+  fi
+  # Its process group (setsid made the pid the group leader) must be gone too.
+  kill -KILL -- "-$pid" 2>/dev/null || true
+  rm -f "$pidfile"
+}
+
+up() {
+  local dir=$1
+  mkdir -p "$dir"
+  dir=$(cd "$dir" && pwd)
+  local id
+  id=$(printf '%s' "$dir" | cksum | cut -d' ' -f1)
+  local cgroot=${NODESIM_CGROUP_ROOT:-$(cgroup_default_root "$id")}
+  check_prereqs "$cgroot"
+  for p in kube-testenv nodesim; do
+    if [ -f "$dir/$p.pid" ] && kill -0 "$(cat "$dir/$p.pid")" 2>/dev/null; then
+      die "$p is already running for $dir (tests/testenv.sh down $dir)"
+    fi
+  done
+  echo "$cgroot" >"$dir/cgroup-root"
+  local kubeconfig=$dir/admin.kubeconfig
+  rm -f "$dir/ready" "$kubeconfig"
+  local t0
+  t0=$(date +%s.%N)
+
+  setsid kube-testenv -test.run '^TestKubeTestenv$' -test.timeout 0 \
+    -data-dir "$dir" -kubeconfig "$kubeconfig" -ready-file "$dir/ready" \
+    >"$dir/kube-testenv.log" 2>&1 </dev/null &
+  echo $! >"$dir/kube-testenv.pid"
+  for _ in $(seq 1 900); do
+    [ -f "$dir/ready" ] && break
+    kill -0 "$(cat "$dir/kube-testenv.pid")" 2>/dev/null || { tail -40 "$dir/kube-testenv.log" >&2; die "kube-testenv exited before it was ready (log: $dir/kube-testenv.log)"; }
+    sleep 0.2
+  done
+  [ -f "$dir/ready" ] || { tail -40 "$dir/kube-testenv.log" >&2; die "kube-testenv not ready after 180s"; }
+  local t1
+  t1=$(date +%s.%N)
+
+  setsid "$NODESIM_BIN" --kubeconfig "$kubeconfig" --node-name "${NODESIM_NODE:-nodesim}" \
+    --cgroup-root "$cgroot" --state-dir "$dir/node" ${NODESIM_ARGS:-} \
+    >"$dir/nodesim.log" 2>&1 </dev/null &
+  echo $! >"$dir/nodesim.pid"
+  KUBECONFIG=$kubeconfig
+  export KUBECONFIG
+  for _ in $(seq 1 300); do
+    grep -q '^nodesim: ready' "$dir/nodesim.log" 2>/dev/null && break
+    kill -0 "$(cat "$dir/nodesim.pid")" 2>/dev/null || { tail -40 "$dir/nodesim.log" >&2; die "nodesim exited (log: $dir/nodesim.log)"; }
+    sleep 0.2
+  done
+  kubectl wait --for=condition=Ready "node/${NODESIM_NODE:-nodesim}" --timeout=60s >/dev/null \
+    || { tail -40 "$dir/nodesim.log" >&2; die "node not Ready"; }
+  local t2
+  t2=$(date +%s.%N)
+  awk -v a="$t0" -v b="$t1" -v c="$t2" \
+    'BEGIN { printf "testenv: control plane ready in %.1fs, node Ready in %.1fs (total %.1fs)\n", b-a, c-b, c-a }' 
+  echo "testenv: logs in $dir/{kube-testenv,nodesim}.log, container logs under $dir/node/pods"
+  echo "export KUBECONFIG=$kubeconfig"
+}
+
+down() {
+  local dir=$1
+  [ -d "$dir" ] || return 0
+  dir=$(cd "$dir" && pwd)
+  stop_pid "$dir/nodesim.pid" nodesim
+  if [ -f "$dir/cgroup-root" ]; then
+    sweep_cgroups "$(cat "$dir/cgroup-root")"
+  fi
+  stop_pid "$dir/kube-testenv.pid" kube-testenv
+  echo "testenv: stopped ($dir)"
+}
+
+case "${1:-}" in
+  up) up "${2:?usage: testenv.sh up DIR}" ;;
+  down) down "${2:?usage: testenv.sh down DIR}" ;;
+  *) die "usage: testenv.sh up|down DIR" ;;
+esac

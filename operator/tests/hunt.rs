@@ -374,7 +374,7 @@ fn flat_process_is_no_leak() {
         Target::Command(vec![python(), "-c".into(), script.into()]),
         Some(64 * MIB),
     );
-    opts.duration = Some(Duration::from_secs(4));
+    opts.duration = Some(Duration::from_secs(8));
     let rec = Recorder::default();
     let (outcome, _) = run(&opts, &rec);
     assert!(rec.taken.lock().unwrap().is_empty());

@@ -22,6 +22,8 @@ fmt:
 # Unit and integration tests: real processes, real cores, gdb and pystack as consumers.
 unit:
 	$(CARGO) test --workspace --release
+	# Fuzz regressions again with overflow checks on (debug), as the fuzzer builds them.
+	$(CARGO) test -p leakhunt-analyzer --test fuzz_regressions
 
 test: lint unit
 

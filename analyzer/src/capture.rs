@@ -13,6 +13,7 @@ mod elf;
 mod plan;
 mod ptrace;
 mod sink;
+mod staging;
 
 use std::io::IoSliceMut;
 use std::path::{Path, PathBuf};
@@ -160,6 +161,16 @@ pub fn capture(pid: i32, opts: &CaptureOptions) -> Result<CaptureSummary> {
     if pid <= 0 || !Path::new(&format!("/proc/{pid}")).exists() {
         return Err(Error::NoSuchProcess { pid });
     }
+    if pid as u32 == std::process::id() {
+        // A process cannot ptrace-stop itself; say so rather than "no permission".
+        return Err(Error::Process {
+            pid,
+            what: "capturing".into(),
+            source: std::io::Error::other(
+                "a process cannot capture itself; run the capture from another process",
+            ),
+        });
+    }
 
     // Size check before anything is stopped or written.
     let threads_now = std::fs::read_dir(format!("/proc/{pid}/task"))
@@ -188,12 +199,20 @@ pub fn capture(pid: i32, opts: &CaptureOptions) -> Result<CaptureSummary> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "core".into());
-    // tempfile creates the file 0600 and deletes it on drop: any early return cleans up.
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".partial")
-        .tempfile_in(&dir)
-        .map_err(out_err)?;
+    // Mode 0600, nameless (or removed on drop) until complete: any early return cleans up.
+    let tmp = staging::Staging::create(&dir, &name).map_err(out_err)?;
+    // Compressing while the target is stopped would make it wait for the compressor. With room for
+    // the uncompressed core next to the output, write that first and compress once the target
+    // runs again; without, compress on the fly.
+    let staged = match available {
+        Some(free) if compress => free / 2 > first_estimate.saturating_add(64 << 20),
+        _ => false,
+    };
+    let raw = if staged {
+        Some(staging::Staging::create(&dir, &format!("{name}.raw")).map_err(out_err)?)
+    } else {
+        None
+    };
 
     let stopped = ptrace::Stopped::stop(pid)?;
     let captured_at = SystemTime::now()
@@ -265,10 +284,17 @@ pub fn capture(pid: i32, opts: &CaptureOptions) -> Result<CaptureSummary> {
     let notes_len = (notes.len() + elf::note_len(LEAKHUNT_NOTE_NAME.len(), reserved)) as u64;
     let layout = elf::Layout::new(&regions, notes_len, page);
 
-    let file = tmp.as_file().try_clone().map_err(out_err)?;
-    let mut sink = sink::Sink::start(file, compress).map_err(out_err)?;
+    let first = raw.as_ref().unwrap_or(&tmp);
+    let file = first.file().try_clone().map_err(out_err)?;
+    let budget = buffer_budget(layout.file_len());
+    let mut sink =
+        sink::Sink::start(file, &first.path(), compress && !staged, budget).map_err(out_err)?;
     let headers = layout.headers(&regions, page);
-    let streamed = sink.send(headers) && stream_memory(pid, &regions, &mut sink)?;
+    let streamed = sink.send_bytes(headers) && stream_memory(pid, &regions, &mut sink)?;
+    // Killed while we read: reads of a dying process can come back as zeros rather than ESRCH.
+    if !ptrace::process_alive(pid) {
+        return Err(Error::ProcessExited { pid });
+    }
     let stop_time = stopped.detach();
 
     if streamed {
@@ -278,7 +304,7 @@ pub fn capture(pid: i32, opts: &CaptureOptions) -> Result<CaptureSummary> {
         json.truncate(reserved);
         json.resize(reserved, b' ');
         elf::note(&mut notes, LEAKHUNT_NOTE_NAME, NT_LEAKHUNT_INFO, &json);
-        let _ = sink.send(notes);
+        let _ = sink.send_bytes(notes);
     }
     if let Err(e) = sink.finish() {
         return Err(write_error(e, output, layout.file_len(), &dir));
@@ -289,21 +315,22 @@ pub fn capture(pid: i32, opts: &CaptureOptions) -> Result<CaptureSummary> {
             source: std::io::Error::other("the writer stopped early"),
         });
     }
-    let file_bytes = tmp.as_file().metadata().map_err(out_err)?.len();
-    if opts.overwrite {
-        tmp.persist(output).map_err(|e| out_err(e.error))?;
-    } else {
-        // No-clobber rename: another writer may have created the output meanwhile.
-        tmp.persist_noclobber(output).map_err(|e| {
-            if e.error.kind() == std::io::ErrorKind::AlreadyExists {
-                Error::OutputExists {
-                    path: output.clone(),
-                }
-            } else {
-                out_err(e.error)
-            }
-        })?;
+    if let Some(raw) = &raw {
+        compress_file(&raw.path(), tmp.file())
+            .map_err(|e| write_error(e, output, layout.file_len(), &dir))?;
     }
+    drop(raw);
+    let file_bytes = tmp.file().metadata().map_err(out_err)?.len();
+    // Never replaces an existing output unless asked, even one created while we captured.
+    tmp.publish(output, opts.overwrite).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            Error::OutputExists {
+                path: output.clone(),
+            }
+        } else {
+            out_err(e)
+        }
+    })?;
     Ok(CaptureSummary {
         path: output.clone(),
         file_bytes,
@@ -313,6 +340,47 @@ pub fn capture(pid: i32, opts: &CaptureOptions) -> Result<CaptureSummary> {
         stopped: stop_time,
         total: t0.elapsed(),
     })
+}
+
+/// How much memory the capture may use to buffer the target's memory ahead of the disk (the
+/// target is released as soon as everything is read): at most the core's size and 1 GiB, an
+/// eighth of the machine's available memory, a quarter of what our own cgroup has left.
+fn buffer_budget(core_bytes: u64) -> usize {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let available = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+        .unwrap_or(0);
+    let mut budget = core_bytes.min(1 << 30).min(available / 8);
+    if let Some(left) = cgroup_memory_left() {
+        budget = budget.min(left / 4);
+    }
+    usize::try_from(budget).unwrap_or(0)
+}
+
+/// `memory.max - memory.current` of our cgroup (v2), when it has a limit.
+fn cgroup_memory_left() -> Option<u64> {
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = cgroup.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let dir = Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/'));
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
+    let max: u64 = read("memory.max")?.trim().parse().ok()?;
+    let current: u64 = read("memory.current")?.trim().parse().ok()?;
+    Some(max.saturating_sub(current))
+}
+
+/// zstd-compress the file at `from` into `to`.
+fn compress_file(from: &Path, to: &std::fs::File) -> std::io::Result<()> {
+    let mut input = std::io::BufReader::with_capacity(4 << 20, std::fs::File::open(from)?);
+    let out = std::io::BufWriter::with_capacity(1 << 20, to.try_clone()?);
+    let mut enc = zstd::stream::write::Encoder::new(out, 1)?;
+    // Both cores: the target runs again and the capture is only waiting for this.
+    let _ = enc.multithread(2);
+    std::io::copy(&mut input, &mut enc)?;
+    let mut out = enc.finish()?;
+    std::io::Write::flush(&mut out)
 }
 
 fn check_limit(pid: i32, estimate: u64, limit: Option<u64>) -> Result<()> {
@@ -361,8 +429,7 @@ fn stream_memory(pid: i32, regions: &[Region], sink: &mut sink::Sink) -> Result<
                 return Ok(false);
             };
             let want = (end - at).min(sink::CHUNK as u64) as usize;
-            buf.resize(want, 0);
-            read_chunk(target, at, &mut buf)?;
+            read_chunk(target, at, buf.filled(want))?;
             if !sink.send(buf) {
                 return Ok(false);
             }
@@ -373,7 +440,7 @@ fn stream_memory(pid: i32, regions: &[Region], sink: &mut sink::Sink) -> Result<
 }
 
 /// Fill `buf` from `addr`; pages that fail to read (EFAULT/EIO: e.g. a file mapping past the end of
-/// its file) stay zero so the core keeps its layout.
+/// its file) become zeros so the core keeps its layout.
 fn read_chunk(target: Pid, addr: u64, buf: &mut [u8]) -> Result<()> {
     let page = page_size() as usize;
     let mut done = 0usize;
@@ -499,4 +566,65 @@ fn stat_fields(stat: &str) -> Vec<&str> {
         .unwrap_or("")
         .split_whitespace()
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pseudo_names_are_the_non_file_names() {
+        let maps = image::parse_maps(
+            "\
+1000-2000 rw-p 00000000 00:00 0 [heap]
+2000-3000 rw-p 00000000 00:00 0
+3000-4000 r--p 00000000 fd:01 7 /usr/lib/libc.so.6
+4000-5000 rw-p 00000000 00:00 0 [anon:python arena]
+",
+        );
+        assert_eq!(
+            pseudo_names(&maps),
+            [
+                (0x1000, "[heap]".to_owned()),
+                (0x4000, "[anon:python arena]".to_owned())
+            ]
+        );
+    }
+
+    #[test]
+    fn stat_fields_survive_parentheses_in_the_command_name() {
+        let f = stat_fields("42 (a) b (c)) S 1 42 42 0 -1");
+        assert_eq!(f.first(), Some(&"S"));
+        assert_eq!(f.get(4 - 3), Some(&"1"));
+    }
+
+    #[test]
+    fn estimate_covers_headers_memory_and_notes() {
+        let pid = std::process::id() as i32;
+        let est = estimate_size(pid).expect("estimate own size");
+        let maps = image::read_maps(pid).expect("maps");
+        let memory: u64 = plan::plan(pid, &maps).iter().map(Region::file_bytes).sum();
+        assert!(
+            est > memory && est < memory + (16 << 20),
+            "{est} vs {memory}"
+        );
+        assert!(matches!(
+            estimate_size(-1),
+            Err(Error::NoSuchProcess { .. } | Error::Process { .. })
+        ));
+    }
+
+    #[test]
+    fn refuses_to_capture_itself() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let e = capture(
+            std::process::id() as i32,
+            &CaptureOptions {
+                output: dir.path().join("self.core"),
+                ..Default::default()
+            },
+        )
+        .expect_err("self");
+        assert!(e.to_string().contains("cannot capture itself"), "{e}");
+    }
 }

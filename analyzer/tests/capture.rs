@@ -18,8 +18,10 @@ const BIN: &str = env!("CARGO_BIN_EXE_leakhunt-analyzer");
 /// Threads that each fill a malloc'd block with known words, a 1 MiB block in main, a marker in
 /// `.data` and a string in `.rodata`; then everyone sleeps. `argv[1]` MiB of incompressible bulk.
 const C_PROGRAM: &str = r#"
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <sys/mman.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -50,6 +52,20 @@ int main(int argc, char **argv) {
             bulk[k] = x;
         }
         printf("bulk %p %llx 0\n", (void *)bulk, (unsigned long long)bulk[0]);
+    }
+    if (argc > 2) {
+        /* A shared writable mapping two pages long of a one-page file: the second page cannot be
+           read (SIGBUS for the process, EFAULT for readers) and must come out as zeros. */
+        char path[4096];
+        snprintf(path, sizeof path, "%s/filemap.bin", argv[2]);
+        FILE *f = fopen(path, "w");
+        uint64_t page[512];
+        for (int k = 0; k < 512; k++) page[k] = 0x4c48000000000000ULL | k;
+        fwrite(page, sizeof page, 1, f);
+        fclose(f);
+        int fd = open(path, O_RDWR);
+        uint64_t *m = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        printf("filemap %p %llx 0\n", (void *)m, (unsigned long long)m[0]);
     }
     pthread_barrier_init(&barrier, NULL, NTHREADS + 1);
     pthread_t t[NTHREADS];
@@ -97,6 +113,7 @@ impl Target {
         let exe = compile_c(dir);
         let child = Command::new(&exe)
             .arg(bulk_mib.to_string())
+            .arg(dir)
             .stdout(Stdio::piped())
             .spawn()
             .expect("start the C target");
@@ -210,7 +227,7 @@ fn assert_blocks(core: &CoreFile, blocks: &Blocks) {
                     "rodata string"
                 );
             }
-            "global" | "bulk" => assert_eq!(core.read_u64(addr), Ok(first), "{name}"),
+            "global" | "bulk" | "filemap" => assert_eq!(core.read_u64(addr), Ok(first), "{name}"),
             _ => {
                 let span = if name == "main" { 1 << 20 } else { 4096 };
                 assert_eq!(core.read_u64(addr), Ok(first), "{name} first word");
@@ -256,6 +273,10 @@ fn captures_threads_memory_and_files_of_a_c_program() {
         core.notes()
     );
     assert_blocks(&core, &t.blocks);
+    // The page past the end of the mapped file cannot be read: it is zeros, the rest is intact.
+    let (filemap, _, _) = t.blocks["filemap"];
+    assert_eq!(core.read_u64(filemap + 4096), Ok(0));
+    assert_eq!(core.read_u64(filemap + 4096 - 8), Ok(0x4c48_0000_0000_01ff));
     // Mappings carry the paths and pseudo-names of /proc/PID/maps.
     let maps = core.mappings();
     let exe = t.exe.to_str().expect("utf-8");
@@ -432,6 +453,10 @@ fn refuses_a_missing_pid_an_existing_output_and_a_size_cap() {
     capture(t.pid(), &o).expect("overwrite");
     CoreFile::open(&out, None).expect("overwritten core");
 
+    let e = capture(t.pid(), &opts(dir.path().join("no/such/dir/x.core"))).expect_err("no dir");
+    assert!(matches!(e, Error::Output { .. }), "{e}");
+    assert!(!e.to_string().contains(".partial"), "{e}");
+
     let capped = dir.path().join("capped.core");
     let mut o = opts(capped.clone());
     o.max_bytes = Some(1 << 20);
@@ -441,7 +466,7 @@ fn refuses_a_missing_pid_an_existing_output_and_a_size_cap() {
     assert_running(&t);
     assert_eq!(
         leftovers(dir.path()),
-        ["leakhunt-target", "target.c", "x.core"]
+        ["filemap.bin", "leakhunt-target", "target.c", "x.core"]
     );
 }
 
@@ -458,26 +483,19 @@ fn leftovers(dir: &Path) -> Vec<String> {
 #[test]
 fn process_killed_mid_capture_is_reported_and_leaves_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let t = Target::c(dir.path(), 256);
+    let t = Target::c(dir.path(), 512);
     let pid = t.pid();
-    // Kill the target as soon as the capture has it stopped (TracerPid set): reading 256 MiB takes
+    // Kill the target as soon as the capture has it stopped (TracerPid set): reading 512 MiB takes
     // far longer than the poll, so the kill lands mid-capture.
     let killer = std::thread::spawn(move || {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-            if status
-                .lines()
-                .any(|l| l.starts_with("TracerPid:") && l != "TracerPid:\t0")
-            {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-                return true;
-            }
+        let traced = wait_traced(pid);
+        if traced {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
-        false
+        traced
     });
     let out = dir.path().join("dead.core");
     let r = capture(pid, &opts(out.clone()));
@@ -489,7 +507,10 @@ fn process_killed_mid_capture_is_reported_and_leaves_nothing() {
     assert!(matches!(e, Error::ProcessExited { .. }), "{e}");
     assert!(e.to_string().contains("exited during the capture"), "{e}");
     assert!(!out.exists());
-    assert_eq!(leftovers(dir.path()), ["leakhunt-target", "target.c"]);
+    assert_eq!(
+        leftovers(dir.path()),
+        ["filemap.bin", "leakhunt-target", "target.c"]
+    );
 }
 
 /// A 1 MiB tmpfs, unmounted however the test ends.
@@ -609,5 +630,75 @@ fn no_permission_says_what_to_do() {
         "{err}"
     );
     assert!(!dir.path().join("nope.core").exists());
+    assert_running(&t);
+}
+
+/// Wait until `pid` has a tracer (the capture has it stopped); false after 20 s.
+fn wait_traced(pid: i32) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        if status
+            .lines()
+            .any(|l| l.starts_with("TracerPid:") && l != "TracerPid:\t0")
+        {
+            return true;
+        }
+    }
+    false
+}
+
+#[test]
+fn killed_capture_leaves_no_file_and_the_target_running() {
+    // The agent itself may be OOM-killed mid-capture: the kernel detaches the target, and the
+    // nameless (O_TMPFILE) core being written disappears with the process.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t = Target::c(dir.path(), 256);
+    let out_dir = dir.path().join("out");
+    std::fs::create_dir(&out_dir).expect("mkdir");
+    let mut cli = Command::new(BIN)
+        .args(["capture", "--pid", &t.pid().to_string(), "--output"])
+        .arg(out_dir.join("killed.core"))
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("run cli");
+    assert!(wait_traced(t.pid()), "capture never stopped the target");
+    cli.kill().expect("kill the capture");
+    let st = cli.wait().expect("wait");
+    assert!(!st.success());
+    wait_until(|| {
+        std::fs::read_to_string(format!("/proc/{}/status", t.pid()))
+            .is_ok_and(|s| s.contains("TracerPid:\t0\n"))
+    });
+    wait_until(|| t.states().iter().all(|&s| s == 'S'));
+    assert_running(&t);
+    assert!(leftovers(&out_dir).is_empty(), "{:?}", leftovers(&out_dir));
+}
+
+#[test]
+fn a_process_under_a_debugger_is_refused_and_left_to_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t = Target::c(dir.path(), 0);
+    // gdb attaches, then holds the process while its shell command sleeps.
+    let mut gdb = Command::new("gdb")
+        .args([
+            "-nx",
+            "-batch",
+            "-p",
+            &t.pid().to_string(),
+            "-ex",
+            "shell sleep 2",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run gdb");
+    assert!(wait_traced(t.pid()), "gdb never attached");
+    let e = capture(t.pid(), &opts(dir.path().join("traced.core"))).expect_err("traced");
+    let _ = gdb.wait();
+    assert!(matches!(e, Error::AlreadyTraced { .. }), "{e}");
+    assert!(e.to_string().contains("already traced"), "{e}");
+    assert!(!dir.path().join("traced.core").exists());
+    wait_until(|| t.states().iter().all(|&s| s == 'S'));
     assert_running(&t);
 }

@@ -32,6 +32,10 @@ pub(crate) const NT_FILE: u32 = 0x4649_4c45;
 const MACHINE: u16 = 62; // EM_X86_64
 #[cfg(target_arch = "aarch64")]
 const MACHINE: u16 = 183; // EM_AARCH64
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+compile_error!(
+    "capture writes x86-64 and aarch64 cores only (register layouts in capture/ptrace.rs)"
+);
 
 /// `elf_prstatus` is 112 bytes of header, the general registers, and `pr_fpvalid` padded to 8.
 const PRSTATUS_HEAD: usize = 112;
@@ -368,6 +372,29 @@ mod tests {
         assert_eq!(u64::from_le_bytes(files[..8].try_into().unwrap()), 2);
         assert_eq!(&files[16 + 24 + 16..16 + 24 + 24], &2u64.to_le_bytes());
         assert!(files.ends_with(b"/dev/dri/card0\0/lib/x.so\0"));
+    }
+
+    #[test]
+    fn our_reader_opens_a_core_with_more_than_65535_segments() {
+        use crate::image::{CoreFile, MemoryImage};
+        use std::io::Write;
+        // 70,000 guard-page-sized mappings, one of them dumped with known bytes.
+        let mut regions: Vec<Region> = (0..70_000u64)
+            .map(|i| region(0x10_0000 + i * 0x2000, 0x10_1000 + i * 0x2000, false, None))
+            .collect();
+        regions[12_345].dump = true;
+        let mut notes = Vec::new();
+        note(&mut notes, b"CORE", NT_AUXV, &[0u8; 16]);
+        let l = Layout::new(&regions, notes.len() as u64, 4096);
+        let mut f = tempfile::NamedTempFile::new().expect("temp");
+        f.write_all(&l.headers(&regions, 4096)).expect("headers");
+        f.write_all(&[0x5a; 4096]).expect("memory");
+        f.write_all(&notes).expect("notes");
+        f.flush().expect("flush");
+        let core = CoreFile::open(f.path(), None).expect("open a PN_XNUM core");
+        assert_eq!(core.mappings().len(), 70_000);
+        let at = regions[12_345].mapping.start;
+        assert_eq!(core.read_u64(at + 8), Ok(0x5a5a_5a5a_5a5a_5a5a));
     }
 
     #[test]

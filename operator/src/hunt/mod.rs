@@ -574,6 +574,8 @@ impl Hunt<'_> {
             if self.main_comm.as_deref() != Some(p.comm.as_str()) {
                 self.main_comm = Some(p.comm.clone());
                 self.report.metadata.name = Some(report::report_name(&p.comm, self.main_pid));
+                self.report.spec.workload.display =
+                    format!("Process/{} (pid {})", p.comm, self.main_pid);
             }
         }
         let ws = sample.memory.working_set();

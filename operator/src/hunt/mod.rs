@@ -466,12 +466,6 @@ pub fn run(
             break;
         }
         if exited {
-            // One last look: the kill that ended the command, if that is what happened.
-            std::thread::sleep(Duration::from_millis(50));
-            if let Ok(last) = watcher.sample() {
-                hunt.record_sample(&last);
-                hunt.handle_kills(&last, machine.state());
-            }
             if let Some(status) = exit_status {
                 hunt.progress.event(&format!(
                     "`{command_line}` (pid {main_pid}) {}",
@@ -485,6 +479,14 @@ pub fn run(
         }
     }
 
+    // One last look: kills while the analysis ran, or the kill that ended the command.
+    if !interrupted {
+        std::thread::sleep(Duration::from_millis(50));
+        if let Ok(last) = watcher.sample() {
+            hunt.record_sample(&last);
+            hunt.handle_kills(&last, machine.state());
+        }
+    }
     if interrupted {
         hunt.failure.get_or_insert(Failure::Interrupted);
     } else if let Some(child) = child_guard.0.as_mut() {

@@ -466,12 +466,6 @@ pub fn run(
             break;
         }
         if exited {
-            if let Some(status) = exit_status {
-                hunt.progress.event(&format!(
-                    "`{command_line}` (pid {main_pid}) {}",
-                    describe_exit(status)
-                ));
-            }
             break;
         }
         if next_sample < Instant::now() {
@@ -500,6 +494,12 @@ pub fn run(
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+    if let Some(status) = exit_status {
+        hunt.progress.event(&format!(
+            "`{command_line}` (pid {main_pid}) {}",
+            describe_exit(status)
+        ));
     }
     hunt.finish(&machine, exit_status);
     if let Some(path) = &opts.report {

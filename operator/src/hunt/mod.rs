@@ -917,6 +917,7 @@ impl Hunt<'_> {
             w.rate().map(|r| (r * 60.0) as i64).unwrap_or(0)
         };
         let analysed = self.findings.is_some();
+        let headroom = limit.saturating_sub(self.history.last().map_or(0, |(_, ws)| *ws));
         let captured = match (&self.baseline, &self.after) {
             (Some(a), None) => {
                 format!("snapshot A of pid {} only; snapshot B was not taken", a.pid)
@@ -928,7 +929,8 @@ impl Hunt<'_> {
         if !analysed {
             // No analysis: judge from the working set alone, and say what was captured.
             status.notes.push(format!("{captured}: {peak_text}"));
-            let flat = (growth as f64) < 0.005 * limit as f64;
+            // Flat: at this rate the limit is more than an hour away.
+            let flat = (growth as f64) < headroom as f64 / 60.0;
             status.verdict = Some(
                 if failure.is_none() && flat && !interrupted && status.oom_kills == 0 {
                     Verdict::NoLeak

@@ -252,14 +252,10 @@ pub fn run(
 ) -> Result<HuntOutcome, Error> {
     let started = Instant::now();
     let hierarchy = Hierarchy::detect(&opts.cgroup_root)?;
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&opts.snapshot_dir)
-        .map_err(|source| Error::SnapshotDir {
-            path: opts.snapshot_dir.clone(),
-            source,
-        })?;
+    prepare_snapshot_dir(&opts.snapshot_dir).map_err(|source| Error::SnapshotDir {
+        path: opts.snapshot_dir.clone(),
+        source,
+    })?;
 
     let mut cgroup_guard = CgroupGuard(None);
     let mut child_guard = ChildGuard(None);
@@ -1078,6 +1074,25 @@ fn describe_exit(status: ExitStatus) -> String {
         (_, Some(s)) => format!("was killed by signal {s}"),
         _ => "ended".into(),
     }
+}
+
+/// Creates the snapshot directory 0700, or checks an existing one: snapshots hold process
+/// memory, so the directory must be ours and closed to others (a shared `/tmp` path could be
+/// planted by another user).
+fn prepare_snapshot_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let meta = fs::symlink_metadata(dir)?;
+    if !meta.is_dir() || meta.uid() != nix::unistd::geteuid().as_raw() {
+        return Err(io::Error::other("not a directory owned by this user"));
+    }
+    if meta.mode() & 0o077 != 0 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
 }
 
 fn hostname() -> String {

@@ -43,6 +43,9 @@ pub struct Analysis {
     pub runtime: Runtime,
     #[serde(flatten)]
     pub census: Census,
+    /// The CPython heap census, when the process is a CPython interpreter.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub python: Option<crate::python::PyCensus>,
 }
 
 /// Open and take the census of one snapshot.
@@ -52,13 +55,27 @@ pub fn analyze_path(path: &Path, sysroot: Option<&Path>) -> Result<Analysis> {
 }
 
 pub fn analyze_image(image: &dyn MemoryImage, sysroot: Option<&Path>) -> Analysis {
-    let census = census::take(image, sysroot);
+    let mut census = census::take(image, sysroot);
+    let python = match crate::python::census_of(image) {
+        Ok(p) => Some(p),
+        Err(note) => {
+            census.notes.push(note);
+            None
+        }
+    };
     Analysis {
-        runtime: Runtime {
-            kind: "native".into(),
-            version: None,
+        runtime: match &python {
+            Some(p) => Runtime {
+                kind: "cpython".into(),
+                version: Some(p.version.clone()),
+            },
+            None => Runtime {
+                kind: "native".into(),
+                version: None,
+            },
         },
         census,
+        python,
     }
 }
 
@@ -81,7 +98,9 @@ pub fn diff_images(
         (ha.join(), cb)
     });
     let ca = ca.unwrap_or_else(|_| census::take(before, sysroot));
-    Ok(diff_census(&ca, &cb))
+    let mut findings = diff_census(&ca, &cb);
+    crate::python::refine_findings(&mut findings, before, after);
+    Ok(findings)
 }
 
 /// Two snapshots are of one process when PID, start time and executable agree where both know them.

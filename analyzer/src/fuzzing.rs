@@ -21,4 +21,7 @@ pub fn core_reader(data: &[u8]) {
         let _ = core.read(m.end.saturating_sub(8), &mut buf[..16]);
     }
     let _ = crate::census::take(&core, Some(Path::new(NO_SYSROOT)));
+    if let Ok(Some(heap)) = crate::python::load(&core) {
+        let _ = heap.census();
+    }
 }

@@ -6,6 +6,7 @@
 pub mod capture;
 pub mod image;
 pub mod notes;
+pub mod python;
 pub mod util;
 
 pub use image::{open_snapshot, CoreFile, LiveProcess, Mapping, MemoryImage, ProcessInfo};

@@ -1,0 +1,356 @@
+//! CPython heap forensics (3.8–3.14): find the interpreter in a memory image without symbols, walk
+//! every object, take a census by type, build the reference graph and its dominator tree, and name
+//! the containers that accumulate by their best path from a module.
+//!
+//! [`load`] reads one image into a [`PyHeap`] (the image is not needed afterwards); [`compare`]
+//! diffs two heaps of one process into findings.
+
+mod compare;
+mod discover;
+mod graph;
+mod integrate;
+pub mod layout;
+mod mem;
+mod naming;
+mod walk;
+
+use rustc_hash::FxHashMap;
+use serde::Serialize;
+
+pub use self::compare::{compare, PyComparison};
+pub use self::integrate::{census_of, refine_findings};
+use self::mem::Mem;
+use self::walk::{Kind, Walker};
+use crate::image::MemoryImage;
+
+/// Why a CPython heap could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Python we recognise but do not support (version, build flavour).
+    #[error("unsupported {0}")]
+    Unsupported(String),
+    /// Signs of CPython, but the interpreter's state could not be found.
+    #[error("cannot read the CPython interpreter: {0}")]
+    NoInterpreter(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Containers with at least this many items are named by path when the heap is loaded.
+const NAME_MIN_ITEMS: u32 = 8;
+/// Upper bound on containers named per heap (the largest first).
+const MAX_NAMED: usize = 20_000;
+/// Containers listed in the census.
+const CENSUS_CONTAINERS: usize = 20;
+
+/// One container (list, dict, set, deque and their subclasses) as seen in one snapshot.
+#[derive(Debug, Clone)]
+pub struct Container {
+    pub type_name: u32,
+    pub items: u64,
+    pub retained: u64,
+    pub named: Option<Box<Named>>,
+}
+
+/// The best path from a root to an object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Named {
+    pub path: String,
+    pub referrers: Vec<String>,
+}
+
+/// Per-type totals.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TypeCount {
+    pub name: String,
+    pub count: u64,
+    pub bytes: u64,
+}
+
+/// A CPython heap read from one memory image.
+#[derive(Debug)]
+pub struct PyHeap {
+    version: String,
+    notes: Vec<String>,
+    /// Type display names; `Container::type_name` indexes here.
+    type_names: Vec<String>,
+    types: Vec<TypeCount>,
+    /// Containers by address (CPython objects do not move).
+    containers: FxHashMap<u64, Container>,
+    objects: u64,
+    bytes: u64,
+    /// Native memory (brk heap + anonymous mappings) without thread stacks.
+    native_bytes: u64,
+    /// Resident set size when the image recorded it.
+    rss: Option<u64>,
+}
+
+/// Brk heap and anonymous writable mappings, leaving out what looks like thread stacks (mappings
+/// of the default 8 MiB stack size): a threaded server that starts a thread per request grows its
+/// virtual size by whole stacks that are neither resident nor a leak.
+fn native_bytes(image: &dyn MemoryImage) -> u64 {
+    const STACK: u64 = 8 << 20;
+    let mut total = 0u64;
+    let mut prev_rw_file_end = None;
+    for m in image.mappings() {
+        let bss = prev_rw_file_end == Some(m.start);
+        prev_rw_file_end = (m.is_file_backed() && m.perms.write).then_some(m.end);
+        if !m.perms.write || !m.perms.read || bss || m.is_stack() {
+            continue;
+        }
+        let thread_stack = m.is_anonymous() && (m.len() == STACK || m.len() == STACK - 4096);
+        if (m.is_heap() || m.is_anonymous()) && !thread_stack {
+            total = total.saturating_add(m.len());
+        }
+    }
+    total
+}
+
+/// The census of one heap: what `analyze` prints for a Python process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PyCensus {
+    pub version: String,
+    pub objects: u64,
+    pub bytes: u64,
+    /// Largest types first.
+    pub types: Vec<TypeCount>,
+    /// Largest containers by retained size.
+    pub containers: Vec<ContainerSummary>,
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerSummary {
+    pub path: String,
+    #[serde(rename = "type")]
+    pub type_name: String,
+    pub items: u64,
+    pub retained_bytes: u64,
+}
+
+impl PyHeap {
+    /// CPython version, e.g. "3.11.7".
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    pub fn notes(&self) -> &[String] {
+        &self.notes
+    }
+
+    pub fn object_count(&self) -> u64 {
+        self.objects
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    pub fn types(&self) -> &[TypeCount] {
+        &self.types
+    }
+
+    pub(crate) fn type_name(&self, i: u32) -> &str {
+        self.type_names
+            .get(i as usize)
+            .map(String::as_str)
+            .unwrap_or("?")
+    }
+
+    pub(crate) fn containers(&self) -> &FxHashMap<u64, Container> {
+        &self.containers
+    }
+
+    pub fn census(&self) -> PyCensus {
+        let mut top: Vec<(&u64, &Container)> = self.containers.iter().collect();
+        top.sort_by(|a, b| b.1.retained.cmp(&a.1.retained).then(a.0.cmp(b.0)));
+        let containers =
+            top.into_iter()
+                .take(CENSUS_CONTAINERS)
+                .map(|(addr, c)| ContainerSummary {
+                    path: c.named.as_ref().map(|n| n.path.clone()).unwrap_or_else(|| {
+                        format!("<{} at {addr:#x}>", self.type_name(c.type_name))
+                    }),
+                    type_name: self.type_name(c.type_name).to_string(),
+                    items: c.items,
+                    retained_bytes: c.retained,
+                })
+                .collect();
+        PyCensus {
+            version: self.version.clone(),
+            objects: self.objects,
+            bytes: self.bytes,
+            types: self.types.clone(),
+            containers,
+            notes: self.notes.clone(),
+        }
+    }
+}
+
+/// Read the CPython heap of `image`. `Ok(None)`: not a CPython process.
+pub fn load(image: &dyn MemoryImage) -> Result<Option<PyHeap>> {
+    let mem = Mem::new(image);
+    let Some(interp) = discover::discover(mem)? else {
+        return Ok(None);
+    };
+    let mut notes = interp.notes.clone();
+    if interp.version.minor >= 14 {
+        notes.push(format!(
+            "CPython {}: layouts follow the 3.14 headers but were not tested against a real 3.14",
+            interp.version
+        ));
+    }
+    let extra: Vec<u64> = interp.sys_modules.into_iter().collect();
+    let walk = Walker::new(mem, interp.layout, interp.type_type).run(&interp.gc_heads, &extra);
+    let d = &walk.damage;
+    if d.gc_broken_lists > 0 {
+        notes.push(format!(
+            "{} GC list(s) were broken (corrupt or missing memory); the rest was recovered backwards",
+            d.gc_broken_lists
+        ));
+    }
+    if d.gc_bad_objects > 0 {
+        notes.push(format!(
+            "{} GC-tracked objects had an unreadable or invalid type and were skipped",
+            d.gc_bad_objects
+        ));
+    }
+    if d.bad_contents > 0 {
+        notes.push(format!(
+            "{} containers had unreadable or implausible contents and were read partially",
+            d.bad_contents
+        ));
+    }
+    if d.dangling > 0 {
+        notes.push(format!(
+            "{} references pointed to memory that is not a valid object",
+            d.dangling
+        ));
+    }
+    if d.capped {
+        notes.push("object limit reached; the census is partial".into());
+    }
+
+    // Roots: modules, `__main__` first, then by name.
+    let mut modules: Vec<(String, u32)> = walk
+        .objs
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| {
+            walk.types
+                .get(o.ty as usize)
+                .is_some_and(|t| t.kind == Kind::Module)
+        })
+        .map(|(i, o)| {
+            (
+                naming::module_name(mem, &interp.layout, o.addr).unwrap_or_default(),
+                i as u32,
+            )
+        })
+        .collect();
+    modules.sort_by(|a, b| {
+        (a.0 != "__main__", a.0.is_empty(), a.0.len(), &a.0).cmp(&(
+            b.0 != "__main__",
+            b.0.is_empty(),
+            b.0.len(),
+            &b.0,
+        ))
+    });
+    let module_idx: Vec<u32> = modules.iter().map(|m| m.1).collect();
+    let tree = graph::bfs(&walk, &module_idx);
+    let retained = graph::retained_sizes(&walk, &tree.roots);
+
+    // Census by type.
+    let mut types: Vec<TypeCount> = walk
+        .types
+        .iter()
+        .map(|t| TypeCount {
+            name: t.name.clone(),
+            count: 0,
+            bytes: 0,
+        })
+        .collect();
+    let mut total = 0u64;
+    for o in &walk.objs {
+        if let Some(t) = types.get_mut(o.ty as usize) {
+            t.count += 1;
+            t.bytes += o.size;
+        }
+        total += o.size;
+    }
+    let type_names: Vec<String> = walk.types.iter().map(|t| t.name.clone()).collect();
+    // Merge types of equal name (e.g. the same class name from two imports) for the table.
+    let mut merged: FxHashMap<String, TypeCount> = FxHashMap::default();
+    for t in types {
+        if t.count == 0 {
+            continue;
+        }
+        let e = merged.entry(t.name.clone()).or_insert_with(|| TypeCount {
+            name: t.name.clone(),
+            ..TypeCount::default()
+        });
+        e.count += t.count;
+        e.bytes += t.bytes;
+    }
+    let mut types: Vec<TypeCount> = merged.into_values().collect();
+    types.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.name.cmp(&b.name)));
+
+    // Containers, the larger ones named.
+    let mut containers: FxHashMap<u64, Container> = FxHashMap::default();
+    let mut to_name: Vec<u32> = Vec::new();
+    for (i, o) in walk.objs.iter().enumerate() {
+        let kind = walk.types.get(o.ty as usize).map(|t| t.kind);
+        if kind.is_some_and(Kind::is_container) {
+            containers.insert(
+                o.addr,
+                Container {
+                    type_name: o.ty,
+                    items: u64::from(o.items),
+                    retained: retained.get(i).copied().unwrap_or(0),
+                    named: None,
+                },
+            );
+            if o.items >= NAME_MIN_ITEMS {
+                to_name.push(i as u32);
+            }
+        }
+    }
+    // The largest containers by retained size are named whatever their length (the census lists
+    // them), then the longer ones, largest first.
+    let mut by_retained: Vec<u32> = (0..walk.objs.len() as u32)
+        .filter(|&i| {
+            walk.objs
+                .get(i as usize)
+                .and_then(|o| walk.types.get(o.ty as usize))
+                .is_some_and(|t| t.kind.is_container())
+        })
+        .collect();
+    by_retained.sort_by_key(|&i| std::cmp::Reverse(retained.get(i as usize).copied().unwrap_or(0)));
+    by_retained.truncate(CENSUS_CONTAINERS);
+    to_name.sort_by_key(|&i| std::cmp::Reverse(retained.get(i as usize).copied().unwrap_or(0)));
+    to_name.truncate(MAX_NAMED);
+    to_name.extend(by_retained);
+    let mut namer = naming::Namer::new(mem, &interp.layout, &walk, &tree, &modules);
+    for i in to_name {
+        let named = namer.name(i);
+        if let Some(o) = walk.objs.get(i as usize) {
+            if let Some(c) = containers.get_mut(&o.addr) {
+                c.named = Some(Box::new(named));
+            }
+        }
+    }
+    Ok(Some(PyHeap {
+        version: interp.version_text,
+        notes,
+        type_names,
+        types,
+        containers,
+        objects: walk.objs.len() as u64,
+        bytes: total,
+        native_bytes: native_bytes(image),
+        rss: image.info().rss,
+    }))
+}

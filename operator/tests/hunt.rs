@@ -586,6 +586,7 @@ fn ctrl_c_cleans_up_cgroup_and_command() {
         "command left running"
     );
     let _ = std::fs::remove_dir(h.cgroup(&parent).dir);
+    let _ = std::fs::remove_dir(h.cgroup("leakhunt-test").dir);
 }
 
 /// gunicorn with two workers serving the leaky Flask app under load: the snapshot pair is of a

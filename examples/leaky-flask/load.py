@@ -44,7 +44,7 @@ def main():
                 with lock:
                     state["ok"] += 1
                     state["down_since"] = None
-            except OSError:
+            except (OSError, http.client.HTTPException):
                 with lock:
                     now = time.monotonic()
                     if state["ok"] == 0:

@@ -399,9 +399,14 @@ fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// `+2000 items +180KiB`: the Growth column.
+/// `+2000 items +180KiB`: the Growth column. A part that was not measured (native memory has no
+/// item count; a type census no retained size) is left out.
 pub fn growth_label(items: i64, bytes: i64) -> String {
-    format!("{items:+} items {}", signed_bytes(bytes))
+    match (items, bytes) {
+        (0, b) => signed_bytes(b),
+        (i, 0) => format!("{i:+} items"),
+        (i, b) => format!("{i:+} items {}", signed_bytes(b)),
+    }
 }
 
 /// `+180KiB`, `-3.2MiB`, `+12B`.
@@ -677,6 +682,8 @@ mod tests {
         assert_eq!(s.incidents.len(), MAX_INCIDENTS);
         assert_eq!(s.incidents.last().unwrap().message, "99");
         assert_eq!(growth_label(2000, 180 * 1024), "+2000 items +180KiB");
+        assert_eq!(growth_label(0, 45 << 20), "+45MiB");
+        assert_eq!(growth_label(1068740, 0), "+1068740 items");
         assert_eq!(signed_bytes(-3_355_443), "-3.2MiB");
         assert_eq!(human_bytes(12), "12B");
         assert_eq!(human_bytes(160 * 1024 * 1024), "160MiB");

@@ -21,6 +21,16 @@ use leakhunt_operator::node::{Cgroup, Hierarchy, KillSource, Thresholds};
 const ROOT: &str = "/sys/fs/cgroup";
 const MIB: u64 = 1 << 20;
 
+/// The tests share two cores with each other (and whatever else runs): one hunt at a time keeps
+/// their timing (growth rates, thresholds crossed between samples) what the test expects.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn hierarchy() -> Option<Hierarchy> {
     if !nix::unistd::geteuid().is_root() {
         eprintln!("skipped: needs root to create memory cgroups");
@@ -212,6 +222,7 @@ fn assert_cgroup_gone(opts: &HuntOptions, h: &Hierarchy) {
 
 #[test]
 fn leaker_is_oom_killed_and_named() {
+    let _serial = serial();
     let Some(h) = hierarchy() else { return };
     let (opts, _tmp) = options(
         "leaker",
@@ -270,6 +281,7 @@ fn leaker_is_oom_killed_and_named() {
 /// A container-like cgroup: a parent that forks a leaking worker and survives its OOM kill.
 #[test]
 fn worker_killed_parent_survives() {
+    let _serial = serial();
     let Some(h) = hierarchy() else { return };
     let name = format!("leakhunt-test/container-{}", std::process::id());
     let cg = CgroupGuard(h.create(&name).unwrap());
@@ -318,6 +330,7 @@ fn worker_killed_parent_survives() {
 /// starts over in the new worker and ends with a pair of it.
 #[test]
 fn respawned_worker_is_hunted_again() {
+    let _serial = serial();
     let Some(h) = hierarchy() else { return };
     let worker = leaker(2, 0.1)
         .lines()
@@ -367,6 +380,7 @@ fn respawned_worker_is_hunted_again() {
 /// A service whose memory stays flat: no snapshot, no leak verdict.
 #[test]
 fn flat_process_is_no_leak() {
+    let _serial = serial();
     let Some(h) = hierarchy() else { return };
     let script = "import time\nheld = b'x' * (8 << 20)\nwhile True:\n    junk = [bytes(1000) for _ in range(1000)]\n    time.sleep(0.05)\n";
     let (mut opts, _tmp) = options(
@@ -374,7 +388,7 @@ fn flat_process_is_no_leak() {
         Target::Command(vec![python(), "-c".into(), script.into()]),
         Some(64 * MIB),
     );
-    opts.duration = Some(Duration::from_secs(4));
+    opts.duration = Some(Duration::from_secs(8));
     let rec = Recorder::default();
     let (outcome, _) = run(&opts, &rec);
     assert!(rec.taken.lock().unwrap().is_empty());
@@ -393,6 +407,7 @@ fn flat_process_is_no_leak() {
 
 #[test]
 fn exit_before_b_is_an_error_that_says_what_was_captured() {
+    let _serial = serial();
     let Some(h) = hierarchy() else { return };
     // Grows to ~70% of the limit, then exits on its own.
     let script = "import time\nheld = []\nfor _ in range(22):\n    held.append(b'x' * (2 << 20))\n    time.sleep(0.05)\ntime.sleep(1.5)\n";
@@ -421,6 +436,7 @@ fn exit_before_b_is_an_error_that_says_what_was_captured() {
 
 #[test]
 fn analyzer_failure_is_reported() {
+    let _serial = serial();
     let Some(h) = hierarchy() else { return };
     let (mut opts, _tmp) = options(
         "diff-fails",
@@ -441,6 +457,7 @@ fn analyzer_failure_is_reported() {
 
 #[test]
 fn oversized_snapshot_is_skipped_with_the_reason() {
+    let _serial = serial();
     let Some(h) = hierarchy() else { return };
     let (mut opts, _tmp) = options(
         "too-big",
@@ -515,6 +532,7 @@ fn cli_errors_have_clear_messages_and_exit_codes() {
 
 #[test]
 fn ctrl_c_cleans_up_cgroup_and_command() {
+    let _serial = serial();
     let Some(h) = hierarchy() else { return };
     let parent = format!("leakhunt-test/sigint-{}", std::process::id());
     let child = ChildGuard(
@@ -568,12 +586,14 @@ fn ctrl_c_cleans_up_cgroup_and_command() {
         "command left running"
     );
     let _ = std::fs::remove_dir(h.cgroup(&parent).dir);
+    let _ = std::fs::remove_dir(h.cgroup("leakhunt-test").dir);
 }
 
 /// gunicorn with two workers serving the leaky Flask app under load: the snapshot pair is of a
 /// worker (the master does not grow), and the analyzer finds what grows in it.
 #[test]
 fn gunicorn_workers_leak_master_does_not() {
+    let _serial = serial();
     let Some(h) = hierarchy() else { return };
     let venv = venv();
     let port = free_port();
@@ -651,6 +671,7 @@ fn gunicorn_workers_leak_master_does_not() {
 /// analyzer's verdict on the pair is not a leak.
 #[test]
 fn steady_process_above_baseline_is_not_a_leak() {
+    let _serial = serial();
     let Some(h) = hierarchy() else { return };
     // One allocation to ~60% of the limit (between two samples), then churn that frees what it makes.
     let script = "import time\nheld = b'x' * (36 << 20)\nwhile True:\n    junk = [str(i) for i in range(20000)]\n    del junk\n    time.sleep(0.05)\n";

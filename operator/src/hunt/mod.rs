@@ -252,14 +252,10 @@ pub fn run(
 ) -> Result<HuntOutcome, Error> {
     let started = Instant::now();
     let hierarchy = Hierarchy::detect(&opts.cgroup_root)?;
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&opts.snapshot_dir)
-        .map_err(|source| Error::SnapshotDir {
-            path: opts.snapshot_dir.clone(),
-            source,
-        })?;
+    prepare_snapshot_dir(&opts.snapshot_dir).map_err(|source| Error::SnapshotDir {
+        path: opts.snapshot_dir.clone(),
+        source,
+    })?;
 
     let mut cgroup_guard = CgroupGuard(None);
     let mut child_guard = ChildGuard(None);
@@ -466,18 +462,6 @@ pub fn run(
             break;
         }
         if exited {
-            // One last look: the kill that ended the command, if that is what happened.
-            std::thread::sleep(Duration::from_millis(50));
-            if let Ok(last) = watcher.sample() {
-                hunt.record_sample(&last);
-                hunt.handle_kills(&last, machine.state());
-            }
-            if let Some(status) = exit_status {
-                hunt.progress.event(&format!(
-                    "`{command_line}` (pid {main_pid}) {}",
-                    describe_exit(status)
-                ));
-            }
             break;
         }
         if next_sample < Instant::now() {
@@ -485,6 +469,14 @@ pub fn run(
         }
     }
 
+    // One last look: kills while the analysis ran, or the kill that ended the command.
+    if !interrupted {
+        std::thread::sleep(Duration::from_millis(50));
+        if let Ok(last) = watcher.sample() {
+            hunt.record_sample(&last);
+            hunt.handle_kills(&last, machine.state());
+        }
+    }
     if interrupted {
         hunt.failure.get_or_insert(Failure::Interrupted);
     } else if let Some(child) = child_guard.0.as_mut() {
@@ -498,6 +490,12 @@ pub fn run(
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+    if let Some(status) = exit_status {
+        hunt.progress.event(&format!(
+            "`{command_line}` (pid {main_pid}) {}",
+            describe_exit(status)
+        ));
     }
     hunt.finish(&machine, exit_status);
     if let Some(path) = &opts.report {
@@ -574,6 +572,8 @@ impl Hunt<'_> {
             if self.main_comm.as_deref() != Some(p.comm.as_str()) {
                 self.main_comm = Some(p.comm.clone());
                 self.report.metadata.name = Some(report::report_name(&p.comm, self.main_pid));
+                self.report.spec.workload.display =
+                    format!("Process/{} (pid {})", p.comm, self.main_pid);
             }
         }
         let ws = sample.memory.working_set();
@@ -913,6 +913,7 @@ impl Hunt<'_> {
             w.rate().map(|r| (r * 60.0) as i64).unwrap_or(0)
         };
         let analysed = self.findings.is_some();
+        let headroom = limit.saturating_sub(self.history.last().map_or(0, |(_, ws)| *ws));
         let captured = match (&self.baseline, &self.after) {
             (Some(a), None) => {
                 format!("snapshot A of pid {} only; snapshot B was not taken", a.pid)
@@ -924,7 +925,8 @@ impl Hunt<'_> {
         if !analysed {
             // No analysis: judge from the working set alone, and say what was captured.
             status.notes.push(format!("{captured}: {peak_text}"));
-            let flat = (growth as f64) < 0.005 * limit as f64;
+            // Flat: at this rate the limit is more than an hour away.
+            let flat = (growth as f64) < headroom as f64 / 60.0;
             status.verdict = Some(
                 if failure.is_none() && flat && !interrupted && status.oom_kills == 0 {
                     Verdict::NoLeak
@@ -1072,6 +1074,25 @@ fn describe_exit(status: ExitStatus) -> String {
         (_, Some(s)) => format!("was killed by signal {s}"),
         _ => "ended".into(),
     }
+}
+
+/// Creates the snapshot directory 0700, or checks an existing one: snapshots hold process
+/// memory, so the directory must be ours and closed to others (a shared `/tmp` path could be
+/// planted by another user).
+fn prepare_snapshot_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let meta = fs::symlink_metadata(dir)?;
+    if !meta.is_dir() || meta.uid() != nix::unistd::geteuid().as_raw() {
+        return Err(io::Error::other("not a directory owned by this user"));
+    }
+    if meta.mode() & 0o077 != 0 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
 }
 
 fn hostname() -> String {

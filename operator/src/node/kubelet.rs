@@ -170,6 +170,46 @@ fn parse_systemd(rest: &[&str]) -> Option<PodCgroup> {
     })
 }
 
+/// Every container cgroup of the kubelet's pods under a memory hierarchy (both drivers), for
+/// the agent's sampling loop. Pod-level cgroups and the pause/sandbox layout are returned only
+/// when they hold a container directory below them.
+pub fn discover(hierarchy: &super::cgroup::Hierarchy) -> Vec<(PodCgroup, super::cgroup::Cgroup)> {
+    let mut found = Vec::new();
+    for top in ["kubepods", "kubepods.slice"] {
+        walk(&hierarchy.path.join(top), top, 0, hierarchy, &mut found);
+    }
+    found.sort_by(|a, b| a.1.relative.cmp(&b.1.relative));
+    found
+}
+
+fn walk(
+    dir: &std::path::Path,
+    relative: &str,
+    depth: usize,
+    hierarchy: &super::cgroup::Hierarchy,
+    found: &mut Vec<(PodCgroup, super::cgroup::Cgroup)>,
+) {
+    // kubepods / qos / pod / container: nothing of interest lies deeper.
+    if depth > 3 {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if !entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            continue;
+        }
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let child = format!("{relative}/{name}");
+        match PodCgroup::parse(&child) {
+            Some(pod) if pod.container_id.is_some() => found.push((pod, hierarchy.cgroup(&child))),
+            _ => walk(&entry.path(), &child, depth + 1, hierarchy, found),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,5 +317,37 @@ mod tests {
                 UID.replace('-', "_")
             )
         );
+    }
+
+    #[test]
+    fn discovers_containers_of_both_drivers() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("cgroup.controllers"), "memory\n").unwrap();
+        let h = crate::node::cgroup::Hierarchy::detect(tmp.path()).unwrap();
+        let u = UID.replace('-', "_");
+        for dir in [
+            format!("kubepods/burstable/pod{UID}/{CID}"),
+            format!("kubepods/pod{UID}/abc"),
+            format!("kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{u}.slice/cri-containerd-{CID}.scope"),
+            format!("kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{u}.slice"),
+            "system.slice/sshd.service".to_string(),
+        ] {
+            std::fs::create_dir_all(tmp.path().join(dir)).unwrap();
+        }
+        let found = discover(&h);
+        let ids: Vec<(QosClass, Option<&str>)> = found
+            .iter()
+            .map(|(p, _)| (p.qos, p.container_id.as_deref()))
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                (QosClass::BestEffort, Some(CID)),
+                (QosClass::Burstable, Some(CID)),
+                (QosClass::Guaranteed, Some("abc")),
+            ],
+            "sorted by path; the pod slice without a container is not listed"
+        );
+        assert!(found.iter().all(|(p, cg)| cg.dir.ends_with(p.path())));
     }
 }

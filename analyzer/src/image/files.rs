@@ -59,7 +59,10 @@ impl FileBacking {
 
     /// A note for the user when the substitution could not be checked.
     pub fn note(&self) -> Option<String> {
-        (!self.verified).then(|| {
+        // Data files (locale archives, caches) carry no build ID by nature: only unverifiable ELF
+        // objects are worth a word, as their code and type names feed the analysis.
+        let is_elf = self.map.get(..4) == Some(b"\x7fELF".as_slice());
+        (!self.verified && is_elf).then(|| {
             format!(
                 "read-only pages of {} taken from {} without a build ID to check them against",
                 self.name,

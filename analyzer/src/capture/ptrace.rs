@@ -45,11 +45,12 @@ impl Stopped {
             threads: BTreeMap::new(),
             since: Instant::now(),
         };
+        // Every thread looked at, stopped or skipped (zombies, threads that exited meanwhile).
+        let mut seen = std::collections::BTreeSet::new();
         loop {
-            let tids = list_tasks(pid)?;
-            let new: Vec<i32> = tids
+            let new: Vec<i32> = list_tasks(pid)?
                 .into_iter()
-                .filter(|t| !me.threads.contains_key(t))
+                .filter(|&t| seen.insert(t))
                 .collect();
             if new.is_empty() {
                 break;
@@ -210,6 +211,22 @@ fn task_state(pid: i32, tid: i32) -> Option<char> {
     stat.rfind(')')
         .and_then(|i| stat.get(i + 1..))
         .and_then(|s| s.trim_start().chars().next())
+}
+
+/// A thread through which the process's memory can be read: the main thread, unless it has
+/// exited (`pthread_exit` in `main`) while other threads run on; then its `/proc` maps are empty
+/// and reads through its ID fail.
+pub(crate) fn live_task(pid: i32) -> i32 {
+    if task_state(pid, pid).is_some_and(|s| s != 'Z' && s != 'X') {
+        return pid;
+    }
+    list_tasks(pid)
+        .ok()
+        .and_then(|t| {
+            t.into_iter()
+                .find(|&tid| task_state(pid, tid).is_some_and(|s| s != 'Z' && s != 'X'))
+        })
+        .unwrap_or(pid)
 }
 
 /// The process exists and is not a zombie.

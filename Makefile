@@ -5,7 +5,7 @@ export CARGO_TARGET_DIR
 CARGO ?= cargo
 BIN := $(CARGO_TARGET_DIR)/release
 
-.PHONY: all build test lint fmt unit bench fuzz clean
+.PHONY: all build test lint fmt unit bench fuzz clean demo crds
 
 all: build
 
@@ -22,8 +22,20 @@ fmt:
 # Unit and integration tests: real processes, real cores, gdb and pystack as consumers.
 unit:
 	$(CARGO) test --workspace --release
+	# Fuzz regressions again with overflow checks on (debug), as the fuzzer builds them.
+	$(CARGO) test -p leakhunt-analyzer --test fuzz_regressions
 
 test: lint unit
+
+# The whole hunt on this host: the leaky Flask example under a memory limit, snapshotted,
+# analysed and OOM-killed (needs root for the memory cgroup; Python venv set up on first run).
+demo:
+	$(CARGO) build --release -p leakhunt-operator
+	LEAKHUNT=$(BIN)/leakhunt examples/demo.sh
+
+# Regenerate the committed CRDs from the Rust types (a test fails when they drift).
+crds:
+	$(CARGO) run -q -p leakhunt-operator -- crdgen > crds/leakhunt.dev.yaml
 
 clean:
 	$(CARGO) clean

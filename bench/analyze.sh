@@ -32,7 +32,7 @@ ours=$(echo "$t1 - $t0" | bc -l)
 peak=$(cat "$work/rss")
 
 t0=$(date +%s.%N)
-hexdump "$core" | awk '{printf "%s%s%s%s\n%s%s%s%s\n", $5,$4,$3,$2,$9,$8,$7,$6}' | sort | uniq -c | sort -nr | head > "$work/seed.txt"
+hexdump "$core" | awk '{printf "%s%s%s%s\n%s%s%s%s\n", $5,$4,$3,$2,$9,$8,$7,$6}' | sort | uniq -c | sort -nr > "$work/seed.txt"
 t1=$(date +%s.%N)
 seed=$(echo "$t1 - $t0" | bc -l)
 

@@ -76,7 +76,7 @@ impl ObjectSymbols {
         let sym = i
             .checked_sub(1)
             .and_then(|j| self.symbols.get(j))
-            .filter(|s| addr < s.addr + s.size.max(1));
+            .filter(|s| addr < s.addr.saturating_add(s.size.max(1)));
         let section = self
             .sections
             .iter()
@@ -97,7 +97,7 @@ impl ObjectSymbols {
                     .map(|(a, _, _)| *a);
                 Resolved {
                     symbol: None,
-                    offset: addr - sec_start.unwrap_or(self.bias),
+                    offset: addr.wrapping_sub(sec_start.unwrap_or(self.bias)),
                     section,
                     object: self.path.clone(),
                 }
@@ -317,8 +317,8 @@ fn from_memory(
     let (mut symtab, mut strtab, mut strsz, mut gnu_hash, mut hash) =
         (0u64, 0u64, 0u64, 0u64, 0u64);
     for i in 0..dyn_size / 16 {
-        let tag = image.read_u64(dyn_addr + i * 16).ok()?;
-        let val = image.read_u64(dyn_addr + i * 16 + 8).ok()?;
+        let tag = image.read_u64(dyn_addr.wrapping_add(i * 16)).ok()?;
+        let val = image.read_u64(dyn_addr.wrapping_add(i * 16 + 8)).ok()?;
         // glibc relocates these pointers in place on most architectures; others keep link-time values.
         let abs = |v: u64| if v < bias { v.wrapping_add(bias) } else { v };
         match tag as u32 {
@@ -335,7 +335,7 @@ fn from_memory(
         return None;
     }
     let count = if hash != 0 {
-        image.read_u32(hash + 4).ok()? as u64
+        image.read_u32(hash.wrapping_add(4)).ok()? as u64
     } else if gnu_hash != 0 {
         gnu_hash_count(image, gnu_hash)?
     } else {
@@ -346,7 +346,7 @@ fn from_memory(
     let mut symbols = Vec::new();
     for i in 0..count {
         let mut ent = [0u8; 24];
-        if image.read(symtab + i * 24, &mut ent).is_err() {
+        if image.read(symtab.wrapping_add(i * 24), &mut ent).is_err() {
             break;
         }
         let name_off = u32::from_le_bytes(ent[0..4].try_into().ok()?) as u64;
@@ -361,7 +361,7 @@ fn from_memory(
         if strsz != 0 && name_off >= strsz {
             continue;
         }
-        let Ok(name) = image.read_cstr(strtab + name_off, MAX_NAME) else {
+        let Ok(name) = image.read_cstr(strtab.wrapping_add(name_off), MAX_NAME) else {
             continue;
         };
         if name.is_empty() {
@@ -387,24 +387,26 @@ fn from_memory(
 /// Number of dynamic symbols from a `DT_GNU_HASH` table: one past the last symbol of the longest chain.
 fn gnu_hash_count(image: &dyn MemoryImage, table: u64) -> Option<u64> {
     let nbuckets = image.read_u32(table).ok()? as u64;
-    let symoffset = image.read_u32(table + 4).ok()? as u64;
-    let bloom_size = image.read_u32(table + 8).ok()? as u64;
+    let symoffset = image.read_u32(table.wrapping_add(4)).ok()? as u64;
+    let bloom_size = image.read_u32(table.wrapping_add(8)).ok()? as u64;
     if nbuckets > 1 << 24 || bloom_size > 1 << 24 {
         return None;
     }
-    let buckets = table + 16 + bloom_size * 8;
+    let buckets = table.wrapping_add(16 + bloom_size * 8);
     let mut last = 0u64;
     for b in 0..nbuckets {
-        last = last.max(image.read_u32(buckets + b * 4).ok()? as u64);
+        last = last.max(image.read_u32(buckets.wrapping_add(b * 4)).ok()? as u64);
     }
     if last < symoffset {
         return Some(symoffset);
     }
-    let chains = buckets + nbuckets * 4;
+    let chains = buckets.wrapping_add(nbuckets * 4);
     let mut i = last;
     // Walk the last chain to its end marker (low bit set); bounded by the symbol cap.
     while i < MAX_SYMBOLS as u64 {
-        let h = image.read_u32(chains + (i - symoffset) * 4).ok()?;
+        let h = image
+            .read_u32(chains.wrapping_add((i - symoffset) * 4))
+            .ok()?;
         if h & 1 == 1 {
             return Some(i + 1);
         }

@@ -511,7 +511,7 @@ impl MemoryImage for CoreFile {
             return;
         };
         let rel = addr - s.vaddr;
-        let end = (rel + len as u64).min(s.filesz);
+        let end = rel.saturating_add(len as u64).min(s.filesz);
         // madvise works on whole pages; segment data need not be page-aligned in the file.
         let (start, stop) = (
             (s.offset + rel).next_multiple_of(4096),
@@ -629,7 +629,7 @@ fn build_mappings(
         let i = out.partition_point(|m| m.end <= f.start);
         for m in out.iter_mut().skip(i).take_while(|m| m.start < f.end) {
             if m.start >= f.start {
-                m.offset = f.offset + (m.start - f.start);
+                m.offset = f.offset.saturating_add(m.start - f.start);
                 m.path = Some(f.path.clone());
             }
         }

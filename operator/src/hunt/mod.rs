@@ -1,0 +1,1086 @@
+//! `leakhunt hunt`: the whole hunt on one host. Start a command in a fresh memory cgroup (or
+//! watch a running process's cgroup), sample it, take snapshot A at the baseline threshold and B
+//! near the limit of the process that grows, diff them, and report OOM kills as they happen.
+//!
+//! The decisions are the node library's ([`crate::node`]), so the agent hunts the same way.
+
+pub mod cli;
+pub mod report;
+pub mod snapshot;
+
+use std::fs;
+use std::io::{self, IsTerminal, Write};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use leakhunt_analyzer::findings::{Findings, Verdict as FindingsVerdict};
+
+use crate::crd::{
+    human_bytes, signed_bytes, Incident, LeakReport, MemorySample, Phase, ProcessRef,
+    SnapshotRecord, Verdict,
+};
+use crate::node::cgroup::{self, Cgroup, Hierarchy};
+use crate::node::procs::{cmdline, ProcessKey};
+use crate::node::threshold::{
+    Action, Observation, ResetReason, State, ThresholdMachine, Thresholds,
+};
+use crate::node::{CgroupWatcher, KillSource, OomKill, Sample};
+use snapshot::Snapshotter;
+
+/// What to hunt in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Run this command in a new memory cgroup.
+    Command(Vec<String>),
+    /// Watch this process's existing memory cgroup.
+    Pid(i32),
+}
+
+/// When the hunt ends by itself (besides the command exiting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Until {
+    /// After the analysis, at the next OOM kill in the cgroup.
+    Oom,
+    /// Right after the analysis.
+    Report,
+    /// Only when the command (or every process of the cgroup) exits.
+    Exit,
+}
+
+#[derive(Debug, Clone)]
+pub struct HuntOptions {
+    pub target: Target,
+    pub memory_limit: Option<u64>,
+    pub thresholds: Thresholds,
+    pub interval: Duration,
+    pub window: Duration,
+    pub snapshot_dir: PathBuf,
+    pub max_snapshot_size: u64,
+    pub keep_snapshots: bool,
+    pub report: Option<PathBuf>,
+    pub cgroup_root: PathBuf,
+    /// Parent (relative to the memory hierarchy) of the cgroups created for commands.
+    pub cgroup_parent: String,
+    pub proc_root: PathBuf,
+    pub kernel_log: Option<PathBuf>,
+    pub until: Until,
+    pub duration: Option<Duration>,
+    pub progress: bool,
+}
+
+/// Errors before hunting could start: nothing was captured, no report is written.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Cgroup(#[from] cgroup::Error),
+    #[error("cannot start `{command}`")]
+    Spawn {
+        command: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot create the snapshot directory {path}")]
+    SnapshotDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the memory cgroup {path} of pid {pid} has no limit: there is nothing to be near (use --memory-limit with a command instead)")]
+    NoLimit { pid: i32, path: PathBuf },
+    #[error("process {pid} does not exist")]
+    NoSuchProcess { pid: i32 },
+}
+
+/// Why a hunt that ran did not complete. The report is still written and says what was captured.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Failure {
+    #[error("the process exited before snapshot B ({0})")]
+    ExitedBeforeB(String),
+    #[error("capture failed: {0}")]
+    Capture(String),
+    #[error("analysis failed: {0}")]
+    Analysis(String),
+    #[error("interrupted")]
+    Interrupted,
+}
+
+impl Failure {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Failure::ExitedBeforeB(_) => 4,
+            Failure::Capture(_) | Failure::Analysis(_) => 5,
+            Failure::Interrupted => 130,
+        }
+    }
+}
+
+/// An OOM kill as the hunt saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KillEvent {
+    pub kill: OomKill,
+    pub time: Timestamp,
+    /// The process the snapshots were (being) taken of.
+    pub was_target: bool,
+}
+
+/// A snapshot as taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotTaken {
+    pub role: char,
+    pub pid: i32,
+    pub comm: String,
+    pub path: PathBuf,
+    pub file_bytes: u64,
+    pub working_set: u64,
+}
+
+/// What a hunt did.
+#[derive(Debug, Clone)]
+pub struct HuntOutcome {
+    pub report: LeakReport,
+    pub findings: Option<Findings>,
+    pub kills: Vec<KillEvent>,
+    /// Every snapshot taken, including baselines voided by a restart.
+    pub snapshots: Vec<SnapshotTaken>,
+    pub failure: Option<Failure>,
+    /// The command's exit status, when it ran one and it exited.
+    pub exit_status: Option<ExitStatus>,
+    /// From the sample that crossed the near-limit threshold to the printed report.
+    pub b_to_report: Option<Duration>,
+    /// Mean and max time one sample took.
+    pub sample_cost: (Duration, Duration),
+    pub samples: u64,
+    pub elapsed: Duration,
+}
+
+/// Removes the cgroup (SIGKILLing what is left in it) when the hunt ends, however it ends.
+/// The parent goes too when no other hunt uses it.
+struct CgroupGuard(Option<Cgroup>);
+
+impl Drop for CgroupGuard {
+    fn drop(&mut self) {
+        if let Some(cg) = self.0.take() {
+            if let Err(e) = cg.kill_and_remove(Duration::from_secs(5)) {
+                eprintln!("leakhunt: cleaning up cgroup {}: {e}", cg.dir.display());
+            }
+            if let Some(parent) = cg.dir.parent() {
+                let _ = fs::remove_dir(parent);
+            }
+        }
+    }
+}
+
+/// Kills and reaps the command if it is still running when the hunt ends.
+struct ChildGuard(Option<Child>);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Stderr progress: one rewritten line on a terminal, plain lines otherwise.
+struct Progress {
+    enabled: bool,
+    tty: bool,
+    pending: bool,
+}
+
+impl Progress {
+    fn line(&mut self, text: &str) {
+        if !self.enabled {
+            return;
+        }
+        let mut err = io::stderr().lock();
+        if self.tty {
+            let _ = write!(err, "\r\x1b[2K{text}");
+            self.pending = true;
+        } else {
+            let _ = writeln!(err, "{text}");
+        }
+        let _ = err.flush();
+    }
+
+    fn event(&mut self, text: &str) {
+        let mut err = io::stderr().lock();
+        if self.pending {
+            let _ = write!(err, "\r\x1b[2K");
+            self.pending = false;
+        }
+        let _ = writeln!(err, "leakhunt: {text}");
+    }
+}
+
+struct Hunt<'a> {
+    opts: &'a HuntOptions,
+    snap: &'a dyn Snapshotter,
+    report: LeakReport,
+    node: String,
+    limit: u64,
+    baseline: Option<SnapshotTaken>,
+    after: Option<SnapshotTaken>,
+    outcome_snapshots: Vec<SnapshotTaken>,
+    findings: Option<Findings>,
+    failure: Option<Failure>,
+    kills: Vec<KillEvent>,
+    analysed_at: Option<Instant>,
+    kill_after_analysis: bool,
+    peak_working_set: u64,
+    b_to_report: Option<Duration>,
+    progress: Progress,
+    main_pid: i32,
+    main_comm: Option<String>,
+    /// (seconds, working set) of every sample, for the verdict of a hunt without snapshots.
+    history: Vec<(f64, u64)>,
+}
+
+/// Runs a hunt. `out` gets the printed report; `cancel` ends the hunt early (Ctrl-C).
+pub fn run(
+    opts: &HuntOptions,
+    snap: &dyn Snapshotter,
+    out: &mut dyn Write,
+    cancel: &AtomicBool,
+) -> Result<HuntOutcome, Error> {
+    let started = Instant::now();
+    let hierarchy = Hierarchy::detect(&opts.cgroup_root)?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&opts.snapshot_dir)
+        .map_err(|source| Error::SnapshotDir {
+            path: opts.snapshot_dir.clone(),
+            source,
+        })?;
+
+    let mut cgroup_guard = CgroupGuard(None);
+    let mut child_guard = ChildGuard(None);
+    let (cgroup, main_pid, command_line) = match &opts.target {
+        Target::Command(argv) => {
+            let name = format!(
+                "{}/hunt-{}",
+                opts.cgroup_parent.trim_matches('/'),
+                std::process::id()
+            );
+            let cg = hierarchy.create(&name)?;
+            cgroup_guard.0 = Some(cg.clone());
+            if let Some(limit) = opts.memory_limit {
+                cg.set_limit(limit)?;
+            }
+            let command_line = argv.join(" ");
+            // The child moves itself into the cgroup before exec, so everything the command
+            // allocates is charged there. Its own process group keeps Ctrl-C for us.
+            let child = Command::new("/bin/sh")
+                .arg("-c")
+                .arg(r#"echo $$ > "$0" && exec "$@""#)
+                .arg(cg.dir.join("cgroup.procs"))
+                .args(argv)
+                .stdin(Stdio::null())
+                .process_group(0)
+                .spawn()
+                .map_err(|source| Error::Spawn {
+                    command: command_line.clone(),
+                    source,
+                })?;
+            let pid = child.id() as i32;
+            child_guard.0 = Some(child);
+            (cg, pid, command_line)
+        }
+        Target::Pid(pid) => {
+            if !opts.proc_root.join(pid.to_string()).exists() {
+                return Err(Error::NoSuchProcess { pid: *pid });
+            }
+            let cg = hierarchy.cgroup_of(&opts.proc_root, *pid)?;
+            (
+                cg,
+                *pid,
+                cmdline(&opts.proc_root, *pid).unwrap_or_else(|| format!("pid {pid}")),
+            )
+        }
+    };
+
+    let mut watcher = CgroupWatcher::new(
+        cgroup.clone(),
+        &opts.proc_root,
+        opts.kernel_log.as_deref(),
+        opts.window.as_secs_f64(),
+    );
+    // Give the child a moment to move itself in, then read the limit actually in force.
+    let first = wait_for_first_sample(&mut watcher, &mut child_guard, main_pid)?;
+    let Some(limit) = first.memory.limit else {
+        return Err(Error::NoLimit {
+            pid: main_pid,
+            path: cgroup.dir.clone(),
+        });
+    };
+
+    let comm = first
+        .processes
+        .iter()
+        .find(|p| p.key.pid == main_pid)
+        .map(|p| p.comm.clone());
+    let name = report::report_name(comm.as_deref().unwrap_or("process"), main_pid);
+    let comm = comm.filter(|c| c != "sh");
+    let mut hunt = Hunt {
+        opts,
+        snap,
+        report: report::new_report(&name, &command_line, None),
+        node: hostname(),
+        limit,
+        baseline: None,
+        after: None,
+        outcome_snapshots: Vec::new(),
+        findings: None,
+        failure: None,
+        kills: Vec::new(),
+        analysed_at: None,
+        kill_after_analysis: false,
+        peak_working_set: 0,
+        b_to_report: None,
+        main_pid,
+        main_comm: comm,
+        history: Vec::new(),
+        progress: Progress {
+            enabled: opts.progress,
+            tty: io::stderr().is_terminal(),
+            pending: false,
+        },
+    };
+    hunt.status().memory.limit = Some(to_i64(limit));
+    hunt.progress.event(&format!(
+        "watching `{command_line}` (pid {main_pid}) in cgroup {} {} ({}), limit {}; snapshot A at {:.0}%, B at {:.0}%{}",
+        cgroup.version,
+        cgroup.relative,
+        cgroup.dir.display(),
+        human_bytes(limit),
+        opts.thresholds.baseline * 100.0,
+        opts.thresholds.near_limit * 100.0,
+        if watcher.reads_kernel_log() { "" } else { "; kernel log unreadable: killed processes are named from the cgroup's process list" },
+    ));
+
+    let mut machine = ThresholdMachine::new(opts.thresholds);
+    let mut exit_status = None;
+    let mut cost_total = Duration::ZERO;
+    let mut cost_max = Duration::ZERO;
+    let mut samples = 0u64;
+    let mut next_sample = Instant::now();
+    let mut pending = Some(first);
+    let mut interrupted = false;
+
+    loop {
+        let sample = match pending.take() {
+            Some(s) => s,
+            None => {
+                let t0 = Instant::now();
+                let s = match watcher.sample() {
+                    Ok(s) => s,
+                    // The watched cgroup went away (pid mode: the container was deleted).
+                    Err(_) if !cgroup.exists() => break,
+                    Err(e) => return Err(e.into()),
+                };
+                let cost = t0.elapsed();
+                cost_total += cost;
+                cost_max = cost_max.max(cost);
+                samples += 1;
+                s
+            }
+        };
+        hunt.record_sample(&sample);
+        hunt.handle_kills(&sample, machine.state());
+
+        let alive = sample.alive();
+        let observation = Observation {
+            now: sample.t,
+            working_set: sample.memory.working_set(),
+            limit: sample.memory.limit,
+            oom_killed: !sample.kills.is_empty(),
+            alive: &alive,
+            grower: sample.grower,
+        };
+        match machine.observe(&observation) {
+            Some(Action::SnapshotA { target }) if !hunt.snapshot('A', target, &sample) => {
+                machine.give_up(sample.t);
+            }
+            Some(Action::SnapshotA { .. }) => {}
+            Some(Action::SnapshotB { target }) => {
+                let crossed = Instant::now();
+                if hunt.snapshot('B', target, &sample) {
+                    hunt.analyse(out, crossed);
+                }
+            }
+            Some(Action::Reset { target, reason }) => hunt.void_baseline(target, reason),
+            None => {}
+        }
+        hunt.show_progress(&sample, machine.state());
+
+        // Is the hunt over?
+        let empty = sample.processes.is_empty() && child_guard.0.is_none();
+        if hunt.analysed_at.is_some()
+            && (opts.until == Until::Report
+                || (opts.until == Until::Oom && hunt.kill_after_analysis))
+        {
+            break;
+        }
+        if matches!(opts.target, Target::Pid(_)) && empty {
+            break;
+        }
+        if let Some(limit) = opts.duration {
+            if started.elapsed() >= limit {
+                hunt.progress
+                    .event(&format!("--duration {:?} reached", limit));
+                hunt.end_of_watch(&machine, &sample, out);
+                break;
+            }
+        }
+
+        // Sleep until the next sample, waking early for a command that exits or Ctrl-C.
+        next_sample += opts.interval;
+        let mut exited = false;
+        while Instant::now() < next_sample {
+            if cancel.load(Ordering::Relaxed) {
+                interrupted = true;
+                break;
+            }
+            if let Some(child) = child_guard.0.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    exit_status = Some(status);
+                    child_guard.0 = None;
+                    exited = true;
+                    break;
+                }
+            }
+            std::thread::sleep(
+                Duration::from_millis(20)
+                    .min(next_sample.saturating_duration_since(Instant::now())),
+            );
+        }
+        if interrupted {
+            break;
+        }
+        if exited {
+            // One last look: the kill that ended the command, if that is what happened.
+            std::thread::sleep(Duration::from_millis(50));
+            if let Ok(last) = watcher.sample() {
+                hunt.record_sample(&last);
+                hunt.handle_kills(&last, machine.state());
+            }
+            if let Some(status) = exit_status {
+                hunt.progress.event(&format!(
+                    "`{command_line}` (pid {main_pid}) {}",
+                    describe_exit(status)
+                ));
+            }
+            break;
+        }
+        if next_sample < Instant::now() {
+            next_sample = Instant::now();
+        }
+    }
+
+    if interrupted {
+        hunt.failure.get_or_insert(Failure::Interrupted);
+    } else if let Some(child) = child_guard.0.as_mut() {
+        // The kill that ended the hunt may have been the command's own: let it be reaped.
+        let deadline = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                exit_status = Some(status);
+                child_guard.0 = None;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    hunt.finish(&machine, exit_status);
+    if let Some(path) = &opts.report {
+        if let Err(e) = report::write_yaml(&hunt.report, path) {
+            hunt.progress.event(&format!(
+                "cannot write the report to {}: {e}",
+                path.display()
+            ));
+        } else {
+            hunt.progress
+                .event(&format!("LeakReport written to {}", path.display()));
+        }
+    }
+    hunt.remove_snapshots();
+    let _ = writeln!(out);
+    hunt.write_summary(out);
+    drop(child_guard);
+    drop(cgroup_guard);
+
+    let mean = if samples > 0 {
+        cost_total / samples as u32
+    } else {
+        Duration::ZERO
+    };
+    hunt.progress.event(&format!(
+        "{samples} samples in {:.0}s, {:.2} ms each on average ({:.2} ms at most)",
+        started.elapsed().as_secs_f64(),
+        mean.as_secs_f64() * 1e3,
+        cost_max.as_secs_f64() * 1e3
+    ));
+    Ok(HuntOutcome {
+        report: hunt.report,
+        findings: hunt.findings,
+        kills: hunt.kills,
+        snapshots: hunt.outcome_snapshots,
+        failure: hunt.failure,
+        exit_status,
+        b_to_report: hunt.b_to_report,
+        sample_cost: (mean, cost_max),
+        samples,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// The first sample once the command is in its cgroup (or at once for `--pid`).
+fn wait_for_first_sample(
+    watcher: &mut CgroupWatcher,
+    child: &mut ChildGuard,
+    main_pid: i32,
+) -> Result<Sample, Error> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let sample = watcher.sample()?;
+        let inside = sample.processes.iter().any(|p| p.key.pid == main_pid);
+        let exited = child
+            .0
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+        if inside || exited || Instant::now() >= deadline {
+            return Ok(sample);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+impl Hunt<'_> {
+    fn status(&mut self) -> &mut crate::crd::LeakReportStatus {
+        self.report.status.get_or_insert_with(Default::default)
+    }
+
+    fn record_sample(&mut self, sample: &Sample) {
+        // The command execs (sh → env → python): name the report after what finally runs.
+        if let Some(p) = sample.processes.iter().find(|p| p.key.pid == self.main_pid) {
+            if self.main_comm.as_deref() != Some(p.comm.as_str()) {
+                self.main_comm = Some(p.comm.clone());
+                self.report.metadata.name = Some(report::report_name(&p.comm, self.main_pid));
+            }
+        }
+        let ws = sample.memory.working_set();
+        self.peak_working_set = self.peak_working_set.max(ws);
+        if self.history.len() < 100_000 {
+            self.history.push((sample.t, ws));
+        }
+        let now = Timestamp::now();
+        let growth = sample.growth_per_sec;
+        let eta = sample.seconds_to_oom;
+        let status = self.status();
+        status.push_sample(MemorySample {
+            time: Time(now),
+            working_set: to_i64(ws),
+        });
+        status.memory.growth_per_minute = growth.map(|g| (g * 60.0) as i64);
+        status.memory.predicted_oom_time = eta
+            .and_then(|s| SignedDuration::try_from_secs_f64(s).ok())
+            .and_then(|d| now.checked_add(d).ok())
+            .map(Time);
+    }
+
+    fn handle_kills(&mut self, sample: &Sample, state: State) {
+        let target = match state {
+            State::Baseline { target, .. } => Some(target.pid),
+            _ => self
+                .after
+                .as_ref()
+                .or(self.baseline.as_ref())
+                .map(|s| s.pid),
+        };
+        for kill in &sample.kills {
+            let time = Timestamp::now();
+            let label = kill.process_label();
+            let how = match kill.source {
+                KillSource::KernelLog => "named by the kernel log",
+                KillSource::Disappeared => "the process that vanished from the cgroup",
+                KillSource::Unknown => "the counter rose; no process could be named",
+            };
+            let rss = kill
+                .last_rss
+                .map(|r| format!(", last RSS {}", human_bytes(r)))
+                .unwrap_or_default();
+            let message = format!(
+                "OOMKilled: {label} at {}{rss} ({how})",
+                time.strftime("%H:%M:%S UTC")
+            );
+            self.progress.event(&message);
+            let was_target = kill.pid.is_some() && kill.pid == target;
+            if self.analysed_at.is_some() {
+                self.kill_after_analysis = true;
+            }
+            self.kills.push(KillEvent {
+                kill: kill.clone(),
+                time,
+                was_target,
+            });
+            let status = self.status();
+            status.oom_kills += 1;
+            status.last_oom_kill = Some(crate::crd::OomKillRecord {
+                pod: String::new(),
+                container: String::new(),
+                process: label.clone(),
+                time: Time(time),
+            });
+            status.push_incident(Incident {
+                time: Time(time),
+                reason: "OOMKilled".into(),
+                message,
+            });
+        }
+        if !sample.kills.is_empty() {
+            self.write_report();
+        }
+    }
+
+    /// Takes snapshot A or B of `target`; false if it was skipped or failed.
+    fn snapshot(&mut self, role: char, target: ProcessKey, sample: &Sample) -> bool {
+        let pid = target.pid;
+        let comm = sample
+            .process(target)
+            .map(|p| p.comm.clone())
+            .unwrap_or_default();
+        let ws = sample.memory.working_set();
+        let at = format!(
+            "{} ({:.0}% of {})",
+            human_bytes(ws),
+            100.0 * ws as f64 / self.limit.max(1) as f64,
+            human_bytes(self.limit)
+        );
+        let why_skip = match self.snap.estimate_size(pid) {
+            Err(e) => Some(e.to_string()),
+            Ok(est) if est > self.opts.max_snapshot_size => Some(format!(
+                "estimated size {} exceeds --max-snapshot-size {}",
+                human_bytes(est),
+                human_bytes(self.opts.max_snapshot_size)
+            )),
+            Ok(est) => match free_bytes(&self.opts.snapshot_dir) {
+                // Keep a margin: filling the disk would make things worse.
+                Some(free) if est.saturating_add(256 << 20) > free => Some(format!(
+                    "estimated size {} does not fit the {} free in {}",
+                    human_bytes(est),
+                    human_bytes(free),
+                    self.opts.snapshot_dir.display()
+                )),
+                _ => None,
+            },
+        };
+        if let Some(reason) = why_skip {
+            let message = format!("snapshot {role} of {comm} (pid {pid}) skipped: {reason}");
+            self.progress.event(&message);
+            self.note("CaptureSkipped", &message);
+            self.failure.get_or_insert(Failure::Capture(message));
+            self.status().phase = Phase::Failed;
+            self.write_report();
+            return false;
+        }
+        let path = self.opts.snapshot_dir.join(format!(
+            "leakhunt-{}-{pid}-{role}.core.zst",
+            std::process::id()
+        ));
+        let result = self.snap.capture(pid, &path, self.opts.max_snapshot_size);
+        let captured = match result {
+            Ok(c) => c,
+            Err(e) => {
+                // Never leave a partial file behind.
+                let _ = fs::remove_file(&path);
+                let message = format!("snapshot {role} of {comm} (pid {pid}) at {at} failed: {e}");
+                self.progress.event(&message);
+                self.note("CaptureFailed", &message);
+                self.failure.get_or_insert(Failure::Capture(e.to_string()));
+                self.status().phase = Phase::Failed;
+                self.write_report();
+                return false;
+            }
+        };
+        let _ = fs::set_permissions(&captured.path, fs::Permissions::from_mode(0o600));
+        let sha256 = report::sha256_file(&captured.path).unwrap_or_default();
+        let message = format!(
+            "snapshot {role} of {comm} (pid {pid}) at {at}: {} file, {} of memory, process stopped {:.2}s",
+            human_bytes(captured.file_bytes),
+            human_bytes(captured.memory_bytes),
+            captured.stopped.as_secs_f64()
+        );
+        self.progress.event(&message);
+        let taken = SnapshotTaken {
+            role,
+            pid,
+            comm: comm.clone(),
+            path: captured.path.clone(),
+            file_bytes: captured.file_bytes,
+            working_set: ws,
+        };
+        self.outcome_snapshots.push(taken.clone());
+        let record = SnapshotRecord {
+            role: role.to_string(),
+            node: self.node.clone(),
+            time: Time(Timestamp::now()),
+            size: to_i64(captured.file_bytes),
+            sha256,
+            path: Some(captured.path.display().to_string()),
+            pid: pid as i64,
+        };
+        let command = cmdline(&self.opts.proc_root, pid);
+        let status = self.status();
+        status.snapshots.retain(|s| s.role != role.to_string());
+        status.snapshots.push(record);
+        status.process = Some(ProcessRef {
+            pid: pid as i64,
+            name: comm,
+            command,
+        });
+        status.phase = if role == 'A' {
+            Phase::Baseline
+        } else {
+            Phase::Analyzing
+        };
+        status.push_incident(Incident {
+            time: Time(Timestamp::now()),
+            reason: "SnapshotTaken".into(),
+            message,
+        });
+        if role == 'A' {
+            self.baseline = Some(taken);
+        } else {
+            self.after = Some(taken);
+        }
+        self.write_report();
+        true
+    }
+
+    fn analyse(&mut self, out: &mut dyn Write, crossed: Instant) {
+        let (Some(a), Some(b)) = (self.baseline.clone(), self.after.clone()) else {
+            return;
+        };
+        match self.snap.diff(&a.path, &b.path) {
+            Ok(findings) => {
+                let _ = writeln!(
+                    out,
+                    "\nleakhunt report: {} (pid {}), snapshot A at {} and B at {} working set of a {} limit",
+                    b.comm,
+                    b.pid,
+                    human_bytes(a.working_set),
+                    human_bytes(b.working_set),
+                    human_bytes(self.limit)
+                );
+                let _ = self.snap.write_text(&findings, out);
+                let _ = out.flush();
+                self.b_to_report = Some(crossed.elapsed());
+                self.analysed_at = Some(Instant::now());
+                let now = Time(Timestamp::now());
+                let verdict = findings.verdict;
+                let summary = findings.summary.clone();
+                let status = self.status();
+                status.apply_findings(&findings);
+                status.phase = Phase::Analysed;
+                status.set_condition(
+                    "Analysed",
+                    true,
+                    "SnapshotPairDiffed",
+                    &summary,
+                    now.clone(),
+                );
+                status.set_condition(
+                    "LeakDetected",
+                    verdict == FindingsVerdict::Leak,
+                    match verdict {
+                        FindingsVerdict::Leak => "Leak",
+                        FindingsVerdict::NoLeak => "NoLeak",
+                        FindingsVerdict::Inconclusive => "Inconclusive",
+                    },
+                    &summary,
+                    now.clone(),
+                );
+                if verdict == FindingsVerdict::Leak {
+                    status.push_incident(Incident {
+                        time: now,
+                        reason: "LeakDetected".into(),
+                        message: summary,
+                    });
+                }
+                self.findings = Some(findings);
+                self.progress.event(&format!(
+                    "analysed in {:.1}s after the near-limit crossing",
+                    self.b_to_report.unwrap_or_default().as_secs_f64()
+                ));
+            }
+            Err(e) => {
+                let message = e.to_string();
+                self.progress.event(&message);
+                self.note("AnalysisFailed", &message);
+                self.failure.get_or_insert(Failure::Analysis(message));
+                self.status().phase = Phase::Failed;
+                self.analysed_at = Some(Instant::now());
+            }
+        }
+        self.write_report();
+    }
+
+    fn void_baseline(&mut self, target: ProcessKey, reason: ResetReason) {
+        let why = match reason {
+            ResetReason::TargetGone => "the process is gone (killed or restarted)",
+            ResetReason::OomKill => "an OOM kill in the cgroup",
+        };
+        let message = format!(
+            "snapshot A of pid {} is void: {why}; hunting again in the process that grows",
+            target.pid
+        );
+        self.progress.event(&message);
+        if let Some(a) = self.baseline.take() {
+            let _ = fs::remove_file(&a.path);
+        }
+        self.note("BaselineReset", &message);
+        let status = self.status();
+        status.snapshots.retain(|s| s.role != "A");
+        status.phase = Phase::Watching;
+        // A capture failure earlier in this hunt no longer stands in the way of a verdict.
+        if matches!(self.failure, Some(Failure::Capture(_))) {
+            self.failure = None;
+        }
+        self.write_report();
+    }
+
+    /// `--duration` ran out: a pending B is taken now, whatever the level.
+    fn end_of_watch(&mut self, machine: &ThresholdMachine, sample: &Sample, out: &mut dyn Write) {
+        if let State::Baseline { target, .. } = machine.state() {
+            if sample.alive().contains(&target) {
+                self.progress
+                    .event("taking snapshot B at the end of the watch");
+                let crossed = Instant::now();
+                if self.snapshot('B', target, sample) {
+                    self.analyse(out, crossed);
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self, machine: &ThresholdMachine, exit_status: Option<ExitStatus>) {
+        let near = self.opts.thresholds.near_limit;
+        let peak = self.peak_working_set;
+        let limit = self.limit;
+        let peak_text = format!(
+            "working set peaked at {} ({:.0}% of {})",
+            human_bytes(peak),
+            100.0 * peak as f64 / limit.max(1) as f64,
+            human_bytes(limit)
+        );
+        if self.findings.is_none() && self.failure.is_none() {
+            let ended = exit_status.is_some() || !self.kills.is_empty();
+            match (self.baseline.is_some(), ended) {
+                (true, true) => {
+                    self.failure = Some(Failure::ExitedBeforeB(format!(
+                        "snapshot A was taken, {peak_text}, below the near-limit {:.0}%",
+                        near * 100.0
+                    )))
+                }
+                (false, true)
+                    if self.kills.iter().any(|k| k.kill.pid.is_some())
+                        || exit_status.is_some_and(|s| !s.success()) =>
+                {
+                    self.failure = Some(Failure::ExitedBeforeB(format!(
+                        "no snapshot was taken, {peak_text}"
+                    )))
+                }
+                _ => {}
+            }
+        }
+        let state = machine.state();
+        let interrupted = self.failure == Some(Failure::Interrupted);
+        let failure = self.failure.clone();
+        // Start-up allocation is not growth: judge the second half of the watch.
+        let growth = {
+            let mut w = crate::node::GrowthWindow::new(f64::INFINITY, usize::MAX);
+            for (t, ws) in self.history.iter().skip(self.history.len() / 2) {
+                w.push(*t, *ws);
+            }
+            w.rate().map(|r| (r * 60.0) as i64).unwrap_or(0)
+        };
+        let analysed = self.findings.is_some();
+        let captured = match (&self.baseline, &self.after) {
+            (Some(a), None) => {
+                format!("snapshot A of pid {} only; snapshot B was not taken", a.pid)
+            }
+            (None, None) => "no snapshot was taken".into(),
+            _ => "snapshots taken but not analysed".into(),
+        };
+        let status = self.status();
+        if !analysed {
+            // No analysis: judge from the working set alone, and say what was captured.
+            status.notes.push(format!("{captured}: {peak_text}"));
+            let flat = (growth as f64) < 0.005 * limit as f64;
+            status.verdict = Some(
+                if failure.is_none() && flat && !interrupted && status.oom_kills == 0 {
+                    Verdict::NoLeak
+                } else {
+                    Verdict::Inconclusive
+                },
+            );
+            status.summary = Some(match &failure {
+                Some(f) => format!("{f}; {peak_text}"),
+                None if flat => format!("no growth: {peak_text}, {}/min", signed_bytes(growth)),
+                None => format!(
+                    "growing {}/min but no snapshot pair: {peak_text}",
+                    signed_bytes(growth)
+                ),
+            });
+            if status.phase != Phase::Failed {
+                status.phase = if failure.is_some() {
+                    Phase::Failed
+                } else {
+                    Phase::Watching
+                };
+            }
+            if matches!(state, State::Baseline { .. }) {
+                status.phase = if failure.is_some() {
+                    Phase::Failed
+                } else {
+                    Phase::Baseline
+                };
+            }
+        }
+        if let Some(f) = &failure {
+            let now = Time(Timestamp::now());
+            status.set_condition("Analysed", false, "HuntIncomplete", &f.to_string(), now);
+        }
+    }
+
+    fn remove_snapshots(&mut self) {
+        if self.opts.keep_snapshots {
+            return;
+        }
+        for s in &self.outcome_snapshots {
+            let _ = fs::remove_file(&s.path);
+        }
+        if let Some(status) = self.report.status.as_mut() {
+            for s in &mut status.snapshots {
+                s.path = None;
+            }
+        }
+    }
+
+    fn write_summary(&mut self, out: &mut dyn Write) {
+        let status = self.report.status.clone().unwrap_or_default();
+        let verdict = status
+            .verdict
+            .map(|v| format!("{v:?}"))
+            .unwrap_or_else(|| "-".into());
+        let _ = writeln!(out, "verdict:   {verdict}");
+        if let Some(s) = &status.summary {
+            let _ = writeln!(out, "summary:   {s}");
+        }
+        if let Some(p) = &status.process {
+            let _ = writeln!(out, "process:   {} (pid {})", p.name, p.pid);
+        }
+        let _ = writeln!(out, "OOM kills: {}", status.oom_kills);
+        for k in &self.kills {
+            let _ = writeln!(
+                out,
+                "  OOMKilled {} at {}{}",
+                k.kill.process_label(),
+                k.time.strftime("%H:%M:%S UTC"),
+                if k.was_target {
+                    " (the snapshotted process)"
+                } else {
+                    ""
+                }
+            );
+        }
+        for n in &status.notes {
+            let _ = writeln!(out, "note:      {n}");
+        }
+        if let Some(f) = &self.failure {
+            let _ = writeln!(out, "incomplete: {f}");
+        }
+        let _ = out.flush();
+    }
+
+    fn note(&mut self, reason: &str, message: &str) {
+        let status = self.status();
+        status.notes.push(message.to_string());
+        status.push_incident(Incident {
+            time: Time(Timestamp::now()),
+            reason: reason.into(),
+            message: message.into(),
+        });
+    }
+
+    fn write_report(&mut self) {
+        if let Some(path) = &self.opts.report {
+            let _ = report::write_yaml(&self.report, path);
+        }
+    }
+
+    fn show_progress(&mut self, sample: &Sample, state: State) {
+        if !self.progress.enabled {
+            return;
+        }
+        let ws = sample.memory.working_set();
+        let rate = sample
+            .growth_per_sec
+            .map(|r| format!("{}/s", signed_bytes(r as i64)))
+            .unwrap_or_else(|| "  ?".into());
+        let eta = sample
+            .seconds_to_oom
+            .map(|s| format!("OOM in ~{:.0}s", s))
+            .unwrap_or_else(|| "no OOM predicted".into());
+        let top = sample
+            .grower
+            .and_then(|k| sample.process(k))
+            .map(|p| format!("{} (pid {}) {}", p.comm, p.key.pid, human_bytes(p.rss)))
+            .unwrap_or_default();
+        let phase = match state {
+            State::Idle => "",
+            State::Baseline { .. } => " [A]",
+            State::Done { analysed: true, .. } => " [A,B]",
+            State::Done { .. } => " [stopped]",
+        };
+        self.progress.line(&format!(
+            "[{:5.0}s] {} / {} ({:.0}%)  {rate}  {eta}  grows: {top}{phase}",
+            sample.t,
+            human_bytes(ws),
+            human_bytes(self.limit),
+            100.0 * ws as f64 / self.limit.max(1) as f64,
+        ));
+    }
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn describe_exit(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exited with status {c}"),
+        (_, Some(9)) => "was killed (SIGKILL)".into(),
+        (_, Some(s)) => format!("was killed by signal {s}"),
+        _ => "ended".into(),
+    }
+}
+
+fn hostname() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+fn free_bytes(dir: &Path) -> Option<u64> {
+    let st = nix::sys::statvfs::statvfs(dir).ok()?;
+    Some((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
+}

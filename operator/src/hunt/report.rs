@@ -1,0 +1,121 @@
+//! The hunt's findings as a `LeakReport` (the operator's schema), and as YAML.
+
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use sha2::{Digest, Sha256};
+
+use crate::crd::{LeakReport, LeakReportSpec, LeakReportStatus, WorkloadRef};
+
+pub fn now() -> Time {
+    Time(Timestamp::now())
+}
+
+/// A report for a local process: workload kind `Process`, named after its command.
+pub fn new_report(name: &str, command: &str, container: Option<String>) -> LeakReport {
+    LeakReport {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: Some("default".into()),
+            ..Default::default()
+        },
+        spec: LeakReportSpec {
+            workload: WorkloadRef::new("", "Process", command),
+            container,
+        },
+        status: Some(LeakReportStatus::default()),
+    }
+}
+
+/// A DNS-1123 name for the report: `hunt-python3-4242`.
+pub fn report_name(comm: &str, pid: i32) -> String {
+    let mut clean: String = comm
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    clean.truncate(40);
+    let clean = clean.trim_matches('-');
+    if clean.is_empty() {
+        format!("hunt-{pid}")
+    } else {
+        format!("hunt-{clean}-{pid}")
+    }
+}
+
+/// Writes the report as YAML, atomically (a reader never sees half a document).
+pub fn write_yaml(report: &LeakReport, path: &Path) -> io::Result<()> {
+    let yaml = serde_yaml::to_string(report).map_err(io::Error::other)?;
+    let tmp = path.with_extension("yaml.tmp");
+    {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(&tmp)?;
+        f.write_all(yaml.as_bytes())?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)
+}
+
+/// SHA-256 of a file, hex.
+pub fn sha256_file(path: &Path) -> io::Result<String> {
+    let mut f = fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(buf.get(..n).unwrap_or_default());
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_dns_labels() {
+        assert_eq!(report_name("python3", 42), "hunt-python3-42");
+        assert_eq!(
+            report_name("gunicorn: worker", 7),
+            "hunt-gunicorn--worker-7"
+        );
+        assert_eq!(report_name("(((", 7), "hunt-7");
+    }
+
+    #[test]
+    fn yaml_round_trips() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("r.yaml");
+        let mut r = new_report("hunt-x-1", "python app.py", None);
+        r.status.as_mut().unwrap().oom_kills = 2;
+        write_yaml(&r, &path).unwrap();
+        let back: LeakReport = serde_yaml::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(back.status.unwrap().oom_kills, 2);
+        assert_eq!(back.spec.workload.display, "Process/python app.py");
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.contains("apiVersion: leakhunt.dev/v1alpha1"), "{text}");
+        assert!(text.contains("kind: LeakReport"));
+        assert_eq!(sha256_file(&path).unwrap().len(), 64, "hex digest");
+    }
+}

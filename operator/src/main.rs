@@ -1,0 +1,94 @@
+//! `leakhunt`: OOM-kill forensics. Subcommands: `hunt` (local, no Kubernetes), `crdgen`.
+
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use leakhunt_operator::hunt::{self, cli::HuntArgs, snapshot::Analyzer};
+use leakhunt_operator::node::cgroup;
+
+#[derive(Parser)]
+#[command(
+    name = "leakhunt",
+    version,
+    about = "OOM-kill forensics: find what grows before the kernel kills it"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Hunt a memory leak on this host: run a command under a memory limit (or watch a PID),
+    /// snapshot it near the limit, and name what grows.
+    Hunt(Box<HuntArgs>),
+    /// Print the CustomResourceDefinitions (LeakReport, LeakWatch) as YAML.
+    Crdgen,
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Crdgen => match leakhunt_operator::crd::crd_yaml() {
+            Ok(yaml) => {
+                print!("{yaml}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("leakhunt crdgen: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Hunt(args) => run_hunt(*args),
+    }
+}
+
+fn run_hunt(args: HuntArgs) -> ExitCode {
+    let opts = match args.into_options() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("leakhunt hunt: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // Ctrl-C and SIGTERM end the hunt cleanly: the cgroup and its processes are removed.
+    let cancel = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(signal, Arc::clone(&cancel)) {
+            eprintln!("leakhunt hunt: cannot handle signal {signal}: {e}");
+        }
+    }
+    let mut stdout = std::io::stdout();
+    match hunt::run(&opts, &Analyzer, &mut stdout, &cancel) {
+        Ok(outcome) => match outcome.failure {
+            None => ExitCode::SUCCESS,
+            Some(f) => {
+                eprintln!("leakhunt hunt: {f}");
+                ExitCode::from(f.exit_code())
+            }
+        },
+        Err(e) => {
+            eprintln!("leakhunt hunt: {:#}", e_clone_chain(&e));
+            ExitCode::from(match e {
+                hunt::Error::Cgroup(
+                    cgroup::Error::Permission { .. } | cgroup::Error::ControllerMissing { .. },
+                )
+                | hunt::Error::NoLimit { .. } => 3,
+                _ => 1,
+            })
+        }
+    }
+}
+
+/// The error with its chain of causes, for one `{:#}` line.
+fn e_clone_chain(e: &hunt::Error) -> anyhow::Error {
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    anyhow::anyhow!(msg)
+}

@@ -1,0 +1,134 @@
+//! Per-process memory inside a cgroup: which of a master's workers grows.
+
+use std::fs;
+use std::path::Path;
+
+/// A process identity that survives PID reuse: the PID plus its start time (clock ticks since
+/// boot, `/proc/PID/stat` field 22). A respawned worker with a recycled PID is a new process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProcessKey {
+    pub pid: i32,
+    pub start_ticks: u64,
+}
+
+/// One reading of one process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessMemory {
+    pub key: ProcessKey,
+    pub ppid: i32,
+    /// `Name:` from status (the kernel's `comm`, at most 15 bytes).
+    pub comm: String,
+    /// Resident set size in bytes (`VmRSS`); 0 for kernel threads and zombies.
+    pub rss: u64,
+}
+
+/// Parses `/proc/PID/status` and `/proc/PID/stat` contents. `None` when either is malformed
+/// (the process may have exited between the two reads).
+pub fn parse_process(pid: i32, status: &str, stat: &str) -> Option<ProcessMemory> {
+    let mut comm = None;
+    let mut ppid = None;
+    let mut rss = 0;
+    for line in status.lines() {
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        match key {
+            "Name" => comm = Some(value.to_string()),
+            "PPid" => ppid = value.parse().ok(),
+            "VmRSS" => {
+                rss = value
+                    .strip_suffix("kB")
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(|kb| kb * 1024)?
+            }
+            _ => {}
+        }
+    }
+    // comm may hold spaces and parentheses: fields start after the last ')'.
+    let after_comm = stat.get(stat.rfind(')')? + 1..)?;
+    // Field 3 (state) is the first after comm; starttime is field 22.
+    let start_ticks = after_comm.split_whitespace().nth(22 - 3)?.parse().ok()?;
+    Some(ProcessMemory {
+        key: ProcessKey { pid, start_ticks },
+        ppid: ppid?,
+        comm: comm?,
+        rss,
+    })
+}
+
+/// Reads one process under `proc_root` (normally `/proc`); `None` if it is gone.
+pub fn read_process(proc_root: &Path, pid: i32) -> Option<ProcessMemory> {
+    let dir = proc_root.join(pid.to_string());
+    let status = fs::read_to_string(dir.join("status")).ok()?;
+    let stat = fs::read_to_string(dir.join("stat")).ok()?;
+    parse_process(pid, &status, &stat)
+}
+
+/// The command line of a process, arguments joined by spaces, for reports.
+pub fn cmdline(proc_root: &Path, pid: i32) -> Option<String> {
+    let raw = fs::read(proc_root.join(pid.to_string()).join("cmdline")).ok()?;
+    let text: Vec<String> = raw
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    (!text.is_empty()).then(|| text.join(" "))
+}
+
+/// Reads every listed process that still exists.
+pub fn read_processes(proc_root: &Path, pids: &[i32]) -> Vec<ProcessMemory> {
+    pids.iter()
+        .filter_map(|pid| read_process(proc_root, *pid))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STATUS: &str =
+        "Name:\tgunicorn\nUmask:\t0022\nState:\tS (sleeping)\nTgid:\t4242\nPid:\t4242\n\
+PPid:\t4200\nVmPeak:\t  123456 kB\nVmRSS:\t   81920 kB\nThreads:\t1\n";
+    const STAT: &str = "4242 (gunicorn: worker (x)) S 4200 4200 4200 0 -1 4194560 100 0 0 0 5 1 0 0 20 0 1 0 987654 125000000 20480 18446744073709551615";
+
+    #[test]
+    fn parses_status_and_stat() {
+        let p = parse_process(4242, STATUS, STAT).unwrap();
+        assert_eq!(p.comm, "gunicorn");
+        assert_eq!(p.ppid, 4200);
+        assert_eq!(p.rss, 81920 * 1024);
+        assert_eq!(
+            p.key,
+            ProcessKey {
+                pid: 4242,
+                start_ticks: 987654
+            }
+        );
+    }
+
+    #[test]
+    fn kernel_threads_have_no_rss() {
+        let status = "Name:\tkthreadd\nPPid:\t0\n";
+        assert_eq!(parse_process(2, status, STAT).unwrap().rss, 0);
+    }
+
+    #[test]
+    fn malformed_is_none() {
+        assert_eq!(parse_process(1, STATUS, "1 (x) S 0"), None);
+        assert_eq!(parse_process(1, "Name:\tx\n", STAT), None, "no PPid");
+        assert_eq!(
+            parse_process(1, "Name:\tx\nPPid:\t1\nVmRSS:\tlots\n", STAT),
+            None
+        );
+    }
+
+    #[test]
+    fn reads_this_process() {
+        let me = std::process::id() as i32;
+        let p = read_process(Path::new("/proc"), me).unwrap();
+        assert!(p.rss > 0);
+        assert_eq!(p.key.pid, me);
+        assert!(cmdline(Path::new("/proc"), me).is_some());
+    }
+}

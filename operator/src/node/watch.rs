@@ -1,0 +1,173 @@
+//! One cgroup, sampled: memory, the processes in it, growth, OOM kills. The loop that drives it
+//! (the local hunt, the node agent) decides what to do with each [`Sample`].
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use super::cgroup::{Cgroup, CgroupMemory, Result};
+use super::growth::GrowthWindow;
+use super::oom::{OomKill, OomWatch};
+use super::procs::{read_processes, ProcessKey, ProcessMemory};
+
+/// What one sample saw.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// Seconds since the watcher started.
+    pub t: f64,
+    pub memory: CgroupMemory,
+    pub processes: Vec<ProcessMemory>,
+    /// Working-set growth in bytes per second over the window.
+    pub growth_per_sec: Option<f64>,
+    /// Seconds until the working set reaches the limit at that rate.
+    pub seconds_to_oom: Option<f64>,
+    /// The process growing fastest (or, before rates exist, the largest).
+    pub grower: Option<ProcessKey>,
+    /// OOM kills since the previous sample.
+    pub kills: Vec<OomKill>,
+}
+
+impl Sample {
+    pub fn alive(&self) -> Vec<ProcessKey> {
+        self.processes.iter().map(|p| p.key).collect()
+    }
+
+    pub fn process(&self, key: ProcessKey) -> Option<&ProcessMemory> {
+        self.processes.iter().find(|p| p.key == key)
+    }
+}
+
+/// Samples one cgroup.
+pub struct CgroupWatcher {
+    pub cgroup: Cgroup,
+    proc_root: PathBuf,
+    start: Instant,
+    window_secs: f64,
+    working_set: GrowthWindow,
+    per_process: HashMap<ProcessKey, GrowthWindow>,
+    oom: OomWatch,
+}
+
+impl CgroupWatcher {
+    /// `kernel_log`: normally `/dev/kmsg`; `None` or unreadable names kills from vanished PIDs.
+    pub fn new(
+        cgroup: Cgroup,
+        proc_root: &Path,
+        kernel_log: Option<&Path>,
+        window_secs: f64,
+    ) -> CgroupWatcher {
+        let oom = OomWatch::new(&cgroup.relative, kernel_log);
+        CgroupWatcher {
+            cgroup,
+            proc_root: proc_root.to_path_buf(),
+            start: Instant::now(),
+            window_secs,
+            working_set: GrowthWindow::new(window_secs, 600),
+            per_process: HashMap::new(),
+            oom,
+        }
+    }
+
+    pub fn reads_kernel_log(&self) -> bool {
+        self.oom.reads_kernel_log()
+    }
+
+    /// Forgets growth history (after an OOM kill the old slope means nothing).
+    pub fn reset_growth(&mut self) {
+        self.working_set.clear();
+    }
+
+    pub fn sample(&mut self) -> Result<Sample> {
+        let t = self.start.elapsed().as_secs_f64();
+        let memory = self.cgroup.read_memory()?;
+        let pids = self.cgroup.procs()?;
+        let processes = read_processes(&self.proc_root, &pids);
+        let kills = self.oom.update(memory.oom_kills, &processes);
+        if !kills.is_empty() {
+            self.working_set.clear();
+        }
+        self.working_set.push(t, memory.working_set());
+        let growth_per_sec = self.working_set.rate();
+        let seconds_to_oom = memory.limit.and_then(|l| self.working_set.seconds_to(l));
+
+        self.per_process
+            .retain(|k, _| processes.iter().any(|p| p.key == *k));
+        for p in &processes {
+            let window = self.window_secs;
+            self.per_process
+                .entry(p.key)
+                .or_insert_with(|| GrowthWindow::new(window, 600))
+                .push(t, p.rss);
+        }
+        let grower = pick_grower(&processes, |k| {
+            self.per_process.get(&k).and_then(|w| w.rate())
+        });
+        Ok(Sample {
+            t,
+            memory,
+            processes,
+            growth_per_sec,
+            seconds_to_oom,
+            grower,
+            kills,
+        })
+    }
+}
+
+/// The process to snapshot: the fastest positive grower; without any growth yet, the largest.
+pub fn pick_grower(
+    processes: &[ProcessMemory],
+    rate: impl Fn(ProcessKey) -> Option<f64>,
+) -> Option<ProcessKey> {
+    let fastest = processes
+        .iter()
+        .filter_map(|p| rate(p.key).filter(|r| *r > 0.0).map(|r| (p.key, r)))
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(k, _)| k);
+    fastest.or_else(|| {
+        processes
+            .iter()
+            .filter(|p| p.rss > 0)
+            .max_by_key(|p| p.rss)
+            .map(|p| p.key)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(pid: i32, rss: u64) -> ProcessMemory {
+        ProcessMemory {
+            key: ProcessKey {
+                pid,
+                start_ticks: 0,
+            },
+            ppid: 1,
+            comm: "w".into(),
+            rss,
+        }
+    }
+
+    #[test]
+    fn grower_is_fastest_not_largest() {
+        let procs = [p(1, 500), p(2, 100), p(3, 200)];
+        let rates = |k: ProcessKey| match k.pid {
+            1 => Some(0.0),
+            2 => Some(50.0),
+            3 => Some(10.0),
+            _ => None,
+        };
+        assert_eq!(pick_grower(&procs, rates).map(|k| k.pid), Some(2));
+        assert_eq!(
+            pick_grower(&procs, |_| None).map(|k| k.pid),
+            Some(1),
+            "largest before rates"
+        );
+        assert_eq!(
+            pick_grower(&[p(7, 0)], |_| None),
+            None,
+            "kernel threads/zombies never"
+        );
+    }
+}

@@ -1,0 +1,734 @@
+//! The local hunt against real memory cgroups and real kernel OOM kills.
+//!
+//! Needs root and a writable memory controller (v1 `memory/` or v2 with `memory` in
+//! `cgroup.controllers`) under /sys/fs/cgroup; each test says so and returns early otherwise.
+//! Every cgroup and process a test makes is removed by a guard, also when the test fails.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use leakhunt_analyzer::findings::{Findings, Verdict as FindingsVerdict};
+use leakhunt_operator::crd::{Phase, Verdict};
+use leakhunt_operator::hunt::snapshot::{self, Captured, Snapshotter};
+use leakhunt_operator::hunt::{self, Failure, HuntOptions, HuntOutcome, Target, Until};
+use leakhunt_operator::node::{Cgroup, Hierarchy, KillSource, Thresholds};
+
+const ROOT: &str = "/sys/fs/cgroup";
+const MIB: u64 = 1 << 20;
+
+fn hierarchy() -> Option<Hierarchy> {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to create memory cgroups");
+        return None;
+    }
+    match Hierarchy::detect(Path::new(ROOT)) {
+        Ok(h) => Some(h),
+        Err(e) => {
+            eprintln!("skipped: {e}");
+            None
+        }
+    }
+}
+
+/// Removes a cgroup made by a test (and anything left running in it).
+struct CgroupGuard(Cgroup);
+
+impl Drop for CgroupGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill_and_remove(Duration::from_secs(5));
+    }
+}
+
+/// Kills and reaps a process a test started.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Records which process each snapshot is of; writes a small 0600 stand-in file instead of a
+/// core and reports what the stand-in diff is told to, so the hunt's decisions are tested alone.
+#[derive(Default)]
+struct Recorder {
+    taken: Mutex<Vec<(i32, PathBuf)>>,
+    fail_diff: bool,
+    /// SIGKILL the process right after its first snapshot: a worker that dies between A and B.
+    kill_after_first: bool,
+    /// Capture and diff with the real analyzer (still recording which process).
+    real: bool,
+    /// Parent PID of each snapshotted process, at capture time.
+    parents: Mutex<Vec<i32>>,
+}
+
+impl Recorder {
+    fn real() -> Recorder {
+        Recorder {
+            real: true,
+            ..Default::default()
+        }
+    }
+}
+
+impl Snapshotter for Recorder {
+    fn estimate_size(&self, pid: i32) -> snapshot::Result<u64> {
+        snapshot::Analyzer.estimate_size(pid)
+    }
+
+    fn capture(&self, pid: i32, output: &Path, max: u64) -> snapshot::Result<Captured> {
+        if let Some(ppid) = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("PPid:").and_then(|v| v.trim().parse().ok()))
+        {
+            self.parents.lock().unwrap().push(ppid);
+        }
+        if self.real {
+            let c = snapshot::Analyzer.capture(pid, output, max)?;
+            self.taken.lock().unwrap().push((pid, c.path.clone()));
+            return Ok(c);
+        }
+        let rss = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| {
+            snapshot::Error::Capture {
+                pid,
+                message: e.to_string(),
+            }
+        })?;
+        std::fs::write(output, rss.as_bytes()).map_err(|e| snapshot::Error::Capture {
+            pid,
+            message: e.to_string(),
+        })?;
+        let mut taken = self.taken.lock().unwrap();
+        taken.push((pid, output.to_path_buf()));
+        if self.kill_after_first && taken.len() == 1 {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        Ok(Captured {
+            path: output.to_path_buf(),
+            file_bytes: rss.len() as u64,
+            memory_bytes: 0,
+            stopped: Duration::ZERO,
+            total: Duration::ZERO,
+        })
+    }
+
+    fn diff(&self, before: &Path, after: &Path) -> snapshot::Result<Findings> {
+        if self.real {
+            return snapshot::Analyzer.diff(before, after);
+        }
+        if self.fail_diff {
+            return Err(snapshot::Error::Diff {
+                before: before.into(),
+                after: after.into(),
+                message: "stand-in analyzer failure".into(),
+            });
+        }
+        Ok(Findings {
+            verdict: FindingsVerdict::Inconclusive,
+            summary: "stand-in diff".into(),
+            ..Default::default()
+        })
+    }
+
+    fn write_text(&self, findings: &Findings, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        if self.real {
+            return snapshot::Analyzer.write_text(findings, out);
+        }
+        writeln!(out, "{}", findings.summary)
+    }
+}
+
+fn options(name: &str, target: Target, limit: Option<u64>) -> (HuntOptions, tempfile::TempDir) {
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = HuntOptions {
+        target,
+        memory_limit: limit,
+        thresholds: Thresholds {
+            cooldown_secs: f64::INFINITY,
+            ..Default::default()
+        },
+        interval: Duration::from_millis(200),
+        window: Duration::from_secs(10),
+        snapshot_dir: tmp.path().join("snapshots"),
+        max_snapshot_size: 1 << 30,
+        keep_snapshots: false,
+        report: Some(tmp.path().join("report.yaml")),
+        cgroup_root: ROOT.into(),
+        cgroup_parent: format!("leakhunt-test/{name}-{}", std::process::id()),
+        proc_root: "/proc".into(),
+        kernel_log: Some("/dev/kmsg".into()),
+        until: Until::Oom,
+        duration: Some(Duration::from_secs(60)),
+        progress: false,
+    };
+    (opts, tmp)
+}
+
+fn run(opts: &HuntOptions, snap: &dyn Snapshotter) -> (HuntOutcome, String) {
+    let mut out = Vec::new();
+    let outcome = hunt::run(opts, snap, &mut out, &AtomicBool::new(false)).expect("hunt runs");
+    let text = String::from_utf8_lossy(&out).into_owned();
+    eprintln!("{text}");
+    (outcome, text)
+}
+
+fn python() -> String {
+    std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// Python that leaks `step` MiB every `pause` seconds, touching every page.
+fn leaker(step_mib: u32, pause: f64) -> String {
+    format!("import time\nheld = []\nwhile True:\n    held.append(b'x' * ({step_mib} << 20))\n    time.sleep({pause})\n")
+}
+
+fn assert_cgroup_gone(opts: &HuntOptions, h: &Hierarchy) {
+    let parent = h.cgroup(&opts.cgroup_parent);
+    let leftovers: Vec<_> = std::fs::read_dir(&parent.dir)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().is_dir())
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        leftovers.is_empty(),
+        "hunt left cgroups behind: {leftovers:?}"
+    );
+    let _ = std::fs::remove_dir(&parent.dir);
+    // Shared by the tests running in parallel: goes with the last one.
+    let _ = std::fs::remove_dir(h.cgroup("leakhunt-test").dir);
+}
+
+#[test]
+fn leaker_is_oom_killed_and_named() {
+    let Some(h) = hierarchy() else { return };
+    let (opts, _tmp) = options(
+        "leaker",
+        Target::Command(vec![python(), "-c".into(), leaker(1, 0.05)]),
+        Some(64 * MIB),
+    );
+    let rec = Recorder::real();
+    let (outcome, text) = run(&opts, &rec);
+    assert_eq!(
+        outcome.findings.as_ref().map(|f| f.verdict),
+        Some(FindingsVerdict::Leak),
+        "{text}"
+    );
+
+    // The command was the one killed, named by the kernel log (readable here) or its vanishing.
+    assert!(!outcome.kills.is_empty(), "no OOM kill reported");
+    let status = outcome.exit_status.expect("command exited");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9)
+    );
+    let taken = rec.taken.lock().unwrap().clone();
+    assert_eq!(taken.len(), 2, "snapshot A and B: {taken:?}");
+    let pid = taken[0].0;
+    assert_eq!(taken[1].0, pid);
+    let kill = &outcome.kills.last().unwrap();
+    assert_eq!(kill.kill.pid, Some(pid), "{kill:?}");
+    assert_eq!(kill.kill.comm.as_deref(), Some("python3"));
+    assert!(kill.was_target);
+    assert!(matches!(
+        kill.kill.source,
+        KillSource::KernelLog | KillSource::Disappeared
+    ));
+    assert!(
+        text.contains(&format!("OOMKilled python3 (pid {pid})")),
+        "{text}"
+    );
+
+    // The YAML report on disk carries the kill and the snapshot pair; the files are gone.
+    let yaml = std::fs::read_to_string(opts.report.as_ref().unwrap()).unwrap();
+    let report: leakhunt_operator::crd::LeakReport = serde_yaml::from_str(&yaml).unwrap();
+    let st = report.status.unwrap();
+    assert!(st.oom_kills >= 1);
+    assert_eq!(
+        st.last_oom_kill.unwrap().process,
+        format!("python3 (pid {pid})")
+    );
+    assert_eq!(st.snapshots.len(), 2);
+    assert_eq!(st.phase, Phase::Analysed);
+    for (_, path) in &taken {
+        assert!(!path.exists(), "snapshot {path:?} not removed");
+    }
+    assert_cgroup_gone(&opts, &h);
+}
+
+/// A container-like cgroup: a parent that forks a leaking worker and survives its OOM kill.
+#[test]
+fn worker_killed_parent_survives() {
+    let Some(h) = hierarchy() else { return };
+    let name = format!("leakhunt-test/container-{}", std::process::id());
+    let cg = CgroupGuard(h.create(&name).unwrap());
+    cg.0.set_limit(64 * MIB).unwrap();
+    let script = format!(
+        "import os, sys, time\npid = os.fork()\nif pid == 0:\n{}\nprint(pid, flush=True)\nos.waitpid(pid, 0)\nprint('worker gone', flush=True)\ntime.sleep(120)\n",
+        leaker(2, 0.05).lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
+    );
+    let mut parent = ChildGuard(
+        Command::new("/bin/sh")
+            .arg("-c")
+            .arg(r#"echo $$ > "$0" && exec "$@""#)
+            .arg(cg.0.dir.join("cgroup.procs"))
+            .args([python(), "-c".into(), script])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let parent_pid = parent.0.id() as i32;
+    let mut lines = BufReader::new(parent.0.stdout.take().unwrap()).lines();
+    let worker_pid: i32 = lines.next().unwrap().unwrap().trim().parse().unwrap();
+
+    let (opts, _tmp) = options("worker", Target::Pid(parent_pid), None);
+    let rec = Recorder::default();
+    let (outcome, _) = run(&opts, &rec);
+
+    let taken = rec.taken.lock().unwrap().clone();
+    assert!(
+        taken.iter().all(|(p, _)| *p == worker_pid),
+        "snapshots of the worker: {taken:?}"
+    );
+    let kill = outcome
+        .kills
+        .first()
+        .expect("the worker's OOM kill is seen");
+    assert_eq!(kill.kill.pid, Some(worker_pid));
+    assert_eq!(outcome.report.status.as_ref().unwrap().oom_kills, 1);
+    // The parent lives on, in the same cgroup.
+    assert_eq!(lines.next().unwrap().unwrap(), "worker gone");
+    assert!(Path::new(&format!("/proc/{parent_pid}")).exists());
+    assert_eq!(cg.0.procs().unwrap(), vec![parent_pid]);
+    assert!(outcome.failure.is_none(), "{:?}", outcome.failure);
+}
+
+/// A master that respawns its leaking worker: when the worker dies between A and B, the hunt
+/// starts over in the new worker and ends with a pair of it.
+#[test]
+fn respawned_worker_is_hunted_again() {
+    let Some(h) = hierarchy() else { return };
+    let worker = leaker(2, 0.1)
+        .lines()
+        .map(|l| format!("        {l}"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let script = format!(
+        "import os, time\nfor _ in range(2):\n    pid = os.fork()\n    if pid == 0:\n{worker}\n    os.waitpid(pid, 0)\n"
+    );
+    let (mut opts, _tmp) = options(
+        "respawn",
+        Target::Command(vec![python(), "-c".into(), script]),
+        Some(64 * MIB),
+    );
+    opts.until = Until::Report;
+    opts.keep_snapshots = true;
+    let rec = Recorder {
+        kill_after_first: true,
+        ..Default::default()
+    };
+    let (outcome, _) = run(&opts, &rec);
+    let taken = rec.taken.lock().unwrap().clone();
+    let pids: Vec<i32> = taken.iter().map(|(p, _)| *p).collect();
+    assert_eq!(pids.len(), 3, "A (voided), A, B: {pids:?}");
+    assert_ne!(pids[0], pids[1], "the second A is of the new worker");
+    assert_eq!(pids[1], pids[2]);
+    assert!(!taken[0].1.exists(), "the void baseline is deleted");
+    use std::os::unix::fs::PermissionsExt;
+    for (_, kept) in &taken[1..] {
+        let mode = std::fs::metadata(kept).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{kept:?} is readable by others");
+    }
+    let master = command_pid(&outcome).unwrap();
+    assert!(!pids.contains(&master), "never the master");
+    let st = outcome.report.status.unwrap();
+    assert!(
+        st.notes.iter().any(|n| n.contains("is void")),
+        "{:?}",
+        st.notes
+    );
+    assert_eq!(st.snapshots.len(), 2);
+    assert!(st.snapshots.iter().all(|s| s.pid == i64::from(pids[1])));
+    assert!(outcome.failure.is_none(), "{:?}", outcome.failure);
+    assert_cgroup_gone(&opts, &h);
+}
+
+/// A service whose memory stays flat: no snapshot, no leak verdict.
+#[test]
+fn flat_process_is_no_leak() {
+    let Some(h) = hierarchy() else { return };
+    let script = "import time\nheld = b'x' * (8 << 20)\nwhile True:\n    junk = [bytes(1000) for _ in range(1000)]\n    time.sleep(0.05)\n";
+    let (mut opts, _tmp) = options(
+        "flat",
+        Target::Command(vec![python(), "-c".into(), script.into()]),
+        Some(64 * MIB),
+    );
+    opts.duration = Some(Duration::from_secs(4));
+    let rec = Recorder::default();
+    let (outcome, _) = run(&opts, &rec);
+    assert!(rec.taken.lock().unwrap().is_empty());
+    assert!(outcome.kills.is_empty());
+    assert!(outcome.failure.is_none(), "{:?}", outcome.failure);
+    let st = outcome.report.status.unwrap();
+    assert_eq!(st.verdict, Some(Verdict::NoLeak), "{:?}", st.summary);
+    assert!(
+        st.notes.iter().any(|n| n.contains("no snapshot was taken")),
+        "{:?}",
+        st.notes
+    );
+    assert!(outcome.samples >= 10);
+    assert_cgroup_gone(&opts, &h);
+}
+
+#[test]
+fn exit_before_b_is_an_error_that_says_what_was_captured() {
+    let Some(h) = hierarchy() else { return };
+    // Grows to ~70% of the limit, then exits on its own.
+    let script = "import time\nheld = []\nfor _ in range(22):\n    held.append(b'x' * (2 << 20))\n    time.sleep(0.05)\ntime.sleep(1.5)\n";
+    let (opts, _tmp) = options(
+        "exits",
+        Target::Command(vec![python(), "-c".into(), script.into()]),
+        Some(64 * MIB),
+    );
+    let rec = Recorder::default();
+    let (outcome, _) = run(&opts, &rec);
+    assert_eq!(rec.taken.lock().unwrap().len(), 1, "snapshot A only");
+    let failure = outcome.failure.expect("failure");
+    assert!(matches!(failure, Failure::ExitedBeforeB(_)), "{failure:?}");
+    assert_eq!(failure.exit_code(), 4);
+    let st = outcome.report.status.unwrap();
+    assert_eq!(st.phase, Phase::Failed);
+    assert!(
+        st.notes
+            .iter()
+            .any(|n| n.contains("snapshot B was not taken")),
+        "{:?}",
+        st.notes
+    );
+    assert_cgroup_gone(&opts, &h);
+}
+
+#[test]
+fn analyzer_failure_is_reported() {
+    let Some(h) = hierarchy() else { return };
+    let (mut opts, _tmp) = options(
+        "diff-fails",
+        Target::Command(vec![python(), "-c".into(), leaker(2, 0.05)]),
+        Some(64 * MIB),
+    );
+    opts.until = Until::Report;
+    let rec = Recorder {
+        fail_diff: true,
+        ..Default::default()
+    };
+    let (outcome, _) = run(&opts, &rec);
+    let failure = outcome.failure.expect("failure");
+    assert!(matches!(failure, Failure::Analysis(_)), "{failure:?}");
+    assert_eq!(failure.exit_code(), 5);
+    assert_cgroup_gone(&opts, &h);
+}
+
+#[test]
+fn oversized_snapshot_is_skipped_with_the_reason() {
+    let Some(h) = hierarchy() else { return };
+    let (mut opts, _tmp) = options(
+        "too-big",
+        Target::Command(vec![python(), "-c".into(), leaker(2, 0.05)]),
+        Some(64 * MIB),
+    );
+    opts.max_snapshot_size = MIB;
+    let rec = Recorder::default();
+    let (outcome, _) = run(&opts, &rec);
+    assert!(rec.taken.lock().unwrap().is_empty());
+    let st = outcome.report.status.unwrap();
+    assert!(
+        st.notes
+            .iter()
+            .any(|n| n.contains("exceeds --max-snapshot-size")),
+        "{:?}",
+        st.notes
+    );
+    assert!(matches!(outcome.failure, Some(Failure::Capture(_))));
+    assert_eq!(
+        std::fs::read_dir(&opts.snapshot_dir).unwrap().count(),
+        0,
+        "no partial files"
+    );
+    assert_cgroup_gone(&opts, &h);
+}
+
+fn leakhunt() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_leakhunt"))
+}
+
+#[test]
+fn cli_errors_have_clear_messages_and_exit_codes() {
+    // No memory controller under this root.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = leakhunt()
+        .args(["hunt", "--memory-limit", "64Mi", "--cgroup-root"])
+        .arg(tmp.path())
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no memory cgroup controller"));
+
+    // Usage: a command without a limit.
+    let out = leakhunt().args(["hunt", "--", "true"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--memory-limit is required"));
+
+    // No permission to create cgroups: an unprivileged user.
+    if hierarchy().is_some() && Path::new("/usr/bin/setpriv").exists() {
+        let out = Command::new("/usr/bin/setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_leakhunt"))
+            .args([
+                "hunt",
+                "--memory-limit",
+                "64Mi",
+                "--snapshot-dir",
+                "/tmp/leakhunt-nobody",
+                "--cgroup-parent",
+            ])
+            .arg(format!("leakhunt-test/nobody-{}", std::process::id()))
+            .args(["--", "true"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{err}");
+        assert!(err.contains("no permission to create cgroup"), "{err}");
+    }
+}
+
+#[test]
+fn ctrl_c_cleans_up_cgroup_and_command() {
+    let Some(h) = hierarchy() else { return };
+    let parent = format!("leakhunt-test/sigint-{}", std::process::id());
+    let child = ChildGuard(
+        leakhunt()
+            .args([
+                "hunt",
+                "--memory-limit",
+                "64Mi",
+                "--quiet",
+                "--cgroup-parent",
+                &parent,
+                "--",
+            ])
+            .args(["sleep", "300"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let hunt_pid = child.0.id();
+    let cg = h.cgroup(&format!("{parent}/hunt-{hunt_pid}"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cg.procs().map(|p| p.is_empty()).unwrap_or(true) {
+        assert!(
+            Instant::now() < deadline,
+            "command never appeared in {:?}",
+            cg.dir
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let sleeper = cg.procs().unwrap()[0];
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(hunt_pid as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let mut child = child;
+    let status = child.0.wait().unwrap();
+    let mut err = String::new();
+    child
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(!cg.exists(), "cgroup left behind");
+    assert!(
+        !Path::new(&format!("/proc/{sleeper}")).exists(),
+        "command left running"
+    );
+    let _ = std::fs::remove_dir(h.cgroup(&parent).dir);
+}
+
+/// gunicorn with two workers serving the leaky Flask app under load: the snapshot pair is of a
+/// worker (the master does not grow), and the analyzer finds what grows in it.
+#[test]
+fn gunicorn_workers_leak_master_does_not() {
+    let Some(h) = hierarchy() else { return };
+    let venv = venv();
+    let port = free_port();
+    let app_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/leaky-flask");
+    let (mut opts, _tmp) = options(
+        "gunicorn",
+        Target::Command(vec![
+            "/usr/bin/env".into(),
+            "PROFILER_LAPS=400".into(),
+            format!("{}/bin/gunicorn", venv.display()),
+            "--chdir".into(),
+            app_dir.display().to_string(),
+            "-w".into(),
+            "2".into(),
+            "-b".into(),
+            format!("127.0.0.1:{port}"),
+            "--log-level".into(),
+            "warning".into(),
+            "app:app".into(),
+        ]),
+        Some(128 * MIB),
+    );
+    opts.until = Until::Report;
+    opts.duration = Some(Duration::from_secs(120));
+    let stop = Arc::new(AtomicBool::new(false));
+    let load: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || drive_load(port, &stop, Duration::from_secs(120)))
+        })
+        .collect();
+    let rec = Recorder::real();
+    let (outcome, text) = run(&opts, &rec);
+    stop.store(true, Ordering::Relaxed);
+    let sent: u64 = load.into_iter().map(|t| t.join().unwrap()).sum();
+    eprintln!("load: {sent} requests");
+
+    assert!(outcome.failure.is_none(), "{:?}", outcome.failure);
+    let st = outcome.report.status.as_ref().unwrap();
+    let target = st.process.as_ref().expect("snapshotted process");
+    let taken = rec.taken.lock().unwrap().clone();
+    assert_eq!(taken.len(), 2, "{taken:?}");
+    assert!(taken.iter().all(|(p, _)| i64::from(*p) == target.pid));
+    // A worker: its parent is the gunicorn master, which is the command itself.
+    let master = command_pid(&outcome).expect("master pid");
+    assert_eq!(target.name, "gunicorn");
+    assert_ne!(target.pid, i64::from(master), "not the master");
+    assert_eq!(
+        *rec.parents.lock().unwrap(),
+        vec![master, master],
+        "snapshots of a worker of the master"
+    );
+    // What grows in the worker.
+    let findings = outcome.findings.as_ref().expect("findings");
+    assert_eq!(findings.verdict, FindingsVerdict::Leak, "{text}");
+    assert_eq!(st.verdict, Some(Verdict::Leak));
+    let top = findings.suspects.first().expect("a suspect");
+    assert!(
+        top.path.ends_with("Profiler.results"),
+        "top suspect {:?}\n{text}",
+        top.path
+    );
+    assert!(st.suspects[0].path.ends_with("Profiler.results"));
+    assert!(st
+        .snapshots
+        .iter()
+        .all(|s| s.sha256.len() == 64 && s.size > 0));
+    for (_, path) in &taken {
+        assert!(!path.exists(), "snapshot {path:?} not removed");
+    }
+    assert_cgroup_gone(&opts, &h);
+}
+
+/// Memory held but not growing, above the baseline: A, then B at the end of the watch, and the
+/// analyzer's verdict on the pair is not a leak.
+#[test]
+fn steady_process_above_baseline_is_not_a_leak() {
+    let Some(h) = hierarchy() else { return };
+    // One allocation to ~60% of the limit (between two samples), then churn that frees what it makes.
+    let script = "import time\nheld = b'x' * (36 << 20)\nwhile True:\n    junk = [str(i) for i in range(20000)]\n    del junk\n    time.sleep(0.05)\n";
+    let (mut opts, _tmp) = options(
+        "steady",
+        Target::Command(vec![python(), "-c".into(), script.into()]),
+        Some(64 * MIB),
+    );
+    opts.duration = Some(Duration::from_secs(6));
+    let rec = Recorder::real();
+    let (outcome, text) = run(&opts, &rec);
+    assert_eq!(
+        rec.taken.lock().unwrap().len(),
+        2,
+        "A at the baseline, B at the end of the watch"
+    );
+    assert!(outcome.failure.is_none(), "{:?}", outcome.failure);
+    let findings = outcome.findings.expect("findings");
+    assert_ne!(findings.verdict, FindingsVerdict::Leak, "{text}");
+    assert_ne!(outcome.report.status.unwrap().verdict, Some(Verdict::Leak));
+    assert_cgroup_gone(&opts, &h);
+}
+
+/// The gunicorn master's pid: the process the hunt started (its report is named after it).
+fn command_pid(outcome: &HuntOutcome) -> Option<i32> {
+    outcome
+        .report
+        .metadata
+        .name
+        .as_ref()?
+        .rsplit('-')
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn venv() -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/setup-venv.sh");
+    let out = Command::new("bash")
+        .arg(script)
+        .output()
+        .expect("examples/setup-venv.sh runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Bounded loopback load: GET /metrics/... until stopped or the time is up.
+fn drive_load(port: u16, stop: &AtomicBool, max: Duration) -> u64 {
+    use std::io::Write;
+    let deadline = Instant::now() + max;
+    let mut sent = 0u64;
+    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let req = format!(
+            "GET /metrics/app-{} HTTP/1.0\r\nHost: localhost\r\n\r\n",
+            sent % 100
+        );
+        if s.write_all(req.as_bytes()).is_ok() {
+            let mut buf = Vec::new();
+            let _ = s.read_to_end(&mut buf);
+            sent += 1;
+        }
+    }
+    sent
+}

@@ -295,7 +295,7 @@ pub fn capture(pid: i32, opts: &CaptureOptions) -> Result<CaptureSummary> {
     let headers = layout.headers(&regions, page);
     let streamed = sink.send_bytes(headers) && stream_memory(pid, task, &regions, &mut sink)?;
     // Killed while we read: reads of a dying process can come back as zeros rather than ESRCH.
-    if !ptrace::process_alive(pid) {
+    if !stopped.intact() || !ptrace::process_alive(pid) {
         return Err(Error::ProcessExited { pid });
     }
     let stop_time = stopped.detach();

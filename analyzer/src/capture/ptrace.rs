@@ -96,6 +96,11 @@ impl Stopped {
         loop {
             match waitpid(t, Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) => {
+                    if task_state(pid, tid).is_none_or(|s| s == 'Z' || s == 'X') {
+                        // Killed meanwhile. A dead leader is not reported to us until every
+                        // other thread is reaped, so do not wait for its exit status.
+                        return self.gone(tid);
+                    }
                     if Instant::now() > deadline {
                         return Err(Error::StopTimeout {
                             pid,
@@ -149,9 +154,8 @@ impl Stopped {
             let t = Pid::from_raw(tid);
             let gregs = match regs::general(t) {
                 Ok(r) => r,
-                Err(Errno::ESRCH) if !process_alive(self.pid) => {
-                    return Err(Error::ProcessExited { pid: self.pid })
-                }
+                // A thread in ptrace-stop cannot go away on its own: the process is being killed.
+                Err(Errno::ESRCH) => return Err(Error::ProcessExited { pid: self.pid }),
                 Err(e) => return Err(Error::ptrace(self.pid, "reading registers", e)),
             };
             // Floating-point registers are nice to have (gdb shows them); never fail for them.
@@ -159,6 +163,16 @@ impl Stopped {
             out.push(ThreadRegs { tid, gregs, fpregs });
         }
         Ok(out)
+    }
+
+    /// Every thread is still in its ptrace stop (ptrace requests fail with ESRCH on a thread that
+    /// left it, which only SIGKILL can make it do).
+    pub fn intact(&self) -> bool {
+        !self.threads.is_empty()
+            && self
+                .threads
+                .keys()
+                .all(|&tid| ptrace::getevent(Pid::from_raw(tid)).is_ok())
     }
 
     /// Let every thread run again; returns how long the process was stopped.

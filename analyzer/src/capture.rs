@@ -127,8 +127,9 @@ const NOTE_SLACK: usize = 64;
 /// What [`capture`] would write for `pid` now, in bytes (before compression): for callers that
 /// check size caps or free disk space first.
 pub fn estimate_size(pid: i32) -> Result<u64> {
-    let maps = image::read_maps(pid).map_err(|e| Error::from_image(e, pid))?;
-    let regions = plan::plan(pid, &maps);
+    let task = ptrace::live_task(pid);
+    let maps = task_maps(pid, task)?;
+    let regions = plan::plan(task, &maps);
     let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
         .map(|d| d.count())
         .unwrap_or(1);
@@ -176,8 +177,9 @@ pub fn capture(pid: i32, opts: &CaptureOptions) -> Result<CaptureSummary> {
     let threads_now = std::fs::read_dir(format!("/proc/{pid}/task"))
         .map(|d| d.count())
         .unwrap_or(1);
-    let maps = image::read_maps(pid).map_err(|e| Error::from_image(e, pid))?;
-    let first_estimate = estimate(&plan::plan(pid, &maps), threads_now);
+    let task = ptrace::live_task(pid);
+    let maps = task_maps(pid, task)?;
+    let first_estimate = estimate(&plan::plan(task, &maps), threads_now);
     check_limit(pid, first_estimate, opts.max_bytes)?;
     let dir = match output.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -220,13 +222,14 @@ pub fn capture(pid: i32, opts: &CaptureOptions) -> Result<CaptureSummary> {
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0);
     // The address space cannot change any more: this is the plan that is written.
-    let maps = image::read_maps(pid).map_err(|e| exited_or(pid, Error::from_image(e, pid)))?;
-    let regions = plan::plan(pid, &maps);
+    let task = ptrace::live_task(pid);
+    let maps = task_maps(pid, task).map_err(|e| exited_or(pid, e))?;
+    let regions = plan::plan(task, &maps);
     let regs = stopped.registers()?;
     check_limit(pid, estimate(&regions, regs.len()), opts.max_bytes)?;
     let info = image::process_info(pid).map_err(|e| exited_or(pid, Error::from_image(e, pid)))?;
     let proc_stat = read_proc_stat(pid);
-    let auxv = std::fs::read(format!("/proc/{pid}/auxv")).map_err(|e| {
+    let auxv = std::fs::read(format!("/proc/{pid}/task/{task}/auxv")).map_err(|e| {
         exited_or(
             pid,
             Error::Process {
@@ -290,9 +293,9 @@ pub fn capture(pid: i32, opts: &CaptureOptions) -> Result<CaptureSummary> {
     let mut sink =
         sink::Sink::start(file, &first.path(), compress && !staged, budget).map_err(out_err)?;
     let headers = layout.headers(&regions, page);
-    let streamed = sink.send_bytes(headers) && stream_memory(pid, &regions, &mut sink)?;
+    let streamed = sink.send_bytes(headers) && stream_memory(pid, task, &regions, &mut sink)?;
     // Killed while we read: reads of a dying process can come back as zeros rather than ESRCH.
-    if !ptrace::process_alive(pid) {
+    if !stopped.intact() || !ptrace::process_alive(pid) {
         return Err(Error::ProcessExited { pid });
     }
     let stop_time = stopped.detach();
@@ -419,8 +422,8 @@ fn write_error(e: std::io::Error, output: &Path, needed: u64, dir: &Path) -> Err
 
 /// Read every dumped region into the sink. `Ok(false)` when the writer failed (its error comes
 /// from [`sink::Sink::finish`]); pages that cannot be read are written as zeros.
-fn stream_memory(pid: i32, regions: &[Region], sink: &mut sink::Sink) -> Result<bool> {
-    let target = Pid::from_raw(pid);
+fn stream_memory(pid: i32, task: i32, regions: &[Region], sink: &mut sink::Sink) -> Result<bool> {
+    let target = Pid::from_raw(task);
     for r in regions.iter().filter(|r| r.dump) {
         let Mapping { start, end, .. } = r.mapping;
         let mut at = start;
@@ -429,7 +432,7 @@ fn stream_memory(pid: i32, regions: &[Region], sink: &mut sink::Sink) -> Result<
                 return Ok(false);
             };
             let want = (end - at).min(sink::CHUNK as u64) as usize;
-            read_chunk(target, at, buf.filled(want))?;
+            read_chunk(pid, target, at, buf.filled(want))?;
             if !sink.send(buf) {
                 return Ok(false);
             }
@@ -441,7 +444,7 @@ fn stream_memory(pid: i32, regions: &[Region], sink: &mut sink::Sink) -> Result<
 
 /// Fill `buf` from `addr`; pages that fail to read (EFAULT/EIO: e.g. a file mapping past the end of
 /// its file) become zeros so the core keeps its layout.
-fn read_chunk(target: Pid, addr: u64, buf: &mut [u8]) -> Result<()> {
+fn read_chunk(pid: i32, target: Pid, addr: u64, buf: &mut [u8]) -> Result<()> {
     let page = page_size() as usize;
     let mut done = 0usize;
     while done < buf.len() {
@@ -462,20 +465,31 @@ fn read_chunk(target: Pid, addr: u64, buf: &mut [u8]) -> Result<()> {
                 done += skip;
             }
             Err(Errno::EINTR) => continue,
-            Err(Errno::ESRCH) => {
-                return Err(Error::ProcessExited {
-                    pid: target.as_raw(),
-                })
-            }
-            Err(Errno::EPERM) => {
-                return Err(Error::Permission {
-                    pid: target.as_raw(),
-                })
-            }
-            Err(e) => return Err(Error::ptrace(target.as_raw(), "reading memory", e)),
+            Err(Errno::ESRCH) => return Err(Error::ProcessExited { pid }),
+            Err(Errno::EPERM) => return Err(Error::Permission { pid }),
+            Err(e) => return Err(Error::ptrace(pid, "reading memory", e)),
         }
     }
     Ok(())
+}
+
+/// `/proc/PID/maps` as seen through thread `task` (see [`ptrace::live_task`]).
+fn task_maps(pid: i32, task: i32) -> Result<Vec<Mapping>> {
+    if task == pid {
+        return image::read_maps(pid).map_err(|e| Error::from_image(e, pid));
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/task/{task}/maps")) {
+        Ok(text) => Ok(image::parse_maps(&text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::ProcessExited { pid }),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            Err(Error::Permission { pid })
+        }
+        Err(e) => Err(Error::Process {
+            pid,
+            what: "reading maps".into(),
+            source: e,
+        }),
+    }
 }
 
 /// `(start, name)` of mappings whose name is not a file path: `[heap]`, `[stack]`, `[anon:...]`.

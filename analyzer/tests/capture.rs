@@ -702,3 +702,66 @@ fn a_process_under_a_debugger_is_refused_and_left_to_it() {
     wait_until(|| t.states().iter().all(|&s| s == 'S'));
     assert_running(&t);
 }
+
+/// `main` returns through `pthread_exit` while a worker runs on: the leader is a zombie.
+const EXITED_MAIN: &str = r#"
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+static void *worker(void *arg) {
+    (void)arg;
+    uint64_t *p = malloc(4096);
+    for (int k = 0; k < 512; k++) p[k] = 0x7721000000000000ULL | k;
+    printf("%p\n", (void *)p);
+    fflush(stdout);
+    for (;;) pause();
+    return NULL;
+}
+int main(void) {
+    pthread_t t;
+    pthread_create(&t, NULL, worker, NULL);
+    pthread_exit(NULL);
+}
+"#;
+
+#[test]
+fn captures_a_process_whose_main_thread_has_exited() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = dir.path().join("exited.c");
+    let exe = dir.path().join("exited-main");
+    std::fs::write(&src, EXITED_MAIN).expect("write");
+    let st = Command::new("gcc")
+        .args(["-O1", "-pthread", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .status()
+        .expect("gcc");
+    assert!(st.success());
+    let mut child = Command::new(&exe)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read");
+    let addr = u64::from_str_radix(line.trim().trim_start_matches("0x"), 16).expect("hex");
+    let pid = child.id() as i32;
+    let state = |tid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))
+            .ok()
+            .and_then(|s| s[s.rfind(')')? + 1..].trim_start().chars().next())
+    };
+    wait_until(|| state(pid) == Some('Z'));
+    let out = dir.path().join("exited.core");
+    let r = capture(pid, &opts(out.clone()));
+    let _ = child.kill();
+    let _ = child.wait();
+    let s = r.expect("capture with a zombie main thread");
+    assert_eq!(s.threads, 1);
+    let core = CoreFile::open(&out, None).expect("open");
+    assert_eq!(core.read_u64(addr), Ok(0x7721_0000_0000_0000));
+    assert_eq!(core.read_u64(addr + 4088), Ok(0x7721_0000_0000_01ff));
+}

@@ -45,11 +45,12 @@ impl Stopped {
             threads: BTreeMap::new(),
             since: Instant::now(),
         };
+        // Every thread looked at, stopped or skipped (zombies, threads that exited meanwhile).
+        let mut seen = std::collections::BTreeSet::new();
         loop {
-            let tids = list_tasks(pid)?;
-            let new: Vec<i32> = tids
+            let new: Vec<i32> = list_tasks(pid)?
                 .into_iter()
-                .filter(|t| !me.threads.contains_key(t))
+                .filter(|&t| seen.insert(t))
                 .collect();
             if new.is_empty() {
                 break;
@@ -95,6 +96,11 @@ impl Stopped {
         loop {
             match waitpid(t, Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) => {
+                    if task_state(pid, tid).is_none_or(|s| s == 'Z' || s == 'X') {
+                        // Killed meanwhile. A dead leader is not reported to us until every
+                        // other thread is reaped, so do not wait for its exit status.
+                        return self.gone(tid);
+                    }
                     if Instant::now() > deadline {
                         return Err(Error::StopTimeout {
                             pid,
@@ -148,9 +154,8 @@ impl Stopped {
             let t = Pid::from_raw(tid);
             let gregs = match regs::general(t) {
                 Ok(r) => r,
-                Err(Errno::ESRCH) if !process_alive(self.pid) => {
-                    return Err(Error::ProcessExited { pid: self.pid })
-                }
+                // A thread in ptrace-stop cannot go away on its own: the process is being killed.
+                Err(Errno::ESRCH) => return Err(Error::ProcessExited { pid: self.pid }),
                 Err(e) => return Err(Error::ptrace(self.pid, "reading registers", e)),
             };
             // Floating-point registers are nice to have (gdb shows them); never fail for them.
@@ -158,6 +163,16 @@ impl Stopped {
             out.push(ThreadRegs { tid, gregs, fpregs });
         }
         Ok(out)
+    }
+
+    /// Every thread is still in its ptrace stop (ptrace requests fail with ESRCH on a thread that
+    /// left it, which only SIGKILL can make it do).
+    pub fn intact(&self) -> bool {
+        !self.threads.is_empty()
+            && self
+                .threads
+                .keys()
+                .all(|&tid| ptrace::getevent(Pid::from_raw(tid)).is_ok())
     }
 
     /// Let every thread run again; returns how long the process was stopped.
@@ -210,6 +225,22 @@ fn task_state(pid: i32, tid: i32) -> Option<char> {
     stat.rfind(')')
         .and_then(|i| stat.get(i + 1..))
         .and_then(|s| s.trim_start().chars().next())
+}
+
+/// A thread through which the process's memory can be read: the main thread, unless it has
+/// exited (`pthread_exit` in `main`) while other threads run on; then its `/proc` maps are empty
+/// and reads through its ID fail.
+pub(crate) fn live_task(pid: i32) -> i32 {
+    if task_state(pid, pid).is_some_and(|s| s != 'Z' && s != 'X') {
+        return pid;
+    }
+    list_tasks(pid)
+        .ok()
+        .and_then(|t| {
+            t.into_iter()
+                .find(|&tid| task_state(pid, tid).is_some_and(|s| s != 'Z' && s != 'X'))
+        })
+        .unwrap_or(pid)
 }
 
 /// The process exists and is not a zombie.

@@ -110,16 +110,22 @@ impl HuntArgs {
     }
 }
 
-/// `160Mi`, `1G`, `512k`, `1048576`: binary suffixes (`Ki`, `Mi`, `Gi`) and decimal ones (`k`, `M`, `G`).
-pub fn parse_size(text: &str) -> Result<u64, String> {
+/// Split `160Mi` into `(160.0, "Mi")`; `what` and `example` make the error say what was expected.
+fn number_and_unit<'a>(text: &'a str, what: &str, example: &str) -> Result<(f64, &'a str), String> {
     let t = text.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let value: f64 = num
+    let value = num
         .parse()
-        .map_err(|_| format!("not a size: {text:?} (try 160Mi)"))?;
+        .map_err(|_| format!("not {what}: {text:?} (try {example})"))?;
+    Ok((value, unit))
+}
+
+/// `160Mi`, `1G`, `512k`, `1048576`: binary suffixes (`Ki`, `Mi`, `Gi`) and decimal ones (`k`, `M`, `G`).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let (value, unit) = number_and_unit(text, "a size", "160Mi")?;
     let mult: u64 = match unit.trim().trim_end_matches(['B', 'b']) {
         "" => 1,
         "k" | "K" => 1000,
@@ -159,14 +165,7 @@ pub fn parse_percent(text: &str) -> Result<f64, String> {
 
 /// `1s`, `500ms`, `2m`, `1h`, or plain seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("not a duration: {text:?} (try 1s)"))?;
+    let (value, unit) = number_and_unit(text, "a duration", "1s")?;
     let secs = match unit {
         "" | "s" => value,
         "ms" => value / 1000.0,

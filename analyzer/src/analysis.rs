@@ -97,7 +97,8 @@ pub fn diff_images(
         let cb = census::take(after, sysroot);
         (ha.join(), cb)
     });
-    let ca = ca.unwrap_or_else(|_| census::take(before, sysroot));
+    // Running the census again after a panic would only panic again: surface the first one.
+    let ca = ca.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
     let mut findings = diff_census(&ca, &cb);
     crate::python::refine_findings(&mut findings, before, after);
     Ok(findings)

@@ -78,7 +78,12 @@ struct Target {
 pub fn take(image: &dyn MemoryImage, sysroot: Option<&Path>) -> Census {
     let maps = image.mappings();
     let (targets, objects) = targets(maps);
-    let counts = count_pointers(image, &targets);
+    // The stored parts of writable memory: scanned for pointers, and reported as scanned bytes.
+    let ranges: Vec<(u64, u64)> = scanned_regions(maps)
+        .iter()
+        .flat_map(|m| image.stored_ranges(m))
+        .collect();
+    let counts = count_pointers(image, &targets, &ranges);
     let pointer_words = counts.values().map(|&c| c as u64).sum();
 
     // Resolve each distinct target through its object's symbols; aggregate per label.
@@ -132,11 +137,7 @@ pub fn take(image: &dyn MemoryImage, sysroot: Option<&Path>) -> Census {
         process: image.info().clone(),
         rss,
         rss_estimated,
-        scanned_bytes: scanned_regions(maps)
-            .iter()
-            .flat_map(|m| image.stored_ranges(m))
-            .map(|(a, b)| b - a)
-            .sum(),
+        scanned_bytes: ranges.iter().map(|(a, b)| b - a).sum(),
         pointer_words,
         pointers,
         native,
@@ -204,22 +205,23 @@ fn find_target(targets: &[Target], v: u64) -> Option<&Target> {
 }
 
 /// Count pointer words per target value, over all writable memory, on every core.
-fn count_pointers(image: &dyn MemoryImage, targets: &[Target]) -> FxHashMap<u64, u32> {
-    let regions = scanned_regions(image.mappings());
-    if targets.is_empty() || regions.is_empty() {
+fn count_pointers(
+    image: &dyn MemoryImage,
+    targets: &[Target],
+    ranges: &[(u64, u64)],
+) -> FxHashMap<u64, u32> {
+    if targets.is_empty() || ranges.is_empty() {
         return FxHashMap::default();
     }
     // Split the work into chunks and let each thread take chunks in turn.
     const CHUNK: u64 = 8 << 20;
     let mut chunks: Vec<(u64, u64)> = Vec::new();
-    for r in &regions {
-        for (start, end) in image.stored_ranges(r) {
-            let mut at = start;
-            while at < end {
-                let next = end.min(at.saturating_add(CHUNK));
-                chunks.push((at, next));
-                at = next;
-            }
+    for &(start, end) in ranges {
+        let mut at = start;
+        while at < end {
+            let next = end.min(at.saturating_add(CHUNK));
+            chunks.push((at, next));
+            at = next;
         }
     }
     let threads = std::thread::available_parallelism()

@@ -332,16 +332,8 @@ impl CoreFile {
             auxv,
             notes: Vec::new(),
         };
-        if core.leakhunt_rss_missing() {
-            core.notes
-                .push("RSS not recorded in this core (not written by leakhunt capture)".into());
-        }
         core.attach_files(sysroot);
         Ok(core)
-    }
-
-    fn leakhunt_rss_missing(&self) -> bool {
-        self.info.rss.is_none()
     }
 
     /// For file-backed mappings whose pages the core lacks (kernel and gcore cores skip read-only

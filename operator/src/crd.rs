@@ -166,7 +166,21 @@ pub struct LeakReportStatus {
     /// Standard conditions: `Captured`, `Analysed`, `LeakDetected`.
     #[serde(default)]
     pub conditions: Vec<Condition>,
+    /// The analyzer Job for the current snapshot pair.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis_job: Option<String>,
+    /// SHA-256 of the snapshot B whose leak was alerted, so an alert goes out once per analysis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerted_snapshot: Option<String>,
+    /// Keys of the OOM kills already counted (pod UID, container, container ID or worker PID), so
+    /// that a restarted operator or agent never counts one twice (at most 50, newest last).
+    #[serde(default)]
+    pub counted_kills: Vec<String>,
 }
+
+/// At most this many counted-kill keys are kept: more than any restart loop yields between two
+/// reads of a pod's status.
+pub const MAX_COUNTED_KILLS: usize = 50;
 
 /// A process inside the workload's container.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -288,6 +302,16 @@ pub struct SnapshotRecord {
     pub path: Option<String>,
     /// Process ID the snapshot is of.
     pub pid: i64,
+    /// The pod the process ran in (empty for the local hunt).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pod: String,
+    /// The container the process ran in.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub container: String,
+    /// The file is kept until then after analysis (LeakWatch retention); unset: it is deleted
+    /// once the pair is analysed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retain_until: Option<Time>,
 }
 
 /// Something that happened to the workload.
@@ -312,6 +336,31 @@ impl LeakReportStatus {
         }
     }
 
+    /// Whether this kill was counted already.
+    pub fn kill_counted(&self, key: &str) -> bool {
+        self.counted_kills.iter().any(|k| k == key)
+    }
+
+    /// Counts an OOM kill once: returns false (and changes nothing) when `key` was counted.
+    pub fn count_kill(&mut self, key: &str, record: OomKillRecord, message: String) -> bool {
+        if self.kill_counted(key) {
+            return false;
+        }
+        self.counted_kills.push(key.to_string());
+        if self.counted_kills.len() > MAX_COUNTED_KILLS {
+            let excess = self.counted_kills.len() - MAX_COUNTED_KILLS;
+            self.counted_kills.drain(..excess);
+        }
+        self.oom_kills = self.oom_kills.saturating_add(1);
+        self.push_incident(Incident {
+            time: record.time.clone(),
+            reason: "OOMKilled".into(),
+            message,
+        });
+        self.last_oom_kill = Some(record);
+        true
+    }
+
     /// Appends a memory sample, dropping the oldest beyond the bound.
     pub fn push_sample(&mut self, sample: MemorySample) {
         self.memory.samples.push(sample);
@@ -331,24 +380,7 @@ impl LeakReportStatus {
         message: &str,
         now: Time,
     ) {
-        let status = if status { "True" } else { "False" }.to_string();
-        if let Some(c) = self.conditions.iter_mut().find(|c| c.type_ == type_) {
-            if c.status != status {
-                c.last_transition_time = now;
-            }
-            c.status = status;
-            c.reason = reason.into();
-            c.message = message.into();
-        } else {
-            self.conditions.push(Condition {
-                type_: type_.into(),
-                status,
-                reason: reason.into(),
-                message: message.into(),
-                last_transition_time: now,
-                observed_generation: None,
-            });
-        }
+        set_condition(&mut self.conditions, type_, status, reason, message, now);
     }
 
     /// Copies the analyzer's findings in: verdict, summary, bounded suspects and types, growth.
@@ -429,6 +461,36 @@ pub fn human_bytes(bytes: u64) -> String {
         format!("{value:.0}{name}")
     } else {
         format!("{value:.1}{name}")
+    }
+}
+
+/// Sets (or replaces) a condition of this type in a list, keeping its transition time when the
+/// status did not change.
+pub fn set_condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+    now: Time,
+) {
+    let status = if status { "True" } else { "False" }.to_string();
+    if let Some(c) = conditions.iter_mut().find(|c| c.type_ == type_) {
+        if c.status != status {
+            c.last_transition_time = now;
+        }
+        c.status = status;
+        c.reason = reason.into();
+        c.message = message.into();
+    } else {
+        conditions.push(Condition {
+            type_: type_.into(),
+            status,
+            reason: reason.into(),
+            message: message.into(),
+            last_transition_time: now,
+            observed_generation: None,
+        });
     }
 }
 

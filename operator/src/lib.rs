@@ -2,6 +2,7 @@
 //! leakhunt-operator: the `leakhunt` binary's library — node-level memory watching (shared by
 //! the local hunt and the node agent), the custom resources, and the local hunt mode.
 
+pub mod cluster;
 pub mod crd;
 pub mod hunt;
 pub mod node;

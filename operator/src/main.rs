@@ -1,4 +1,7 @@
-//! `leakhunt`: OOM-kill forensics. Subcommands: `hunt` (local, no Kubernetes), `crdgen`.
+//! `leakhunt`: OOM-kill forensics. Subcommands: `operator` (the controller Deployment), `agent`
+//! (the node DaemonSet), `analyze-job` (the analyzer Job), `hunt` (local, no Kubernetes), `crdgen`.
+
+mod cluster_cli;
 
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
@@ -26,6 +29,12 @@ enum Command {
     Hunt(Box<HuntArgs>),
     /// Print the CustomResourceDefinitions (LeakReport, LeakWatch) as YAML.
     Crdgen,
+    /// Run the controller: OOM kills into LeakReports, analyzer Jobs, alerts (a Deployment).
+    Operator(Box<cluster_cli::OperatorArgs>),
+    /// Run the node agent: sample pod cgroups, capture snapshot pairs (a DaemonSet, hostPID).
+    Agent(Box<cluster_cli::AgentArgs>),
+    /// Diff a snapshot pair and write the findings into its LeakReport (the analyzer Job).
+    AnalyzeJob(Box<cluster_cli::AnalyzeJobArgs>),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +50,9 @@ fn main() -> ExitCode {
             }
         },
         Command::Hunt(args) => run_hunt(*args),
+        Command::Operator(args) => cluster_cli::operator(*args),
+        Command::Agent(args) => cluster_cli::agent(*args),
+        Command::AnalyzeJob(args) => cluster_cli::analyze_job(*args),
     }
 }
 

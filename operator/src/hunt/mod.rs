@@ -736,6 +736,9 @@ impl Hunt<'_> {
             sha256,
             path: Some(captured.path.display().to_string()),
             pid: pid as i64,
+            pod: String::new(),
+            container: String::new(),
+            retain_until: None,
         };
         let command = cmdline(&self.opts.proc_root, pid);
         let status = self.status();
@@ -1079,7 +1082,7 @@ fn describe_exit(status: ExitStatus) -> String {
 /// Creates the snapshot directory 0700, or checks an existing one: snapshots hold process
 /// memory, so the directory must be ours and closed to others (a shared `/tmp` path could be
 /// planted by another user).
-fn prepare_snapshot_dir(dir: &Path) -> io::Result<()> {
+pub(crate) fn prepare_snapshot_dir(dir: &Path) -> io::Result<()> {
     use std::os::unix::fs::MetadataExt;
     fs::DirBuilder::new()
         .recursive(true)
@@ -1101,7 +1104,7 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "localhost".into())
 }
 
-fn free_bytes(dir: &Path) -> Option<u64> {
+pub(crate) fn free_bytes(dir: &Path) -> Option<u64> {
     let st = nix::sys::statvfs::statvfs(dir).ok()?;
     Some((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
 }

@@ -1,0 +1,1052 @@
+//! `leakhunt agent`: the node DaemonSet. Every interval it samples the memory cgroup of every
+//! container of the pods on its node (the node library: v1/v2, cgroupfs/systemd layouts), counts
+//! OOM kills of worker processes in containers that survive them, and for pods a LeakWatch
+//! selects (or annotated `leakhunt.dev/capture: "true"`) takes snapshot A at the baseline
+//! threshold and B near the limit, recording both in the workload's LeakReport.
+//!
+//! Sampling never waits for the API server: report writes go through a queue to one writer task,
+//! captures run on blocking threads. The capture's memory is the agent's own (its cgroup), not
+//! the pod's.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::ListParams;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client, Resource, ResourceExt};
+use tokio::sync::mpsc;
+
+use super::operator::NOT_CAPTURED;
+use super::reports::{self, new_report, now};
+use super::selector;
+use super::workload::{self, ApiLookup};
+use crate::crd::{
+    Incident, LeakReport, LeakReportStatus, LeakWatch, LeakWatchSpec, MemorySample, Phase,
+    ProcessRef, SnapshotRecord,
+};
+use crate::hunt::cli::{parse_duration, parse_size};
+use crate::hunt::snapshot::{Analyzer, Snapshotter};
+use crate::metrics::Metrics;
+use crate::node::{kubelet, CgroupWatcher, Hierarchy, ProcessKey, Sample, ThresholdMachine, Thresholds};
+use crate::node::threshold::{Action, Observation};
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub node_name: String,
+    pub cgroup_root: PathBuf,
+    pub proc_root: PathBuf,
+    pub snapshot_dir: PathBuf,
+    pub interval: Duration,
+    /// Default size cap of one snapshot file.
+    pub max_snapshot_size: u64,
+    /// Defaults for pods opted in by annotation; a LeakWatch overrides them.
+    pub thresholds: Thresholds,
+    /// How often memory samples are written into an opted-in workload's report.
+    pub report_interval: Duration,
+    /// `/dev/kmsg` to name killed processes; `None`: named from the vanished PID.
+    pub kernel_log: Option<PathBuf>,
+}
+
+/// A hunt that started this long ago and never got its B no longer blocks other pods.
+const CLAIM_STALE: Duration = Duration::from_secs(1800);
+
+/// How the hunt of one container is configured, from its LeakWatch or the annotation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    pub thresholds: Thresholds,
+    pub max_snapshot_size: u64,
+    pub keep_snapshots: Option<Duration>,
+}
+
+/// What is wrong with a LeakWatch spec, if anything (also shown in its `Valid` condition).
+pub fn watch_problems(spec: &LeakWatchSpec) -> Option<String> {
+    let mut problems = Vec::new();
+    let t = &spec.thresholds;
+    if !(1..=99).contains(&t.baseline) || !(1..=99).contains(&t.near_limit) {
+        problems.push("thresholds must be percentages between 1 and 99".to_string());
+    }
+    if t.baseline >= t.near_limit {
+        problems.push(format!(
+            "thresholds.baseline ({}%) must be below thresholds.nearLimit ({}%)",
+            t.baseline, t.near_limit
+        ));
+    }
+    if let Err(e) = parse_duration(&spec.cooldown) {
+        problems.push(format!("cooldown: {e}"));
+    }
+    if let Err(e) = parse_size(&spec.max_snapshot_size) {
+        problems.push(format!("maxSnapshotSize: {e}"));
+    }
+    if let Some(ttl) = spec.retention.snapshot_ttl.as_deref() {
+        if let Err(e) = parse_duration(ttl) {
+            problems.push(format!("retention.snapshotTtl: {e}"));
+        }
+    }
+    (!problems.is_empty()).then(|| problems.join("; "))
+}
+
+/// The policy a valid LeakWatch sets; `None` for an invalid one (it selects nothing).
+pub fn policy_of(spec: &LeakWatchSpec) -> Option<Policy> {
+    if watch_problems(spec).is_some() {
+        return None;
+    }
+    let keep = spec.retention.keep_snapshots.then(|| {
+        spec.retention
+            .snapshot_ttl
+            .as_deref()
+            .and_then(|t| parse_duration(t).ok())
+            .unwrap_or(Duration::from_secs(86_400))
+    });
+    Some(Policy {
+        thresholds: Thresholds {
+            baseline: f64::from(spec.thresholds.baseline) / 100.0,
+            near_limit: f64::from(spec.thresholds.near_limit) / 100.0,
+            cooldown_secs: parse_duration(&spec.cooldown).ok()?.as_secs_f64(),
+        },
+        max_snapshot_size: parse_size(&spec.max_snapshot_size).ok()?,
+        keep_snapshots: keep,
+    })
+}
+
+/// A pod's capture policy: the first valid LeakWatch (by name) in its namespace that selects it
+/// and names its container (or none), else the annotation with the agent's defaults, else none.
+pub fn policy_for(pod: &Pod, container: &str, watches: &[Arc<LeakWatch>], cfg: &AgentConfig) -> Option<Policy> {
+    let ns = pod.namespace();
+    let mut candidates: Vec<&Arc<LeakWatch>> = watches
+        .iter()
+        .filter(|w| w.namespace() == ns)
+        .filter(|w| w.spec.container.as_deref().is_none_or(|c| c == container))
+        .filter(|w| selector::matches(&w.spec.selector, pod.labels()))
+        .collect();
+    candidates.sort_by_key(|w| w.name_any());
+    if let Some(p) = candidates.into_iter().find_map(|w| policy_of(&w.spec)) {
+        return Some(p);
+    }
+    workload::capture_annotated(pod).then(|| Policy {
+        thresholds: cfg.thresholds,
+        max_snapshot_size: cfg.max_snapshot_size,
+        keep_snapshots: None,
+    })
+}
+
+/// A change to a report, made by the writer task.
+#[derive(Debug, Clone)]
+pub enum Op {
+    Sample {
+        working_set: i64,
+        limit: Option<i64>,
+        growth_per_sec: Option<f64>,
+        seconds_to_oom: Option<f64>,
+    },
+    SnapshotA {
+        record: SnapshotRecord,
+        process: ProcessRef,
+        cooldown: Duration,
+    },
+    SnapshotB {
+        record: SnapshotRecord,
+    },
+    /// Snapshot A is void (its process is gone, or an OOM kill came between).
+    Reset {
+        message: String,
+    },
+    CaptureFailed {
+        role: char,
+        skipped: bool,
+        message: String,
+    },
+    WorkerKill {
+        key: String,
+        process: String,
+        message: String,
+    },
+}
+
+/// What applying an op did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    Unchanged,
+    Changed,
+    /// Snapshot A was refused: another pod of the workload is being hunted, or the workload's
+    /// last analysis is within the cooldown.
+    Refused,
+}
+
+/// Applies one op to a status: the agent's status building, pure and unit-tested.
+pub fn apply(op: &Op, s: &mut LeakReportStatus, pod: &str, container: &str, now: Timestamp) -> Applied {
+    let t = Time(now);
+    match op {
+        Op::Sample {
+            working_set,
+            limit,
+            growth_per_sec,
+            seconds_to_oom,
+        } => {
+            s.push_sample(MemorySample {
+                time: t,
+                working_set: *working_set,
+            });
+            if limit.is_some() {
+                s.memory.limit = *limit;
+            }
+            s.memory.growth_per_minute = growth_per_sec.map(|g| (g * 60.0) as i64);
+            s.memory.predicted_oom_time = seconds_to_oom
+                .filter(|secs| secs.is_finite() && *secs >= 0.0 && *secs < 1e9)
+                .map(|secs| Time(now + SignedDuration::from_secs_f64(secs)));
+            Applied::Changed
+        }
+        Op::SnapshotA {
+            record,
+            process,
+            cooldown,
+        } => {
+            let a_pod = s.snapshots.iter().find(|r| r.role == "A").map(|r| r.pod.clone());
+            let claimed_by_other = matches!(s.phase, Phase::Baseline | Phase::Analyzing)
+                && a_pod.as_deref().is_some_and(|p| p != pod)
+                && s.snapshots
+                    .iter()
+                    .find(|r| r.role == "A")
+                    .is_some_and(|r| now.duration_since(r.time.0).as_secs() < CLAIM_STALE.as_secs() as i64);
+            let in_cooldown = s.phase == Phase::Analysed
+                && s.snapshots.iter().find(|r| r.role == "B").is_some_and(|b| {
+                    b.pod != pod && now.duration_since(b.time.0).as_secs_f64() < cooldown.as_secs_f64()
+                });
+            if claimed_by_other || in_cooldown {
+                return Applied::Refused;
+            }
+            s.phase = Phase::Baseline;
+            s.snapshots = vec![record.clone()];
+            s.process = Some(process.clone());
+            s.analysis_job = None;
+            s.verdict = None;
+            s.summary = None;
+            s.growth = None;
+            s.suspects.clear();
+            s.types.clear();
+            s.notes.retain(|n| !n.starts_with(NOT_CAPTURED));
+            s.set_condition(
+                "Captured",
+                false,
+                "Baseline",
+                &format!("snapshot A of {} taken; waiting for the near-limit threshold", process.name),
+                t.clone(),
+            );
+            s.push_incident(Incident {
+                time: t,
+                reason: "SnapshotTaken".into(),
+                message: format!(
+                    "snapshot A of {} (pid {}) in {pod}/{container}: {}",
+                    process.name,
+                    process.pid,
+                    crate::crd::human_bytes(record.size.max(0) as u64)
+                ),
+            });
+            Applied::Changed
+        }
+        Op::SnapshotB { record } => {
+            let ours = s.phase == Phase::Baseline
+                && s.snapshots.iter().any(|r| r.role == "A" && r.pod == record.pod && r.pid == record.pid);
+            if !ours {
+                return Applied::Refused;
+            }
+            s.snapshots.retain(|r| r.role == "A");
+            s.snapshots.push(record.clone());
+            s.phase = Phase::Analyzing;
+            s.set_condition("Captured", true, "PairTaken", "snapshots A and B taken", t.clone());
+            s.push_incident(Incident {
+                time: t,
+                reason: "SnapshotTaken".into(),
+                message: format!(
+                    "snapshot B of pid {} in {pod}/{container} near the limit: {}",
+                    record.pid,
+                    crate::crd::human_bytes(record.size.max(0) as u64)
+                ),
+            });
+            Applied::Changed
+        }
+        Op::Reset { message } => {
+            if s.phase != Phase::Baseline || !s.snapshots.iter().any(|r| r.pod == pod) {
+                return Applied::Unchanged;
+            }
+            s.phase = Phase::Watching;
+            s.snapshots.clear();
+            s.set_condition("Captured", false, "BaselineVoid", message, t.clone());
+            s.push_incident(Incident {
+                time: t,
+                reason: "CaptureSkipped".into(),
+                message: message.clone(),
+            });
+            Applied::Changed
+        }
+        Op::CaptureFailed {
+            role,
+            skipped,
+            message,
+        } => {
+            let reason = if *skipped { "CaptureSkipped" } else { "CaptureFailed" };
+            if *role == 'B' && s.phase == Phase::Baseline {
+                s.phase = Phase::Failed;
+            }
+            s.set_condition("Captured", false, reason, message, t.clone());
+            s.push_incident(Incident {
+                time: t,
+                reason: reason.into(),
+                message: format!("snapshot {role} of {pod}/{container}: {message}"),
+            });
+            Applied::Changed
+        }
+        Op::WorkerKill {
+            key,
+            process,
+            message,
+        } => {
+            let record = crate::crd::OomKillRecord {
+                pod: pod.into(),
+                container: container.into(),
+                process: process.clone(),
+                time: t,
+            };
+            if s.count_kill(key, record, message.clone()) {
+                Applied::Changed
+            } else {
+                Applied::Unchanged
+            }
+        }
+    }
+}
+
+/// One queued write.
+struct Write {
+    pod: Arc<Pod>,
+    container: String,
+    container_id: String,
+    op: Op,
+}
+
+/// Answers from the writer to the sampling loop.
+enum Feedback {
+    /// Snapshot A was refused: give up this hunt and delete the file.
+    Refused { container_id: String, path: PathBuf },
+    /// The report for this container exists (samples may be written).
+    ReportReady { container_id: String },
+}
+
+struct Capture {
+    role: char,
+    target: ProcessKey,
+    result: Result<(SnapshotRecord, Duration), (bool, String)>,
+}
+
+/// State of one container's cgroup.
+struct Tracked {
+    pod: Arc<Pod>,
+    container: String,
+    watcher: CgroupWatcher,
+    machine: ThresholdMachine,
+    policy: Option<Policy>,
+    report_ready: bool,
+    last_write: Option<Instant>,
+    capturing: Option<tokio::task::JoinHandle<Capture>>,
+    snapshot_a: Option<PathBuf>,
+    counted_workers: HashSet<String>,
+    /// Time of the last sample, on the watcher's clock.
+    last_t: f64,
+}
+
+pub struct Agent {
+    client: Client,
+    cfg: AgentConfig,
+    metrics: Metrics,
+    recorder: Recorder,
+}
+
+impl Agent {
+    pub fn new(client: Client, cfg: AgentConfig, metrics: Metrics) -> Agent {
+        let reporter = Reporter {
+            controller: "leakhunt-agent".into(),
+            instance: Some(cfg.node_name.clone()),
+        };
+        Agent {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            cfg,
+            metrics,
+        }
+    }
+
+    /// Runs until `shutdown`; `ready` is called once the first full sampling pass is done.
+    pub async fn run(
+        self,
+        ready: impl Fn() + Send + 'static,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let hierarchy = Hierarchy::detect(&self.cfg.cgroup_root)?;
+        tracing::info!(node = %self.cfg.node_name, hierarchy = %hierarchy.path.display(), version = %hierarchy.version, "agent starting");
+        crate::hunt::prepare_snapshot_dir(&self.cfg.snapshot_dir)
+            .map_err(|e| anyhow::anyhow!("snapshot directory {}: {e}", self.cfg.snapshot_dir.display()))?;
+
+        let pods_api: Api<Pod> = Api::all(self.client.clone());
+        let (pods, pod_writer) = reflector::store();
+        let pod_stream = reflector::reflector(
+            pod_writer,
+            watcher(
+                pods_api,
+                watcher::Config::default().fields(&format!("spec.nodeName={}", self.cfg.node_name)),
+            )
+            .default_backoff(),
+        )
+        .for_each(|_| futures::future::ready(()));
+        let watch_api: Api<LeakWatch> = Api::all(self.client.clone());
+        let (watches, watch_writer) = reflector::store();
+        let watch_stream = reflector::reflector(watch_writer, watcher(watch_api, watcher::Config::default()).default_backoff())
+            .for_each(|_| futures::future::ready(()));
+        tokio::spawn(pod_stream);
+        tokio::spawn(watch_stream);
+        pods.wait_until_ready().await.map_err(|e| anyhow::anyhow!("pod cache: {e}"))?;
+        watches.wait_until_ready().await.map_err(|e| anyhow::anyhow!("LeakWatch cache: {e}"))?;
+
+        let (write_tx, write_rx) = mpsc::channel::<Write>(1024);
+        let (feedback_tx, mut feedback_rx) = mpsc::channel::<Feedback>(256);
+        let writer = tokio::spawn(writer(
+            self.client.clone(),
+            self.recorder.clone(),
+            write_rx,
+            feedback_tx,
+            self.cfg.node_name.clone(),
+        ));
+        let cleaner = tokio::spawn(clean_snapshots(self.client.clone(), self.cfg.clone()));
+
+        let mut tracked: HashMap<String, Tracked> = HashMap::new();
+        let mut tick = tokio::time::interval(self.cfg.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut first = true;
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = tick.tick() => {}
+            }
+            while let Ok(fb) = feedback_rx.try_recv() {
+                match fb {
+                    Feedback::Refused { container_id, path } => {
+                        let _ = std::fs::remove_file(&path);
+                        if let Some(t) = tracked.get_mut(&container_id) {
+                            t.machine.give_up(t.last_t);
+                            t.snapshot_a = None;
+                        }
+                    }
+                    Feedback::ReportReady { container_id } => {
+                        if let Some(t) = tracked.get_mut(&container_id) {
+                            t.report_ready = true;
+                        }
+                    }
+                }
+            }
+            self.pass(&hierarchy, &pods, &watches, &mut tracked, &write_tx).await;
+            if first {
+                ready();
+                first = false;
+            }
+        }
+        drop(write_tx);
+        cleaner.abort();
+        let _ = writer.await;
+        Ok(())
+    }
+
+    /// One sampling pass over every container cgroup on the node.
+    async fn pass(
+        &self,
+        hierarchy: &Hierarchy,
+        pods: &Store<Pod>,
+        watches: &Store<LeakWatch>,
+        tracked: &mut HashMap<String, Tracked>,
+        writes: &mpsc::Sender<Write>,
+    ) {
+        let by_container = containers_on_node(&pods.state());
+        let watch_list = watches.state();
+        let cgroups = kubelet::discover(hierarchy);
+        let present: HashSet<String> = cgroups
+            .iter()
+            .filter_map(|(p, _)| p.container_id.clone())
+            .collect();
+        tracked.retain(|id, t| {
+            let keep = present.contains(id);
+            if !keep {
+                if let Some(path) = t.snapshot_a.take() {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+            keep
+        });
+        for (pod_cgroup, cgroup) in cgroups {
+            let Some(id) = pod_cgroup.container_id.clone() else { continue };
+            let Some((pod, container)) = by_container.get(&id) else { continue };
+            let t = tracked.entry(id.clone()).or_insert_with(|| Tracked {
+                pod: pod.clone(),
+                container: container.clone(),
+                watcher: CgroupWatcher::new(cgroup, &self.cfg.proc_root, self.cfg.kernel_log.as_deref(), 30.0),
+                machine: ThresholdMachine::new(self.cfg.thresholds),
+                policy: None,
+                report_ready: false,
+                last_write: None,
+                capturing: None,
+                snapshot_a: None,
+                counted_workers: HashSet::new(),
+                last_t: 0.0,
+            });
+            t.pod = pod.clone();
+            let policy = policy_for(pod, container, &watch_list, &self.cfg);
+            if policy != t.policy {
+                if let Some(p) = &policy {
+                    t.machine.thresholds = p.thresholds;
+                }
+                t.policy = policy;
+            }
+            let sample = match t.watcher.sample() {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(error = %e, container = %id, "sample");
+                    continue;
+                }
+            };
+            t.last_t = sample.t;
+            self.on_sample(&id, t, &sample, writes).await;
+        }
+        self.metrics.set_watched_pods(tracked.len() as i64);
+    }
+
+    async fn on_sample(&self, id: &str, t: &mut Tracked, sample: &Sample, writes: &mpsc::Sender<Write>) {
+        let queue = |op: Op| Write {
+            pod: t.pod.clone(),
+            container: t.container.clone(),
+            container_id: id.to_string(),
+            op,
+        };
+        // Kills of processes in a container that lives on (workers): the container's own death
+        // is the kubelet's to report, and the operator counts it from the pod status.
+        if !sample.kills.is_empty() && !sample.processes.is_empty() {
+            for kill in &sample.kills {
+                let key = format!(
+                    "{}/{}/{id}/pid-{}",
+                    t.pod.uid().unwrap_or_default(),
+                    t.container,
+                    kill.pid.unwrap_or(0)
+                );
+                if !t.counted_workers.insert(key.clone()) {
+                    continue;
+                }
+                let process = kill.process_label();
+                let message = format!(
+                    "worker process {process} in container {} of pod {} was OOM-killed; the container lives on",
+                    t.container,
+                    t.pod.name_any()
+                );
+                let _ = writes.try_send(queue(Op::WorkerKill { key, process, message }));
+            }
+        }
+        let Some(policy) = t.policy.clone() else {
+            return;
+        };
+        if !t.report_ready && t.last_write.is_none() {
+            // First contact: the writer creates the report; samples follow once it exists.
+            t.last_write = Some(Instant::now());
+            let _ = writes.try_send(queue(sample_op(sample)));
+        } else if t.report_ready
+            && t.last_write.is_none_or(|w| w.elapsed() >= self.cfg.report_interval)
+        {
+            t.last_write = Some(Instant::now());
+            let _ = writes.try_send(queue(sample_op(sample)));
+        }
+
+        // A capture in flight: collect it when done; no new decision meanwhile.
+        if let Some(handle) = t.capturing.as_ref() {
+            if !handle.is_finished() {
+                return;
+            }
+            let Some(handle) = t.capturing.take() else { return };
+            let Ok(done) = handle.await else { return };
+            self.captured(id, t, done, &policy, writes, sample).await;
+            return;
+        }
+        let alive = sample.alive();
+        let obs = Observation {
+            now: sample.t,
+            working_set: sample.memory.working_set(),
+            limit: sample.memory.limit,
+            oom_killed: !sample.kills.is_empty(),
+            alive: &alive,
+            grower: sample.grower,
+        };
+        match t.machine.observe(&obs) {
+            Some(Action::SnapshotA { target }) => self.start_capture(id, t, 'A', target, &policy),
+            Some(Action::SnapshotB { target }) => self.start_capture(id, t, 'B', target, &policy),
+            Some(Action::Reset { target, reason }) => {
+                if let Some(path) = t.snapshot_a.take() {
+                    let _ = std::fs::remove_file(path);
+                }
+                let message = format!(
+                    "snapshot A of pid {} is void ({}); hunting starts over",
+                    target.pid,
+                    match reason {
+                        crate::node::threshold::ResetReason::TargetGone => "the process exited or was OOM-killed",
+                        crate::node::threshold::ResetReason::OomKill => "an OOM kill happened in the container",
+                    }
+                );
+                let _ = writes.try_send(queue(Op::Reset { message }));
+            }
+            None => {}
+        }
+    }
+
+    fn start_capture(&self, id: &str, t: &mut Tracked, role: char, target: ProcessKey, policy: &Policy) {
+        let ns = t.pod.namespace().unwrap_or_default();
+        let dir = self.cfg.snapshot_dir.join(&ns).join(t.pod.name_any());
+        let stamp = Timestamp::now().as_millisecond();
+        let path = dir.join(format!("{}-{role}-{stamp}.core.zst", t.container));
+        let node = self.cfg.node_name.clone();
+        let pod = t.pod.name_any();
+        let container = t.container.clone();
+        let max = policy.max_snapshot_size;
+        let keep = policy.keep_snapshots;
+        tracing::info!(container = %id, pod = %pod, role = %role, pid = target.pid, "capturing");
+        t.capturing = Some(tokio::task::spawn_blocking(move || {
+            let result = capture_one(&dir, &path, target.pid, max).map(|(size, sha, took)| {
+                (
+                    SnapshotRecord {
+                        role: role.to_string(),
+                        node,
+                        time: Time(Timestamp::now()),
+                        size,
+                        sha256: sha,
+                        path: Some(path.display().to_string()),
+                        pid: i64::from(target.pid),
+                        pod,
+                        container,
+                        retain_until: keep.map(|k| Time(Timestamp::now() + SignedDuration::try_from(k).unwrap_or_default())),
+                    },
+                    took,
+                )
+            });
+            Capture { role, target, result }
+        }));
+    }
+
+    async fn captured(
+        &self,
+        id: &str,
+        t: &mut Tracked,
+        done: Capture,
+        policy: &Policy,
+        writes: &mpsc::Sender<Write>,
+        sample: &Sample,
+    ) {
+        let queue = |op: Op| Write {
+            pod: t.pod.clone(),
+            container: t.container.clone(),
+            container_id: id.to_string(),
+            op,
+        };
+        let role = done.role;
+        match done.result {
+            Ok((record, took)) => {
+                self.metrics.capture(&role.to_string(), took, "ok");
+                let op = if role == 'A' {
+                    t.snapshot_a = record.path.clone().map(PathBuf::from);
+                    let name = sample
+                        .process(done.target)
+                        .map(|p| p.comm.clone())
+                        .unwrap_or_else(|| "?".into());
+                    Op::SnapshotA {
+                        process: ProcessRef {
+                            pid: i64::from(done.target.pid),
+                            name,
+                            command: crate::node::procs::cmdline(&self.cfg.proc_root, done.target.pid),
+                        },
+                        record,
+                        cooldown: Duration::from_secs_f64(policy.thresholds.cooldown_secs),
+                    }
+                } else {
+                    t.snapshot_a = None;
+                    Op::SnapshotB { record }
+                };
+                let _ = writes.send(queue(op)).await;
+            }
+            Err((skipped, message)) => {
+                self.metrics.capture(&role.to_string(), Duration::ZERO, if skipped { "skipped" } else { "failed" });
+                tracing::warn!(container = %id, role = %role, %message, "capture failed");
+                t.machine.give_up(sample.t);
+                if let Some(path) = t.snapshot_a.take() {
+                    let _ = std::fs::remove_file(path);
+                }
+                let reason = if skipped { "CaptureSkipped" } else { "CaptureFailed" };
+                let ev = Event {
+                    type_: EventType::Warning,
+                    reason: reason.into(),
+                    note: Some(format!("snapshot {role} of container {}: {message}", t.container)),
+                    action: "Capture".into(),
+                    secondary: None,
+                };
+                if let Err(e) = self.recorder.publish(&ev, &t.pod.object_ref(&())).await {
+                    tracing::warn!(error = %e, "event not recorded");
+                }
+                let _ = writes
+                    .send(queue(Op::CaptureFailed {
+                        role,
+                        skipped,
+                        message,
+                    }))
+                    .await;
+            }
+        }
+    }
+}
+
+/// Captures `pid` into `path` (0600, zstd, in a 0700 directory). `Err((skipped, message))`:
+/// skipped when over the size cap or the free disk.
+fn capture_one(dir: &Path, path: &Path, pid: i32, max: u64) -> Result<(i64, String, Duration), (bool, String)> {
+    let analyzer = Analyzer;
+    let estimate = analyzer.estimate_size(pid).map_err(|e| (false, e.to_string()))?;
+    if estimate > max {
+        return Err((
+            true,
+            format!(
+                "the process maps {} that a snapshot would hold, over the {} cap",
+                crate::crd::human_bytes(estimate),
+                crate::crd::human_bytes(max)
+            ),
+        ));
+    }
+    crate::hunt::prepare_snapshot_dir(dir).map_err(|e| (false, format!("snapshot directory {}: {e}", dir.display())))?;
+    if let Some(free) = crate::hunt::free_bytes(dir) {
+        // zstd usually shrinks a heap several times; without room for the raw size, skip rather
+        // than fill the node's disk.
+        if free < estimate {
+            return Err((
+                true,
+                format!(
+                    "{} free on the snapshot volume, {} needed at worst",
+                    crate::crd::human_bytes(free),
+                    crate::crd::human_bytes(estimate)
+                ),
+            ));
+        }
+    }
+    let captured = analyzer.capture(pid, path, max).map_err(|e| (false, e.to_string()))?;
+    let sha = crate::hunt::report::sha256_file(&captured.path).map_err(|e| (false, format!("hashing {}: {e}", path.display())))?;
+    Ok((i64::try_from(captured.file_bytes).unwrap_or(i64::MAX), sha, captured.total))
+}
+
+fn sample_op(sample: &Sample) -> Op {
+    Op::Sample {
+        working_set: i64::try_from(sample.memory.working_set()).unwrap_or(i64::MAX),
+        limit: sample.memory.limit.and_then(|l| i64::try_from(l).ok()),
+        growth_per_sec: sample.growth_per_sec,
+        seconds_to_oom: sample.seconds_to_oom,
+    }
+}
+
+/// Container ID (without the runtime prefix) → (pod, container name), for running containers.
+fn containers_on_node(pods: &[Arc<Pod>]) -> HashMap<String, (Arc<Pod>, String)> {
+    let mut map = HashMap::new();
+    for pod in pods {
+        let statuses = pod.status.as_ref().and_then(|s| s.container_statuses.as_ref());
+        for cs in statuses.into_iter().flatten() {
+            let Some(id) = cs.container_id.as_deref() else { continue };
+            let id = id.split_once("://").map(|(_, i)| i).unwrap_or(id);
+            if !id.is_empty() {
+                map.insert(id.to_string(), (pod.clone(), cs.name.clone()));
+            }
+        }
+    }
+    map
+}
+
+/// The writer task: resolves the workload, makes sure its report exists, applies ops in order.
+async fn writer(
+    client: Client,
+    recorder: Recorder,
+    mut rx: mpsc::Receiver<Write>,
+    feedback: mpsc::Sender<Feedback>,
+    node: String,
+) {
+    let lookup = ApiLookup::new(client.clone());
+    let mut ensured: HashSet<String> = HashSet::new();
+    while let Some(w) = rx.recv().await {
+        let namespace = w.pod.namespace().unwrap_or_default();
+        let wl = workload::resolve(&lookup, &w.pod).await;
+        let name = workload::report_name(&wl);
+        let key = format!("{namespace}/{name}");
+        if !ensured.contains(&key) {
+            match reports::ensure(&client, new_report(&namespace, &wl, Some(&w.container))).await {
+                Ok(_) => {
+                    if ensured.len() > 10_000 {
+                        ensured.clear();
+                    }
+                    ensured.insert(key.clone());
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, report = %key, "report not created; op dropped");
+                    continue;
+                }
+            }
+        }
+        let _ = feedback.try_send(Feedback::ReportReady {
+            container_id: w.container_id.clone(),
+        });
+        let api: Api<LeakReport> = Api::namespaced(client.clone(), &namespace);
+        let pod_name = w.pod.name_any();
+        let mut outcome = Applied::Unchanged;
+        let result = reports::update_status(&api, &name, |s| {
+            outcome = apply(&w.op, s, &pod_name, &w.container, Timestamp::now());
+            outcome == Applied::Changed
+        })
+        .await;
+        match result {
+            Err(e) => {
+                tracing::warn!(error = %e, report = %key, "status write failed");
+                ensured.remove(&key);
+            }
+            Ok(Some(report)) => {
+                if let Op::SnapshotB { .. } = &w.op {
+                    tracing::info!(report = %key, node = %node, "snapshot pair recorded; analysis requested");
+                }
+                if let Op::WorkerKill { message, .. } = &w.op {
+                    let ev = Event {
+                        type_: EventType::Warning,
+                        reason: "OOMKilled".into(),
+                        note: Some(message.clone()),
+                        action: "Watch".into(),
+                        secondary: None,
+                    };
+                    let _ = recorder.publish(&ev, &w.pod.object_ref(&())).await;
+                    let _ = recorder.publish(&ev, &report.object_ref(&())).await;
+                }
+            }
+            Ok(None) => {}
+        }
+        if outcome == Applied::Refused {
+            if let Op::SnapshotA { record, .. } = &w.op {
+                tracing::info!(report = %key, pod = %pod_name, "snapshot A refused: the workload is hunted elsewhere or cooling down");
+                let _ = feedback
+                    .send(Feedback::Refused {
+                        container_id: w.container_id.clone(),
+                        path: record.path.clone().map(PathBuf::from).unwrap_or_default(),
+                    })
+                    .await;
+            }
+        }
+    }
+}
+
+/// Deletes snapshot files no report still needs: every file under the snapshot directory that
+/// no report on this node references while its pair is pending (Baseline, Analyzing) or retained.
+/// Records of deleted files lose their path. Young unreferenced files are left a grace period:
+/// their record may be on its way.
+async fn clean_snapshots(client: Client, cfg: AgentConfig) {
+    let mut tick = tokio::time::interval(Duration::from_secs(15));
+    loop {
+        tick.tick().await;
+        let api: Api<LeakReport> = Api::all(client.clone());
+        let Ok(list) = api.list(&ListParams::default()).await else { continue };
+        let now_ts = Timestamp::now();
+        let mut needed: HashSet<String> = HashSet::new();
+        let mut stale: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+        for r in &list.items {
+            let Some(s) = r.status.as_ref() else { continue };
+            for rec in s.snapshots.iter().filter(|x| x.node == cfg.node_name) {
+                let Some(path) = rec.path.clone() else { continue };
+                let pending = matches!(s.phase, Phase::Baseline | Phase::Analyzing);
+                let retained = rec.retain_until.as_ref().is_some_and(|u| u.0 > now_ts);
+                if pending || retained {
+                    needed.insert(path);
+                } else {
+                    stale
+                        .entry((r.namespace().unwrap_or_default(), r.name_any()))
+                        .or_default()
+                        .push(path);
+                }
+            }
+        }
+        for file in snapshot_files(&cfg.snapshot_dir) {
+            let key = file.display().to_string();
+            if needed.contains(&key) {
+                continue;
+            }
+            let referenced = stale.values().any(|v| v.contains(&key));
+            let young = std::fs::metadata(&file)
+                .and_then(|m| m.modified())
+                .map(|m| m.elapsed().unwrap_or_default() < Duration::from_secs(120))
+                .unwrap_or(false);
+            if referenced || !young {
+                match std::fs::remove_file(&file) {
+                    Ok(()) => tracing::info!(file = %key, "snapshot deleted"),
+                    Err(e) => tracing::warn!(error = %e, file = %key, "snapshot not deleted"),
+                }
+            }
+        }
+        for ((ns, name), paths) in stale {
+            let api: Api<LeakReport> = Api::namespaced(client.clone(), &ns);
+            let _ = reports::update_status(&api, &name, |s| {
+                let mut changed = false;
+                for rec in s.snapshots.iter_mut() {
+                    if rec.path.as_ref().is_some_and(|p| paths.contains(p)) && !Path::new(rec.path.as_deref().unwrap_or_default()).exists() {
+                        rec.path = None;
+                        changed = true;
+                    }
+                }
+                changed
+            })
+            .await;
+        }
+    }
+}
+
+/// Snapshot files two levels down (`<namespace>/<pod>/<file>.core.zst`).
+fn snapshot_files(root: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let dirs = |p: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(p)
+            .map(|r| r.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    };
+    for ns in dirs(root).into_iter().filter(|p| p.is_dir()) {
+        for pod in dirs(&ns).into_iter().filter(|p| p.is_dir()) {
+            files.extend(dirs(&pod).into_iter().filter(|f| {
+                f.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.ends_with(".core.zst") || n.ends_with(".core"))
+            }));
+            // Empty pod directories go with their last file.
+            let _ = std::fs::remove_dir(&pod);
+        }
+    }
+    files
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{Retention, WatchThresholds};
+
+    fn record(role: &str, pod: &str, pid: i64, secs: i64) -> SnapshotRecord {
+        SnapshotRecord {
+            role: role.into(),
+            node: "n1".into(),
+            time: Time(Timestamp::from_second(secs).unwrap()),
+            size: 1 << 20,
+            sha256: format!("{role}{pod}"),
+            path: Some(format!("/s/{pod}-{role}")),
+            pid,
+            pod: pod.into(),
+            container: "app".into(),
+            retain_until: None,
+        }
+    }
+
+    fn a_op(pod: &str, secs: i64) -> Op {
+        Op::SnapshotA {
+            record: record("A", pod, 7, secs),
+            process: ProcessRef {
+                pid: 7,
+                name: "python3".into(),
+                command: None,
+            },
+            cooldown: Duration::from_secs(600),
+        }
+    }
+
+    fn at(secs: i64) -> Timestamp {
+        Timestamp::from_second(secs).unwrap()
+    }
+
+    #[test]
+    fn pair_flow_and_claims() {
+        let mut s = LeakReportStatus::default();
+        s.notes.push(format!("{NOT_CAPTURED}: x"));
+        assert_eq!(apply(&a_op("web-1", 100), &mut s, "web-1", "app", at(100)), Applied::Changed);
+        assert_eq!(s.phase, Phase::Baseline);
+        assert!(s.notes.is_empty(), "the not-captured note goes");
+        // Another replica may not start while web-1 is hunted...
+        assert_eq!(apply(&a_op("web-2", 110), &mut s, "web-2", "app", at(110)), Applied::Refused);
+        // ...B of another process is refused, B of ours completes the pair.
+        let other_b = Op::SnapshotB { record: record("B", "web-1", 8, 120) };
+        assert_eq!(apply(&other_b, &mut s, "web-1", "app", at(120)), Applied::Refused);
+        let b = Op::SnapshotB { record: record("B", "web-1", 7, 130) };
+        assert_eq!(apply(&b, &mut s, "web-1", "app", at(130)), Applied::Changed);
+        assert_eq!(s.phase, Phase::Analyzing);
+        assert_eq!(s.snapshots.len(), 2);
+        assert_eq!(s.incidents.iter().filter(|i| i.reason == "SnapshotTaken").count(), 2);
+        // Analysed: another pod within the cooldown is refused; after it, allowed.
+        s.phase = Phase::Analysed;
+        assert_eq!(apply(&a_op("web-2", 200), &mut s, "web-2", "app", at(200)), Applied::Refused);
+        assert_eq!(apply(&a_op("web-2", 800), &mut s, "web-2", "app", at(800)), Applied::Changed);
+        assert_eq!(s.snapshots.len(), 1, "a new hunt replaces the old pair");
+        // A stale claim (no B for 30 min) no longer blocks.
+        assert_eq!(apply(&a_op("web-3", 3000), &mut s, "web-3", "app", at(3000)), Applied::Changed);
+    }
+
+    #[test]
+    fn reset_failure_and_worker_kills() {
+        let mut s = LeakReportStatus::default();
+        apply(&a_op("web-1", 100), &mut s, "web-1", "app", at(100));
+        let reset = Op::Reset { message: "void".into() };
+        assert_eq!(apply(&reset, &mut s, "web-2", "app", at(101)), Applied::Unchanged, "not web-2's hunt");
+        assert_eq!(apply(&reset, &mut s, "web-1", "app", at(101)), Applied::Changed);
+        assert_eq!(s.phase, Phase::Watching);
+        assert!(s.snapshots.is_empty());
+        apply(&a_op("web-1", 200), &mut s, "web-1", "app", at(200));
+        let fail = Op::CaptureFailed { role: 'B', skipped: true, message: "over the cap".into() };
+        apply(&fail, &mut s, "web-1", "app", at(210));
+        assert_eq!(s.phase, Phase::Failed);
+        assert_eq!(s.incidents.last().unwrap().reason, "CaptureSkipped");
+        let kill = Op::WorkerKill { key: "u/app/c/pid-9".into(), process: "python3 (pid 9)".into(), message: "m".into() };
+        assert_eq!(apply(&kill, &mut s, "web-1", "app", at(220)), Applied::Changed);
+        assert_eq!(apply(&kill, &mut s, "web-1", "app", at(221)), Applied::Unchanged, "counted once");
+        assert_eq!(s.oom_kills, 1);
+        assert_eq!(s.last_oom_kill.as_ref().unwrap().process, "python3 (pid 9)");
+    }
+
+    #[test]
+    fn samples_predict_the_kill() {
+        let mut s = LeakReportStatus::default();
+        let op = Op::Sample { working_set: 100, limit: Some(1000), growth_per_sec: Some(10.0), seconds_to_oom: Some(90.0) };
+        apply(&op, &mut s, "p", "c", at(1000));
+        assert_eq!(s.memory.growth_per_minute, Some(600));
+        assert_eq!(s.memory.predicted_oom_time.as_ref().unwrap().0, at(1090));
+        let flat = Op::Sample { working_set: 100, limit: Some(1000), growth_per_sec: None, seconds_to_oom: Some(f64::INFINITY) };
+        apply(&flat, &mut s, "p", "c", at(1001));
+        assert!(s.memory.predicted_oom_time.is_none());
+    }
+
+    #[test]
+    fn watch_validation_and_policy() {
+        let mut spec = LeakWatchSpec {
+            selector: Default::default(),
+            container: None,
+            thresholds: WatchThresholds::default(),
+            cooldown: "10m".into(),
+            max_snapshot_size: "512Mi".into(),
+            retention: Retention::default(),
+            alerts: None,
+        };
+        let p = policy_of(&spec).unwrap();
+        assert_eq!(p.thresholds.baseline, 0.5);
+        assert_eq!(p.max_snapshot_size, 512 << 20);
+        assert_eq!(p.keep_snapshots, None);
+        spec.thresholds.baseline = 90;
+        assert!(watch_problems(&spec).unwrap().contains("must be below"));
+        assert!(policy_of(&spec).is_none());
+        spec.thresholds.baseline = 50;
+        spec.cooldown = "soon".into();
+        assert!(watch_problems(&spec).unwrap().contains("cooldown"));
+    }
+}

@@ -1,0 +1,327 @@
+//! The analyzer Job: `leakhunt analyze-job` on the node that holds the snapshot pair, with the
+//! snapshot directory mounted read-only and its own ServiceAccount (which may change only
+//! LeakReport status).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, EmptyDirVolumeSource, EnvVar, HostPathVolumeSource, PodSpec,
+    PodTemplateSpec, ResourceRequirements, SecurityContext, Toleration, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::ResourceExt;
+
+use crate::crd::{LeakReport, SnapshotRecord};
+
+/// Annotation on a Job naming its report (`namespace/name`): Jobs live in the operator's
+/// namespace, reports in the workload's, and owner references cannot cross namespaces.
+pub const REPORT_ANNOTATION: &str = "leakhunt.dev/report";
+/// Label selecting leakhunt's analyzer Jobs.
+pub const JOB_SELECTOR: &str = "app.kubernetes.io/managed-by=leakhunt,app.kubernetes.io/component=analyzer";
+
+/// How analyzer Jobs are made (from the operator's flags).
+#[derive(Debug, Clone)]
+pub struct JobTemplate {
+    pub namespace: String,
+    pub image: String,
+    pub image_pull_policy: String,
+    pub service_account: String,
+    pub snapshot_dir: String,
+    pub timeout: Duration,
+    pub ttl: Duration,
+    pub memory_request: String,
+    pub memory_limit: String,
+    pub cpu_request: String,
+    pub cpu_limit: String,
+    pub log: String,
+}
+
+/// One Job per snapshot pair: named after B's digest, so creating it twice is harmless.
+pub fn job_name(b: &SnapshotRecord) -> String {
+    let digest: String = b.sha256.chars().filter(|c| c.is_ascii_hexdigit()).take(16).collect();
+    format!("leakhunt-analyze-{}", digest.to_ascii_lowercase())
+}
+
+/// The pair A, B from a report's snapshots, when both are there and on one node.
+pub fn pair(snapshots: &[SnapshotRecord]) -> Option<(&SnapshotRecord, &SnapshotRecord)> {
+    let a = snapshots.iter().find(|s| s.role == "A")?;
+    let b = snapshots.iter().find(|s| s.role == "B")?;
+    (a.node == b.node && a.path.is_some() && b.path.is_some() && !b.sha256.is_empty())
+        .then_some((a, b))
+}
+
+pub fn analyzer_job(t: &JobTemplate, report: &LeakReport, a: &SnapshotRecord, b: &SnapshotRecord) -> Job {
+    let report_ref = format!("{}/{}", report.namespace().unwrap_or_default(), report.name_any());
+    let labels: BTreeMap<String, String> = [
+        ("app.kubernetes.io/name", "leakhunt"),
+        ("app.kubernetes.io/managed-by", "leakhunt"),
+        ("app.kubernetes.io/component", "analyzer"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let quantities = |cpu: &str, memory: &str| {
+        let mut m = BTreeMap::new();
+        m.insert("cpu".to_string(), Quantity(cpu.to_string()));
+        m.insert("memory".to_string(), Quantity(memory.to_string()));
+        Some(m)
+    };
+    let args = vec![
+        "analyze-job".to_string(),
+        "--report".into(),
+        report_ref.clone(),
+        "--before".into(),
+        a.path.clone().unwrap_or_default(),
+        "--after".into(),
+        b.path.clone().unwrap_or_default(),
+        "--sha256-before".into(),
+        a.sha256.clone(),
+        "--sha256-after".into(),
+        b.sha256.clone(),
+    ];
+    let container = Container {
+        name: "analyzer".into(),
+        image: Some(t.image.clone()),
+        image_pull_policy: Some(t.image_pull_policy.clone()),
+        args: Some(args),
+        env: Some(vec![
+            EnvVar {
+                name: "LEAKHUNT_LOG".into(),
+                value: Some(t.log.clone()),
+                ..Default::default()
+            },
+            // Compressed snapshots are read back through a temporary file.
+            EnvVar {
+                name: "TMPDIR".into(),
+                value: Some("/tmp".into()),
+                ..Default::default()
+            },
+        ]),
+        resources: Some(ResourceRequirements {
+            requests: quantities(&t.cpu_request, &t.memory_request),
+            limits: quantities(&t.cpu_limit, &t.memory_limit),
+            ..Default::default()
+        }),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "snapshots".into(),
+                mount_path: t.snapshot_dir.clone(),
+                read_only: Some(true),
+                ..Default::default()
+            },
+            VolumeMount {
+                name: "tmp".into(),
+                mount_path: "/tmp".into(),
+                ..Default::default()
+            },
+        ]),
+        // Root only to read the agent's 0600 root-owned files; no capability at all.
+        security_context: Some(SecurityContext {
+            run_as_user: Some(0),
+            run_as_non_root: Some(false),
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: None,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut annotations = BTreeMap::new();
+    annotations.insert(REPORT_ANNOTATION.to_string(), report_ref);
+    Job {
+        metadata: ObjectMeta {
+            name: Some(job_name(b)),
+            namespace: Some(t.namespace.clone()),
+            labels: Some(labels.clone()),
+            annotations: Some(annotations),
+            ..Default::default()
+        },
+        spec: Some(JobSpec {
+            // A failed analysis of the same bytes fails again; the report says why instead.
+            backoff_limit: Some(0),
+            active_deadline_seconds: Some(t.timeout.as_secs().max(1) as i64),
+            ttl_seconds_after_finished: Some(t.ttl.as_secs().min(i32::MAX as u64) as i32),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    restart_policy: Some("Never".into()),
+                    service_account_name: Some(t.service_account.clone()),
+                    // The snapshots exist only on this node.
+                    node_name: Some(b.node.clone()),
+                    tolerations: Some(vec![Toleration {
+                        operator: Some("Exists".into()),
+                        ..Default::default()
+                    }]),
+                    containers: vec![container],
+                    volumes: Some(vec![
+                        Volume {
+                            name: "snapshots".into(),
+                            host_path: Some(HostPathVolumeSource {
+                                path: t.snapshot_dir.clone(),
+                                type_: Some("Directory".into()),
+                            }),
+                            ..Default::default()
+                        },
+                        Volume {
+                            name: "tmp".into(),
+                            empty_dir: Some(EmptyDirVolumeSource::default()),
+                            ..Default::default()
+                        },
+                    ]),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// How a finished Job ended, from its conditions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobOutcome {
+    Running,
+    Succeeded,
+    /// With the reason: `DeadlineExceeded`, `BackoffLimitExceeded`...
+    Failed { reason: String, message: String },
+}
+
+pub fn outcome(job: &Job) -> JobOutcome {
+    let conditions = job
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_deref())
+        .unwrap_or_default();
+    for c in conditions.iter().filter(|c| c.status == "True") {
+        match c.type_.as_str() {
+            "Complete" => return JobOutcome::Succeeded,
+            "Failed" => {
+                return JobOutcome::Failed {
+                    reason: c.reason.clone().unwrap_or_else(|| "Failed".into()),
+                    message: c.message.clone().unwrap_or_default(),
+                }
+            }
+            _ => {}
+        }
+    }
+    JobOutcome::Running
+}
+
+/// Why a Job failed, in the words a report shows.
+pub fn failure_text(reason: &str, message: &str, timeout: Duration) -> String {
+    match reason {
+        "DeadlineExceeded" => format!(
+            "the analyzer Job did not finish within {}s and was stopped",
+            timeout.as_secs()
+        ),
+        "BackoffLimitExceeded" => "the analyzer Job failed (its container exited non-zero)".into(),
+        _ if message.is_empty() => format!("the analyzer Job failed: {reason}"),
+        _ => format!("the analyzer Job failed: {reason}: {message}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{LeakReportSpec, WorkloadRef};
+    use k8s_openapi::api::batch::v1::{JobCondition, JobStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn snap(role: &str, node: &str, sha: &str) -> SnapshotRecord {
+        SnapshotRecord {
+            role: role.into(),
+            node: node.into(),
+            time: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+            size: 1,
+            sha256: sha.into(),
+            path: Some(format!("/var/lib/leakhunt/snapshots/shop/r/{role}.core.zst")),
+            pid: 42,
+            pod: "web-1".into(),
+            container: "app".into(),
+            retain_until: None,
+        }
+    }
+
+    fn template() -> JobTemplate {
+        JobTemplate {
+            namespace: "leakhunt".into(),
+            image: "leakhunt:0.1.0".into(),
+            image_pull_policy: "IfNotPresent".into(),
+            service_account: "leakhunt-analyzer".into(),
+            snapshot_dir: "/var/lib/leakhunt/snapshots".into(),
+            timeout: Duration::from_secs(600),
+            ttl: Duration::from_secs(3600),
+            memory_request: "256Mi".into(),
+            memory_limit: "1Gi".into(),
+            cpu_request: "100m".into(),
+            cpu_limit: "1".into(),
+            log: "info".into(),
+        }
+    }
+
+    #[test]
+    fn job_is_pinned_read_only_and_named_by_pair() {
+        let mut report = LeakReport::new(
+            "deployment-web",
+            LeakReportSpec {
+                workload: WorkloadRef::new("apps/v1", "Deployment", "web"),
+                container: None,
+            },
+        );
+        report.metadata.namespace = Some("shop".into());
+        let (a, b) = (snap("A", "node-1", "aa"), snap("B", "node-1", "0123456789abcdef0123"));
+        let job = analyzer_job(&template(), &report, &a, &b);
+        assert_eq!(job.metadata.name.as_deref(), Some("leakhunt-analyze-0123456789abcdef"));
+        let spec = job.spec.as_ref().unwrap();
+        assert_eq!(spec.backoff_limit, Some(0));
+        assert_eq!(spec.active_deadline_seconds, Some(600));
+        let pod = spec.template.spec.as_ref().unwrap();
+        assert_eq!(pod.node_name.as_deref(), Some("node-1"));
+        assert_eq!(pod.service_account_name.as_deref(), Some("leakhunt-analyzer"));
+        let c = &pod.containers[0];
+        let mounts = c.volume_mounts.as_ref().unwrap();
+        assert_eq!(mounts[0].read_only, Some(true));
+        let args = c.args.as_ref().unwrap();
+        assert!(args.windows(2).any(|w| w[0] == "--report" && w[1] == "shop/deployment-web"));
+        assert_eq!(
+            job.metadata.annotations.as_ref().unwrap()[REPORT_ANNOTATION],
+            "shop/deployment-web"
+        );
+    }
+
+    #[test]
+    fn pair_needs_both_on_one_node() {
+        let (a, b) = (snap("A", "n1", "aa"), snap("B", "n1", "bb"));
+        assert!(pair(&[a.clone(), b.clone()]).is_some());
+        assert!(pair(std::slice::from_ref(&a)).is_none());
+        assert!(pair(&[a, snap("B", "n2", "bb")]).is_none());
+    }
+
+    #[test]
+    fn outcomes() {
+        let mut job = Job::default();
+        assert_eq!(outcome(&job), JobOutcome::Running);
+        job.status = Some(JobStatus {
+            conditions: Some(vec![JobCondition {
+                type_: "Failed".into(),
+                status: "True".into(),
+                reason: Some("DeadlineExceeded".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        let JobOutcome::Failed { reason, message } = outcome(&job) else {
+            panic!("not failed")
+        };
+        assert!(failure_text(&reason, &message, Duration::from_secs(600)).contains("600s"));
+    }
+}

@@ -1,0 +1,159 @@
+//! Leader election on a `coordination.k8s.io/v1` Lease, so two operator replicas never reconcile
+//! at once. Writes carry the Lease's resourceVersion: of two replicas racing for an expired lease,
+//! one write wins and the other gets a conflict. A leader that cannot renew in time stops leading
+//! (the process exits and restarts as a candidate) rather than risk two leaders.
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::PostParams;
+use kube::Api;
+
+use super::reports::is_status;
+
+pub struct LeaderElector {
+    api: Api<Lease>,
+    name: String,
+    identity: String,
+    lease_duration: Duration,
+}
+
+/// Whether `me` may take (or keep) a lease held as `spec` at `now`.
+pub fn may_take(spec: Option<&LeaseSpec>, me: &str, now: Timestamp) -> bool {
+    let Some(spec) = spec else { return true };
+    let holder = spec.holder_identity.as_deref().unwrap_or_default();
+    if holder.is_empty() || holder == me {
+        return true;
+    }
+    let renewed = spec.renew_time.as_ref().or(spec.acquire_time.as_ref());
+    let duration = i64::from(spec.lease_duration_seconds.unwrap_or(15));
+    match renewed {
+        None => true,
+        Some(t) => now >= t.0 + SignedDuration::from_secs(duration),
+    }
+}
+
+impl LeaderElector {
+    pub fn new(api: Api<Lease>, name: &str, identity: &str, lease_duration: Duration) -> Self {
+        LeaderElector {
+            api,
+            name: name.to_string(),
+            identity: identity.to_string(),
+            lease_duration,
+        }
+    }
+
+    /// One attempt to take or renew the lease; `Ok(true)` when we hold it afterwards.
+    pub async fn try_acquire(&self) -> Result<bool, kube::Error> {
+        let now = Timestamp::now();
+        let existing = self.api.get_opt(&self.name).await?;
+        let held_by_us = existing
+            .as_ref()
+            .and_then(|l| l.spec.as_ref())
+            .and_then(|s| s.holder_identity.as_deref())
+            == Some(self.identity.as_str());
+        if !may_take(existing.as_ref().and_then(|l| l.spec.as_ref()), &self.identity, now) {
+            return Ok(false);
+        }
+        let previous = existing.as_ref().and_then(|l| l.spec.clone()).unwrap_or_default();
+        let spec = LeaseSpec {
+            holder_identity: Some(self.identity.clone()),
+            lease_duration_seconds: Some(self.lease_duration.as_secs().max(1) as i32),
+            acquire_time: if held_by_us {
+                previous.acquire_time.clone()
+            } else {
+                Some(MicroTime(now))
+            },
+            renew_time: Some(MicroTime(now)),
+            lease_transitions: Some(
+                previous.lease_transitions.unwrap_or(0) + i32::from(!held_by_us && existing.is_some()),
+            ),
+            ..Default::default()
+        };
+        let result = match existing {
+            Some(mut lease) => {
+                lease.spec = Some(spec);
+                self.api.replace(&self.name, &PostParams::default(), &lease).await
+            }
+            None => {
+                let lease = Lease {
+                    metadata: ObjectMeta {
+                        name: Some(self.name.clone()),
+                        ..Default::default()
+                    },
+                    spec: Some(spec),
+                };
+                self.api.create(&PostParams::default(), &lease).await
+            }
+        };
+        match result {
+            Ok(_) => Ok(true),
+            // Another replica wrote first.
+            Err(e) if is_status(&e, 409) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Waits until this replica leads.
+    pub async fn acquire(&self) {
+        let retry = self.lease_duration / 3;
+        loop {
+            match self.try_acquire().await {
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, lease = %self.name, "leader election"),
+            }
+            tokio::time::sleep(retry).await;
+        }
+    }
+
+    /// Renews until a renewal is impossible within the lease duration; returns when leadership
+    /// is lost (the caller stops reconciling).
+    pub async fn keep(&self) {
+        let period = self.lease_duration / 3;
+        let mut last_renewal = tokio::time::Instant::now();
+        loop {
+            tokio::time::sleep(period).await;
+            match self.try_acquire().await {
+                Ok(true) => last_renewal = tokio::time::Instant::now(),
+                Ok(false) => {
+                    tracing::error!(lease = %self.name, "another replica took the lease");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, lease = %self.name, "lease renewal failed");
+                    // Stop before the lease can expire in others' eyes.
+                    if last_renewal.elapsed() + period >= self.lease_duration {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held(by: &str, renewed: i64) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: Some(by.into()),
+            lease_duration_seconds: Some(15),
+            renew_time: Some(MicroTime(Timestamp::from_second(renewed).unwrap())),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn lease_rules() {
+        let t = |s| Timestamp::from_second(s).unwrap();
+        assert!(may_take(None, "a", t(0)), "no lease yet");
+        assert!(may_take(Some(&held("a", 100)), "a", t(101)), "our own");
+        assert!(!may_take(Some(&held("b", 100)), "a", t(110)), "b's, fresh");
+        assert!(may_take(Some(&held("b", 100)), "a", t(115)), "b's, expired");
+        assert!(may_take(Some(&held("", 100)), "a", t(101)), "released");
+    }
+}

@@ -5,7 +5,7 @@ export CARGO_TARGET_DIR
 CARGO ?= cargo
 BIN := $(CARGO_TARGET_DIR)/release
 
-.PHONY: all build test lint fmt unit bench fuzz clean demo crds
+.PHONY: all build test lint fmt unit bench fuzz clean demo crds chart-check
 
 all: build
 
@@ -25,7 +25,7 @@ unit:
 	# Fuzz regressions again with overflow checks on (debug), as the fuzzer builds them.
 	$(CARGO) test -p leakhunt-analyzer --test fuzz_regressions
 
-test: lint unit smoke
+test: lint unit chart-check smoke
 
 # The whole hunt on this host: the leaky Flask example under a memory limit, snapshotted,
 # analysed and OOM-killed (needs root for the memory cgroup; Python venv set up on first run).
@@ -33,12 +33,19 @@ demo:
 	$(CARGO) build --release -p leakhunt-operator
 	LEAKHUNT=$(BIN)/leakhunt examples/demo.sh
 
-# Regenerate the committed CRDs from the Rust types (a test fails when they drift).
+# Regenerate the committed CRDs from the Rust types (a test fails when they drift), and the chart's copy
+# (chart-check fails when it differs).
 crds:
 	$(CARGO) run -q -p leakhunt-operator -- crdgen > crds/leakhunt.dev.yaml
+	cp crds/leakhunt.dev.yaml charts/leakhunt/crds/leakhunt.dev.yaml
 
 clean:
 	$(CARGO) clean
 
 # Test control plane, node simulator, kubectl/helm and the smoke test.
 include tests/testenv.mk
+
+# The Helm chart without a cluster: CRDs in sync with crds/, lint, RBAC and security facts, schema rejections.
+# (After the include: it needs helm from $(TOOLS_BIN).)
+chart-check: $(TOOLS_BIN)/helm
+	tests/chart/check.sh

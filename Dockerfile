@@ -1,0 +1,22 @@
+# The single leakhunt image: `leakhunt operator`, `leakhunt agent` and `leakhunt analyze-job` (charts/leakhunt).
+#   docker build -t leakhunt:0.1.0 .
+# Build stage: the whole workspace is needed (Cargo resolves every member), only leakhunt-operator is built.
+FROM rust:1.89-bookworm AS build
+WORKDIR /src
+COPY . .
+# Cache mounts keep the registry and target dir between builds; the binary is copied out of the cached
+# target dir in the same step, so the runtime stage sees it.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release -p leakhunt-operator --locked \
+    && install -D -m 0755 target/release/leakhunt /out/leakhunt
+
+# Runtime: glibc and the CA certificates the webhook and Alertmanager clients trust (rustls, native roots).
+FROM debian:bookworm-slim
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
+COPY --from=build /out/leakhunt /usr/local/bin/leakhunt
+# Non-root by default (the operator and the analyzer); the agent's pod spec runs it as root.
+USER 65532:65532
+ENTRYPOINT ["/usr/local/bin/leakhunt"]

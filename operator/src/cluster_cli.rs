@@ -251,7 +251,7 @@ async fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.metrics_addr))?;
-    tokio::spawn(http::serve(listener, metrics.clone(), health.clone(), shutdown_signal()));
+    tokio::spawn(http::serve_on(listener, metrics.clone(), health.clone(), shutdown_signal()));
     let client = client().await?;
     let identity = format!("{instance}-{}", std::process::id());
     let elector = args.leader_election.then(|| {
@@ -319,7 +319,7 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.metrics_addr))?;
-    tokio::spawn(http::serve(listener, metrics.clone(), health.clone(), shutdown_signal()));
+    tokio::spawn(http::serve_on(listener, metrics.clone(), health.clone(), shutdown_signal()));
     let client = client().await?;
     let ready = {
         let health = health.clone();

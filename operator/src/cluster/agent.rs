@@ -25,7 +25,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::mpsc;
 
 use super::operator::NOT_CAPTURED;
-use super::reports::{self, new_report, now};
+use super::reports::{self, new_report};
 use super::selector;
 use super::workload::{self, ApiLookup};
 use crate::crd::{
@@ -34,7 +34,7 @@ use crate::crd::{
 };
 use crate::hunt::cli::{parse_duration, parse_size};
 use crate::hunt::snapshot::{Analyzer, Snapshotter};
-use crate::metrics::Metrics;
+use crate::metrics::{CaptureOutcome, Metrics};
 use crate::node::{kubelet, CgroupWatcher, Hierarchy, ProcessKey, Sample, ThresholdMachine, Thresholds};
 use crate::node::threshold::{Action, Observation};
 
@@ -521,7 +521,7 @@ impl Agent {
             t.last_t = sample.t;
             self.on_sample(&id, t, &sample, writes).await;
         }
-        self.metrics.set_watched_pods(tracked.len() as i64);
+        self.metrics.set_watched_pods(tracked.len());
     }
 
     async fn on_sample(&self, id: &str, t: &mut Tracked, sample: &Sample, writes: &mpsc::Sender<Write>) {
@@ -658,7 +658,7 @@ impl Agent {
         let role = done.role;
         match done.result {
             Ok((record, took)) => {
-                self.metrics.capture(&role.to_string(), took, "ok");
+                self.metrics.capture(&role.to_string(), took, CaptureOutcome::Ok);
                 let op = if role == 'A' {
                     t.snapshot_a = record.path.clone().map(PathBuf::from);
                     let name = sample
@@ -681,7 +681,12 @@ impl Agent {
                 let _ = writes.send(queue(op)).await;
             }
             Err((skipped, message)) => {
-                self.metrics.capture(&role.to_string(), Duration::ZERO, if skipped { "skipped" } else { "failed" });
+                let outcome = if skipped {
+                    CaptureOutcome::Skipped
+                } else {
+                    CaptureOutcome::Failed
+                };
+                self.metrics.capture(&role.to_string(), Duration::ZERO, outcome);
                 tracing::warn!(container = %id, role = %role, %message, "capture failed");
                 t.machine.give_up(sample.t);
                 if let Some(path) = t.snapshot_a.take() {

@@ -212,7 +212,7 @@ async fn watch_pods(ctx: Arc<Context>) {
         async move {
             let stream = watcher(api, watcher::Config::default()).default_backoff();
             let mut stream = std::pin::pin!(stream);
-            let mut watched: i64 = 0;
+            let mut watched: usize = 0;
             while let Some(event) = stream.next().await {
                 match event {
                     Ok(watcher::Event::Init) => watched = 0,

@@ -82,8 +82,7 @@ where
             return Ok(None);
         }
         report.status = Some(status);
-        let body = serde_json::to_vec(&report).map_err(kube::Error::SerdeError)?;
-        match api.replace_status(name, &PostParams::default(), body).await {
+        match api.replace_status(name, &PostParams::default(), &report).await {
             Ok(written) => return Ok(Some(written)),
             Err(e) if is_status(&e, 409) => {
                 tokio::time::sleep(Duration::from_millis(20 * (attempt as u64 + 1))).await;

@@ -1,0 +1,336 @@
+#!/usr/bin/env bash
+# End-to-end test of leakhunt in a cluster (issue 6), on the real control plane (kube-testenv) and the
+# node simulator: `helm install charts/leakhunt`, the seed's leaky Flask service as a Deployment with a
+# 160Mi limit and a LeakWatch, real traffic, real snapshots, the analyzer Job, real OOM kills, alerts to a
+# webhook receiver and a real Alertmanager. Everything is read back with kubectl, as a user would.
+# Prints "e2e: N passed, M failed"; cleans up on success, failure or Ctrl-C.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$(pwd)
+T0=$(date +%s)
+DIR=$(mktemp -d /tmp/leakhunt-e2e.XXXXXX)
+chmod 755 "$DIR"
+NS=shop
+LH=leakhunt
+PASSED=0
+FAILED=0
+FAILURES=()
+PIDS=()
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  if [ "$FAILED" -gt 0 ] || [ "$rc" -ne 0 ]; then
+    echo "--- diagnostics ---"
+    kubectl get pods,jobs,leakreports,leakwatches -A -o wide 2>&1 | tail -40
+    kubectl get leakreports -A -o yaml 2>&1 | sed -n '/status:/,$p' | head -120
+    for f in "$DIR"/node/pods/${LH}_*/logs/*/*.log; do
+      [ -f "$f" ] || continue
+      echo "--- $f (tail) ---"; tail -25 "$f"
+    done
+    echo "--- nodesim.log (tail) ---"; tail -20 "$DIR/nodesim.log" 2>/dev/null
+    echo "--- webhook ---"; head -c 3000 "$DIR/webhook.jsonl" 2>/dev/null; echo
+  fi
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
+  tests/testenv.sh down "$DIR" || true
+  rm -rf "$DIR"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'echo "e2e: interrupted" >&2; exit 130' INT TERM
+
+fail_now() { echo "e2e: $*" >&2; FAILED=$((FAILED + 1)); exit 1; }
+
+for tool in kube-testenv kubectl helm alertmanager python3 curl; do
+  command -v "$tool" >/dev/null || fail_now "missing prerequisite: $tool (run make tools / .ci/install)"
+done
+[ -x "${LEAKHUNT_BIN:-}" ] || fail_now "LEAKHUNT_BIN=${LEAKHUNT_BIN:-} is not the built leakhunt binary (make build)"
+
+# The containers' `python3` is the demo venv's (it has Flask): nodesim runs images' programs from PATH.
+VENV=$(examples/setup-venv.sh) || fail_now "cannot set up the Flask venv"
+export PATH="$VENV/bin:$PATH"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# wait_for DESCRIPTION SECONDS COMMAND...: polls until COMMAND succeeds.
+wait_for() {
+  local what=$1 secs=$2
+  shift 2
+  local end=$((SECONDS + secs))
+  until "$@" >/dev/null 2>&1; do
+    if [ $SECONDS -ge $end ]; then
+      echo "  timed out after ${secs}s waiting for: $what" >&2
+      return 1
+    fi
+    sleep 1
+  done
+}
+
+check() {
+  local name=$1
+  shift
+  local t=$SECONDS
+  echo "=== $name"
+  if "$@"; then
+    PASSED=$((PASSED + 1)); echo "--- PASS: $name ($((SECONDS - t))s)"
+  else
+    FAILED=$((FAILED + 1)); FAILURES+=("$name"); echo "--- FAIL: $name ($((SECONDS - t))s)"
+  fi
+}
+
+out=$(tests/testenv.sh up "$DIR") || fail_now "environment did not start"
+echo "$out"
+export KUBECONFIG=$DIR/admin.kubeconfig
+CGROUP_ROOT=$(cat "$DIR/cgroup-root")
+SNAPSHOTS=$DIR/snapshots
+
+# --- receivers: a webhook and a real Alertmanager ------------------------------------------------------
+python3 tests/e2e/webhook_receiver.py "$DIR/webhook.port" "$DIR/webhook.jsonl" &
+PIDS+=($!)
+AM_PORT=$(free_port)
+mkdir -p "$DIR/alertmanager"
+cat >"$DIR/alertmanager/config.yml" <<'YAML'
+route: {receiver: "null", group_wait: 1s}
+receivers: [{name: "null"}]
+YAML
+alertmanager --config.file="$DIR/alertmanager/config.yml" --storage.path="$DIR/alertmanager/data" \
+  --web.listen-address="127.0.0.1:$AM_PORT" --cluster.listen-address= >"$DIR/alertmanager.log" 2>&1 &
+PIDS+=($!)
+wait_for "webhook receiver" 20 test -s "$DIR/webhook.port" || fail_now "webhook receiver did not start"
+WEBHOOK_PORT=$(cat "$DIR/webhook.port")
+wait_for "Alertmanager ready" 30 curl -sf "http://127.0.0.1:$AM_PORT/-/ready" || fail_now "Alertmanager did not start: $(tail -5 "$DIR/alertmanager.log")"
+OP_PORT=$(free_port)
+AGENT_PORT=$(free_port)
+
+# --- install --------------------------------------------------------------------------------------------
+check_install() {
+  helm install leakhunt charts/leakhunt -n $LH --create-namespace --wait --timeout 120s \
+    --set image.tag=e2e \
+    --set operator.metricsPort="$OP_PORT" --set agent.metricsPort="$AGENT_PORT" \
+    --set agent.cgroupRoot="$CGROUP_ROOT" --set agent.snapshotDir="$SNAPSHOTS" \
+    --set analyzer.timeout=5m \
+    --set alerts.webhook.url="http://127.0.0.1:$WEBHOOK_PORT/hook" \
+    --set alerts.alertmanager.url="http://127.0.0.1:$AM_PORT" \
+    --set alerts.alertmanager.labels.team=shop || return 1
+  kubectl -n $LH rollout status deployment/leakhunt-operator --timeout=60s || return 1
+  kubectl -n $LH rollout status daemonset/leakhunt-agent --timeout=60s || return 1
+  wait_for "operator /readyz" 30 curl -sf "http://127.0.0.1:$OP_PORT/readyz" || return 1
+  wait_for "agent /readyz" 30 curl -sf "http://127.0.0.1:$AGENT_PORT/readyz" || return 1
+  kubectl get crd leakreports.leakhunt.dev leakwatches.leakhunt.dev >/dev/null || return 1
+  local sas
+  sas=$(kubectl -n $LH get pods -o jsonpath='{range .items[*]}{.spec.serviceAccountName}{"\n"}{end}' | sort -u | tr '\n' ' ')
+  echo "  pods run as: $sas"
+  [ "$sas" = "leakhunt-agent leakhunt-operator " ] || return 1
+}
+check "helm install: operator and agent Ready, with their own ServiceAccounts" check_install
+
+# --- the leaky service -----------------------------------------------------------------------------------
+APP_PORT=$(free_port)
+kubectl create namespace $NS >/dev/null
+kubectl -n $NS create configmap leaky-flask --from-file=app.py=examples/leaky-flask/app.py >/dev/null
+kubectl -n $NS apply -f - >/dev/null <<YAML
+apiVersion: leakhunt.dev/v1alpha1
+kind: LeakWatch
+metadata: {name: leaky-flask}
+spec:
+  selector: {matchLabels: {app: leaky-flask}}
+  thresholds: {baseline: 50, nearLimit: 85}
+  cooldown: 10m
+  maxSnapshotSize: 512Mi
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: leaky-flask}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: leaky-flask}}
+  template:
+    metadata: {labels: {app: leaky-flask}}
+    spec:
+      containers:
+        - name: app
+          image: python:3.12-slim
+          command: ["python3", "/app/app.py"]
+          env:
+            - {name: PORT, value: "$APP_PORT"}
+            - {name: PROFILER_LAPS, value: "400"}
+          resources:
+            requests: {memory: 160Mi}
+            limits: {memory: 160Mi}
+          volumeMounts:
+            - {name: app, mountPath: /app}
+      volumes:
+        - name: app
+          configMap: {name: leaky-flask}
+YAML
+python3 examples/leaky-flask/load.py --port "$APP_PORT" --threads 4 --seconds 900 --give-up 120 --start-timeout 120 \
+  >"$DIR/load.log" 2>&1 &
+PIDS+=($!)
+
+report() { kubectl -n $NS get leakreport deployment-leaky-flask -o jsonpath="$1"; }
+phase_is() { [ "$(report '{.status.phase}')" = "$1" ]; }
+kills_at_least() { [ "$(report '{.status.oomKills}' 2>/dev/null || echo 0)" -ge "$1" ]; }
+
+check_report_owned() {
+  wait_for "LeakReport deployment-leaky-flask" 90 report '{.metadata.name}' || return 1
+  local owner uid
+  owner=$(report '{.metadata.ownerReferences[0].kind}/{.metadata.ownerReferences[0].name}')
+  uid=$(kubectl -n $NS get deployment leaky-flask -o jsonpath='{.metadata.uid}')
+  echo "  owner: $owner"
+  [ "$owner" = Deployment/leaky-flask ] && [ "$(report '{.metadata.ownerReferences[0].uid}')" = "$uid" ]
+}
+check "LeakReport appears, owned by the Deployment" check_report_owned
+
+ANALYSED_AT=0
+check_analysed() {
+  wait_for "snapshot A (phase Baseline)" 240 sh -c "kubectl -n $NS get leakreport deployment-leaky-flask -o jsonpath='{.status.snapshots[0].role}' | grep -q A" || return 1
+  echo "  snapshot A: $(report '{.status.snapshots[0].size}') bytes at $(report '{.status.snapshots[0].time}')"
+  wait_for "phase Analysed" 300 phase_is Analysed || { echo "  phase: $(report '{.status.phase}')"; return 1; }
+  ANALYSED_AT=$SECONDS
+  local verdict suspect
+  verdict=$(report '{.status.verdict}')
+  suspect=$(report '{.status.suspects[0].path}')
+  echo "  verdict $verdict; top suspect $suspect $(report '{.status.growth}')"
+  echo "  summary: $(report '{.status.summary}')"
+  [ "$verdict" = Leak ] || return 1
+  case "$suspect" in *Profiler.results) ;; *) return 1 ;; esac
+  local table
+  table=$(kubectl get leakreports -n $NS)
+  echo "$table" | sed 's/^/  /'
+  echo "$table" | head -1 | grep -q 'WORKLOAD.*VERDICT.*SUSPECT.*GROWTH.*OOMKILLS.*AGE' || return 1
+  echo "$table" | grep -E 'Deployment/leaky-flask +Leak +[^ ]*Profiler.results +\+[0-9]+ items' >/dev/null || return 1
+  # The Job ran with the analyzer ServiceAccount, pinned to the node.
+  local job_sa
+  job_sa=$(kubectl -n $LH get pods -l app.kubernetes.io/component=analyzer -o jsonpath='{.items[0].spec.serviceAccountName}/{.items[0].spec.nodeName}')
+  echo "  analyzer Job pod: $job_sa"
+  [ "$job_sa" = leakhunt-analyzer/nodesim ] || return 1
+  kubectl describe leakreport -n $NS deployment-leaky-flask | sed -n '1,200p' | grep -q 'LeakDetected' || return 1
+}
+check "analysed: verdict Leak, top suspect Profiler.results, in kubectl get" check_analysed
+
+check_kills() {
+  wait_for "first OOM kill counted" 240 kills_at_least 1 || return 1
+  echo "  lastOOMKill: $(report '{.status.lastOOMKill.pod}/{.status.lastOOMKill.container} {.status.lastOOMKill.process} at {.status.lastOOMKill.time}')"
+  wait_for "second OOM kill counted (after the restart)" 300 kills_at_least 2 || return 1
+  local restarts
+  restarts=$(kubectl -n $NS get pods -l app=leaky-flask -o jsonpath='{.items[0].status.containerStatuses[0].restartCount}')
+  echo "  oomKills $(report '{.status.oomKills}'), pod restartCount $restarts"
+  # Counted once each: never more kills than restarts (plus the one that may be pending).
+  [ "$(report '{.status.oomKills}')" -le $((restarts + 1)) ]
+}
+check "OOM kills counted, once each, across restarts" check_kills
+
+check_alerts() {
+  wait_for "LeakDetected at the webhook" 60 grep -q '"kind": "LeakDetected"' "$DIR/webhook.jsonl" || return 1
+  grep '"kind": "LeakDetected"' "$DIR/webhook.jsonl" | head -1 | python3 -c '
+import json, sys
+b = json.loads(sys.stdin.readline())["body"]
+print("  webhook:", b["kind"], b["namespace"], b["workload"], b.get("suspect"), b.get("growth"))
+assert b["namespace"] == "shop" and b["workload"] == "Deployment/leaky-flask", b
+assert b["suspect"].endswith("Profiler.results"), b' || return 1
+  grep -q '"kind": "OOMKilled"' "$DIR/webhook.jsonl" || { echo "  no OOMKilled alert at the webhook"; return 1; }
+  wait_for "WorkloadMemoryLeak in Alertmanager" 60 sh -c \
+    "curl -sf http://127.0.0.1:$AM_PORT/api/v2/alerts | grep -q WorkloadMemoryLeak" || return 1
+  curl -sf "http://127.0.0.1:$AM_PORT/api/v2/alerts" | python3 -c '
+import json, sys
+alerts = [a for a in json.load(sys.stdin) if a["labels"]["alertname"] == "WorkloadMemoryLeak"]
+l = alerts[0]["labels"]
+print("  alertmanager:", l["alertname"], l["namespace"], l["workload"], "team=" + l.get("team", ""))
+assert l["namespace"] == "shop" and l["workload"] == "Deployment/leaky-flask" and l.get("team") == "shop", l' || return 1
+  local events
+  events=$(kubectl get events -n $NS -o jsonpath='{range .items[*]}{.reason}/{.regarding.kind}{"\n"}{end}' 2>/dev/null | sort -u | tr '\n' ' ')
+  echo "  events: $events"
+  for want in LeakDetected/LeakReport LeakDetected/Deployment LeakDetected/Pod OOMKilled/Pod; do
+    case " $events" in *" $want "*) ;; *) echo "  missing event $want"; return 1 ;; esac
+  done
+  local metrics
+  metrics=$(curl -sf "http://127.0.0.1:$OP_PORT/metrics") || return 1
+  echo "$metrics" | grep -E '^leakhunt_(oom_kills_total|leak_detected)\{' | sed 's/^/  /'
+  echo "$metrics" | grep -qE '^leakhunt_leak_detected\{.*workload="Deployment/leaky-flask".*\} 1' || return 1
+  echo "$metrics" | grep -qE '^leakhunt_oom_kills_total\{.*workload="Deployment/leaky-flask".*\} [1-9]' || return 1
+  curl -sf "http://127.0.0.1:$AGENT_PORT/metrics" | grep -qE '^leakhunt_captures_total\{.*result="ok".*\} [2-9]' || return 1
+}
+check "alerts: webhook, Alertmanager, Events, metrics" check_alerts
+
+check_rbac() {
+  local op=system:serviceaccount:$LH:leakhunt-operator an=system:serviceaccount:$LH:leakhunt-analyzer ag=system:serviceaccount:$LH:leakhunt-agent
+  local ans
+  for ns in $NS $LH kube-system; do
+    ans=$(kubectl auth can-i get secrets -n $ns --as=$op); [ "$ans" = no ] || { echo "  operator can read secrets in $ns"; return 1; }
+    ans=$(kubectl auth can-i list secrets -n $ns --as=$ag); [ "$ans" = no ] || { echo "  agent can list secrets in $ns"; return 1; }
+  done
+  [ "$(kubectl auth can-i patch leakreports.leakhunt.dev --subresource=status -n $NS --as=$an)" = yes ] || return 1
+  [ "$(kubectl auth can-i update leakreports.leakhunt.dev -n $NS --as=$an)" = no ] || return 1
+  [ "$(kubectl auth can-i delete leakreports.leakhunt.dev -n $NS --as=$an)" = no ] || return 1
+  [ "$(kubectl auth can-i list pods -n $NS --as=$an)" = no ] || return 1
+  echo "  operator and agent cannot read Secrets; the analyzer may only patch leakreports/status"
+  # And the token nodesim gave the analyzer pod is really bound by that RBAC: its write went through.
+  [ "$(report '{.status.conditions[?(@.type=="Analysed")].status}')" = True ]
+}
+check "RBAC: least privilege per component" check_rbac
+
+check_unwatched() {
+  kubectl -n $NS apply -f - >/dev/null <<'YAML'
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: hog}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: hog}}
+  template:
+    metadata: {labels: {app: hog}}
+    spec:
+      containers:
+        - name: hog
+          image: python:3.12-slim
+          command: ["python3", "-c"]
+          args:
+            - |
+              import time
+              chunks = []
+              while True:
+                  chunks.append(b"x" * (4 << 20))
+                  time.sleep(0.05)
+          resources:
+            limits: {memory: 64Mi}
+YAML
+  hog() { kubectl -n $NS get leakreport deployment-hog -o jsonpath="$1"; }
+  wait_for "report for the unwatched hog with a kill" 120 sh -c "[ \"\$(kubectl -n $NS get leakreport deployment-hog -o jsonpath='{.status.oomKills}')\" -ge 1 ]" || return 1
+  echo "  hog: oomKills $(hog '{.status.oomKills}'), phase $(hog '{.status.phase}'), snapshots [$(hog '{.status.snapshots}')]"
+  echo "  note: $(hog '{.status.notes[0]}')"
+  [ -z "$(hog '{.status.snapshots}')" ] || return 1
+  hog '{.status.notes[0]}' | grep -q 'memory is not captured' || return 1
+  [ "$(hog '{.metadata.ownerReferences[0].kind}')" = Deployment ] || return 1
+  # Nothing of the hog on the snapshot volume either.
+  [ -z "$(find "$SNAPSHOTS" -path "*hog*" -type f 2>/dev/null)" ]
+}
+check "unwatched workload: report with the kill, no capture" check_unwatched
+
+check_snapshots_cleaned() {
+  wait_for "snapshot files deleted after analysis" 60 sh -c "[ -z \"\$(find '$SNAPSHOTS' -type f)\" ]" || { find "$SNAPSHOTS" -type f -ls; return 1; }
+  [ -z "$(report '{.status.snapshots[*].path}')" ] || { echo "  records still have paths"; return 1; }
+  echo "  no snapshot file left; records keep node, size and sha256: $(report '{.status.snapshots[*].sha256}' | cut -c1-20)…"
+}
+check "snapshot files deleted once analysed" check_snapshots_cleaned
+
+check_delete_workload() {
+  kubectl -n $NS delete deployment leaky-flask --wait=true >/dev/null || return 1
+  wait_for "report deleted with its Deployment" 90 sh -c "! kubectl -n $NS get leakreport deployment-leaky-flask" || return 1
+  echo "  deployment-leaky-flask report gone with the Deployment"
+}
+check "deleting the Deployment deletes its LeakReport" check_delete_workload
+
+check_uninstall() {
+  kubectl -n $NS delete deployment hog --wait=true >/dev/null
+  helm uninstall leakhunt -n $LH --wait --timeout 120s || return 1
+  wait_for "nothing left running in $LH" 90 sh -c "[ -z \"\$(kubectl -n $LH get pods,jobs,deployments,daemonsets -o name)\" ]" || {
+    kubectl -n $LH get all; return 1; }
+  ! pgrep -f "$LEAKHUNT_BIN (operator|agent)" >/dev/null || { echo "  leakhunt processes still running"; return 1; }
+  echo "  uninstalled: no pods, Jobs or processes left"
+}
+check "helm uninstall leaves nothing running" check_uninstall
+
+echo "e2e: finished in $(( $(date +%s) - T0 ))s (environment start included)"
+[ ${#FAILURES[@]} -eq 0 ] || echo "e2e: failed: ${FAILURES[*]}"
+echo "e2e: $PASSED passed, $FAILED failed"
+[ "$FAILED" -eq 0 ]

@@ -4,4 +4,5 @@
 
 pub mod crd;
 pub mod hunt;
+pub mod metrics;
 pub mod node;

@@ -3,6 +3,8 @@
 //! the local hunt and the node agent), the custom resources, and the local hunt mode.
 
 pub mod crd;
+pub mod http;
 pub mod hunt;
+pub mod metrics;
 pub mod metrics;
 pub mod node;

@@ -19,8 +19,9 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-# Unit and integration tests: real processes, real cores, gdb and pystack as consumers.
-unit:
+# Unit and integration tests: real processes, real cores, gdb and pystack as consumers, a real
+# Alertmanager (built by tests/testenv.mk) as the alerts' receiver.
+unit: alertmanager
 	$(CARGO) test --workspace --release
 	# Fuzz regressions again with overflow checks on (debug), as the fuzzer builds them.
 	$(CARGO) test -p leakhunt-analyzer --test fuzz_regressions

@@ -3,6 +3,7 @@
 LEAKHUNT_CACHE ?= $(HOME)/.cache/leakhunt
 TOOLS_BIN ?= $(LEAKHUNT_CACHE)/tools/bin
 HELM_VERSION ?= v3.22.0
+ALERTMANAGER_VERSION ?= v0.35.0
 GO ?= go
 # Our kubectl first: the machine's /usr/bin/kubectl is another build.
 export PATH := $(TOOLS_BIN):$(PATH)
@@ -21,9 +22,9 @@ export LEAKHUNT_BIN
 # Where `make testenv-up` keeps its state (etcd data, kubeconfig, logs, pids).
 TESTENV_DIR ?= $(LEAKHUNT_CACHE)/testenv
 
-.PHONY: tools nodesim testenv-up testenv-down smoke
+.PHONY: tools alertmanager nodesim testenv-up testenv-down smoke
 
-tools: $(TOOLS_BIN)/kube-testenv $(TOOLS_BIN)/kubectl $(TOOLS_BIN)/helm
+tools: $(TOOLS_BIN)/kube-testenv $(TOOLS_BIN)/kubectl $(TOOLS_BIN)/helm $(TOOLS_BIN)/alertmanager
 
 $(TOOLS_BIN)/kube-testenv: $(KUBE_TESTENV_SRC)
 	@mkdir -p $(TOOLS_BIN)
@@ -40,6 +41,27 @@ $(TOOLS_BIN)/.helm-$(HELM_VERSION):
 	@mkdir -p $(TOOLS_BIN)
 	GOBIN=$(TOOLS_BIN) $(TESTENV_GO) install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
 	@rm -f $(TOOLS_BIN)/.helm-* && touch $@
+
+# A real Alertmanager for operator/tests/alerts.rs, which finds it through ALERTMANAGER_BIN.
+# Not `go install ...@version`: the module embeds its web UI from ui/app/dist, a build output the module zip
+# lacks, so the build runs on a copy of the module with a stand-in page there (the tests use only the API).
+ALERTMANAGER_SRC = $(LEAKHUNT_CACHE)/go/src/alertmanager-$(ALERTMANAGER_VERSION)
+export ALERTMANAGER_BIN ?= $(TOOLS_BIN)/alertmanager
+alertmanager: $(TOOLS_BIN)/alertmanager
+$(TOOLS_BIN)/alertmanager: $(TOOLS_BIN)/.alertmanager-$(ALERTMANAGER_VERSION)
+	@test -x $@
+$(TOOLS_BIN)/.alertmanager-$(ALERTMANAGER_VERSION):
+	@mkdir -p $(TOOLS_BIN)
+	@command -v $(GO) >/dev/null || { echo "testenv: Go is required to build alertmanager (see .ci/install)" >&2; exit 1; }
+	rm -rf $(ALERTMANAGER_SRC) && mkdir -p $(dir $(ALERTMANAGER_SRC))
+	dir=$$(cd / && $(TESTENV_GO) mod download -json github.com/prometheus/alertmanager@$(ALERTMANAGER_VERSION) \
+	  | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",*$$/\1/p') && test -n "$$dir" && cp -R "$$dir" $(ALERTMANAGER_SRC)
+	chmod -R u+w $(ALERTMANAGER_SRC)
+	for ui in elm mantine; do mkdir -p $(ALERTMANAGER_SRC)/ui/app/dist/$$ui && \
+	  echo '<!doctype html><title>Alertmanager</title><p>UI not built (leakhunt test build).' > $(ALERTMANAGER_SRC)/ui/app/dist/$$ui/index.html; done
+	cd $(ALERTMANAGER_SRC) && $(TESTENV_GO) build -ldflags '-X github.com/prometheus/common/version.Version=$(ALERTMANAGER_VERSION:v%=%)' \
+	  -o $(TOOLS_BIN)/alertmanager ./cmd/alertmanager
+	@rm -f $(TOOLS_BIN)/.alertmanager-* && touch $@
 
 nodesim:
 	$(CARGO) build --release -p leakhunt-nodesim

@@ -26,7 +26,7 @@ unit: alertmanager
 	# Fuzz regressions again with overflow checks on (debug), as the fuzzer builds them.
 	$(CARGO) test -p leakhunt-analyzer --test fuzz_regressions
 
-test: lint unit chart-check smoke
+test: lint unit chart-check smoke e2e
 
 # The whole hunt on this host: the leaky Flask example under a memory limit, snapshotted,
 # analysed and OOM-killed (needs root for the memory cgroup; Python venv set up on first run).

@@ -22,7 +22,7 @@ export LEAKHUNT_BIN
 # Where `make testenv-up` keeps its state (etcd data, kubeconfig, logs, pids).
 TESTENV_DIR ?= $(LEAKHUNT_CACHE)/testenv
 
-.PHONY: tools alertmanager nodesim testenv-up testenv-down smoke
+.PHONY: tools alertmanager nodesim testenv-up testenv-down smoke e2e
 
 tools: $(TOOLS_BIN)/kube-testenv $(TOOLS_BIN)/kubectl $(TOOLS_BIN)/helm $(TOOLS_BIN)/alertmanager
 
@@ -76,3 +76,9 @@ testenv-down:
 # The issue-5 smoke test: real OOM kill, Job, DaemonSet, RBAC, helm — against the real apiserver.
 smoke: tools nodesim
 	NODESIM_BIN=$(NODESIM_BIN) tests/smoke/smoke.sh
+
+# The issue-6 end-to-end test: helm install charts/leakhunt, the leaky Flask Deployment with a LeakWatch,
+# snapshots, the analyzer Job, real OOM kills, webhook + Alertmanager alerts, RBAC, cleanup.
+e2e: tools nodesim
+	$(CARGO) build --release -p leakhunt-operator
+	NODESIM_BIN=$(NODESIM_BIN) tests/e2e/e2e.sh

@@ -153,7 +153,7 @@ spec:
           command: ["python3", "/app/app.py"]
           env:
             - {name: PORT, value: "$APP_PORT"}
-            - {name: PROFILER_LAPS, value: "400"}
+            - {name: PROFILER_LAPS, value: "100"}
           resources:
             requests: {memory: 160Mi}
             limits: {memory: 160Mi}

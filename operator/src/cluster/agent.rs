@@ -478,15 +478,32 @@ impl Agent {
             .iter()
             .filter_map(|(p, _)| p.container_id.clone())
             .collect();
+        // A container that is gone (OOM-killed, restarted, deleted) voids its pending snapshot A.
+        let mut gone = Vec::new();
         tracked.retain(|id, t| {
             let keep = present.contains(id);
             if !keep {
                 if let Some(path) = t.snapshot_a.take() {
                     let _ = std::fs::remove_file(path);
+                    gone.push(Write {
+                        pod: t.pod.clone(),
+                        container: t.container.clone(),
+                        container_id: id.clone(),
+                        op: Op::Reset {
+                            message: format!(
+                                "snapshot A is void: container {} of pod {} ended before snapshot B",
+                                t.container,
+                                t.pod.name_any()
+                            ),
+                        },
+                    });
                 }
             }
             keep
         });
+        for w in gone {
+            let _ = writes.try_send(w);
+        }
         for (pod_cgroup, cgroup) in cgroups {
             let Some(id) = pod_cgroup.container_id.clone() else { continue };
             let Some((pod, container)) = by_container.get(&id) else { continue };

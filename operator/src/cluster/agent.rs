@@ -58,6 +58,9 @@ pub struct AgentConfig {
 /// A hunt that started this long ago and never got its B no longer blocks other pods.
 const CLAIM_STALE: Duration = Duration::from_secs(1800);
 
+/// After a refused snapshot A, the pod's containers do not capture again for this long.
+const REFUSAL_BACKOFF: Duration = Duration::from_secs(60);
+
 /// How the hunt of one container is configured, from its LeakWatch or the annotation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
@@ -208,17 +211,23 @@ pub fn apply(op: &Op, s: &mut LeakReportStatus, pod: &str, container: &str, now:
             process,
             cooldown,
         } => {
-            let a_pod = s.snapshots.iter().find(|r| r.role == "A").map(|r| r.pod.clone());
-            let claimed_by_other = matches!(s.phase, Phase::Baseline | Phase::Analyzing)
-                && a_pod.as_deref().is_some_and(|p| p != pod)
-                && s.snapshots
+            // One hunt per workload at a time, and none within the cooldown of the last pair:
+            // per-container state restarts with every container, the report does not.
+            let age = |role: &str| {
+                s.snapshots
                     .iter()
-                    .find(|r| r.role == "A")
-                    .is_some_and(|r| now.duration_since(r.time.0).as_secs() < CLAIM_STALE.as_secs() as i64);
-            let in_cooldown = s.phase == Phase::Analysed
-                && s.snapshots.iter().find(|r| r.role == "B").is_some_and(|b| {
-                    b.pod != pod && now.duration_since(b.time.0).as_secs_f64() < cooldown.as_secs_f64()
-                });
+                    .find(|r| r.role == role)
+                    .map(|r| now.duration_since(r.time.0).as_secs_f64())
+            };
+            let a_other_pod = s.snapshots.iter().any(|r| r.role == "A" && r.pod != pod);
+            let stale = CLAIM_STALE.as_secs_f64();
+            let claimed_by_other = match s.phase {
+                Phase::Baseline => a_other_pod && age("A").is_some_and(|a| a < stale),
+                Phase::Analyzing => age("B").is_some_and(|b| b < stale),
+                _ => false,
+            };
+            let in_cooldown = matches!(s.phase, Phase::Analysed | Phase::Failed)
+                && age("B").is_some_and(|b| b < cooldown.as_secs_f64());
             if claimed_by_other || in_cooldown {
                 return Applied::Refused;
             }
@@ -334,7 +343,11 @@ struct Write {
 /// Answers from the writer to the sampling loop.
 enum Feedback {
     /// Snapshot A was refused: give up this hunt and delete the file.
-    Refused { container_id: String, path: PathBuf },
+    Refused {
+        container_id: String,
+        pod_uid: String,
+        path: PathBuf,
+    },
     /// The report for this container exists (samples may be written).
     ReportReady { container_id: String },
 }
@@ -429,6 +442,7 @@ impl Agent {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut shutdown = std::pin::pin!(shutdown);
         let mut first = true;
+        let mut blocked: HashMap<String, Instant> = HashMap::new();
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
@@ -436,8 +450,10 @@ impl Agent {
             }
             while let Ok(fb) = feedback_rx.try_recv() {
                 match fb {
-                    Feedback::Refused { container_id, path } => {
+                    Feedback::Refused { container_id, pod_uid, path } => {
                         let _ = std::fs::remove_file(&path);
+                        // The pod's next containers need not capture just to be refused again.
+                        blocked.insert(pod_uid, Instant::now() + REFUSAL_BACKOFF);
                         if let Some(t) = tracked.get_mut(&container_id) {
                             t.machine.give_up(t.last_t);
                             t.snapshot_a = None;
@@ -450,7 +466,8 @@ impl Agent {
                     }
                 }
             }
-            self.pass(&hierarchy, &pods, &watches, &mut tracked, &write_tx).await;
+            blocked.retain(|_, until| *until > Instant::now());
+            self.pass(&hierarchy, &pods, &watches, &mut tracked, &write_tx, &blocked).await;
             if first {
                 ready();
                 first = false;
@@ -470,6 +487,7 @@ impl Agent {
         watches: &Store<LeakWatch>,
         tracked: &mut HashMap<String, Tracked>,
         writes: &mpsc::Sender<Write>,
+        blocked: &HashMap<String, Instant>,
     ) {
         let by_container = containers_on_node(&pods.state());
         let watch_list = watches.state();
@@ -536,12 +554,20 @@ impl Agent {
                 }
             };
             t.last_t = sample.t;
-            self.on_sample(&id, t, &sample, writes).await;
+            let hunt_blocked = blocked.contains_key(&pod.uid().unwrap_or_default());
+            self.on_sample(&id, t, &sample, writes, hunt_blocked).await;
         }
         self.metrics.set_watched_pods(tracked.len());
     }
 
-    async fn on_sample(&self, id: &str, t: &mut Tracked, sample: &Sample, writes: &mpsc::Sender<Write>) {
+    async fn on_sample(
+        &self,
+        id: &str,
+        t: &mut Tracked,
+        sample: &Sample,
+        writes: &mpsc::Sender<Write>,
+        hunt_blocked: bool,
+    ) {
         let queue = |op: Op| Write {
             pod: t.pod.clone(),
             container: t.container.clone(),
@@ -604,6 +630,7 @@ impl Agent {
             grower: sample.grower,
         };
         match t.machine.observe(&obs) {
+            Some(Action::SnapshotA { .. }) if hunt_blocked => t.machine.give_up(sample.t),
             Some(Action::SnapshotA { target }) => self.start_capture(id, t, 'A', target, &policy),
             Some(Action::SnapshotB { target }) => self.start_capture(id, t, 'B', target, &policy),
             Some(Action::Reset { target, reason }) => {
@@ -861,6 +888,7 @@ async fn writer(
                 let _ = feedback
                     .send(Feedback::Refused {
                         container_id: w.container_id.clone(),
+                        pod_uid: w.pod.uid().unwrap_or_default(),
                         path: record.path.clone().map(PathBuf::from).unwrap_or_default(),
                     })
                     .await;
@@ -1007,8 +1035,11 @@ mod tests {
         assert_eq!(s.phase, Phase::Analyzing);
         assert_eq!(s.snapshots.len(), 2);
         assert_eq!(s.incidents.iter().filter(|i| i.reason == "SnapshotTaken").count(), 2);
-        // Analysed: another pod within the cooldown is refused; after it, allowed.
+        // While the pair is analysed no new hunt starts, not even in a restarted container.
+        assert_eq!(apply(&a_op("web-1", 140), &mut s, "web-1", "app", at(140)), Applied::Refused);
+        // Analysed: any pod within the cooldown is refused; after it, allowed.
         s.phase = Phase::Analysed;
+        assert_eq!(apply(&a_op("web-1", 200), &mut s, "web-1", "app", at(200)), Applied::Refused);
         assert_eq!(apply(&a_op("web-2", 200), &mut s, "web-2", "app", at(200)), Applied::Refused);
         assert_eq!(apply(&a_op("web-2", 800), &mut s, "web-2", "app", at(800)), Applied::Changed);
         assert_eq!(s.snapshots.len(), 1, "a new hunt replaces the old pair");

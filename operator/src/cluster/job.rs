@@ -22,6 +22,9 @@ pub const REPORT_ANNOTATION: &str = "leakhunt.dev/report";
 /// Label selecting leakhunt's analyzer Jobs.
 pub const JOB_SELECTOR: &str = "app.kubernetes.io/managed-by=leakhunt,app.kubernetes.io/component=analyzer";
 
+/// The Job's writable scratch directory (its root filesystem is read-only).
+const SCRATCH: &str = "/var/tmp/leakhunt";
+
 /// How analyzer Jobs are made (from the operator's flags).
 #[derive(Debug, Clone)]
 pub struct JobTemplate {
@@ -93,10 +96,11 @@ pub fn analyzer_job(t: &JobTemplate, report: &LeakReport, a: &SnapshotRecord, b:
                 value: Some(t.log.clone()),
                 ..Default::default()
             },
-            // Compressed snapshots are read back through a temporary file.
+            // Compressed snapshots are read back through a temporary file. Not /tmp: the
+            // snapshot directory may live below it on the host.
             EnvVar {
                 name: "TMPDIR".into(),
-                value: Some("/tmp".into()),
+                value: Some(SCRATCH.into()),
                 ..Default::default()
             },
         ]),
@@ -113,8 +117,8 @@ pub fn analyzer_job(t: &JobTemplate, report: &LeakReport, a: &SnapshotRecord, b:
                 ..Default::default()
             },
             VolumeMount {
-                name: "tmp".into(),
-                mount_path: "/tmp".into(),
+                name: "scratch".into(),
+                mount_path: SCRATCH.into(),
                 ..Default::default()
             },
         ]),
@@ -172,7 +176,7 @@ pub fn analyzer_job(t: &JobTemplate, report: &LeakReport, a: &SnapshotRecord, b:
                             ..Default::default()
                         },
                         Volume {
-                            name: "tmp".into(),
+                            name: "scratch".into(),
                             empty_dir: Some(EmptyDirVolumeSource::default()),
                             ..Default::default()
                         },

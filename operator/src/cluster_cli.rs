@@ -8,9 +8,11 @@ use std::time::Duration;
 use clap::Args;
 use kube::Client;
 use leakhunt_operator::alerts::{AlertConfig, WebhookFormat};
-use leakhunt_operator::cluster::{agent, analyze_job, job::JobTemplate, leader::LeaderElector, operator};
-use leakhunt_operator::hunt::cli::{parse_duration, parse_size};
+use leakhunt_operator::cluster::{
+    agent, analyze_job, job::JobTemplate, leader::LeaderElector, operator,
+};
 use leakhunt_operator::http::{self, Health};
+use leakhunt_operator::hunt::cli::{parse_duration, parse_size};
 use leakhunt_operator::metrics::Metrics;
 use leakhunt_operator::node::Thresholds;
 
@@ -40,18 +42,35 @@ pub struct OperatorArgs {
     #[arg(long, env = "POD_NAMESPACE", default_value = "leakhunt")]
     namespace: String,
     /// Namespaces to watch, comma-separated; empty: all.
-    #[arg(long, env = "LEAKHUNT_WATCH_NAMESPACES", value_delimiter = ',', default_value = "")]
+    #[arg(
+        long,
+        env = "LEAKHUNT_WATCH_NAMESPACES",
+        value_delimiter = ',',
+        default_value = ""
+    )]
     watch_namespaces: Vec<String>,
     /// Image of the analyzer Jobs (the same `leakhunt` image).
     #[arg(long, env = "LEAKHUNT_IMAGE", default_value = "leakhunt:0.1.0")]
     image: String,
-    #[arg(long, env = "LEAKHUNT_IMAGE_PULL_POLICY", default_value = "IfNotPresent")]
+    #[arg(
+        long,
+        env = "LEAKHUNT_IMAGE_PULL_POLICY",
+        default_value = "IfNotPresent"
+    )]
     image_pull_policy: String,
     /// ServiceAccount of the analyzer Jobs (may patch only leakreports/status).
-    #[arg(long, env = "LEAKHUNT_ANALYZER_SERVICE_ACCOUNT", default_value = "leakhunt-analyzer")]
+    #[arg(
+        long,
+        env = "LEAKHUNT_ANALYZER_SERVICE_ACCOUNT",
+        default_value = "leakhunt-analyzer"
+    )]
     analyzer_service_account: String,
     /// Host directory where the agent writes snapshots; Jobs mount it read-only.
-    #[arg(long, env = "LEAKHUNT_SNAPSHOT_DIR", default_value = "/var/lib/leakhunt/snapshots")]
+    #[arg(
+        long,
+        env = "LEAKHUNT_SNAPSHOT_DIR",
+        default_value = "/var/lib/leakhunt/snapshots"
+    )]
     snapshot_dir: String,
     /// An analysis running longer is stopped and the report marked Failed.
     #[arg(long, env = "LEAKHUNT_ANALYSIS_TIMEOUT", default_value = "10m", value_parser = duration)]
@@ -59,7 +78,11 @@ pub struct OperatorArgs {
     /// Finished analyzer Jobs are deleted after this.
     #[arg(long, env = "LEAKHUNT_JOB_TTL", default_value = "1h", value_parser = duration)]
     job_ttl: Duration,
-    #[arg(long, env = "LEAKHUNT_ANALYZER_MEMORY_REQUEST", default_value = "256Mi")]
+    #[arg(
+        long,
+        env = "LEAKHUNT_ANALYZER_MEMORY_REQUEST",
+        default_value = "256Mi"
+    )]
     analyzer_memory_request: String,
     #[arg(long, env = "LEAKHUNT_ANALYZER_MEMORY_LIMIT", default_value = "1Gi")]
     analyzer_memory_limit: String,
@@ -88,7 +111,12 @@ pub struct OperatorArgs {
     #[arg(long, env = "LEAKHUNT_ALERTMANAGER_URL")]
     alertmanager_url: Option<String>,
     /// Extra Alertmanager labels, `k=v,k2=v2`.
-    #[arg(long, env = "LEAKHUNT_ALERT_LABELS", value_delimiter = ',', default_value = "")]
+    #[arg(
+        long,
+        env = "LEAKHUNT_ALERT_LABELS",
+        value_delimiter = ',',
+        default_value = ""
+    )]
     alert_labels: Vec<String>,
     /// At most one alert per workload and kind within this.
     #[arg(long, env = "LEAKHUNT_ALERT_COOLDOWN", default_value = "10m", value_parser = duration)]
@@ -110,7 +138,11 @@ pub struct AgentArgs {
     #[arg(long, env = "LEAKHUNT_PROC_ROOT", default_value = "/proc")]
     proc_root: std::path::PathBuf,
     /// Host directory for snapshot files (0700; files 0600).
-    #[arg(long, env = "LEAKHUNT_SNAPSHOT_DIR", default_value = "/var/lib/leakhunt/snapshots")]
+    #[arg(
+        long,
+        env = "LEAKHUNT_SNAPSHOT_DIR",
+        default_value = "/var/lib/leakhunt/snapshots"
+    )]
     snapshot_dir: std::path::PathBuf,
     /// Sampling interval.
     #[arg(long, env = "LEAKHUNT_INTERVAL", default_value = "1s", value_parser = duration)]
@@ -162,11 +194,17 @@ pub struct AnalyzeJobArgs {
 fn init_logging(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .try_init();
 }
 
 fn runtime() -> Option<tokio::runtime::Runtime> {
-    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => Some(rt),
         Err(e) => {
             eprintln!("leakhunt: cannot start the async runtime: {e}");
@@ -201,7 +239,9 @@ fn fail(what: &str, e: anyhow::Error) -> ExitCode {
 
 pub fn operator(args: OperatorArgs) -> ExitCode {
     init_logging(&args.log);
-    let Some(rt) = runtime() else { return ExitCode::FAILURE };
+    let Some(rt) = runtime() else {
+        return ExitCode::FAILURE;
+    };
     match rt.block_on(run_operator(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail("operator", e),
@@ -228,7 +268,11 @@ async fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
         .or_else(|_| std::env::var("HOSTNAME"))
         .unwrap_or_else(|_| "leakhunt-operator".into());
     let cfg = operator::OperatorConfig {
-        watch_namespaces: args.watch_namespaces.into_iter().filter(|n| !n.is_empty()).collect(),
+        watch_namespaces: args
+            .watch_namespaces
+            .into_iter()
+            .filter(|n| !n.is_empty())
+            .collect(),
         job: JobTemplate {
             namespace: args.namespace.clone(),
             image: args.image,
@@ -251,7 +295,12 @@ async fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.metrics_addr))?;
-    tokio::spawn(http::serve_on(listener, metrics.clone(), health.clone(), shutdown_signal()));
+    tokio::spawn(http::serve_on(
+        listener,
+        metrics.clone(),
+        health.clone(),
+        shutdown_signal(),
+    ));
     let client = client().await?;
     let identity = format!("{instance}-{}", std::process::id());
     let elector = args.leader_election.then(|| {
@@ -291,7 +340,9 @@ pub fn agent(args: AgentArgs) -> ExitCode {
         eprintln!("leakhunt agent: --baseline must be below --near-limit");
         return ExitCode::from(2);
     }
-    let Some(rt) = runtime() else { return ExitCode::FAILURE };
+    let Some(rt) = runtime() else {
+        return ExitCode::FAILURE;
+    };
     match rt.block_on(run_agent(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail("agent", e),
@@ -312,20 +363,29 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
             cooldown_secs: args.cooldown.as_secs_f64(),
         },
         report_interval: args.report_interval,
-        kernel_log: Some(args.kernel_log).filter(|k| !k.is_empty()).map(Into::into),
+        kernel_log: Some(args.kernel_log)
+            .filter(|k| !k.is_empty())
+            .map(Into::into),
     };
     let metrics = Metrics::new();
     let health = Health::new();
     let listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.metrics_addr))?;
-    tokio::spawn(http::serve_on(listener, metrics.clone(), health.clone(), shutdown_signal()));
+    tokio::spawn(http::serve_on(
+        listener,
+        metrics.clone(),
+        health.clone(),
+        shutdown_signal(),
+    ));
     let client = client().await?;
     let ready = {
         let health = health.clone();
         move || health.set_ready(true)
     };
-    agent::Agent::new(client, cfg, metrics).run(ready, shutdown_signal()).await
+    agent::Agent::new(client, cfg, metrics)
+        .run(ready, shutdown_signal())
+        .await
 }
 
 pub fn analyze_job(args: AnalyzeJobArgs) -> ExitCode {
@@ -342,7 +402,9 @@ pub fn analyze_job(args: AnalyzeJobArgs) -> ExitCode {
         sha256_before: args.sha256_before,
         sha256_after: args.sha256_after,
     };
-    let Some(rt) = runtime() else { return ExitCode::FAILURE };
+    let Some(rt) = runtime() else {
+        return ExitCode::FAILURE;
+    };
     let result = rt.block_on(async move {
         let client = client().await?;
         analyze_job::run(client, job).await
@@ -352,4 +414,3 @@ pub fn analyze_job(args: AnalyzeJobArgs) -> ExitCode {
         Err(e) => fail("analyze-job", e),
     }
 }
-

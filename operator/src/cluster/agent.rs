@@ -35,8 +35,10 @@ use crate::crd::{
 use crate::hunt::cli::{parse_duration, parse_size};
 use crate::hunt::snapshot::{Analyzer, Snapshotter};
 use crate::metrics::{CaptureOutcome, Metrics};
-use crate::node::{kubelet, CgroupWatcher, Hierarchy, ProcessKey, Sample, ThresholdMachine, Thresholds};
 use crate::node::threshold::{Action, Observation};
+use crate::node::{
+    kubelet, CgroupWatcher, Hierarchy, ProcessKey, Sample, ThresholdMachine, Thresholds,
+};
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -121,7 +123,12 @@ pub fn policy_of(spec: &LeakWatchSpec) -> Option<Policy> {
 
 /// A pod's capture policy: the first valid LeakWatch (by name) in its namespace that selects it
 /// and names its container (or none), else the annotation with the agent's defaults, else none.
-pub fn policy_for(pod: &Pod, container: &str, watches: &[Arc<LeakWatch>], cfg: &AgentConfig) -> Option<Policy> {
+pub fn policy_for(
+    pod: &Pod,
+    container: &str,
+    watches: &[Arc<LeakWatch>],
+    cfg: &AgentConfig,
+) -> Option<Policy> {
     let ns = pod.namespace();
     let mut candidates: Vec<&Arc<LeakWatch>> = watches
         .iter()
@@ -133,7 +140,7 @@ pub fn policy_for(pod: &Pod, container: &str, watches: &[Arc<LeakWatch>], cfg: &
     if let Some(p) = candidates.into_iter().find_map(|w| policy_of(&w.spec)) {
         return Some(p);
     }
-    workload::capture_annotated(pod).then(|| Policy {
+    workload::capture_annotated(pod).then_some(Policy {
         thresholds: cfg.thresholds,
         max_snapshot_size: cfg.max_snapshot_size,
         keep_snapshots: None,
@@ -184,7 +191,13 @@ pub enum Applied {
 }
 
 /// Applies one op to a status: the agent's status building, pure and unit-tested.
-pub fn apply(op: &Op, s: &mut LeakReportStatus, pod: &str, container: &str, now: Timestamp) -> Applied {
+pub fn apply(
+    op: &Op,
+    s: &mut LeakReportStatus,
+    pod: &str,
+    container: &str,
+    now: Timestamp,
+) -> Applied {
     let t = Time(now);
     match op {
         Op::Sample {
@@ -245,7 +258,10 @@ pub fn apply(op: &Op, s: &mut LeakReportStatus, pod: &str, container: &str, now:
                 "Captured",
                 false,
                 "Baseline",
-                &format!("snapshot A of {} taken; waiting for the near-limit threshold", process.name),
+                &format!(
+                    "snapshot A of {} taken; waiting for the near-limit threshold",
+                    process.name
+                ),
                 t.clone(),
             );
             s.push_incident(Incident {
@@ -262,14 +278,22 @@ pub fn apply(op: &Op, s: &mut LeakReportStatus, pod: &str, container: &str, now:
         }
         Op::SnapshotB { record } => {
             let ours = s.phase == Phase::Baseline
-                && s.snapshots.iter().any(|r| r.role == "A" && r.pod == record.pod && r.pid == record.pid);
+                && s.snapshots
+                    .iter()
+                    .any(|r| r.role == "A" && r.pod == record.pod && r.pid == record.pid);
             if !ours {
                 return Applied::Refused;
             }
             s.snapshots.retain(|r| r.role == "A");
             s.snapshots.push(record.clone());
             s.phase = Phase::Analyzing;
-            s.set_condition("Captured", true, "PairTaken", "snapshots A and B taken", t.clone());
+            s.set_condition(
+                "Captured",
+                true,
+                "PairTaken",
+                "snapshots A and B taken",
+                t.clone(),
+            );
             s.push_incident(Incident {
                 time: t,
                 reason: "SnapshotTaken".into(),
@@ -300,7 +324,11 @@ pub fn apply(op: &Op, s: &mut LeakReportStatus, pod: &str, container: &str, now:
             skipped,
             message,
         } => {
-            let reason = if *skipped { "CaptureSkipped" } else { "CaptureFailed" };
+            let reason = if *skipped {
+                "CaptureSkipped"
+            } else {
+                "CaptureFailed"
+            };
             if *role == 'B' && s.phase == Phase::Baseline {
                 s.phase = Phase::Failed;
             }
@@ -403,8 +431,12 @@ impl Agent {
     ) -> anyhow::Result<()> {
         let hierarchy = Hierarchy::detect(&self.cfg.cgroup_root)?;
         tracing::info!(node = %self.cfg.node_name, hierarchy = %hierarchy.path.display(), version = %hierarchy.version, "agent starting");
-        crate::hunt::prepare_snapshot_dir(&self.cfg.snapshot_dir)
-            .map_err(|e| anyhow::anyhow!("snapshot directory {}: {e}", self.cfg.snapshot_dir.display()))?;
+        crate::hunt::prepare_snapshot_dir(&self.cfg.snapshot_dir).map_err(|e| {
+            anyhow::anyhow!(
+                "snapshot directory {}: {e}",
+                self.cfg.snapshot_dir.display()
+            )
+        })?;
 
         let pods_api: Api<Pod> = Api::all(self.client.clone());
         let (pods, pod_writer) = reflector::store();
@@ -419,12 +451,20 @@ impl Agent {
         .for_each(|_| futures::future::ready(()));
         let watch_api: Api<LeakWatch> = Api::all(self.client.clone());
         let (watches, watch_writer) = reflector::store();
-        let watch_stream = reflector::reflector(watch_writer, watcher(watch_api, watcher::Config::default()).default_backoff())
-            .for_each(|_| futures::future::ready(()));
+        let watch_stream = reflector::reflector(
+            watch_writer,
+            watcher(watch_api, watcher::Config::default()).default_backoff(),
+        )
+        .for_each(|_| futures::future::ready(()));
         tokio::spawn(pod_stream);
         tokio::spawn(watch_stream);
-        pods.wait_until_ready().await.map_err(|e| anyhow::anyhow!("pod cache: {e}"))?;
-        watches.wait_until_ready().await.map_err(|e| anyhow::anyhow!("LeakWatch cache: {e}"))?;
+        pods.wait_until_ready()
+            .await
+            .map_err(|e| anyhow::anyhow!("pod cache: {e}"))?;
+        watches
+            .wait_until_ready()
+            .await
+            .map_err(|e| anyhow::anyhow!("LeakWatch cache: {e}"))?;
 
         let (write_tx, write_rx) = mpsc::channel::<Write>(1024);
         let (feedback_tx, mut feedback_rx) = mpsc::channel::<Feedback>(256);
@@ -450,7 +490,11 @@ impl Agent {
             }
             while let Ok(fb) = feedback_rx.try_recv() {
                 match fb {
-                    Feedback::Refused { container_id, pod_uid, path } => {
+                    Feedback::Refused {
+                        container_id,
+                        pod_uid,
+                        path,
+                    } => {
                         let _ = std::fs::remove_file(&path);
                         // The pod's next containers need not capture just to be refused again.
                         blocked.insert(pod_uid, Instant::now() + REFUSAL_BACKOFF);
@@ -467,7 +511,15 @@ impl Agent {
                 }
             }
             blocked.retain(|_, until| *until > Instant::now());
-            self.pass(&hierarchy, &pods, &watches, &mut tracked, &write_tx, &blocked).await;
+            self.pass(
+                &hierarchy,
+                &pods,
+                &watches,
+                &mut tracked,
+                &write_tx,
+                &blocked,
+            )
+            .await;
             if first {
                 ready();
                 first = false;
@@ -523,12 +575,21 @@ impl Agent {
             let _ = writes.try_send(w);
         }
         for (pod_cgroup, cgroup) in cgroups {
-            let Some(id) = pod_cgroup.container_id.clone() else { continue };
-            let Some((pod, container)) = by_container.get(&id) else { continue };
+            let Some(id) = pod_cgroup.container_id.clone() else {
+                continue;
+            };
+            let Some((pod, container)) = by_container.get(&id) else {
+                continue;
+            };
             let t = tracked.entry(id.clone()).or_insert_with(|| Tracked {
                 pod: pod.clone(),
                 container: container.clone(),
-                watcher: CgroupWatcher::new(cgroup, &self.cfg.proc_root, self.cfg.kernel_log.as_deref(), 30.0),
+                watcher: CgroupWatcher::new(
+                    cgroup,
+                    &self.cfg.proc_root,
+                    self.cfg.kernel_log.as_deref(),
+                    30.0,
+                ),
                 machine: ThresholdMachine::new(self.cfg.thresholds),
                 policy: None,
                 report_ready: false,
@@ -593,7 +654,11 @@ impl Agent {
                     t.container,
                     t.pod.name_any()
                 );
-                let _ = writes.try_send(queue(Op::WorkerKill { key, process, message }));
+                let _ = writes.try_send(queue(Op::WorkerKill {
+                    key,
+                    process,
+                    message,
+                }));
             }
         }
         let Some(policy) = t.policy.clone() else {
@@ -604,7 +669,8 @@ impl Agent {
             t.last_write = Some(Instant::now());
             let _ = writes.try_send(queue(sample_op(sample)));
         } else if t.report_ready
-            && t.last_write.is_none_or(|w| w.elapsed() >= self.cfg.report_interval)
+            && t.last_write
+                .is_none_or(|w| w.elapsed() >= self.cfg.report_interval)
         {
             t.last_write = Some(Instant::now());
             let _ = writes.try_send(queue(sample_op(sample)));
@@ -615,7 +681,9 @@ impl Agent {
             if !handle.is_finished() {
                 return;
             }
-            let Some(handle) = t.capturing.take() else { return };
+            let Some(handle) = t.capturing.take() else {
+                return;
+            };
             let Ok(done) = handle.await else { return };
             self.captured(id, t, done, &policy, writes, sample).await;
             return;
@@ -641,8 +709,10 @@ impl Agent {
                     "snapshot A of pid {} is void ({}); hunting starts over",
                     target.pid,
                     match reason {
-                        crate::node::threshold::ResetReason::TargetGone => "the process exited or was OOM-killed",
-                        crate::node::threshold::ResetReason::OomKill => "an OOM kill happened in the container",
+                        crate::node::threshold::ResetReason::TargetGone =>
+                            "the process exited or was OOM-killed",
+                        crate::node::threshold::ResetReason::OomKill =>
+                            "an OOM kill happened in the container",
                     }
                 );
                 let _ = writes.try_send(queue(Op::Reset { message }));
@@ -651,7 +721,14 @@ impl Agent {
         }
     }
 
-    fn start_capture(&self, id: &str, t: &mut Tracked, role: char, target: ProcessKey, policy: &Policy) {
+    fn start_capture(
+        &self,
+        id: &str,
+        t: &mut Tracked,
+        role: char,
+        target: ProcessKey,
+        policy: &Policy,
+    ) {
         let ns = t.pod.namespace().unwrap_or_default();
         let dir = self.cfg.snapshot_dir.join(&ns).join(t.pod.name_any());
         let stamp = Timestamp::now().as_millisecond();
@@ -675,12 +752,18 @@ impl Agent {
                         pid: i64::from(target.pid),
                         pod,
                         container,
-                        retain_until: keep.map(|k| Time(Timestamp::now() + SignedDuration::try_from(k).unwrap_or_default())),
+                        retain_until: keep.map(|k| {
+                            Time(Timestamp::now() + SignedDuration::try_from(k).unwrap_or_default())
+                        }),
                     },
                     took,
                 )
             });
-            Capture { role, target, result }
+            Capture {
+                role,
+                target,
+                result,
+            }
         }));
     }
 
@@ -702,7 +785,8 @@ impl Agent {
         let role = done.role;
         match done.result {
             Ok((record, took)) => {
-                self.metrics.capture(&role.to_string(), took, CaptureOutcome::Ok);
+                self.metrics
+                    .capture(&role.to_string(), took, CaptureOutcome::Ok);
                 let op = if role == 'A' {
                     t.snapshot_a = record.path.clone().map(PathBuf::from);
                     let name = sample
@@ -713,7 +797,10 @@ impl Agent {
                         process: ProcessRef {
                             pid: i64::from(done.target.pid),
                             name,
-                            command: crate::node::procs::cmdline(&self.cfg.proc_root, done.target.pid),
+                            command: crate::node::procs::cmdline(
+                                &self.cfg.proc_root,
+                                done.target.pid,
+                            ),
                         },
                         record,
                         cooldown: Duration::from_secs_f64(policy.thresholds.cooldown_secs),
@@ -730,17 +817,25 @@ impl Agent {
                 } else {
                     CaptureOutcome::Failed
                 };
-                self.metrics.capture(&role.to_string(), Duration::ZERO, outcome);
+                self.metrics
+                    .capture(&role.to_string(), Duration::ZERO, outcome);
                 tracing::warn!(container = %id, role = %role, %message, "capture failed");
                 t.machine.give_up(sample.t);
                 if let Some(path) = t.snapshot_a.take() {
                     let _ = std::fs::remove_file(path);
                 }
-                let reason = if skipped { "CaptureSkipped" } else { "CaptureFailed" };
+                let reason = if skipped {
+                    "CaptureSkipped"
+                } else {
+                    "CaptureFailed"
+                };
                 let ev = Event {
                     type_: EventType::Warning,
                     reason: reason.into(),
-                    note: Some(format!("snapshot {role} of container {}: {message}", t.container)),
+                    note: Some(format!(
+                        "snapshot {role} of container {}: {message}",
+                        t.container
+                    )),
                     action: "Capture".into(),
                     secondary: None,
                 };
@@ -761,9 +856,16 @@ impl Agent {
 
 /// Captures `pid` into `path` (0600, zstd, in a 0700 directory). `Err((skipped, message))`:
 /// skipped when over the size cap or the free disk.
-fn capture_one(dir: &Path, path: &Path, pid: i32, max: u64) -> Result<(i64, String, Duration), (bool, String)> {
+fn capture_one(
+    dir: &Path,
+    path: &Path,
+    pid: i32,
+    max: u64,
+) -> Result<(i64, String, Duration), (bool, String)> {
     let analyzer = Analyzer;
-    let estimate = analyzer.estimate_size(pid).map_err(|e| (false, e.to_string()))?;
+    let estimate = analyzer
+        .estimate_size(pid)
+        .map_err(|e| (false, e.to_string()))?;
     if estimate > max {
         return Err((
             true,
@@ -774,7 +876,8 @@ fn capture_one(dir: &Path, path: &Path, pid: i32, max: u64) -> Result<(i64, Stri
             ),
         ));
     }
-    crate::hunt::prepare_snapshot_dir(dir).map_err(|e| (false, format!("snapshot directory {}: {e}", dir.display())))?;
+    crate::hunt::prepare_snapshot_dir(dir)
+        .map_err(|e| (false, format!("snapshot directory {}: {e}", dir.display())))?;
     if let Some(free) = crate::hunt::free_bytes(dir) {
         // zstd usually shrinks a heap several times; without room for the raw size, skip rather
         // than fill the node's disk.
@@ -789,9 +892,16 @@ fn capture_one(dir: &Path, path: &Path, pid: i32, max: u64) -> Result<(i64, Stri
             ));
         }
     }
-    let captured = analyzer.capture(pid, path, max).map_err(|e| (false, e.to_string()))?;
-    let sha = crate::hunt::report::sha256_file(&captured.path).map_err(|e| (false, format!("hashing {}: {e}", path.display())))?;
-    Ok((i64::try_from(captured.file_bytes).unwrap_or(i64::MAX), sha, captured.total))
+    let captured = analyzer
+        .capture(pid, path, max)
+        .map_err(|e| (false, e.to_string()))?;
+    let sha = crate::hunt::report::sha256_file(&captured.path)
+        .map_err(|e| (false, format!("hashing {}: {e}", path.display())))?;
+    Ok((
+        i64::try_from(captured.file_bytes).unwrap_or(i64::MAX),
+        sha,
+        captured.total,
+    ))
 }
 
 fn sample_op(sample: &Sample) -> Op {
@@ -807,9 +917,14 @@ fn sample_op(sample: &Sample) -> Op {
 fn containers_on_node(pods: &[Arc<Pod>]) -> HashMap<String, (Arc<Pod>, String)> {
     let mut map = HashMap::new();
     for pod in pods {
-        let statuses = pod.status.as_ref().and_then(|s| s.container_statuses.as_ref());
+        let statuses = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref());
         for cs in statuses.into_iter().flatten() {
-            let Some(id) = cs.container_id.as_deref() else { continue };
+            let Some(id) = cs.container_id.as_deref() else {
+                continue;
+            };
             let id = id.split_once("://").map(|(_, i)| i).unwrap_or(id);
             if !id.is_empty() {
                 map.insert(id.to_string(), (pod.clone(), cs.name.clone()));
@@ -906,14 +1021,18 @@ async fn clean_snapshots(client: Client, cfg: AgentConfig) {
     loop {
         tick.tick().await;
         let api: Api<LeakReport> = Api::all(client.clone());
-        let Ok(list) = api.list(&ListParams::default()).await else { continue };
+        let Ok(list) = api.list(&ListParams::default()).await else {
+            continue;
+        };
         let now_ts = Timestamp::now();
         let mut needed: HashSet<String> = HashSet::new();
         let mut stale: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
         for r in &list.items {
             let Some(s) = r.status.as_ref() else { continue };
             for rec in s.snapshots.iter().filter(|x| x.node == cfg.node_name) {
-                let Some(path) = rec.path.clone() else { continue };
+                let Some(path) = rec.path.clone() else {
+                    continue;
+                };
                 let pending = matches!(s.phase, Phase::Baseline | Phase::Analyzing);
                 let retained = rec.retain_until.as_ref().is_some_and(|u| u.0 > now_ts);
                 if pending || retained {
@@ -948,7 +1067,9 @@ async fn clean_snapshots(client: Client, cfg: AgentConfig) {
             let _ = reports::update_status(&api, &name, |s| {
                 let mut changed = false;
                 for rec in s.snapshots.iter_mut() {
-                    if rec.path.as_ref().is_some_and(|p| paths.contains(p)) && !Path::new(rec.path.as_deref().unwrap_or_default()).exists() {
+                    if rec.path.as_ref().is_some_and(|p| paths.contains(p))
+                        && !Path::new(rec.path.as_deref().unwrap_or_default()).exists()
+                    {
                         rec.path = None;
                         changed = true;
                     }
@@ -1022,48 +1143,106 @@ mod tests {
     fn pair_flow_and_claims() {
         let mut s = LeakReportStatus::default();
         s.notes.push(format!("{NOT_CAPTURED}: x"));
-        assert_eq!(apply(&a_op("web-1", 100), &mut s, "web-1", "app", at(100)), Applied::Changed);
+        assert_eq!(
+            apply(&a_op("web-1", 100), &mut s, "web-1", "app", at(100)),
+            Applied::Changed
+        );
         assert_eq!(s.phase, Phase::Baseline);
         assert!(s.notes.is_empty(), "the not-captured note goes");
         // Another replica may not start while web-1 is hunted...
-        assert_eq!(apply(&a_op("web-2", 110), &mut s, "web-2", "app", at(110)), Applied::Refused);
+        assert_eq!(
+            apply(&a_op("web-2", 110), &mut s, "web-2", "app", at(110)),
+            Applied::Refused
+        );
         // ...B of another process is refused, B of ours completes the pair.
-        let other_b = Op::SnapshotB { record: record("B", "web-1", 8, 120) };
-        assert_eq!(apply(&other_b, &mut s, "web-1", "app", at(120)), Applied::Refused);
-        let b = Op::SnapshotB { record: record("B", "web-1", 7, 130) };
+        let other_b = Op::SnapshotB {
+            record: record("B", "web-1", 8, 120),
+        };
+        assert_eq!(
+            apply(&other_b, &mut s, "web-1", "app", at(120)),
+            Applied::Refused
+        );
+        let b = Op::SnapshotB {
+            record: record("B", "web-1", 7, 130),
+        };
         assert_eq!(apply(&b, &mut s, "web-1", "app", at(130)), Applied::Changed);
         assert_eq!(s.phase, Phase::Analyzing);
         assert_eq!(s.snapshots.len(), 2);
-        assert_eq!(s.incidents.iter().filter(|i| i.reason == "SnapshotTaken").count(), 2);
+        assert_eq!(
+            s.incidents
+                .iter()
+                .filter(|i| i.reason == "SnapshotTaken")
+                .count(),
+            2
+        );
         // While the pair is analysed no new hunt starts, not even in a restarted container.
-        assert_eq!(apply(&a_op("web-1", 140), &mut s, "web-1", "app", at(140)), Applied::Refused);
+        assert_eq!(
+            apply(&a_op("web-1", 140), &mut s, "web-1", "app", at(140)),
+            Applied::Refused
+        );
         // Analysed: any pod within the cooldown is refused; after it, allowed.
         s.phase = Phase::Analysed;
-        assert_eq!(apply(&a_op("web-1", 200), &mut s, "web-1", "app", at(200)), Applied::Refused);
-        assert_eq!(apply(&a_op("web-2", 200), &mut s, "web-2", "app", at(200)), Applied::Refused);
-        assert_eq!(apply(&a_op("web-2", 800), &mut s, "web-2", "app", at(800)), Applied::Changed);
+        assert_eq!(
+            apply(&a_op("web-1", 200), &mut s, "web-1", "app", at(200)),
+            Applied::Refused
+        );
+        assert_eq!(
+            apply(&a_op("web-2", 200), &mut s, "web-2", "app", at(200)),
+            Applied::Refused
+        );
+        assert_eq!(
+            apply(&a_op("web-2", 800), &mut s, "web-2", "app", at(800)),
+            Applied::Changed
+        );
         assert_eq!(s.snapshots.len(), 1, "a new hunt replaces the old pair");
         // A stale claim (no B for 30 min) no longer blocks.
-        assert_eq!(apply(&a_op("web-3", 3000), &mut s, "web-3", "app", at(3000)), Applied::Changed);
+        assert_eq!(
+            apply(&a_op("web-3", 3000), &mut s, "web-3", "app", at(3000)),
+            Applied::Changed
+        );
     }
 
     #[test]
     fn reset_failure_and_worker_kills() {
         let mut s = LeakReportStatus::default();
         apply(&a_op("web-1", 100), &mut s, "web-1", "app", at(100));
-        let reset = Op::Reset { message: "void".into() };
-        assert_eq!(apply(&reset, &mut s, "web-2", "app", at(101)), Applied::Unchanged, "not web-2's hunt");
-        assert_eq!(apply(&reset, &mut s, "web-1", "app", at(101)), Applied::Changed);
+        let reset = Op::Reset {
+            message: "void".into(),
+        };
+        assert_eq!(
+            apply(&reset, &mut s, "web-2", "app", at(101)),
+            Applied::Unchanged,
+            "not web-2's hunt"
+        );
+        assert_eq!(
+            apply(&reset, &mut s, "web-1", "app", at(101)),
+            Applied::Changed
+        );
         assert_eq!(s.phase, Phase::Watching);
         assert!(s.snapshots.is_empty());
         apply(&a_op("web-1", 200), &mut s, "web-1", "app", at(200));
-        let fail = Op::CaptureFailed { role: 'B', skipped: true, message: "over the cap".into() };
+        let fail = Op::CaptureFailed {
+            role: 'B',
+            skipped: true,
+            message: "over the cap".into(),
+        };
         apply(&fail, &mut s, "web-1", "app", at(210));
         assert_eq!(s.phase, Phase::Failed);
         assert_eq!(s.incidents.last().unwrap().reason, "CaptureSkipped");
-        let kill = Op::WorkerKill { key: "u/app/c/pid-9".into(), process: "python3 (pid 9)".into(), message: "m".into() };
-        assert_eq!(apply(&kill, &mut s, "web-1", "app", at(220)), Applied::Changed);
-        assert_eq!(apply(&kill, &mut s, "web-1", "app", at(221)), Applied::Unchanged, "counted once");
+        let kill = Op::WorkerKill {
+            key: "u/app/c/pid-9".into(),
+            process: "python3 (pid 9)".into(),
+            message: "m".into(),
+        };
+        assert_eq!(
+            apply(&kill, &mut s, "web-1", "app", at(220)),
+            Applied::Changed
+        );
+        assert_eq!(
+            apply(&kill, &mut s, "web-1", "app", at(221)),
+            Applied::Unchanged,
+            "counted once"
+        );
         assert_eq!(s.oom_kills, 1);
         assert_eq!(s.last_oom_kill.as_ref().unwrap().process, "python3 (pid 9)");
     }
@@ -1071,11 +1250,21 @@ mod tests {
     #[test]
     fn samples_predict_the_kill() {
         let mut s = LeakReportStatus::default();
-        let op = Op::Sample { working_set: 100, limit: Some(1000), growth_per_sec: Some(10.0), seconds_to_oom: Some(90.0) };
+        let op = Op::Sample {
+            working_set: 100,
+            limit: Some(1000),
+            growth_per_sec: Some(10.0),
+            seconds_to_oom: Some(90.0),
+        };
         apply(&op, &mut s, "p", "c", at(1000));
         assert_eq!(s.memory.growth_per_minute, Some(600));
         assert_eq!(s.memory.predicted_oom_time.as_ref().unwrap().0, at(1090));
-        let flat = Op::Sample { working_set: 100, limit: Some(1000), growth_per_sec: None, seconds_to_oom: Some(f64::INFINITY) };
+        let flat = Op::Sample {
+            working_set: 100,
+            limit: Some(1000),
+            growth_per_sec: None,
+            seconds_to_oom: Some(f64::INFINITY),
+        };
         apply(&flat, &mut s, "p", "c", at(1001));
         assert!(s.memory.predicted_oom_time.is_none());
     }

@@ -23,7 +23,8 @@ pub struct AnalyzeJob {
 /// Checks a snapshot against the digest the agent recorded: a file changed or replaced since
 /// the capture is not analysed.
 fn verify(path: &Path, want: Option<&str>) -> Result<(), String> {
-    let got = crate::hunt::report::sha256_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let got =
+        crate::hunt::report::sha256_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
     match want {
         Some(w) if !w.eq_ignore_ascii_case(&got) => Err(format!(
             "{} does not match the recorded SHA-256 (recorded {w}, now {got})",
@@ -44,7 +45,11 @@ pub fn record_findings(s: &mut LeakReportStatus, f: &Findings, now_ts: Timestamp
     s.set_condition(
         "LeakDetected",
         leak,
-        if leak { "Accumulates" } else { "NothingAccumulates" },
+        if leak {
+            "Accumulates"
+        } else {
+            "NothingAccumulates"
+        },
         &summary,
         t.clone(),
     );
@@ -140,7 +145,10 @@ mod tests {
             }))
             .unwrap(),
         );
-        let mut s = LeakReportStatus { phase: Phase::Analyzing, ..Default::default() };
+        let mut s = LeakReportStatus {
+            phase: Phase::Analyzing,
+            ..Default::default()
+        };
         assert!(awaits(&s, None));
         record_findings(&mut s, &f, Timestamp::UNIX_EPOCH);
         assert_eq!(s.phase, Phase::Analysed);
@@ -148,7 +156,10 @@ mod tests {
         assert_eq!(s.suspects[0].path, "__main__.Profiler.results");
         assert_eq!(s.growth.as_deref(), Some("+2000 items +176KiB"));
         assert_eq!(s.incidents.last().unwrap().reason, "LeakDetected");
-        assert!(s.conditions.iter().any(|c| c.type_ == "LeakDetected" && c.status == "True"));
+        assert!(s
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "LeakDetected" && c.status == "True"));
         assert!(!awaits(&s, None), "analysed once");
     }
 

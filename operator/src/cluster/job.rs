@@ -20,7 +20,8 @@ use crate::crd::{LeakReport, SnapshotRecord};
 /// namespace, reports in the workload's, and owner references cannot cross namespaces.
 pub const REPORT_ANNOTATION: &str = "leakhunt.dev/report";
 /// Label selecting leakhunt's analyzer Jobs.
-pub const JOB_SELECTOR: &str = "app.kubernetes.io/managed-by=leakhunt,app.kubernetes.io/component=analyzer";
+pub const JOB_SELECTOR: &str =
+    "app.kubernetes.io/managed-by=leakhunt,app.kubernetes.io/component=analyzer";
 
 /// The Job's writable scratch directory (its root filesystem is read-only).
 const SCRATCH: &str = "/var/tmp/leakhunt";
@@ -44,7 +45,12 @@ pub struct JobTemplate {
 
 /// One Job per snapshot pair: named after B's digest, so creating it twice is harmless.
 pub fn job_name(b: &SnapshotRecord) -> String {
-    let digest: String = b.sha256.chars().filter(|c| c.is_ascii_hexdigit()).take(16).collect();
+    let digest: String = b
+        .sha256
+        .chars()
+        .filter(|c| c.is_ascii_hexdigit())
+        .take(16)
+        .collect();
     format!("leakhunt-analyze-{}", digest.to_ascii_lowercase())
 }
 
@@ -56,8 +62,17 @@ pub fn pair(snapshots: &[SnapshotRecord]) -> Option<(&SnapshotRecord, &SnapshotR
         .then_some((a, b))
 }
 
-pub fn analyzer_job(t: &JobTemplate, report: &LeakReport, a: &SnapshotRecord, b: &SnapshotRecord) -> Job {
-    let report_ref = format!("{}/{}", report.namespace().unwrap_or_default(), report.name_any());
+pub fn analyzer_job(
+    t: &JobTemplate,
+    report: &LeakReport,
+    a: &SnapshotRecord,
+    b: &SnapshotRecord,
+) -> Job {
+    let report_ref = format!(
+        "{}/{}",
+        report.namespace().unwrap_or_default(),
+        report.name_any()
+    );
     let labels: BTreeMap<String, String> = [
         ("app.kubernetes.io/name", "leakhunt"),
         ("app.kubernetes.io/managed-by", "leakhunt"),
@@ -196,7 +211,10 @@ pub enum JobOutcome {
     Running,
     Succeeded,
     /// With the reason: `DeadlineExceeded`, `BackoffLimitExceeded`...
-    Failed { reason: String, message: String },
+    Failed {
+        reason: String,
+        message: String,
+    },
 }
 
 pub fn outcome(job: &Job) -> JobOutcome {
@@ -247,7 +265,9 @@ mod tests {
             time: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
             size: 1,
             sha256: sha.into(),
-            path: Some(format!("/var/lib/leakhunt/snapshots/shop/r/{role}.core.zst")),
+            path: Some(format!(
+                "/var/lib/leakhunt/snapshots/shop/r/{role}.core.zst"
+            )),
             pid: 42,
             pod: "web-1".into(),
             container: "app".into(),
@@ -282,20 +302,31 @@ mod tests {
             },
         );
         report.metadata.namespace = Some("shop".into());
-        let (a, b) = (snap("A", "node-1", "aa"), snap("B", "node-1", "0123456789abcdef0123"));
+        let (a, b) = (
+            snap("A", "node-1", "aa"),
+            snap("B", "node-1", "0123456789abcdef0123"),
+        );
         let job = analyzer_job(&template(), &report, &a, &b);
-        assert_eq!(job.metadata.name.as_deref(), Some("leakhunt-analyze-0123456789abcdef"));
+        assert_eq!(
+            job.metadata.name.as_deref(),
+            Some("leakhunt-analyze-0123456789abcdef")
+        );
         let spec = job.spec.as_ref().unwrap();
         assert_eq!(spec.backoff_limit, Some(0));
         assert_eq!(spec.active_deadline_seconds, Some(600));
         let pod = spec.template.spec.as_ref().unwrap();
         assert_eq!(pod.node_name.as_deref(), Some("node-1"));
-        assert_eq!(pod.service_account_name.as_deref(), Some("leakhunt-analyzer"));
+        assert_eq!(
+            pod.service_account_name.as_deref(),
+            Some("leakhunt-analyzer")
+        );
         let c = &pod.containers[0];
         let mounts = c.volume_mounts.as_ref().unwrap();
         assert_eq!(mounts[0].read_only, Some(true));
         let args = c.args.as_ref().unwrap();
-        assert!(args.windows(2).any(|w| w[0] == "--report" && w[1] == "shop/deployment-web"));
+        assert!(args
+            .windows(2)
+            .any(|w| w[0] == "--report" && w[1] == "shop/deployment-web"));
         assert_eq!(
             job.metadata.annotations.as_ref().unwrap()[REPORT_ANNOTATION],
             "shop/deployment-web"

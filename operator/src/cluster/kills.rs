@@ -153,8 +153,16 @@ mod tests {
 
     #[test]
     fn one_kill_seen_in_state_then_last_state_has_one_key() {
-        let dying = pod(vec![status(Some(terminated("OOMKilled", "sim://a", 10)), None, 0)]);
-        let restarted = pod(vec![status(None, Some(terminated("OOMKilled", "sim://a", 10)), 1)]);
+        let dying = pod(vec![status(
+            Some(terminated("OOMKilled", "sim://a", 10)),
+            None,
+            0,
+        )]);
+        let restarted = pod(vec![status(
+            None,
+            Some(terminated("OOMKilled", "sim://a", 10)),
+            1,
+        )]);
         let (a, b) = (container_kills(&dying), container_kills(&restarted));
         assert_eq!(a.len(), 1);
         assert_eq!(a[0].key, b[0].key);

@@ -54,10 +54,17 @@ impl LeaderElector {
             .and_then(|l| l.spec.as_ref())
             .and_then(|s| s.holder_identity.as_deref())
             == Some(self.identity.as_str());
-        if !may_take(existing.as_ref().and_then(|l| l.spec.as_ref()), &self.identity, now) {
+        if !may_take(
+            existing.as_ref().and_then(|l| l.spec.as_ref()),
+            &self.identity,
+            now,
+        ) {
             return Ok(false);
         }
-        let previous = existing.as_ref().and_then(|l| l.spec.clone()).unwrap_or_default();
+        let previous = existing
+            .as_ref()
+            .and_then(|l| l.spec.clone())
+            .unwrap_or_default();
         let spec = LeaseSpec {
             holder_identity: Some(self.identity.clone()),
             lease_duration_seconds: Some(self.lease_duration.as_secs().max(1) as i32),
@@ -68,14 +75,17 @@ impl LeaderElector {
             },
             renew_time: Some(MicroTime(now)),
             lease_transitions: Some(
-                previous.lease_transitions.unwrap_or(0) + i32::from(!held_by_us && existing.is_some()),
+                previous.lease_transitions.unwrap_or(0)
+                    + i32::from(!held_by_us && existing.is_some()),
             ),
             ..Default::default()
         };
         let result = match existing {
             Some(mut lease) => {
                 lease.spec = Some(spec);
-                self.api.replace(&self.name, &PostParams::default(), &lease).await
+                self.api
+                    .replace(&self.name, &PostParams::default(), &lease)
+                    .await
             }
             None => {
                 let lease = Lease {

@@ -86,7 +86,10 @@ impl Context {
     }
 
     fn known_counted(&self, key: &str) -> bool {
-        self.counted.lock().map(|c| c.contains(key)).unwrap_or(false)
+        self.counted
+            .lock()
+            .map(|c| c.contains(key))
+            .unwrap_or(false)
     }
 
     fn remember_counted(&self, key: &str) {
@@ -99,9 +102,17 @@ impl Context {
     }
 
     /// Alert config for a namespace's workloads: the chart's, overridden by a LeakWatch there.
-    async fn alert_config(&self, namespace: &str, labels: &std::collections::BTreeMap<String, String>) -> AlertConfig {
+    async fn alert_config(
+        &self,
+        namespace: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> AlertConfig {
         let api: Api<LeakWatch> = Api::namespaced(self.client.clone(), namespace);
-        let watches = api.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default();
+        let watches = api
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default();
         let routing = watches
             .iter()
             .find(|w| selector::matches(&w.spec.selector, labels))
@@ -177,7 +188,10 @@ fn workload_reference(report: &LeakReport) -> Option<ObjectReference> {
 }
 
 /// Runs the operator until `shutdown` resolves.
-pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + 'static) {
+pub async fn run(
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
     let shutdown = futures::future::FutureExt::shared(Box::pin(shutdown));
     let pods = watch_pods(ctx.clone());
     let reports = report_controller(ctx.clone(), shutdown.clone());
@@ -294,11 +308,18 @@ async fn count_kills(ctx: &Context, pod: &Pod, kills: &[ContainerKill]) -> Resul
         tracing::info!(namespace, workload = %wl.display, key = %k.key, "OOM kill counted");
         if alert_cfg.events {
             let note = k.message();
-            ctx.event(&reference_of(pod), EventType::Warning, "OOMKilled", &note).await;
+            ctx.event(&reference_of(pod), EventType::Warning, "OOMKilled", &note)
+                .await;
             if let Some(w) = workload_reference(&report) {
                 ctx.event(&w, EventType::Warning, "OOMKilled", &note).await;
             }
-            ctx.event(&reference_of(&report), EventType::Warning, "OOMKilled", &note).await;
+            ctx.event(
+                &reference_of(&report),
+                EventType::Warning,
+                "OOMKilled",
+                &note,
+            )
+            .await;
         }
         let summary = format!(
             "{} OOM-killed: {} ({} kills so far)",
@@ -306,12 +327,21 @@ async fn count_kills(ctx: &Context, pod: &Pod, kills: &[ContainerKill]) -> Resul
             k.message(),
             status.oom_kills
         );
-        ctx.alert(&alert_cfg, alert_of(AlertKind::OomKilled, &report, &status, summary)).await;
+        ctx.alert(
+            &alert_cfg,
+            alert_of(AlertKind::OomKilled, &report, &status, summary),
+        )
+        .await;
     }
     Ok(())
 }
 
-fn alert_of(kind: AlertKind, report: &LeakReport, status: &LeakReportStatus, summary: String) -> Alert {
+fn alert_of(
+    kind: AlertKind,
+    report: &LeakReport,
+    status: &LeakReportStatus,
+    summary: String,
+) -> Alert {
     Alert {
         kind,
         namespace: report.namespace().unwrap_or_default(),
@@ -330,19 +360,36 @@ async fn capture_enabled(ctx: &Context, pod: &Pod) -> bool {
     if workload::capture_annotated(pod) {
         return true;
     }
-    let api: Api<LeakWatch> = Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
-    let watches = api.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default();
-    watches.iter().any(|w| selector::matches(&w.spec.selector, pod.labels()))
+    let api: Api<LeakWatch> =
+        Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
+    let watches = api
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    watches
+        .iter()
+        .any(|w| selector::matches(&w.spec.selector, pod.labels()))
 }
 
-async fn report_controller(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+async fn report_controller(
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
     let reports: Api<LeakReport> = Api::all(ctx.client.clone());
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ctx.cfg.job.namespace);
     Controller::new(reports, watcher::Config::default())
-        .watches(jobs, watcher::Config::default().labels(job::JOB_SELECTOR), |job: Job| {
-            let (ns, name) = job.annotations().get(job::REPORT_ANNOTATION)?.split_once('/')?;
-            Some(ObjectRef::<LeakReport>::new(name).within(ns))
-        })
+        .watches(
+            jobs,
+            watcher::Config::default().labels(job::JOB_SELECTOR),
+            |job: Job| {
+                let (ns, name) = job
+                    .annotations()
+                    .get(job::REPORT_ANNOTATION)?
+                    .split_once('/')?;
+                Some(ObjectRef::<LeakReport>::new(name).within(ns))
+            },
+        )
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx.clone())
         .for_each(|result| {
@@ -380,7 +427,11 @@ pub async fn reconcile(report: Arc<LeakReport>, ctx: Arc<Context>) -> Result<Act
     }
 }
 
-async fn analyzing(report: &LeakReport, status: &LeakReportStatus, ctx: &Context) -> Result<Action, Error> {
+async fn analyzing(
+    report: &LeakReport,
+    status: &LeakReportStatus,
+    ctx: &Context,
+) -> Result<Action, Error> {
     let namespace = report.namespace().unwrap_or_default();
     let api: Api<LeakReport> = Api::namespaced(ctx.client.clone(), &namespace);
     let name = report.name_any();
@@ -403,7 +454,13 @@ async fn analyzing(report: &LeakReport, status: &LeakReportStatus, ctx: &Context
                 return false;
             }
             s.analysis_job = Some(job_name.clone());
-            s.set_condition("Analysed", false, "Analyzing", &format!("analyzer Job {job_name} runs"), now());
+            s.set_condition(
+                "Analysed",
+                false,
+                "Analyzing",
+                &format!("analyzer Job {job_name} runs"),
+                now(),
+            );
             true
         })
         .await?;
@@ -415,12 +472,24 @@ async fn analyzing(report: &LeakReport, status: &LeakReportStatus, ctx: &Context
             record_job_duration(ctx, &existing);
             // The Job writes its findings before it exits; a Job that succeeded and left the
             // report analysing lost its write (it is retried never: say so).
-            let finished = existing.status.as_ref().and_then(|s| s.completion_time.clone());
+            let finished = existing
+                .status
+                .as_ref()
+                .and_then(|s| s.completion_time.clone());
             let late = finished.is_some_and(|t| {
-                k8s_openapi::jiff::Timestamp::now().duration_since(t.0).as_secs() > 30
+                k8s_openapi::jiff::Timestamp::now()
+                    .duration_since(t.0)
+                    .as_secs()
+                    > 30
             });
             if late {
-                mark_failed(ctx, report, "AnalysisFailed", "the analyzer Job finished without writing findings").await?;
+                mark_failed(
+                    ctx,
+                    report,
+                    "AnalysisFailed",
+                    "the analyzer Job finished without writing findings",
+                )
+                .await?;
                 Ok(Action::await_change())
             } else {
                 Ok(Action::requeue(Duration::from_secs(5)))
@@ -440,7 +509,9 @@ fn record_job_duration(ctx: &Context, job: &Job) {
     let (Some(start), end) = (s.start_time.as_ref(), s.completion_time.as_ref()) else {
         return;
     };
-    let end = end.map(|t| t.0).unwrap_or_else(k8s_openapi::jiff::Timestamp::now);
+    let end = end
+        .map(|t| t.0)
+        .unwrap_or_else(k8s_openapi::jiff::Timestamp::now);
     let name = job.name_any();
     let first = ctx.timed_jobs.lock().map(|mut t| {
         if t.len() > 10_000 {
@@ -455,7 +526,12 @@ fn record_job_duration(ctx: &Context, job: &Job) {
 }
 
 /// Marks the report failed (once) and says so in an Event and an alert.
-async fn mark_failed(ctx: &Context, report: &LeakReport, reason: &str, message: &str) -> Result<(), Error> {
+async fn mark_failed(
+    ctx: &Context,
+    report: &LeakReport,
+    reason: &str,
+    message: &str,
+) -> Result<(), Error> {
     let namespace = report.namespace().unwrap_or_default();
     let api: Api<LeakReport> = Api::namespaced(ctx.client.clone(), &namespace);
     let written = reports::update_status(&api, &report.name_any(), |s| {
@@ -476,16 +552,28 @@ async fn mark_failed(ctx: &Context, report: &LeakReport, reason: &str, message: 
     let status = report.status.clone().unwrap_or_default();
     let cfg = ctx.alert_config(&namespace, &Default::default()).await;
     if cfg.events {
-        ctx.event(&reference_of(&report), EventType::Warning, reason, message).await;
+        ctx.event(&reference_of(&report), EventType::Warning, reason, message)
+            .await;
     }
-    let summary = format!("analysis of {} failed: {message}", report.spec.workload.display);
-    ctx.alert(&cfg, alert_of(AlertKind::AnalysisFailed, &report, &status, summary)).await;
+    let summary = format!(
+        "analysis of {} failed: {message}",
+        report.spec.workload.display
+    );
+    ctx.alert(
+        &cfg,
+        alert_of(AlertKind::AnalysisFailed, &report, &status, summary),
+    )
+    .await;
     Ok(())
 }
 
 /// A leak verdict is announced once per snapshot pair: Events on the report, workload and pod,
 /// the webhook and Alertmanager.
-async fn analysed(report: &LeakReport, status: &LeakReportStatus, ctx: &Context) -> Result<(), Error> {
+async fn analysed(
+    report: &LeakReport,
+    status: &LeakReportStatus,
+    ctx: &Context,
+) -> Result<(), Error> {
     if status.verdict != Some(Verdict::Leak) {
         return Ok(());
     }
@@ -520,15 +608,32 @@ async fn analysed(report: &LeakReport, status: &LeakReportStatus, ctx: &Context)
     };
     let cfg = ctx.alert_config(&namespace, &pod_labels).await;
     if cfg.events {
-        ctx.event(&reference_of(report), EventType::Warning, "LeakDetected", &summary).await;
+        ctx.event(
+            &reference_of(report),
+            EventType::Warning,
+            "LeakDetected",
+            &summary,
+        )
+        .await;
         if let Some(w) = workload_reference(report) {
-            ctx.event(&w, EventType::Warning, "LeakDetected", &summary).await;
+            ctx.event(&w, EventType::Warning, "LeakDetected", &summary)
+                .await;
         }
         if let Some(pod) = pod_of(ctx, &namespace, &b.pod).await {
-            ctx.event(&reference_of(&pod), EventType::Warning, "LeakDetected", &summary).await;
+            ctx.event(
+                &reference_of(&pod),
+                EventType::Warning,
+                "LeakDetected",
+                &summary,
+            )
+            .await;
         }
     }
-    ctx.alert(&cfg, alert_of(AlertKind::LeakDetected, report, status, summary)).await;
+    ctx.alert(
+        &cfg,
+        alert_of(AlertKind::LeakDetected, report, status, summary),
+    )
+    .await;
     Ok(())
 }
 
@@ -547,7 +652,10 @@ async fn collect_garbage(ctx: Arc<Context>) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
         tick.tick().await;
-        let list = match jobs.list(&ListParams::default().labels(job::JOB_SELECTOR)).await {
+        let list = match jobs
+            .list(&ListParams::default().labels(job::JOB_SELECTOR))
+            .await
+        {
             Ok(l) => l,
             Err(e) => {
                 ctx.metrics.reconcile_error("gc");
@@ -556,14 +664,20 @@ async fn collect_garbage(ctx: Arc<Context>) {
             }
         };
         for j in list.items {
-            let Some((ns, name)) = j.annotations().get(job::REPORT_ANNOTATION).and_then(|r| r.split_once('/')) else {
+            let Some((ns, name)) = j
+                .annotations()
+                .get(job::REPORT_ANNOTATION)
+                .and_then(|r| r.split_once('/'))
+            else {
                 continue;
             };
             let reports: Api<LeakReport> = Api::namespaced(ctx.client.clone(), ns);
             if let Ok(None) = reports.get_opt(name).await {
                 let dp = DeleteParams::background();
                 match jobs.delete(&j.name_any(), &dp).await {
-                    Ok(_) => tracing::info!(job = %j.name_any(), "deleted analyzer Job of a deleted report"),
+                    Ok(_) => {
+                        tracing::info!(job = %j.name_any(), "deleted analyzer Job of a deleted report")
+                    }
                     Err(e) if is_status(&e, 404) => {}
                     Err(e) => tracing::warn!(error = %e, "deleting analyzer Job"),
                 }
@@ -580,7 +694,11 @@ async fn leakwatch_status(ctx: Arc<Context>) {
         let apis: Vec<Api<LeakWatch>> = if ctx.cfg.watch_namespaces.is_empty() {
             vec![Api::all(ctx.client.clone())]
         } else {
-            ctx.cfg.watch_namespaces.iter().map(|n| Api::namespaced(ctx.client.clone(), n)).collect()
+            ctx.cfg
+                .watch_namespaces
+                .iter()
+                .map(|n| Api::namespaced(ctx.client.clone(), n))
+                .collect()
         };
         for api in apis {
             let Ok(list) = api.list(&ListParams::default()).await else {
@@ -614,13 +732,24 @@ async fn update_watch(ctx: &Context, w: &LeakWatch) -> Result<(), kube::Error> {
         None => (true, "Valid", "the spec parses".to_string()),
         Some(p) => (false, "Invalid", p),
     };
-    crate::crd::set_condition(&mut status.conditions, "Valid", valid, reason, &message, now());
+    crate::crd::set_condition(
+        &mut status.conditions,
+        "Valid",
+        valid,
+        reason,
+        &message,
+        now(),
+    );
     if status == before {
         return Ok(());
     }
     let api: Api<LeakWatch> = Api::namespaced(ctx.client.clone(), &ns);
     let patch = serde_json::json!({ "status": status });
-    api.patch_status(&w.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .map(|_| ())
+    api.patch_status(
+        &w.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map(|_| ())
 }

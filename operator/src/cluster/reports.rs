@@ -82,7 +82,10 @@ where
             return Ok(None);
         }
         report.status = Some(status);
-        match api.replace_status(name, &PostParams::default(), &report).await {
+        match api
+            .replace_status(name, &PostParams::default(), &report)
+            .await
+        {
             Ok(written) => return Ok(Some(written)),
             Err(e) if is_status(&e, 409) => {
                 tokio::time::sleep(Duration::from_millis(20 * (attempt as u64 + 1))).await;
@@ -101,7 +104,10 @@ where
     ))
 }
 
-async fn get_status_opt(api: &Api<LeakReport>, name: &str) -> Result<Option<LeakReport>, kube::Error> {
+async fn get_status_opt(
+    api: &Api<LeakReport>,
+    name: &str,
+) -> Result<Option<LeakReport>, kube::Error> {
     match api.get_status(name).await {
         Ok(r) => Ok(Some(r)),
         Err(e) if is_status(&e, 404) => Ok(None),

@@ -53,7 +53,10 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -75,7 +78,10 @@ mod tests {
         };
         assert!(matches(&sel, &labels(&[("app", "web"), ("tier", "api")])));
         assert!(!matches(&sel, &labels(&[("app", "web"), ("tier", "db")])));
-        assert!(!matches(&sel, &labels(&[("app", "web"), ("tier", "api"), ("canary", "1")])));
+        assert!(!matches(
+            &sel,
+            &labels(&[("app", "web"), ("tier", "api"), ("canary", "1")])
+        ));
         assert!(!matches(&sel, &labels(&[("tier", "api")])));
         assert!(matches(&LabelSelector::default(), &labels(&[])));
         assert_eq!(to_query(&sel), "app=web,tier in (front,api),!canary");

@@ -50,7 +50,11 @@ fn workload_of(owner: &OwnerReference) -> WorkloadRef {
 
 /// The pod itself, when nothing owns it.
 pub fn bare_pod(pod: &Pod) -> WorkloadRef {
-    let mut w = WorkloadRef::new("v1", "Pod", pod.metadata.name.as_deref().unwrap_or_default());
+    let mut w = WorkloadRef::new(
+        "v1",
+        "Pod",
+        pod.metadata.name.as_deref().unwrap_or_default(),
+    );
     w.uid = pod.metadata.uid.clone();
     w
 }
@@ -99,7 +103,11 @@ impl ApiLookup {
         }
     }
 
-    async fn fetch<K>(&self, namespace: &str, name: &str) -> Result<Option<OwnerReference>, kube::Error>
+    async fn fetch<K>(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<OwnerReference>, kube::Error>
     where
         K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
             + Clone
@@ -119,7 +127,12 @@ impl OwnerLookup for ApiLookup {
         namespace: &str,
         owner: &OwnerReference,
     ) -> Result<Option<OwnerReference>, kube::Error> {
-        if let Some(hit) = self.cache.lock().ok().and_then(|c| c.get(&owner.uid).cloned()) {
+        if let Some(hit) = self
+            .cache
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&owner.uid).cloned())
+        {
             return Ok(hit);
         }
         let found = match owner.kind.as_str() {
@@ -211,7 +224,9 @@ mod tests {
         ) -> Result<Option<OwnerReference>, kube::Error> {
             self.0.get(&owner.name).cloned().ok_or_else(|| {
                 kube::Error::Api(
-                    kube::core::Status::failure("not found", "NotFound").with_code(404).boxed(),
+                    kube::core::Status::failure("not found", "NotFound")
+                        .with_code(404)
+                        .boxed(),
                 )
             })
         }
@@ -238,13 +253,28 @@ mod tests {
             ("once".to_string(), None),
         ]));
         let cases = [
-            (vec![owner("apps/v1", "ReplicaSet", "web-7d9f", true)], "Deployment/web"),
-            (vec![owner("batch/v1", "Job", "backup-2900", true)], "CronJob/backup"),
+            (
+                vec![owner("apps/v1", "ReplicaSet", "web-7d9f", true)],
+                "Deployment/web",
+            ),
+            (
+                vec![owner("batch/v1", "Job", "backup-2900", true)],
+                "CronJob/backup",
+            ),
             (vec![owner("batch/v1", "Job", "once", true)], "Job/once"),
-            (vec![owner("apps/v1", "StatefulSet", "db", true)], "StatefulSet/db"),
-            (vec![owner("apps/v1", "DaemonSet", "agent", true)], "DaemonSet/agent"),
+            (
+                vec![owner("apps/v1", "StatefulSet", "db", true)],
+                "StatefulSet/db",
+            ),
+            (
+                vec![owner("apps/v1", "DaemonSet", "agent", true)],
+                "DaemonSet/agent",
+            ),
             // The ReplicaSet is gone: it is the best name left.
-            (vec![owner("apps/v1", "ReplicaSet", "gone-1", true)], "ReplicaSet/gone-1"),
+            (
+                vec![owner("apps/v1", "ReplicaSet", "gone-1", true)],
+                "ReplicaSet/gone-1",
+            ),
             // A non-controller reference is used only when no controller is marked.
             (
                 vec![
@@ -284,7 +314,8 @@ mod tests {
     fn capture_annotation() {
         let mut p = pod(vec![]);
         assert!(!capture_annotated(&p));
-        p.metadata.annotations = Some([(CAPTURE_ANNOTATION.to_string(), "True".to_string())].into());
+        p.metadata.annotations =
+            Some([(CAPTURE_ANNOTATION.to_string(), "True".to_string())].into());
         assert!(capture_annotated(&p));
     }
 }

@@ -286,6 +286,7 @@ async fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
             cpu_request: args.analyzer_cpu_request,
             cpu_limit: args.analyzer_cpu_limit,
             log: args.log.clone(),
+            owner: None,
         },
         alerts,
         instance: instance.clone(),
@@ -321,6 +322,8 @@ async fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
         }
         tracing::info!(%identity, "leading");
     }
+    let mut cfg = cfg;
+    cfg.job.owner = own_deployment(&client, &args.namespace, &instance).await;
     let ctx = operator::Context::new(client, cfg, metrics);
     let lost = async {
         match &elector {
@@ -332,6 +335,19 @@ async fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
         _ = operator::run(ctx, shutdown_signal()) => Ok(()),
         _ = lost => Err(anyhow::anyhow!("lost the leader lease; exiting so a new leader takes over")),
     }
+}
+
+/// The Deployment this operator pod belongs to (outside a cluster, or as a bare pod: none).
+async fn own_deployment(
+    client: &Client,
+    namespace: &str,
+    pod_name: &str,
+) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference> {
+    use leakhunt_operator::cluster::workload;
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(client.clone(), namespace);
+    let pod = pods.get_opt(pod_name).await.ok().flatten()?;
+    let w = workload::resolve(&workload::ApiLookup::new(client.clone()), &pod).await;
+    (w.kind == "Deployment").then(|| workload::owner_reference(&w)).flatten()
 }
 
 pub fn agent(args: AgentArgs) -> ExitCode {

@@ -41,6 +41,8 @@ pub struct JobTemplate {
     pub cpu_request: String,
     pub cpu_limit: String,
     pub log: String,
+    /// The operator's Deployment: analyzer Jobs are owned by it, so they go when the chart goes.
+    pub owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
 }
 
 /// One Job per snapshot pair: named after B's digest, so creating it twice is harmless.
@@ -159,6 +161,7 @@ pub fn analyzer_job(
             namespace: Some(t.namespace.clone()),
             labels: Some(labels.clone()),
             annotations: Some(annotations),
+            owner_references: t.owner.clone().map(|o| vec![o]),
             ..Default::default()
         },
         spec: Some(JobSpec {
@@ -289,6 +292,7 @@ mod tests {
             cpu_request: "100m".into(),
             cpu_limit: "1".into(),
             log: "info".into(),
+            owner: None,
         }
     }
 

@@ -437,7 +437,7 @@ async fn analyzing(
     let name = report.name_any();
     let Some((a, b)) = job::pair(&status.snapshots) else {
         let msg = "the snapshot pair is incomplete (A and B on one node are needed)";
-        mark_failed(ctx, report, "AnalysisFailed", msg).await?;
+        mark_failed(ctx, report, None, "AnalysisFailed", msg).await?;
         return Ok(Action::await_change());
     };
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ctx.cfg.job.namespace);
@@ -450,7 +450,7 @@ async fn analyzing(
             Err(e) => return Err(e.into()),
         }
         reports::update_status(&api, &name, |s| {
-            if s.phase != Phase::Analyzing || s.analysis_job.as_deref() == Some(&job_name) {
+            if !still_awaits(s, Some(&b.sha256)) || s.analysis_job.as_deref() == Some(&job_name) {
                 return false;
             }
             s.analysis_job = Some(job_name.clone());
@@ -486,6 +486,7 @@ async fn analyzing(
                 mark_failed(
                     ctx,
                     report,
+                    Some(&b.sha256),
                     "AnalysisFailed",
                     "the analyzer Job finished without writing findings",
                 )
@@ -498,7 +499,7 @@ async fn analyzing(
         JobOutcome::Failed { reason, message } => {
             record_job_duration(ctx, &existing);
             let text = job::failure_text(&reason, &message, ctx.cfg.job.timeout);
-            mark_failed(ctx, report, "AnalysisFailed", &text).await?;
+            mark_failed(ctx, report, Some(&b.sha256), "AnalysisFailed", &text).await?;
             Ok(Action::await_change())
         }
     }
@@ -525,17 +526,34 @@ fn record_job_duration(ctx: &Context, job: &Job) {
     }
 }
 
-/// Marks the report failed (once) and says so in an Event and an alert.
+/// Whether the report as read now still waits for the pair a decision was made on: the one
+/// whose B is `b_sha256`, or with `None` still no complete pair. The report reconciled is a
+/// cached copy; since it was read the agent may have started a new hunt with a new pair.
+fn still_awaits(s: &LeakReportStatus, b_sha256: Option<&str>) -> bool {
+    let pair = job::pair(&s.snapshots);
+    s.phase == Phase::Analyzing
+        && match b_sha256 {
+            Some(sha) => pair.is_some_and(|(_, b)| b.sha256 == sha),
+            None => pair.is_none(),
+        }
+}
+
+/// Marks the report failed (once) and says so in an Event and an alert. `b_sha256` names the
+/// pair that failed (`None`: the pair is incomplete); a report analysing another pair by now is
+/// left alone.
 async fn mark_failed(
     ctx: &Context,
     report: &LeakReport,
+    b_sha256: Option<&str>,
     reason: &str,
     message: &str,
 ) -> Result<(), Error> {
     let namespace = report.namespace().unwrap_or_default();
     let api: Api<LeakReport> = Api::namespaced(ctx.client.clone(), &namespace);
     let written = reports::update_status(&api, &report.name_any(), |s| {
-        if s.phase != Phase::Analyzing {
+        // Not the phase alone: the old pair's failed Job must not fail the new pair's analysis
+        // (the analyzer Job checks the same before it writes).
+        if !still_awaits(s, b_sha256) {
             return false;
         }
         s.phase = Phase::Failed;

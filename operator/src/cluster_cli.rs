@@ -344,10 +344,13 @@ async fn own_deployment(
     pod_name: &str,
 ) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference> {
     use leakhunt_operator::cluster::workload;
-    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(client.clone(), namespace);
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::namespaced(client.clone(), namespace);
     let pod = pods.get_opt(pod_name).await.ok().flatten()?;
     let w = workload::resolve(&workload::ApiLookup::new(client.clone()), &pod).await;
-    (w.kind == "Deployment").then(|| workload::owner_reference(&w)).flatten()
+    (w.kind == "Deployment")
+        .then(|| workload::owner_reference(&w))
+        .flatten()
 }
 
 pub fn agent(args: AgentArgs) -> ExitCode {

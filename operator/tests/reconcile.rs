@@ -274,6 +274,7 @@ fn context(client: Client) -> Arc<Context> {
             cpu_request: "100m".into(),
             cpu_limit: "1".into(),
             log: "info".into(),
+            owner: None,
         },
         alerts: AlertConfig::default(),
         instance: "leakhunt-operator-0".into(),

@@ -187,6 +187,8 @@ check_analysed() {
   echo "  snapshot A: $(report '{.status.snapshots[0].size}') bytes at $(report '{.status.snapshots[0].time}')"
   wait_for "phase Analysed" 300 phase_is Analysed || { echo "  phase: $(report '{.status.phase}')"; return 1; }
   ANALYSED_AT=$SECONDS
+  # Timings for the note and docs/benchmarks.md: A → B (workload growth), B → analysed (leakhunt).
+  bench/e2e-timings.sh $NS deployment-leaky-flask ${BENCH_RESULTS:-} | sed 's/^/  /'
   local verdict suspect
   verdict=$(report '{.status.verdict}')
   suspect=$(report '{.status.suspects[0].path}')

@@ -194,9 +194,13 @@ pub struct AnalyzeJobArgs {
 fn init_logging(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only on a terminal: container logs are files read by collectors.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
         .try_init();
 }
 
@@ -331,10 +335,14 @@ async fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
             None => std::future::pending().await,
         }
     };
-    tokio::select! {
+    let result = tokio::select! {
         _ = operator::run(ctx, shutdown_signal()) => Ok(()),
-        _ = lost => Err(anyhow::anyhow!("lost the leader lease; exiting so a new leader takes over")),
+        _ = lost => return Err(anyhow::anyhow!("lost the leader lease; exiting so a new leader takes over")),
+    };
+    if let Some(e) = &elector {
+        e.release().await;
     }
+    result
 }
 
 /// The Deployment this operator pod belongs to (outside a cluster, or as a bare pod: none).

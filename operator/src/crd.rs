@@ -573,7 +573,7 @@ impl Default for WatchThresholds {
     }
 }
 
-/// Retention of snapshot files and reports.
+/// Retention of snapshot files (reports live as long as their workload).
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Retention {
@@ -583,9 +583,6 @@ pub struct Retention {
     /// Delete retained snapshot files after this duration (`24h`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_ttl: Option<String>,
-    /// Incidents kept per report.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_incidents: Option<i32>,
 }
 
 /// Where alerts for the selected pods go.

@@ -32,6 +32,8 @@ cleanup() {
     echo "--- webhook ---"; head -c 3000 "$DIR/webhook.jsonl" 2>/dev/null; echo
   fi
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
+  # A control plane frozen by the outage check must run again to stop.
+  [ -f "$DIR/kube-testenv.pid" ] && kill -CONT "$(cat "$DIR/kube-testenv.pid")" 2>/dev/null
   tests/testenv.sh down "$DIR" || true
   rm -rf "$DIR"
   exit "$rc"
@@ -214,6 +216,15 @@ check "analysed: verdict Leak, top suspect Profiler.results, in kubectl get" che
 check_kills() {
   wait_for "first OOM kill counted" 240 kills_at_least 1 || return 1
   echo "  lastOOMKill: $(report '{.status.lastOOMKill.pod}/{.status.lastOOMKill.container} {.status.lastOOMKill.process} at {.status.lastOOMKill.time}')"
+  # The API server goes away for 15 s (frozen: connections hang, as with a partition); the operator and
+  # agent must carry on afterwards without losing or double-counting kills.
+  local before
+  before=$(report '{.status.oomKills}')
+  kill -STOP "$(cat "$DIR/kube-testenv.pid")"
+  sleep 15
+  kill -CONT "$(cat "$DIR/kube-testenv.pid")"
+  echo "  API server frozen for 15 s at $before kills, then resumed"
+  wait_for "the next OOM kill counted after the outage" 300 kills_at_least $((before + 1)) || return 1
   wait_for "second OOM kill counted (after the restart)" 300 kills_at_least 2 || return 1
   local restarts
   restarts=$(kubectl -n $NS get pods -l app=leaky-flask -o jsonpath='{.items[0].status.containerStatuses[0].restartCount}')
@@ -309,6 +320,46 @@ YAML
 }
 check "unwatched workload: report with the kill, no capture" check_unwatched
 
+check_worker_kill() {
+  # A pre-fork server in miniature: the parent stays small and respawns a worker that grows; the kernel
+  # kills the worker, the container lives on (no restart, no OOMKilled in the pod status). Only the
+  # agent, from the cgroup's oom_kill counter, can see these.
+  kubectl -n $NS apply -f - >/dev/null <<'YAML'
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: prefork}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: prefork}}
+  template:
+    metadata: {labels: {app: prefork}}
+    spec:
+      containers:
+        - name: server
+          image: python:3.12-slim
+          command: ["python3", "-c"]
+          args:
+            - |
+              import subprocess, sys, time
+              worker = "import time\nx = []\nwhile True:\n    x.append(b'x' * (4 << 20))\n    time.sleep(0.2)\n"
+              while True:
+                  subprocess.run([sys.executable, "-c", worker])
+                  time.sleep(1)
+          resources:
+            limits: {memory: 64Mi}
+YAML
+  pf() { kubectl -n $NS get leakreport deployment-prefork -o jsonpath="$1"; }
+  wait_for "worker kills counted by the agent" 120 sh -c "[ \"\$(kubectl -n $NS get leakreport deployment-prefork -o jsonpath='{.status.oomKills}')\" -ge 2 ]" || return 1
+  local restarts
+  restarts=$(kubectl -n $NS get pods -l app=prefork -o jsonpath='{.items[0].status.containerStatuses[0].restartCount}')
+  echo "  prefork: oomKills $(pf '{.status.oomKills}'), container restarts $restarts, last: $(pf '{.status.lastOOMKill.process}')"
+  echo "  incident: $(pf '{.status.incidents[-1:].message}')"
+  [ "$restarts" = 0 ] || return 1
+  pf '{.status.incidents[*].message}' | grep -q 'worker process python3 (pid [0-9]*)' || return 1
+  kubectl -n $NS delete deployment prefork --wait=false >/dev/null
+}
+check "worker processes OOM-killed inside a surviving container are counted" check_worker_kill
+
 check_snapshots_cleaned() {
   wait_for "snapshot files deleted after analysis" 60 sh -c "[ -z \"\$(find '$SNAPSHOTS' -type f)\" ]" || { find "$SNAPSHOTS" -type f -ls; return 1; }
   [ -z "$(report '{.status.snapshots[*].path}')" ] || { echo "  records still have paths"; return 1; }
@@ -332,6 +383,42 @@ check_uninstall() {
   echo "  uninstalled: no pods, Jobs or processes left"
 }
 check "helm uninstall leaves nothing running" check_uninstall
+
+# Two replicas: only one leads; when it stops, the other takes over. Run as local processes (on nodesim
+# every pod shares the host network, so two operator pods would fight over one metrics port).
+check_leader_election() {
+  local ns=leader-test
+  kubectl create namespace $ns >/dev/null || return 1
+  local a b port_a port_b
+  port_a=$(free_port); port_b=$(free_port)
+  POD_NAME=op-a "$LEAKHUNT_BIN" operator --namespace $ns --watch-namespaces $ns --metrics-addr "127.0.0.1:$port_a" \
+    >"$DIR/op-a.log" 2>&1 &
+  a=$!; PIDS+=($a)
+  sleep 1
+  POD_NAME=op-b "$LEAKHUNT_BIN" operator --namespace $ns --watch-namespaces $ns --metrics-addr "127.0.0.1:$port_b" \
+    >"$DIR/op-b.log" 2>&1 &
+  b=$!; PIDS+=($b)
+  holder() { kubectl -n $ns get lease leakhunt-operator -o jsonpath='{.spec.holderIdentity}'; }
+  wait_for "a leader" 30 sh -c "kubectl -n $ns get lease leakhunt-operator -o jsonpath='{.spec.holderIdentity}' | grep -q ." || return 1
+  sleep 3
+  local first leaders
+  first=$(holder)
+  leaders=$(grep -l ' leading' "$DIR/op-a.log" "$DIR/op-b.log" | wc -l)
+  echo "  leader: $first; replicas leading: $leaders"
+  [ "$leaders" = 1 ] || return 1
+  curl -sf "http://127.0.0.1:$port_a/readyz" >/dev/null && curl -sf "http://127.0.0.1:$port_b/readyz" >/dev/null || {
+    echo "  both replicas should be ready (the standby waits by design)"; return 1; }
+  local leader_pid standby_log t
+  case "$first" in op-a-*) leader_pid=$a; standby_log=$DIR/op-b.log ;; *) leader_pid=$b; standby_log=$DIR/op-a.log ;; esac
+  t=$SECONDS
+  kill -TERM "$leader_pid"
+  wait_for "the standby to take over" 40 grep -q ' leading' "$standby_log" || return 1
+  echo "  standby took over $((SECONDS - t))s after the leader stopped; lease now $(holder)"
+  [ "$(holder)" != "$first" ] || return 1
+  kill -TERM $a $b 2>/dev/null
+  kubectl delete namespace $ns --wait=false >/dev/null
+}
+check "leader election: one of two replicas leads; the standby takes over" check_leader_election
 
 echo "e2e: finished in $(( $(date +%s) - T0 ))s (environment start included)"
 [ ${#FAILURES[@]} -eq 0 ] || echo "e2e: failed: ${FAILURES[*]}"

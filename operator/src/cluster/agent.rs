@@ -638,12 +638,16 @@ impl Agent {
         // Kills of processes in a container that lives on (workers): the container's own death
         // is the kubelet's to report, and the operator counts it from the pod status.
         if !sample.kills.is_empty() && !sample.processes.is_empty() {
-            for kill in &sample.kills {
+            let total = sample.memory.oom_kills;
+            let n = sample.kills.len() as u64;
+            for (i, kill) in sample.kills.iter().enumerate() {
+                // The cgroup's own counter numbers its kills: unique even when the victim was
+                // too short-lived to be named.
                 let key = format!(
-                    "{}/{}/{id}/pid-{}",
+                    "{}/{}/{id}/oom-{}",
                     t.pod.uid().unwrap_or_default(),
                     t.container,
-                    kill.pid.unwrap_or(0)
+                    total.saturating_sub(n - 1 - i as u64)
                 );
                 if !t.counted_workers.insert(key.clone()) {
                     continue;

@@ -355,7 +355,9 @@ async fn own_deployment(
     let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
         kube::Api::namespaced(client.clone(), namespace);
     let pod = pods.get_opt(pod_name).await.ok().flatten()?;
-    let w = workload::resolve(&workload::ApiLookup::new(client.clone()), &pod).await;
+    let w = workload::resolve(&workload::ApiLookup::new(client.clone()), &pod)
+        .await
+        .ok()?;
     (w.kind == "Deployment")
         .then(|| workload::owner_reference(&w))
         .flatten()

@@ -173,14 +173,14 @@ pub struct LeakReportStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alerted_snapshot: Option<String>,
     /// Keys of the OOM kills already counted (pod UID, container, container ID or worker PID), so
-    /// that a restarted operator or agent never counts one twice (at most 50, newest last).
+    /// that a restarted operator or agent never counts one twice (at most 200, newest last).
     #[serde(default)]
     pub counted_kills: Vec<String>,
 }
 
-/// At most this many counted-kill keys are kept: more than any restart loop yields between two
-/// reads of a pod's status.
-pub const MAX_COUNTED_KILLS: usize = 50;
+/// At most this many counted-kill keys are kept: a kill stays in a pod's `lastState` until the
+/// next one, so this covers that many pods of one workload crash-looping at once.
+pub const MAX_COUNTED_KILLS: usize = 200;
 
 /// A process inside the workload's container.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]

@@ -198,6 +198,14 @@ impl Metrics {
             .set(i64::from(leak));
     }
 
+    /// Creates a workload's kill counter at 0, so that `increase()` sees its first kill.
+    pub fn workload_seen(&self, namespace: &str, workload: &str) {
+        let _ = self
+            .inner
+            .oom_kills
+            .get_or_create(&workload_labels(namespace, workload));
+    }
+
     /// Drops a gone workload's series.
     pub fn forget_workload(&self, namespace: &str, workload: &str) {
         let labels = workload_labels(namespace, workload);

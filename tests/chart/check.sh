@@ -140,18 +140,17 @@ def rules(docs, kind, name):
 
 R = "get list watch".split()
 check(rules(default, "ClusterRole", "leakhunt-analyzer")
-      == {("leakhunt.dev", "leakreports/status"): {"get", "update", "patch"}},
-      "analyzer ClusterRole: only get/update/patch on leakreports/status")
+      == {("leakhunt.dev", "leakreports/status"): {"get", "update"}},
+      "analyzer ClusterRole: only get/update on leakreports/status")
 op = rules(default, "ClusterRole", "leakhunt-operator")
 check(op == {
     ("", "pods"): set(R),
-    **{("apps", r): set(R) for r in ("replicasets", "deployments", "statefulsets", "daemonsets")},
-    **{("batch", r): set(R) for r in ("jobs", "cronjobs")},
-    ("leakhunt.dev", "leakreports"): set(R) | {"create", "update", "patch", "delete"},
-    ("leakhunt.dev", "leakreports/status"): {"get", "update", "patch"},
+    ("apps", "replicasets"): {"get"},
+    ("batch", "jobs"): {"get"},
+    ("leakhunt.dev", "leakreports"): set(R) | {"create"},
+    ("leakhunt.dev", "leakreports/status"): {"get", "update"},
     ("leakhunt.dev", "leakwatches"): set(R),
-    ("leakhunt.dev", "leakwatches/status"): {"update", "patch"},
-    ("", "events"): {"create", "patch"},
+    ("leakhunt.dev", "leakwatches/status"): {"patch"},
     ("events.k8s.io", "events"): {"create", "patch"},
 }, "operator ClusterRole is exactly the documented one", sorted(op.items()))
 ag = rules(default, "ClusterRole", "leakhunt-agent")
@@ -160,9 +159,8 @@ check(ag == {
     ("apps", "replicasets"): {"get"},
     ("batch", "jobs"): {"get"},
     ("leakhunt.dev", "leakwatches"): set(R),
-    ("leakhunt.dev", "leakreports"): set(R) | {"create"},
-    ("leakhunt.dev", "leakreports/status"): {"get", "update", "patch"},
-    ("", "events"): {"create", "patch"},
+    ("leakhunt.dev", "leakreports"): {"get", "list", "create"},
+    ("leakhunt.dev", "leakreports/status"): {"get", "update"},
     ("events.k8s.io", "events"): {"create", "patch"},
 }, "agent ClusterRole is exactly the documented one", sorted(ag.items()))
 role = one(default, "Role", "leakhunt-operator")

@@ -273,11 +273,12 @@ check_rbac() {
     ans=$(kubectl auth can-i get secrets -n $ns --as=$op); [ "$ans" = no ] || { echo "  operator can read secrets in $ns"; return 1; }
     ans=$(kubectl auth can-i list secrets -n $ns --as=$ag); [ "$ans" = no ] || { echo "  agent can list secrets in $ns"; return 1; }
   done
-  [ "$(kubectl auth can-i patch leakreports.leakhunt.dev --subresource=status -n $NS --as=$an)" = yes ] || return 1
+  [ "$(kubectl auth can-i update leakreports.leakhunt.dev --subresource=status -n $NS --as=$an)" = yes ] || return 1
+  [ "$(kubectl auth can-i delete leakreports.leakhunt.dev -n $NS --as=$op)" = no ] || return 1
   [ "$(kubectl auth can-i update leakreports.leakhunt.dev -n $NS --as=$an)" = no ] || return 1
   [ "$(kubectl auth can-i delete leakreports.leakhunt.dev -n $NS --as=$an)" = no ] || return 1
   [ "$(kubectl auth can-i list pods -n $NS --as=$an)" = no ] || return 1
-  echo "  operator and agent cannot read Secrets; the analyzer may only patch leakreports/status"
+  echo "  operator and agent cannot read Secrets; the analyzer may only update leakreports/status"
   # And the token nodesim gave the analyzer pod is really bound by that RBAC: its write went through.
   [ "$(report '{.status.conditions[?(@.type=="Analysed")].status}')" = True ]
 }

@@ -376,8 +376,6 @@ enum Feedback {
         pod_uid: String,
         path: PathBuf,
     },
-    /// The report for this container exists (samples may be written).
-    ReportReady { container_id: String },
 }
 
 struct Capture {
@@ -393,11 +391,9 @@ struct Tracked {
     watcher: CgroupWatcher,
     machine: ThresholdMachine,
     policy: Option<Policy>,
-    report_ready: bool,
     last_write: Option<Instant>,
     capturing: Option<tokio::task::JoinHandle<Capture>>,
     snapshot_a: Option<PathBuf>,
-    counted_workers: HashSet<String>,
     /// Time of the last sample, on the watcher's clock.
     last_t: f64,
 }
@@ -471,11 +467,16 @@ impl Agent {
         let writer = tokio::spawn(writer(
             self.client.clone(),
             self.recorder.clone(),
+            self.metrics.clone(),
             write_rx,
             feedback_tx,
             self.cfg.node_name.clone(),
         ));
-        let cleaner = tokio::spawn(clean_snapshots(self.client.clone(), self.cfg.clone()));
+        let cleaner = tokio::spawn(clean_snapshots(
+            self.client.clone(),
+            self.cfg.clone(),
+            pods.clone(),
+        ));
 
         let mut tracked: HashMap<String, Tracked> = HashMap::new();
         let mut tick = tokio::time::interval(self.cfg.interval);
@@ -501,11 +502,6 @@ impl Agent {
                         if let Some(t) = tracked.get_mut(&container_id) {
                             t.machine.give_up(t.last_t);
                             t.snapshot_a = None;
-                        }
-                    }
-                    Feedback::ReportReady { container_id } => {
-                        if let Some(t) = tracked.get_mut(&container_id) {
-                            t.report_ready = true;
                         }
                     }
                 }
@@ -592,11 +588,9 @@ impl Agent {
                 ),
                 machine: ThresholdMachine::new(self.cfg.thresholds),
                 policy: None,
-                report_ready: false,
                 last_write: None,
                 capturing: None,
                 snapshot_a: None,
-                counted_workers: HashSet::new(),
                 last_t: 0.0,
             });
             t.pod = pod.clone();
@@ -649,9 +643,6 @@ impl Agent {
                     t.container,
                     total.saturating_sub(n - 1 - i as u64)
                 );
-                if !t.counted_workers.insert(key.clone()) {
-                    continue;
-                }
                 let process = kill.process_label();
                 let message = format!(
                     "worker process {process} in container {} of pod {} was OOM-killed; the container lives on",
@@ -668,13 +659,10 @@ impl Agent {
         let Some(policy) = t.policy.clone() else {
             return;
         };
-        if !t.report_ready && t.last_write.is_none() {
-            // First contact: the writer creates the report; samples follow once it exists.
-            t.last_write = Some(Instant::now());
-            let _ = writes.try_send(queue(sample_op(sample)));
-        } else if t.report_ready
-            && t.last_write
-                .is_none_or(|w| w.elapsed() >= self.cfg.report_interval)
+        // The first sample also makes the writer create the report; one that was dropped (queue
+        // full, API down) is simply sent again an interval later.
+        if t.last_write
+            .is_none_or(|w| w.elapsed() >= self.cfg.report_interval)
         {
             t.last_write = Some(Instant::now());
             let _ = writes.try_send(queue(sample_op(sample)));
@@ -736,7 +724,15 @@ impl Agent {
         let ns = t.pod.namespace().unwrap_or_default();
         let dir = self.cfg.snapshot_dir.join(&ns).join(t.pod.name_any());
         let stamp = Timestamp::now().as_millisecond();
-        let path = dir.join(format!("{}-{role}-{stamp}.core.zst", t.container));
+        // A retained snapshot carries its deadline in its name: the cleaner keeps it until then even
+        // when a later hunt has replaced its record.
+        let keep_until = policy.keep_snapshots.map(|k| {
+            Timestamp::now()
+                .as_second()
+                .saturating_add(k.as_secs() as i64)
+        });
+        let keep = keep_until.map(|u| format!(".keep-{u}")).unwrap_or_default();
+        let path = dir.join(format!("{}-{role}-{stamp}{keep}.core.zst", t.container));
         let node = self.cfg.node_name.clone();
         let pod = t.pod.name_any();
         let container = t.container.clone();
@@ -801,10 +797,17 @@ impl Agent {
                         process: ProcessRef {
                             pid: i64::from(done.target.pid),
                             name,
+                            // The program only: arguments may hold secrets (passwords,
+                            // DSNs), and the report is readable by whoever may list reports.
                             command: crate::node::procs::cmdline(
                                 &self.cfg.proc_root,
                                 done.target.pid,
-                            ),
+                            )
+                            .and_then(|c| {
+                                c.split_whitespace()
+                                    .next()
+                                    .map(|p| p.chars().take(256).collect())
+                            }),
                         },
                         record,
                         cooldown: Duration::from_secs_f64(policy.thresholds.cooldown_secs),
@@ -942,6 +945,7 @@ fn containers_on_node(pods: &[Arc<Pod>]) -> HashMap<String, (Arc<Pod>, String)> 
 async fn writer(
     client: Client,
     recorder: Recorder,
+    metrics: Metrics,
     mut rx: mpsc::Receiver<Write>,
     feedback: mpsc::Sender<Feedback>,
     node: String,
@@ -950,34 +954,61 @@ async fn writer(
     let mut ensured: HashSet<String> = HashSet::new();
     while let Some(w) = rx.recv().await {
         let namespace = w.pod.namespace().unwrap_or_default();
-        let wl = workload::resolve(&lookup, &w.pod).await;
-        let name = workload::report_name(&wl);
-        let key = format!("{namespace}/{name}");
-        if !ensured.contains(&key) {
-            match reports::ensure(&client, new_report(&namespace, &wl, Some(&w.container))).await {
-                Ok(_) => {
-                    if ensured.len() > 10_000 {
-                        ensured.clear();
-                    }
-                    ensured.insert(key.clone());
+        // A transient API error is retried a few times; a capture's op must not be lost to one.
+        let mut resolved = None;
+        for attempt in 0..4u64 {
+            match workload::resolve(&lookup, &w.pod).await {
+                Ok(wl) => {
+                    resolved = Some(wl);
+                    break;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, report = %key, "report not created; op dropped");
-                    continue;
+                    tracing::warn!(error = %e, pod = %w.pod.name_any(), "owner lookup failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500 * (attempt + 1))).await;
                 }
             }
         }
-        let _ = feedback.try_send(Feedback::ReportReady {
-            container_id: w.container_id.clone(),
-        });
+        let Some(wl) = resolved else {
+            tracing::warn!(pod = %w.pod.name_any(), "workload unknown; op dropped");
+            continue;
+        };
+        let name = workload::report_name(&wl);
+        let key = format!("{namespace}/{name}");
         let api: Api<LeakReport> = Api::namespaced(client.clone(), &namespace);
         let pod_name = w.pod.name_any();
         let mut outcome = Applied::Unchanged;
-        let result = reports::update_status(&api, &name, |s| {
-            outcome = apply(&w.op, s, &pod_name, &w.container, Timestamp::now());
-            outcome == Applied::Changed
-        })
-        .await;
+        let mut result = Ok(None);
+        // Twice at most: a report deleted under us (its workload re-created under the same name)
+        // is created again, once.
+        for _ in 0..2 {
+            if !ensured.contains(&key) {
+                match reports::ensure(&client, new_report(&namespace, &wl, Some(&w.container)))
+                    .await
+                {
+                    Ok(_) => {
+                        if ensured.len() > 10_000 {
+                            ensured.clear();
+                        }
+                        ensured.insert(key.clone());
+                    }
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+            let mut ran = false;
+            result = reports::update_status(&api, &name, |s| {
+                ran = true;
+                outcome = apply(&w.op, s, &pod_name, &w.container, Timestamp::now());
+                outcome == Applied::Changed
+            })
+            .await;
+            if ran || result.is_err() {
+                break;
+            }
+            ensured.remove(&key);
+        }
         match result {
             Err(e) => {
                 tracing::warn!(error = %e, report = %key, "status write failed");
@@ -988,6 +1019,7 @@ async fn writer(
                     tracing::info!(report = %key, node = %node, "snapshot pair recorded; analysis requested");
                 }
                 if let Op::WorkerKill { message, .. } = &w.op {
+                    metrics.oom_kill(&namespace, &wl.display);
                     let ev = Event {
                         type_: EventType::Warning,
                         reason: "OOMKilled".into(),
@@ -1020,7 +1052,7 @@ async fn writer(
 /// no report on this node references while its pair is pending (Baseline, Analyzing) or retained.
 /// Records of deleted files lose their path. Young unreferenced files are left a grace period:
 /// their record may be on its way.
-async fn clean_snapshots(client: Client, cfg: AgentConfig) {
+async fn clean_snapshots(client: Client, cfg: AgentConfig, pods: Store<Pod>) {
     let mut tick = tokio::time::interval(Duration::from_secs(15));
     loop {
         tick.tick().await;
@@ -1049,9 +1081,14 @@ async fn clean_snapshots(client: Client, cfg: AgentConfig) {
                 }
             }
         }
-        for file in snapshot_files(&cfg.snapshot_dir) {
+        let live: HashSet<(String, String)> = pods
+            .state()
+            .iter()
+            .map(|p| (p.namespace().unwrap_or_default(), p.name_any()))
+            .collect();
+        for file in snapshot_files(&cfg.snapshot_dir, &live) {
             let key = file.display().to_string();
-            if needed.contains(&key) {
+            if needed.contains(&key) || retained_by_name(&file, now_ts.as_second()) {
                 continue;
             }
             let referenced = stale.values().any(|v| v.contains(&key));
@@ -1085,26 +1122,47 @@ async fn clean_snapshots(client: Client, cfg: AgentConfig) {
     }
 }
 
-/// Snapshot files two levels down (`<namespace>/<pod>/<file>.core.zst`).
-fn snapshot_files(root: &Path) -> Vec<PathBuf> {
+/// Snapshot files two levels down (`<namespace>/<pod>/<file>.core.zst`). The empty directory of a
+/// pod that is no longer on this node is removed (a live pod's may be about to receive a capture,
+/// whose file has no name until it is complete).
+fn snapshot_files(root: &Path, live: &HashSet<(String, String)>) -> Vec<PathBuf> {
     let mut files = Vec::new();
     let dirs = |p: &Path| -> Vec<PathBuf> {
         std::fs::read_dir(p)
             .map(|r| r.flatten().map(|e| e.path()).collect())
             .unwrap_or_default()
     };
+    let name = |p: &Path| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string()
+    };
     for ns in dirs(root).into_iter().filter(|p| p.is_dir()) {
         for pod in dirs(&ns).into_iter().filter(|p| p.is_dir()) {
             files.extend(dirs(&pod).into_iter().filter(|f| {
-                f.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.ends_with(".core.zst") || n.ends_with(".core"))
+                let n = name(f);
+                n.ends_with(".core.zst") || n.ends_with(".core")
             }));
-            // Empty pod directories go with their last file.
-            let _ = std::fs::remove_dir(&pod);
+            if !live.contains(&(name(&ns), name(&pod))) {
+                let _ = std::fs::remove_dir(&pod);
+            }
         }
     }
     files
+}
+
+/// Whether a file's name says it is retained past `now` (`….keep-<unix seconds>.core.zst`).
+fn retained_by_name(file: &Path, now: i64) -> bool {
+    let name = file
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    name.split(".keep-")
+        .nth(1)
+        .and_then(|rest| rest.split('.').next())
+        .and_then(|t| t.parse::<i64>().ok())
+        .is_some_and(|until| until > now)
 }
 
 #[cfg(test)]
@@ -1249,6 +1307,23 @@ mod tests {
         );
         assert_eq!(s.oom_kills, 1);
         assert_eq!(s.last_oom_kill.as_ref().unwrap().process, "python3 (pid 9)");
+    }
+
+    #[test]
+    fn retention_is_read_from_the_file_name() {
+        assert!(retained_by_name(
+            Path::new("/s/ns/p/app-A-1.keep-200.core.zst"),
+            100
+        ));
+        assert!(!retained_by_name(
+            Path::new("/s/ns/p/app-A-1.keep-200.core.zst"),
+            300
+        ));
+        assert!(!retained_by_name(Path::new("/s/ns/p/app-A-1.core.zst"), 0));
+        assert!(!retained_by_name(
+            Path::new("/s/ns/p/app-A-1.keep-x.core.zst"),
+            0
+        ));
     }
 
     #[test]

@@ -64,12 +64,34 @@ pub fn pair(snapshots: &[SnapshotRecord]) -> Option<(&SnapshotRecord, &SnapshotR
         .then_some((a, b))
 }
 
+/// The one directory holding both snapshots (`<snapshot dir>/<namespace>/<pod>`), when it lies
+/// inside the snapshot directory. The Job mounts only it: the analyzer parses untrusted memory
+/// and sees no other workload's snapshots.
+pub fn pair_dir(t: &JobTemplate, a: &SnapshotRecord, b: &SnapshotRecord) -> Option<String> {
+    let parent = |r: &SnapshotRecord| {
+        let p = std::path::Path::new(r.path.as_deref()?);
+        let clean = p.components().all(|c| {
+            matches!(
+                c,
+                std::path::Component::Normal(_) | std::path::Component::RootDir
+            )
+        });
+        clean.then(|| p.parent().map(|d| d.to_path_buf())).flatten()
+    };
+    let (da, db) = (parent(a)?, parent(b)?);
+    (da == db && da.starts_with(&t.snapshot_dir) && da != std::path::Path::new(&t.snapshot_dir))
+        .then(|| da.display().to_string())
+}
+
+/// The analyzer Job for a pair; `None` when the pair's files are not in one directory inside the
+/// snapshot directory (the report is then failed rather than anything else mounted).
 pub fn analyzer_job(
     t: &JobTemplate,
     report: &LeakReport,
     a: &SnapshotRecord,
     b: &SnapshotRecord,
-) -> Job {
+) -> Option<Job> {
+    let dir = pair_dir(t, a, b)?;
     let report_ref = format!(
         "{}/{}",
         report.namespace().unwrap_or_default(),
@@ -129,7 +151,7 @@ pub fn analyzer_job(
         volume_mounts: Some(vec![
             VolumeMount {
                 name: "snapshots".into(),
-                mount_path: t.snapshot_dir.clone(),
+                mount_path: dir.clone(),
                 read_only: Some(true),
                 ..Default::default()
             },
@@ -155,7 +177,7 @@ pub fn analyzer_job(
     };
     let mut annotations = BTreeMap::new();
     annotations.insert(REPORT_ANNOTATION.to_string(), report_ref);
-    Job {
+    Some(Job {
         metadata: ObjectMeta {
             name: Some(job_name(b)),
             namespace: Some(t.namespace.clone()),
@@ -188,7 +210,7 @@ pub fn analyzer_job(
                         Volume {
                             name: "snapshots".into(),
                             host_path: Some(HostPathVolumeSource {
-                                path: t.snapshot_dir.clone(),
+                                path: dir.clone(),
                                 type_: Some("Directory".into()),
                             }),
                             ..Default::default()
@@ -205,7 +227,7 @@ pub fn analyzer_job(
             ..Default::default()
         }),
         status: None,
-    }
+    })
 }
 
 /// How a finished Job ended, from its conditions.
@@ -310,7 +332,7 @@ mod tests {
             snap("A", "node-1", "aa"),
             snap("B", "node-1", "0123456789abcdef0123"),
         );
-        let job = analyzer_job(&template(), &report, &a, &b);
+        let job = analyzer_job(&template(), &report, &a, &b).unwrap();
         assert_eq!(
             job.metadata.name.as_deref(),
             Some("leakhunt-analyze-0123456789abcdef")
@@ -334,6 +356,29 @@ mod tests {
         assert_eq!(
             job.metadata.annotations.as_ref().unwrap()[REPORT_ANNOTATION],
             "shop/deployment-web"
+        );
+    }
+
+    #[test]
+    fn only_the_pair_directory_inside_the_snapshot_dir_is_mounted() {
+        let (mut a, mut b) = (snap("A", "n1", "aa"), snap("B", "n1", "bb"));
+        assert_eq!(
+            pair_dir(&template(), &a, &b).as_deref(),
+            Some("/var/lib/leakhunt/snapshots/shop/r")
+        );
+        b.path = Some("/var/lib/leakhunt/snapshots/other/x/B.core.zst".into());
+        assert!(pair_dir(&template(), &a, &b).is_none(), "two directories");
+        a.path = Some("/etc/shadow".into());
+        b.path = Some("/etc/passwd".into());
+        assert!(
+            pair_dir(&template(), &a, &b).is_none(),
+            "outside the snapshot dir"
+        );
+        a.path = Some("/var/lib/leakhunt/snapshots/../../../etc/A".into());
+        b.path = Some("/var/lib/leakhunt/snapshots/../../../etc/B".into());
+        assert!(
+            pair_dir(&template(), &a, &b).is_none(),
+            "no way out through .."
         );
     }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::PostParams;
 use kube::Api;
 
@@ -18,22 +18,25 @@ pub struct LeaderElector {
     name: String,
     identity: String,
     lease_duration: Duration,
+    observed: std::sync::Mutex<Observed>,
 }
 
-/// Whether `me` may take (or keep) a lease held as `spec` at `now`.
-pub fn may_take(spec: Option<&LeaseSpec>, me: &str, now: Timestamp) -> bool {
+/// Whether `me` may take (or keep) a lease held as `spec`, when its record last changed
+/// `unchanged_for` ago on this replica's own monotonic clock. Expiry is judged by how long the
+/// record has stood still here, not by comparing its renew time with the local wall clock, so a
+/// replica whose clock runs ahead cannot take a healthy leader's lease.
+pub fn may_take(spec: Option<&LeaseSpec>, me: &str, unchanged_for: Duration) -> bool {
     let Some(spec) = spec else { return true };
     let holder = spec.holder_identity.as_deref().unwrap_or_default();
     if holder.is_empty() || holder == me {
         return true;
     }
-    let renewed = spec.renew_time.as_ref().or(spec.acquire_time.as_ref());
-    let duration = i64::from(spec.lease_duration_seconds.unwrap_or(15));
-    match renewed {
-        None => true,
-        Some(t) => now >= t.0 + SignedDuration::from_secs(duration),
-    }
+    let duration = u64::try_from(spec.lease_duration_seconds.unwrap_or(15)).unwrap_or(15);
+    unchanged_for >= Duration::from_secs(duration)
 }
+
+/// The lease record as last seen (holder and renew time) and when it was first seen so.
+type Observed = Option<((Option<String>, Option<String>), std::time::Instant)>;
 
 impl LeaderElector {
     pub fn new(api: Api<Lease>, name: &str, identity: &str, lease_duration: Duration) -> Self {
@@ -42,6 +45,7 @@ impl LeaderElector {
             name: name.to_string(),
             identity: identity.to_string(),
             lease_duration,
+            observed: std::sync::Mutex::new(None),
         }
     }
 
@@ -54,11 +58,24 @@ impl LeaderElector {
             .and_then(|l| l.spec.as_ref())
             .and_then(|s| s.holder_identity.as_deref())
             == Some(self.identity.as_str());
-        if !may_take(
-            existing.as_ref().and_then(|l| l.spec.as_ref()),
-            &self.identity,
-            now,
-        ) {
+        let spec_now = existing.as_ref().and_then(|l| l.spec.as_ref());
+        let record = (
+            spec_now.and_then(|s| s.holder_identity.clone()),
+            spec_now
+                .and_then(|s| s.renew_time.as_ref())
+                .map(|t| t.0.to_string()),
+        );
+        let unchanged_for = match self.observed.lock() {
+            Ok(mut seen) => match seen.as_ref() {
+                Some((r, since)) if *r == record => since.elapsed(),
+                _ => {
+                    *seen = Some((record, std::time::Instant::now()));
+                    Duration::ZERO
+                }
+            },
+            Err(_) => Duration::ZERO,
+        };
+        if !may_take(spec_now, &self.identity, unchanged_for) {
             return Ok(false);
         }
         let previous = existing
@@ -151,7 +168,18 @@ impl LeaderElector {
         let mut last_renewal = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(period).await;
-            match self.try_acquire().await {
+            // A renewal hung on a dead connection must not keep us leading: bound it by what is
+            // left of the lease.
+            let left = self.lease_duration.saturating_sub(last_renewal.elapsed());
+            let attempt = tokio::time::timeout(left, self.try_acquire()).await;
+            let attempt = match attempt {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::error!(lease = %self.name, "lease renewal timed out");
+                    return;
+                }
+            };
+            match attempt {
                 Ok(true) => last_renewal = tokio::time::Instant::now(),
                 Ok(false) => {
                     tracing::error!(lease = %self.name, "another replica took the lease");
@@ -173,22 +201,27 @@ impl LeaderElector {
 mod tests {
     use super::*;
 
-    fn held(by: &str, renewed: i64) -> LeaseSpec {
+    fn held(by: &str) -> LeaseSpec {
         LeaseSpec {
             holder_identity: Some(by.into()),
             lease_duration_seconds: Some(15),
-            renew_time: Some(MicroTime(Timestamp::from_second(renewed).unwrap())),
             ..Default::default()
         }
     }
 
     #[test]
     fn lease_rules() {
-        let t = |s| Timestamp::from_second(s).unwrap();
-        assert!(may_take(None, "a", t(0)), "no lease yet");
-        assert!(may_take(Some(&held("a", 100)), "a", t(101)), "our own");
-        assert!(!may_take(Some(&held("b", 100)), "a", t(110)), "b's, fresh");
-        assert!(may_take(Some(&held("b", 100)), "a", t(115)), "b's, expired");
-        assert!(may_take(Some(&held("", 100)), "a", t(101)), "released");
+        let s = Duration::from_secs;
+        assert!(may_take(None, "a", s(0)), "no lease yet");
+        assert!(may_take(Some(&held("a")), "a", s(0)), "our own");
+        assert!(
+            !may_take(Some(&held("b")), "a", s(10)),
+            "b's, renewed 10 s ago as seen here"
+        );
+        assert!(
+            may_take(Some(&held("b")), "a", s(15)),
+            "b's, unchanged for a lease duration"
+        );
+        assert!(may_take(Some(&held("")), "a", s(0)), "released");
     }
 }

@@ -62,6 +62,8 @@ pub struct Context {
     counted: Mutex<HashSet<String>>,
     /// Analyzer Jobs whose duration was recorded.
     timed_jobs: Mutex<HashSet<String>>,
+    /// Workloads with metric series, so the series of deleted reports can be dropped.
+    series: Mutex<HashSet<(String, String)>>,
 }
 
 const COUNTED_CACHE_MAX: usize = 20_000;
@@ -79,6 +81,7 @@ impl Context {
             limiter: Mutex::new(RateLimiter::default()),
             counted: Mutex::new(HashSet::new()),
             timed_jobs: Mutex::new(HashSet::new()),
+            series: Mutex::new(HashSet::new()),
             client,
             cfg,
             metrics,
@@ -266,7 +269,7 @@ async fn on_pod(ctx: &Context, pod: Pod) {
 
 async fn count_kills(ctx: &Context, pod: &Pod, kills: &[ContainerKill]) -> Result<(), Error> {
     let namespace = pod.namespace().unwrap_or_default();
-    let wl = workload::resolve(&ctx.lookup, pod).await;
+    let wl = workload::resolve(&ctx.lookup, pod).await?;
     let container = kills.first().map(|k| k.container.as_str());
     let report = reports::ensure(&ctx.client, new_report(&namespace, &wl, container)).await?;
     let api: Api<LeakReport> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -412,15 +415,21 @@ pub async fn reconcile(report: Arc<LeakReport>, ctx: Arc<Context>) -> Result<Act
         .namespace()
         .ok_or_else(|| Error::NoNamespace(report.name_any()))?;
     let status = report.status.clone().unwrap_or_default();
-    ctx.metrics.leak_detected(
-        &namespace,
-        &report.spec.workload.display,
-        status.verdict == Some(Verdict::Leak),
-    );
+    let display = &report.spec.workload.display;
+    ctx.metrics.workload_seen(&namespace, display);
+    ctx.metrics
+        .leak_detected(&namespace, display, status.verdict == Some(Verdict::Leak));
+    if let Ok(mut series) = ctx.series.lock() {
+        series.insert((namespace.clone(), display.clone()));
+    }
     match status.phase {
         Phase::Analyzing => analyzing(&report, &status, &ctx).await,
         Phase::Analysed => {
             analysed(&report, &status, &ctx).await?;
+            Ok(Action::requeue(Duration::from_secs(600)))
+        }
+        Phase::Failed => {
+            announce_failure(&ctx, &report).await?;
             Ok(Action::requeue(Duration::from_secs(600)))
         }
         _ => Ok(Action::requeue(Duration::from_secs(600))),
@@ -443,7 +452,11 @@ async fn analyzing(
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ctx.cfg.job.namespace);
     let job_name = job::job_name(b);
     let Some(existing) = jobs.get_opt(&job_name).await? else {
-        let job = job::analyzer_job(&ctx.cfg.job, report, a, b);
+        let Some(job) = job::analyzer_job(&ctx.cfg.job, report, a, b) else {
+            let msg = "the snapshot files are not in one directory inside the snapshot directory";
+            mark_failed(ctx, report, Some(&b.sha256), "AnalysisFailed", msg).await?;
+            return Ok(Action::await_change());
+        };
         match jobs.create(&PostParams::default(), &job).await {
             Ok(_) => tracing::info!(report = %name, job = %job_name, "analyzer Job created"),
             Err(e) if is_status(&e, 409) => {}
@@ -563,26 +576,92 @@ async fn mark_failed(
             reason: reason.into(),
             message: message.into(),
         });
+        // Announced right below: mark it so the Failed reconcile does not announce it again.
+        s.alerted_snapshot = last_failure(s).map(|(_, key)| key);
         true
     })
     .await?;
-    let Some(report) = written else { return Ok(()) };
+    if let Some(report) = written {
+        notify_failure(ctx, &report).await;
+    }
+    Ok(())
+}
+
+/// The failure a Failed report shows: its last failure incident, and the key that names it for
+/// the once-only alert (kept in `alertedSnapshot`).
+fn last_failure(status: &LeakReportStatus) -> Option<(&Incident, String)> {
+    let incident = status.incidents.iter().rev().find(|i| {
+        matches!(
+            i.reason.as_str(),
+            "AnalysisFailed" | "CaptureFailed" | "CaptureSkipped"
+        )
+    })?;
+    let key = format!("failed:{}:{}", incident.reason, incident.time.0);
+    Some((incident, key))
+}
+
+/// A Failed report — the analyzer Job failed or timed out, or it wrote its own failure, or
+/// snapshot B could not be taken — is announced once: a Warning Event on the report, the
+/// webhook and Alertmanager.
+async fn announce_failure(ctx: &Context, report: &LeakReport) -> Result<(), Error> {
     let status = report.status.clone().unwrap_or_default();
-    let cfg = ctx.alert_config(&namespace, &Default::default()).await;
+    let Some((_, key)) = last_failure(&status) else {
+        return Ok(());
+    };
+    if status.alerted_snapshot.as_deref() == Some(key.as_str()) {
+        return Ok(());
+    }
+    let namespace = report.namespace().unwrap_or_default();
+    let api: Api<LeakReport> = Api::namespaced(ctx.client.clone(), &namespace);
+    let written = reports::update_status(&api, &report.name_any(), |s| {
+        if s.phase != Phase::Failed || s.alerted_snapshot.as_deref() == Some(key.as_str()) {
+            return false;
+        }
+        s.alerted_snapshot = Some(key.clone());
+        true
+    })
+    .await?;
+    if let Some(report) = written {
+        notify_failure(ctx, &report).await;
+    }
+    Ok(())
+}
+
+/// The Event and alert of a report's last failure.
+async fn notify_failure(ctx: &Context, report: &LeakReport) {
+    let status = report.status.clone().unwrap_or_default();
+    let Some((incident, _)) = last_failure(&status) else {
+        return;
+    };
+    let (reason, message) = (incident.reason.clone(), incident.message.clone());
+    let namespace = report.namespace().unwrap_or_default();
+    let pod = status
+        .snapshots
+        .iter()
+        .rev()
+        .map(|r| r.pod.as_str())
+        .next()
+        .unwrap_or_default();
+    let labels = match pod_of(ctx, &namespace, pod).await {
+        Some(p) => p.labels().clone(),
+        None => Default::default(),
+    };
+    let cfg = ctx.alert_config(&namespace, &labels).await;
     if cfg.events {
-        ctx.event(&reference_of(&report), EventType::Warning, reason, message)
+        ctx.event(&reference_of(report), EventType::Warning, &reason, &message)
             .await;
     }
+    let (kind, what) = if reason == "AnalysisFailed" {
+        (AlertKind::AnalysisFailed, "analysis")
+    } else {
+        (AlertKind::CaptureFailed, "capture")
+    };
     let summary = format!(
-        "analysis of {} failed: {message}",
+        "{what} of {} failed: {message}",
         report.spec.workload.display
     );
-    ctx.alert(
-        &cfg,
-        alert_of(AlertKind::AnalysisFailed, &report, &status, summary),
-    )
-    .await;
-    Ok(())
+    ctx.alert(&cfg, alert_of(kind, report, &status, summary))
+        .await;
 }
 
 /// A leak verdict is announced once per snapshot pair: Events on the report, workload and pod,
@@ -670,6 +749,7 @@ async fn collect_garbage(ctx: Arc<Context>) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
         tick.tick().await;
+        forget_deleted_reports(&ctx).await;
         let list = match jobs
             .list(&ListParams::default().labels(job::JOB_SELECTOR))
             .await
@@ -702,6 +782,34 @@ async fn collect_garbage(ctx: Arc<Context>) {
             }
         }
     }
+}
+
+/// Drops the metric series of workloads whose report is gone (deleted with its workload), so a
+/// deleted leaking workload stops firing `leak_detected`; counts the reports.
+async fn forget_deleted_reports(ctx: &Context) {
+    let api: Api<LeakReport> = Api::all(ctx.client.clone());
+    let Ok(list) = api.list_metadata(&ListParams::default()).await else {
+        return;
+    };
+    ctx.metrics.set_reports(list.items.len());
+    let live: HashSet<(String, String)> = list
+        .items
+        .iter()
+        .map(|r| (r.namespace().unwrap_or_default(), r.name_any()))
+        .collect();
+    let Ok(mut series) = ctx.series.lock() else {
+        return;
+    };
+    series.retain(|(ns, display)| {
+        // Series are keyed by workload; reports by name, which derives from it.
+        let (kind, name) = display.split_once('/').unwrap_or(("", display));
+        let report = workload::report_name(&crate::crd::WorkloadRef::new("", kind, name));
+        let keep = live.contains(&(ns.clone(), report));
+        if !keep {
+            ctx.metrics.forget_workload(ns, display);
+        }
+        keep
+    });
 }
 
 /// Keeps each LeakWatch's `matchedPods` and `Valid` condition current.

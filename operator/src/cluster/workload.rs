@@ -69,19 +69,23 @@ pub trait OwnerLookup {
     ) -> impl std::future::Future<Output = Result<Option<OwnerReference>, kube::Error>> + Send;
 }
 
-/// Resolves a pod's workload. An intermediate owner that cannot be read (deleted, forbidden)
-/// is itself taken as the workload: a report about a ReplicaSet beats no report.
-pub async fn resolve<L: OwnerLookup>(lookup: &L, pod: &Pod) -> WorkloadRef {
+/// Resolves a pod's workload. An intermediate owner that is gone (404) or may not be read (403)
+/// is itself taken as the workload: a report about a ReplicaSet beats no report. Any other error
+/// (a timeout, a 5xx) is returned, to be retried: guessing would file the kill under another
+/// report, and the right one would count it again later.
+pub async fn resolve<L: OwnerLookup>(lookup: &L, pod: &Pod) -> Result<WorkloadRef, kube::Error> {
     let Some(owner) = controller_of(&pod.metadata) else {
-        return bare_pod(pod);
+        return Ok(bare_pod(pod));
     };
     if hop(owner) == Hop::Workload {
-        return workload_of(owner);
+        return Ok(workload_of(owner));
     }
     let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
     match lookup.controller(namespace, owner).await {
-        Ok(Some(top)) => workload_of(&top),
-        Ok(None) | Err(_) => workload_of(owner),
+        Ok(Some(top)) => Ok(workload_of(&top)),
+        Ok(None) => Ok(workload_of(owner)),
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 403 => Ok(workload_of(owner)),
+        Err(e) => Err(e),
     }
 }
 
@@ -153,14 +157,25 @@ impl OwnerLookup for ApiLookup {
 /// The report's name: `deployment-leaky-flask`. Kubernetes names are at most 253 characters;
 /// a longer one is cut and made unique with a hash of the whole.
 pub fn report_name(workload: &WorkloadRef) -> String {
-    let name = format!("{}-{}", workload.kind.to_ascii_lowercase(), workload.name);
-    if name.len() <= 253 {
+    let raw = format!("{}-{}", workload.kind, workload.name);
+    // Owner references are not validated by the API server: keep only what a name may hold.
+    let name: String = raw
+        .chars()
+        .map(|c| match c.to_ascii_lowercase() {
+            c @ ('a'..='z' | '0'..='9' | '-' | '.') => c,
+            _ => '-',
+        })
+        .collect();
+    let name = name.trim_matches(['-', '.']).to_string();
+    if name.len() <= 253 && name == raw.to_ascii_lowercase() {
         return name;
     }
     use sha2::Digest;
-    let digest = sha2::Sha256::digest(name.as_bytes());
+    let digest = sha2::Sha256::digest(raw.as_bytes());
     let hash: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
-    format!("{}-{hash}", name[..244].trim_end_matches(['-', '.']))
+    // ASCII only by now, so any byte index is a character boundary.
+    let head = name.get(..name.len().min(244)).unwrap_or_default();
+    format!("{}-{hash}", head.trim_end_matches(['-', '.']))
 }
 
 /// The owner reference a report carries, so the garbage collector deletes it with its workload.
@@ -286,14 +301,15 @@ mod tests {
             (vec![], "Pod/web-7d9f-abcde"),
         ];
         for (owners, want) in cases {
-            let w = block_on(resolve(&table, &pod(owners)));
+            let w = block_on(resolve(&table, &pod(owners))).unwrap();
             assert_eq!(w.display, want);
             assert!(w.uid.is_some());
         }
         let w = block_on(resolve(
             &table,
             &pod(vec![owner("apps/v1", "ReplicaSet", "web-7d9f", true)]),
-        ));
+        ))
+        .unwrap();
         assert_eq!(report_name(&w), "deployment-web");
         let o = owner_reference(&w).unwrap();
         assert_eq!((o.kind.as_str(), o.uid.as_str()), ("Deployment", "uid-web"));
@@ -308,6 +324,16 @@ mod tests {
         let (na, nb) = (report_name(&a), report_name(&b));
         assert!(na.len() <= 253 && nb.len() <= 253);
         assert_ne!(na, nb);
+        // Hostile owner names (not validated by the API server) give valid names, no panic.
+        let hostile = WorkloadRef::new("x/v1", "Ki_nd", &"é".repeat(300));
+        let n = report_name(&hostile);
+        assert!(n.len() <= 253 && n.is_ascii() && !n.starts_with('-'), "{n}");
+        let spaced = WorkloadRef::new("x/v1", "Kind", "a b");
+        assert_ne!(
+            report_name(&spaced),
+            "kind-a-b",
+            "rewritten names are made unique"
+        );
     }
 
     #[test]

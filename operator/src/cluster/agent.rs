@@ -129,15 +129,14 @@ pub fn policy_for(
     watches: &[Arc<LeakWatch>],
     cfg: &AgentConfig,
 ) -> Option<Policy> {
-    let ns = pod.namespace();
-    let mut candidates: Vec<&Arc<LeakWatch>> = watches
-        .iter()
-        .filter(|w| w.namespace() == ns)
-        .filter(|w| w.spec.container.as_deref().is_none_or(|c| c == container))
-        .filter(|w| selector::matches(&w.spec.selector, pod.labels()))
-        .collect();
-    candidates.sort_by_key(|w| w.name_any());
-    if let Some(p) = candidates.into_iter().find_map(|w| policy_of(&w.spec)) {
+    let ns = pod.namespace().unwrap_or_default();
+    let chosen = select_watch(
+        watches.iter().map(|w| w.as_ref()),
+        &ns,
+        pod.labels(),
+        Some(container),
+    );
+    if let Some(p) = chosen.and_then(|w| policy_of(&w.spec)) {
         return Some(p);
     }
     workload::capture_annotated(pod).then_some(Policy {
@@ -145,6 +144,27 @@ pub fn policy_for(
         max_snapshot_size: cfg.max_snapshot_size,
         keep_snapshots: None,
     })
+}
+
+/// The LeakWatch that governs pods with these labels (and this container, when known): among the
+/// valid ones in the namespace that select them, the first by name. The agent's capture policy and
+/// the operator's alert routing both use it, so they never disagree.
+pub fn select_watch<'a>(
+    watches: impl IntoIterator<Item = &'a LeakWatch>,
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+    container: Option<&str>,
+) -> Option<&'a LeakWatch> {
+    watches
+        .into_iter()
+        .filter(|w| w.namespace().as_deref() == Some(namespace))
+        .filter(|w| match (w.spec.container.as_deref(), container) {
+            (Some(want), Some(c)) => want == c,
+            _ => true,
+        })
+        .filter(|w| selector::matches(&w.spec.selector, labels))
+        .filter(|w| watch_problems(&w.spec).is_none())
+        .min_by_key(|w| w.name_any())
 }
 
 /// A change to a report, made by the writer task.
@@ -1346,6 +1366,56 @@ mod tests {
         };
         apply(&flat, &mut s, "p", "c", at(1001));
         assert!(s.memory.predicted_oom_time.is_none());
+    }
+
+    #[test]
+    fn one_watch_governs_a_pod() {
+        let watch = |name: &str, ns: &str, baseline: i32, container: Option<&str>| {
+            let mut w = LeakWatch::new(
+                name,
+                LeakWatchSpec {
+                    selector: k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+                        match_labels: Some([("app".to_string(), "web".to_string())].into()),
+                        match_expressions: None,
+                    },
+                    container: container.map(str::to_string),
+                    thresholds: WatchThresholds {
+                        baseline,
+                        near_limit: 85,
+                    },
+                    cooldown: "10m".into(),
+                    max_snapshot_size: "1Gi".into(),
+                    retention: Retention::default(),
+                    alerts: None,
+                },
+            );
+            w.metadata.namespace = Some(ns.into());
+            w
+        };
+        let labels: BTreeMap<String, String> = [("app".to_string(), "web".to_string())].into();
+        let watches = [
+            watch("a-invalid", "shop", 95, None),
+            watch("c-any", "shop", 50, None),
+            watch("b-sidecar", "shop", 40, Some("sidecar")),
+            watch("a-other-ns", "other", 50, None),
+        ];
+        let name = |c| select_watch(&watches, "shop", &labels, c).map(|w| w.name_any());
+        assert_eq!(
+            name(Some("app")).as_deref(),
+            Some("c-any"),
+            "invalid and other-container skipped"
+        );
+        assert_eq!(
+            name(Some("sidecar")).as_deref(),
+            Some("b-sidecar"),
+            "first by name"
+        );
+        assert_eq!(
+            name(None).as_deref(),
+            Some("b-sidecar"),
+            "container unknown: any"
+        );
+        assert!(select_watch(&watches, "empty", &labels, None).is_none());
     }
 
     #[test]

@@ -116,9 +116,7 @@ impl Context {
             .await
             .map(|l| l.items)
             .unwrap_or_default();
-        let routing = watches
-            .iter()
-            .find(|w| selector::matches(&w.spec.selector, labels))
+        let routing = super::agent::select_watch(&watches, namespace, labels, None)
             .and_then(|w| w.spec.alerts.as_ref());
         self.cfg.alerts.with_overrides(routing)
     }
@@ -370,9 +368,8 @@ async fn capture_enabled(ctx: &Context, pod: &Pod) -> bool {
         .await
         .map(|l| l.items)
         .unwrap_or_default();
-    watches
-        .iter()
-        .any(|w| selector::matches(&w.spec.selector, pod.labels()))
+    let ns = pod.namespace().unwrap_or_default();
+    super::agent::select_watch(&watches, &ns, pod.labels(), None).is_some()
 }
 
 async fn report_controller(

@@ -229,6 +229,23 @@ async fn shutdown_signal() {
     }
 }
 
+/// Binds the admin address (failing loudly when taken) and serves /metrics, /livez and /readyz
+/// until SIGTERM; returns the metrics to fill and the health to set ready.
+async fn serve_admin(addr: SocketAddr) -> anyhow::Result<(Metrics, Health)> {
+    let metrics = Metrics::new();
+    let health = Health::new();
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    tokio::spawn(http::serve_on(
+        listener,
+        metrics.clone(),
+        health.clone(),
+        shutdown_signal(),
+    ));
+    Ok((metrics, health))
+}
+
 async fn client() -> anyhow::Result<Client> {
     Client::try_default()
         .await
@@ -295,17 +312,7 @@ async fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
         alerts,
         instance: instance.clone(),
     };
-    let metrics = Metrics::new();
-    let health = Health::new();
-    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.metrics_addr))?;
-    tokio::spawn(http::serve_on(
-        listener,
-        metrics.clone(),
-        health.clone(),
-        shutdown_signal(),
-    ));
+    let (metrics, health) = serve_admin(args.metrics_addr).await?;
     let client = client().await?;
     let identity = format!("{instance}-{}", std::process::id());
     let elector = args.leader_election.then(|| {
@@ -396,17 +403,7 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
             .filter(|k| !k.is_empty())
             .map(Into::into),
     };
-    let metrics = Metrics::new();
-    let health = Health::new();
-    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.metrics_addr))?;
-    tokio::spawn(http::serve_on(
-        listener,
-        metrics.clone(),
-        health.clone(),
-        shutdown_signal(),
-    ));
+    let (metrics, health) = serve_admin(args.metrics_addr).await?;
     let client = client().await?;
     let ready = {
         let health = health.clone();

@@ -81,7 +81,7 @@ fn run_hunt(args: HuntArgs) -> ExitCode {
             }
         },
         Err(e) => {
-            eprintln!("leakhunt hunt: {:#}", e_clone_chain(&e));
+            eprintln!("leakhunt hunt: {}", hunt::snapshot::error_chain(&e));
             ExitCode::from(match e {
                 hunt::Error::Cgroup(
                     cgroup::Error::Permission { .. } | cgroup::Error::ControllerMissing { .. },
@@ -91,16 +91,4 @@ fn run_hunt(args: HuntArgs) -> ExitCode {
             })
         }
     }
-}
-
-/// The error with its chain of causes, for one `{:#}` line.
-fn e_clone_chain(e: &hunt::Error) -> anyhow::Error {
-    let mut msg = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    anyhow::anyhow!(msg)
 }

@@ -75,16 +75,8 @@ pub async fn run(client: Client, job: AnalyzeJob) -> anyhow::Result<()> {
     let analysis = tokio::task::spawn_blocking(move || -> Result<Findings, String> {
         verify(&j.before, j.sha256_before.as_deref())?;
         verify(&j.after, j.sha256_after.as_deref())?;
-        leakhunt_analyzer::analysis::diff_paths(&j.before, &j.after, None).map_err(|e| {
-            let mut text = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                text.push_str(": ");
-                text.push_str(&s.to_string());
-                source = s.source();
-            }
-            text
-        })
+        leakhunt_analyzer::analysis::diff_paths(&j.before, &j.after, None)
+            .map_err(|e| crate::hunt::snapshot::error_chain(&e))
     })
     .await
     .map_err(|e| anyhow::anyhow!("analysis thread: {e}"))?;

@@ -5,7 +5,7 @@
 //! when its key is not yet in the report; a Job is created when the report's pair has none), so
 //! a restart, a lost watch or a second replica neither loses nor duplicates anything.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -62,8 +62,9 @@ pub struct Context {
     counted: Mutex<HashSet<String>>,
     /// Analyzer Jobs whose duration was recorded.
     timed_jobs: Mutex<HashSet<String>>,
-    /// Workloads with metric series, so the series of deleted reports can be dropped.
-    series: Mutex<HashSet<(String, String)>>,
+    /// Workload of each report (namespace, name) with metric series, so the series of deleted
+    /// reports can be dropped.
+    series: Mutex<HashMap<(String, String), String>>,
 }
 
 const COUNTED_CACHE_MAX: usize = 20_000;
@@ -81,7 +82,7 @@ impl Context {
             limiter: Mutex::new(RateLimiter::default()),
             counted: Mutex::new(HashSet::new()),
             timed_jobs: Mutex::new(HashSet::new()),
-            series: Mutex::new(HashSet::new()),
+            series: Mutex::new(HashMap::new()),
             client,
             cfg,
             metrics,
@@ -104,21 +105,35 @@ impl Context {
         }
     }
 
-    /// Alert config for a namespace's workloads: the chart's, overridden by a LeakWatch there.
+    /// The LeakWatches of a namespace (none when they cannot be read: chart defaults apply).
+    async fn watches_in(&self, namespace: &str) -> Vec<LeakWatch> {
+        let api: Api<LeakWatch> = Api::namespaced(self.client.clone(), namespace);
+        api.list(&ListParams::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default()
+    }
+
+    /// Alert config for pods with these labels: the chart's, overridden by their LeakWatch.
+    fn alert_config_from(
+        &self,
+        watches: &[LeakWatch],
+        namespace: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> AlertConfig {
+        let routing = super::agent::select_watch(watches, namespace, labels, None)
+            .and_then(|w| w.spec.alerts.as_ref());
+        self.cfg.alerts.with_overrides(routing)
+    }
+
+    /// Alert config for pods with these labels, reading the namespace's LeakWatches.
     async fn alert_config(
         &self,
         namespace: &str,
         labels: &std::collections::BTreeMap<String, String>,
     ) -> AlertConfig {
-        let api: Api<LeakWatch> = Api::namespaced(self.client.clone(), namespace);
-        let watches = api
-            .list(&ListParams::default())
-            .await
-            .map(|l| l.items)
-            .unwrap_or_default();
-        let routing = super::agent::select_watch(&watches, namespace, labels, None)
-            .and_then(|w| w.spec.alerts.as_ref());
-        self.cfg.alerts.with_overrides(routing)
+        let watches = self.watches_in(namespace).await;
+        self.alert_config_from(&watches, namespace, labels)
     }
 
     async fn event(&self, reference: &ObjectReference, type_: EventType, reason: &str, note: &str) {
@@ -271,7 +286,9 @@ async fn count_kills(ctx: &Context, pod: &Pod, kills: &[ContainerKill]) -> Resul
     let container = kills.first().map(|k| k.container.as_str());
     let report = reports::ensure(&ctx.client, new_report(&namespace, &wl, container)).await?;
     let api: Api<LeakReport> = Api::namespaced(ctx.client.clone(), &namespace);
-    let captured = capture_enabled(ctx, pod).await;
+    // Read once: whether the pod is captured, and where its alerts go.
+    let watches = ctx.watches_in(&namespace).await;
+    let captured = capture_enabled(pod, &watches);
     let limit = container.and_then(|c| memory_limit(pod, c));
     let mut counted_now: Vec<ContainerKill> = Vec::new();
     let written = reports::update_status(&api, &report.name_any(), |s| {
@@ -302,8 +319,7 @@ async fn count_kills(ctx: &Context, pod: &Pod, kills: &[ContainerKill]) -> Resul
     }
     let Some(report) = written else { return Ok(()) };
     let status = report.status.clone().unwrap_or_default();
-    let labels = pod.labels().clone();
-    let alert_cfg = ctx.alert_config(&namespace, &labels).await;
+    let alert_cfg = ctx.alert_config_from(&watches, &namespace, pod.labels());
     for k in &counted_now {
         ctx.metrics.oom_kill(&namespace, &wl.display);
         tracing::info!(namespace, workload = %wl.display, key = %k.key, "OOM kill counted");
@@ -357,19 +373,10 @@ fn alert_of(
 }
 
 /// Whether the agent may capture this pod: the annotation, or a LeakWatch in its namespace.
-async fn capture_enabled(ctx: &Context, pod: &Pod) -> bool {
-    if workload::capture_annotated(pod) {
-        return true;
-    }
-    let api: Api<LeakWatch> =
-        Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
-    let watches = api
-        .list(&ListParams::default())
-        .await
-        .map(|l| l.items)
-        .unwrap_or_default();
+fn capture_enabled(pod: &Pod, watches: &[LeakWatch]) -> bool {
     let ns = pod.namespace().unwrap_or_default();
-    super::agent::select_watch(&watches, &ns, pod.labels(), None).is_some()
+    workload::capture_annotated(pod)
+        || super::agent::select_watch(watches, &ns, pod.labels(), None).is_some()
 }
 
 async fn report_controller(
@@ -417,7 +424,7 @@ pub async fn reconcile(report: Arc<LeakReport>, ctx: Arc<Context>) -> Result<Act
     ctx.metrics
         .leak_detected(&namespace, display, status.verdict == Some(Verdict::Leak));
     if let Ok(mut series) = ctx.series.lock() {
-        series.insert((namespace.clone(), display.clone()));
+        series.insert((namespace.clone(), report.name_any()), display.clone());
     }
     match status.phase {
         Phase::Analyzing => analyzing(&report, &status, &ctx).await,
@@ -696,10 +703,8 @@ async fn analysed(
         .summary
         .clone()
         .unwrap_or_else(|| format!("{} leaks memory", report.spec.workload.display));
-    let pod_labels = match pod_of(ctx, &namespace, &b.pod).await {
-        Some(p) => p.labels().clone(),
-        None => Default::default(),
-    };
+    let pod = pod_of(ctx, &namespace, &b.pod).await;
+    let pod_labels = pod.as_ref().map(|p| p.labels().clone()).unwrap_or_default();
     let cfg = ctx.alert_config(&namespace, &pod_labels).await;
     if cfg.events {
         ctx.event(
@@ -713,9 +718,9 @@ async fn analysed(
             ctx.event(&w, EventType::Warning, "LeakDetected", &summary)
                 .await;
         }
-        if let Some(pod) = pod_of(ctx, &namespace, &b.pod).await {
+        if let Some(pod) = &pod {
             ctx.event(
-                &reference_of(&pod),
+                &reference_of(pod),
                 EventType::Warning,
                 "LeakDetected",
                 &summary,
@@ -797,13 +802,10 @@ async fn forget_deleted_reports(ctx: &Context) {
     let Ok(mut series) = ctx.series.lock() else {
         return;
     };
-    series.retain(|(ns, display)| {
-        // Series are keyed by workload; reports by name, which derives from it.
-        let (kind, name) = display.split_once('/').unwrap_or(("", display));
-        let report = workload::report_name(&crate::crd::WorkloadRef::new("", kind, name));
-        let keep = live.contains(&(ns.clone(), report));
+    series.retain(|report, display| {
+        let keep = live.contains(report);
         if !keep {
-            ctx.metrics.forget_workload(ns, display);
+            ctx.metrics.forget_workload(&report.0, display);
         }
         keep
     });

@@ -7,14 +7,13 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
-T0=$(date +%s)
 DIR=$(mktemp -d /tmp/leakhunt-e2e.XXXXXX)
 chmod 755 "$DIR"
 NS=shop
 LH=leakhunt
-PASSED=0
-FAILED=0
-FAILURES=()
+SUITE=e2e
+# shellcheck source=tests/lib.sh
+. tests/lib.sh
 PIDS=()
 
 cleanup() {
@@ -41,8 +40,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'echo "e2e: interrupted" >&2; exit 130' INT TERM
 
-fail_now() { echo "e2e: $*" >&2; FAILED=$((FAILED + 1)); exit 1; }
-
 for tool in kube-testenv kubectl helm alertmanager python3 curl; do
   command -v "$tool" >/dev/null || fail_now "missing prerequisite: $tool (run make tools / .ci/install)"
 done
@@ -52,33 +49,6 @@ done
 VENV=$(examples/setup-venv.sh) || fail_now "cannot set up the Flask venv"
 export PATH="$VENV/bin:$PATH"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-
-# wait_for DESCRIPTION SECONDS COMMAND...: polls until COMMAND succeeds.
-wait_for() {
-  local what=$1 secs=$2
-  shift 2
-  local end=$((SECONDS + secs))
-  until "$@" >/dev/null 2>&1; do
-    if [ $SECONDS -ge $end ]; then
-      echo "  timed out after ${secs}s waiting for: $what" >&2
-      return 1
-    fi
-    sleep 1
-  done
-}
-
-check() {
-  local name=$1
-  shift
-  local t=$SECONDS
-  echo "=== $name"
-  if "$@"; then
-    PASSED=$((PASSED + 1)); echo "--- PASS: $name ($((SECONDS - t))s)"
-  else
-    FAILED=$((FAILED + 1)); FAILURES+=("$name"); echo "--- FAIL: $name ($((SECONDS - t))s)"
-  fi
-}
 
 out=$(tests/testenv.sh up "$DIR") || fail_now "environment did not start"
 echo "$out"
@@ -421,7 +391,4 @@ check_leader_election() {
 }
 check "leader election: one of two replicas leads; the standby takes over" check_leader_election
 
-echo "e2e: finished in $(( $(date +%s) - T0 ))s (environment start included)"
-[ ${#FAILURES[@]} -eq 0 ] || echo "e2e: failed: ${FAILURES[*]}"
-echo "e2e: $PASSED passed, $FAILED failed"
-[ "$FAILED" -eq 0 ]
+summary

@@ -10,12 +10,11 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
-T0=$(date +%s)
 DIR=$(mktemp -d /tmp/leakhunt-smoke.XXXXXX)
 NS=smoke
-PASSED=0
-FAILED=0
-FAILURES=()
+SUITE=smoke
+# shellcheck source=tests/lib.sh
+. tests/lib.sh
 
 cleanup() {
   local rc=$?
@@ -33,8 +32,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'echo "smoke: interrupted" >&2; exit 130' INT TERM
 
-fail_now() { echo "smoke: $*" >&2; FAILED=$((FAILED + 1)); exit 1; }
-
 # Prerequisites fail loudly; nothing is skipped.
 for tool in kube-testenv kubectl helm python3 sh; do
   command -v "$tool" >/dev/null || fail_now "missing prerequisite: $tool (run make tools / .ci/install)"
@@ -47,31 +44,6 @@ echo "$out"
 export KUBECONFIG=$DIR/admin.kubeconfig
 PODS_DIR=$DIR/node/pods
 
-# wait_for DESCRIPTION SECONDS COMMAND...: polls until COMMAND succeeds.
-wait_for() {
-  local what=$1 secs=$2
-  shift 2
-  local end=$((SECONDS + secs))
-  until "$@" >/dev/null 2>&1; do
-    if [ $SECONDS -ge $end ]; then
-      echo "  timed out after ${secs}s waiting for: $what" >&2
-      return 1
-    fi
-    sleep 1
-  done
-}
-
-check() {
-  local name=$1
-  shift
-  local t=$SECONDS
-  echo "=== $name"
-  if "$@"; then
-    PASSED=$((PASSED + 1)); echo "--- PASS: $name ($((SECONDS - t))s)"
-  else
-    FAILED=$((FAILED + 1)); FAILURES+=("$name"); echo "--- FAIL: $name ($((SECONDS - t))s)"
-  fi
-}
 
 kubectl create namespace $NS >/dev/null
 wait_for "default ServiceAccount in $NS" 60 kubectl -n $NS get serviceaccount default || fail_now "no default ServiceAccount"
@@ -281,7 +253,4 @@ check_helm() {
 }
 check "helm install / uninstall" check_helm
 
-echo "smoke: finished in $(( $(date +%s) - T0 ))s (environment start included)"
-[ ${#FAILURES[@]} -eq 0 ] || echo "smoke: failed: ${FAILURES[*]}"
-echo "smoke: $PASSED passed, $FAILED failed"
-[ "$FAILED" -eq 0 ]
+summary

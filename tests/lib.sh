@@ -1,0 +1,45 @@
+# Shared by the shell tests against the test environment (tests/smoke/smoke.sh, tests/e2e/e2e.sh):
+# source it after setting SUITE (the name every line is prefixed with). Provides the counters,
+# `check NAME COMMAND...`, `wait_for DESCRIPTION SECONDS COMMAND...`, `fail_now MESSAGE`, `free_port`
+# and `summary` (the last lines, and the suite's exit status).
+T0=$(date +%s)
+PASSED=0
+FAILED=0
+FAILURES=()
+
+fail_now() { echo "$SUITE: $*" >&2; FAILED=$((FAILED + 1)); exit 1; }
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# wait_for DESCRIPTION SECONDS COMMAND...: polls until COMMAND succeeds.
+wait_for() {
+  local what=$1 secs=$2
+  shift 2
+  local end=$((SECONDS + secs))
+  until "$@" >/dev/null 2>&1; do
+    if [ $SECONDS -ge $end ]; then
+      echo "  timed out after ${secs}s waiting for: $what" >&2
+      return 1
+    fi
+    sleep 1
+  done
+}
+
+check() {
+  local name=$1
+  shift
+  local t=$SECONDS
+  echo "=== $name"
+  if "$@"; then
+    PASSED=$((PASSED + 1)); echo "--- PASS: $name ($((SECONDS - t))s)"
+  else
+    FAILED=$((FAILED + 1)); FAILURES+=("$name"); echo "--- FAIL: $name ($((SECONDS - t))s)"
+  fi
+}
+
+summary() {
+  echo "$SUITE: finished in $(( $(date +%s) - T0 ))s (environment start included)"
+  [ ${#FAILURES[@]} -eq 0 ] || echo "$SUITE: failed: ${FAILURES[*]}"
+  echo "$SUITE: $PASSED passed, $FAILED failed"
+  [ "$FAILED" -eq 0 ]
+}

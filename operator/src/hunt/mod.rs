@@ -392,6 +392,22 @@ pub fn run(
         hunt.record_sample(&sample);
         hunt.handle_kills(&sample, machine.state());
 
+        // An empty cgroup is the end of the watch, not a restart: the command's own process
+        // leaves cgroup.procs before it is reaped, and voiding A then would hide that it
+        // exited before B.
+        if sample.processes.is_empty() {
+            match child_guard.0.as_mut() {
+                None => break,
+                Some(child) => {
+                    if let Some(status) = reap_within(child, Duration::from_millis(500)) {
+                        exit_status = Some(status);
+                        child_guard.0 = None;
+                        break;
+                    }
+                }
+            }
+        }
+
         let alive = sample.alive();
         let observation = Observation {
             now: sample.t,
@@ -418,14 +434,10 @@ pub fn run(
         hunt.show_progress(&sample, machine.state());
 
         // Is the hunt over?
-        let empty = sample.processes.is_empty() && child_guard.0.is_none();
         if hunt.analysed_at.is_some()
             && (opts.until == Until::Report
                 || (opts.until == Until::Oom && hunt.kill_after_analysis))
         {
-            break;
-        }
-        if matches!(opts.target, Target::Pid(_)) && empty {
             break;
         }
         if let Some(limit) = opts.duration {
@@ -481,14 +493,9 @@ pub fn run(
         hunt.failure.get_or_insert(Failure::Interrupted);
     } else if let Some(child) = child_guard.0.as_mut() {
         // The kill that ended the hunt may have been the command's own: let it be reaped.
-        let deadline = Instant::now() + Duration::from_millis(500);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = child.try_wait() {
-                exit_status = Some(status);
-                child_guard.0 = None;
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if let Some(status) = reap_within(child, Duration::from_millis(500)) {
+            exit_status = Some(status);
+            child_guard.0 = None;
         }
     }
     if let Some(status) = exit_status {
@@ -538,6 +545,18 @@ pub fn run(
         samples,
         elapsed: started.elapsed(),
     })
+}
+
+/// The command's exit status if it ends within `wait`.
+fn reap_within(child: &mut Child, wait: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + wait;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            _ => return None,
+        }
+    }
 }
 
 /// The first sample once the command is in its cgroup (or at once for `--pid`).

@@ -1,6 +1,6 @@
 # Shared by the shell tests against the test environment (tests/smoke/smoke.sh, tests/e2e/e2e.sh):
 # source it after setting SUITE (the name every line is prefixed with). Provides the counters,
-# `check NAME COMMAND...`, `wait_for DESCRIPTION SECONDS COMMAND...`, `fail_now MESSAGE`, `free_port`
+# `check NAME COMMAND...`, `wait_for DESCRIPTION SECONDS COMMAND...`, `fail_now MESSAGE`, `free_ports N`
 # and `summary` (the last lines, and the suite's exit status).
 T0=$(date +%s)
 PASSED=0
@@ -9,7 +9,13 @@ FAILURES=()
 
 fail_now() { echo "$SUITE: $*" >&2; FAILED=$((FAILED + 1)); exit 1; }
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# free_ports N: N distinct free loopback ports on one line (held together while chosen, so they differ).
+free_ports() {
+  python3 -c 'import socket, sys
+held = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in held: s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in held))' "$1"
+}
 
 # wait_for DESCRIPTION SECONDS COMMAND...: polls until COMMAND succeeds.
 wait_for() {

@@ -361,7 +361,9 @@ fn zst_core_reads_back_identically() {
     let packed = dir.path().join("same.core.zst");
     let a = capture(t.pid(), &opts(plain.clone())).expect("capture plain");
     let b = capture(t.pid(), &opts(packed.clone())).expect("capture zst");
-    std::thread::sleep(Duration::from_millis(50));
+    // Detached threads are briefly runnable before they stop again; one whose job stop was
+    // lost would settle in pause() (S) instead.
+    wait_until(|| t.states().iter().all(|&s| s == 'T' || s == 'S'));
     assert!(
         t.states().iter().all(|&s| s == 'T'),
         "job stop lost: {:?}",
@@ -679,7 +681,8 @@ fn killed_capture_leaves_no_file_and_the_target_running() {
 fn a_process_under_a_debugger_is_refused_and_left_to_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let t = Target::c(dir.path(), 0);
-    // gdb attaches, then holds the process while its shell command sleeps.
+    // gdb attaches, then holds the process until its shell command reads a line: as long as the
+    // test needs, however slowly it runs.
     let mut gdb = Command::new("gdb")
         .args([
             "-nx",
@@ -687,15 +690,20 @@ fn a_process_under_a_debugger_is_refused_and_left_to_it() {
             "-p",
             &t.pid().to_string(),
             "-ex",
-            "shell sleep 2",
+            "shell head -n1",
         ])
+        .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("run gdb");
-    assert!(wait_traced(t.pid()), "gdb never attached");
-    let e = capture(t.pid(), &opts(dir.path().join("traced.core"))).expect_err("traced");
+    let attached = wait_traced(t.pid());
+    let e = capture(t.pid(), &opts(dir.path().join("traced.core")));
+    // Let gdb go in every case (dropping its stdin ends `head` too), then judge.
+    drop(gdb.stdin.take());
     let _ = gdb.wait();
+    assert!(attached, "gdb never attached");
+    let e = e.expect_err("traced");
     assert!(matches!(e, Error::AlreadyTraced { .. }), "{e}");
     assert!(e.to_string().contains("already traced"), "{e}");
     assert!(!dir.path().join("traced.core").exists());

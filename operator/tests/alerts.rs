@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -388,6 +388,58 @@ impl Drop for Running {
     }
 }
 
+/// Starts Alertmanager on a free port and waits until it serves. The port is free when chosen,
+/// not when bound: a test running alongside may take it, so a start that exits, or a port that
+/// answers but is not Alertmanager's, is tried again on another.
+async fn start_alertmanager(bin: &Path, dir: &Path, config: &Path) -> (Running, String) {
+    let log_path = dir.join("alertmanager.log");
+    for _attempt in 0..3 {
+        let port = closed_port();
+        let log = std::fs::File::create(&log_path).unwrap();
+        let child = Command::new(bin)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            // Empty: no gossip cluster, so no listener beyond the web one.
+            .arg("--cluster.listen-address=")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+        let mut running = Running(child);
+        let base = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if matches!(running.0.try_wait(), Ok(Some(_))) {
+                break; // could not listen: another port
+            }
+            if let Some((StatusCode::OK, _)) = get(&format!("{base}/-/ready")).await {
+                let body = match get(&format!("{base}/api/v2/status")).await {
+                    Some((StatusCode::OK, body)) => body,
+                    _ => Bytes::new(),
+                };
+                let status: Value = serde_json::from_slice(&body).unwrap_or_default();
+                if status.get("versionInfo").is_some() {
+                    return (running, base);
+                }
+                break; // someone else's server on that port
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Alertmanager not ready after 30 s; its log:\n{}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        drop(running);
+    }
+    panic!(
+        "Alertmanager did not start on three ports; its last log:\n{}",
+        std::fs::read_to_string(&log_path).unwrap_or_default()
+    );
+}
+
 async fn get(url: &str) -> Option<(StatusCode, Bytes)> {
     let client: Client<HttpConnector, Empty<Bytes>> =
         Client::builder(TokioExecutor::new()).build(HttpConnector::new());
@@ -408,37 +460,7 @@ async fn real_alertmanager_accepts_and_lists_the_alert() {
         "route:\n  receiver: 'null'\nreceivers:\n  - name: 'null'\n",
     )
     .unwrap();
-    let port = closed_port();
-    let log_path = dir.path().join("alertmanager.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let child = Command::new(&bin)
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.path={}",
-            dir.path().join("data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        // Empty: no gossip cluster, so no listener beyond the web one.
-        .arg("--cluster.listen-address=")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
-    let _running = Running(child);
-    let base = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some((StatusCode::OK, _)) = get(&format!("{base}/-/ready")).await {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "Alertmanager not ready after 30 s; its log:\n{}",
-            std::fs::read_to_string(&log_path).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (_running, base) = start_alertmanager(&bin, dir.path(), &config).await;
 
     let alert = leak_alert();
     let results = Notifier::default()

@@ -76,6 +76,8 @@ struct Recorder {
     real: bool,
     /// Parent PID of each snapshotted process, at capture time.
     parents: Mutex<Vec<i32>>,
+    /// Creates this file after that many captures: opens a `gated_leaker`'s gate.
+    gate: Option<(PathBuf, usize)>,
 }
 
 impl Recorder {
@@ -83,6 +85,19 @@ impl Recorder {
         Recorder {
             real: true,
             ..Default::default()
+        }
+    }
+
+    fn gated(mut self, gate: &Path, after: usize) -> Recorder {
+        self.gate = Some((gate.to_path_buf(), after));
+        self
+    }
+
+    fn open_gate(&self, captures: usize) {
+        if let Some((gate, after)) = &self.gate {
+            if captures >= *after {
+                std::fs::write(gate, b"").unwrap();
+            }
         }
     }
 }
@@ -102,7 +117,9 @@ impl Snapshotter for Recorder {
         }
         if self.real {
             let c = snapshot::Analyzer.capture(pid, output, max)?;
-            self.taken.lock().unwrap().push((pid, c.path.clone()));
+            let mut taken = self.taken.lock().unwrap();
+            taken.push((pid, c.path.clone()));
+            self.open_gate(taken.len());
             return Ok(c);
         }
         let rss = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| {
@@ -117,6 +134,7 @@ impl Snapshotter for Recorder {
         })?;
         let mut taken = self.taken.lock().unwrap();
         taken.push((pid, output.to_path_buf()));
+        self.open_gate(taken.len());
         if self.kill_after_first && taken.len() == 1 {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
@@ -201,6 +219,40 @@ fn leaker(step_mib: u32, pause: f64) -> String {
     format!("import time\nheld = []\nwhile True:\n    held.append(b'x' * ({step_mib} << 20))\n    time.sleep({pause})\n")
 }
 
+/// A leaker that stops growing at 90% of its cgroup's limit (working set, as the hunt reads it)
+/// until `gate` exists, then grows on into the OOM kill. However late a loaded machine samples,
+/// snapshot B comes before the kill; the test's Recorder opens the gate once it has B.
+fn gated_leaker(step_mib: u32, pause: f64, gate: &Path) -> String {
+    format!(
+        r#"import os, time
+rel = {{}}
+for line in open('/proc/self/cgroup'):
+    _, controllers, path = line.rstrip('\n').split(':', 2)
+    rel[controllers] = path
+if 'memory' in rel:
+    d = '/sys/fs/cgroup/memory' + rel['memory']
+    files = ('memory.usage_in_bytes', 'memory.limit_in_bytes', 'total_inactive_file')
+else:
+    d = '/sys/fs/cgroup' + rel['']
+    files = ('memory.current', 'memory.max', 'inactive_file')
+def read(name):
+    return open(os.path.join(d, name)).read().strip()
+limit = int(read(files[1]))
+def working_set():
+    stat = dict(l.split() for l in read('memory.stat').splitlines())
+    return int(read(files[0])) - int(stat.get(files[2], 0))
+held = []
+while True:
+    if working_set() >= 0.9 * limit and not os.path.exists({gate:?}):
+        time.sleep(0.01)
+        continue
+    held.append(b'x' * ({step_mib} << 20))
+    time.sleep({pause})
+"#,
+        gate = gate.display().to_string()
+    )
+}
+
 fn assert_cgroup_gone(opts: &HuntOptions, h: &Hierarchy) {
     let parent = h.cgroup(&opts.cgroup_parent);
     let leftovers: Vec<_> = std::fs::read_dir(&parent.dir)
@@ -224,12 +276,14 @@ fn assert_cgroup_gone(opts: &HuntOptions, h: &Hierarchy) {
 fn leaker_is_oom_killed_and_named() {
     let _serial = serial();
     let Some(h) = hierarchy() else { return };
+    let gate_dir = tempfile::tempdir().unwrap();
+    let gate = gate_dir.path().join("b-taken");
     let (opts, _tmp) = options(
         "leaker",
-        Target::Command(vec![python(), "-c".into(), leaker(1, 0.05)]),
+        Target::Command(vec![python(), "-c".into(), gated_leaker(1, 0.05, &gate)]),
         Some(64 * MIB),
     );
-    let rec = Recorder::real();
+    let rec = Recorder::real().gated(&gate, 2);
     let (outcome, text) = run(&opts, &rec);
     assert_eq!(
         outcome.findings.as_ref().map(|f| f.verdict),
@@ -286,9 +340,11 @@ fn worker_killed_parent_survives() {
     let name = format!("leakhunt-test/container-{}", std::process::id());
     let cg = CgroupGuard(h.create(&name).unwrap());
     cg.0.set_limit(64 * MIB).unwrap();
+    let gate_dir = tempfile::tempdir().unwrap();
+    let gate = gate_dir.path().join("b-taken");
     let script = format!(
         "import os, sys, time\npid = os.fork()\nif pid == 0:\n{}\nprint(pid, flush=True)\nos.waitpid(pid, 0)\nprint('worker gone', flush=True)\ntime.sleep(120)\n",
-        leaker(2, 0.05).lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
+        gated_leaker(2, 0.05, &gate).lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
     );
     let mut parent = ChildGuard(
         Command::new("/bin/sh")
@@ -305,7 +361,7 @@ fn worker_killed_parent_survives() {
     let worker_pid: i32 = lines.next().unwrap().unwrap().trim().parse().unwrap();
 
     let (opts, _tmp) = options("worker", Target::Pid(parent_pid), None);
-    let rec = Recorder::default();
+    let rec = Recorder::default().gated(&gate, 2);
     let (outcome, _) = run(&opts, &rec);
 
     let taken = rec.taken.lock().unwrap().clone();
@@ -332,7 +388,9 @@ fn worker_killed_parent_survives() {
 fn respawned_worker_is_hunted_again() {
     let _serial = serial();
     let Some(h) = hierarchy() else { return };
-    let worker = leaker(2, 0.1)
+    let gate_dir = tempfile::tempdir().unwrap();
+    let gate = gate_dir.path().join("b-taken");
+    let worker = gated_leaker(2, 0.1, &gate)
         .lines()
         .map(|l| format!("        {l}"))
         .collect::<Vec<_>>()
@@ -347,10 +405,12 @@ fn respawned_worker_is_hunted_again() {
     );
     opts.until = Until::Report;
     opts.keep_snapshots = true;
+    // A (voided by the kill), A of the new worker, B: then the worker may grow on.
     let rec = Recorder {
         kill_after_first: true,
         ..Default::default()
-    };
+    }
+    .gated(&gate, 3);
     let (outcome, _) = run(&opts, &rec);
     let taken = rec.taken.lock().unwrap().clone();
     let pids: Vec<i32> = taken.iter().map(|(p, _)| *p).collect();
@@ -441,16 +501,19 @@ fn exit_before_b_is_an_error_that_says_what_was_captured() {
 fn analyzer_failure_is_reported() {
     let _serial = serial();
     let Some(h) = hierarchy() else { return };
+    let gate_dir = tempfile::tempdir().unwrap();
+    let gate = gate_dir.path().join("b-taken");
     let (mut opts, _tmp) = options(
         "diff-fails",
-        Target::Command(vec![python(), "-c".into(), leaker(2, 0.05)]),
+        Target::Command(vec![python(), "-c".into(), gated_leaker(2, 0.05, &gate)]),
         Some(64 * MIB),
     );
     opts.until = Until::Report;
     let rec = Recorder {
         fail_diff: true,
         ..Default::default()
-    };
+    }
+    .gated(&gate, 2);
     let (outcome, _) = run(&opts, &rec);
     let failure = outcome.failure.expect("failure");
     assert!(matches!(failure, Failure::Analysis(_)), "{failure:?}");

@@ -394,12 +394,13 @@ pub fn run(
 
         // An empty cgroup is the end of the watch, not a restart: the command's own process
         // leaves cgroup.procs before it is reaped, and voiding A then would hide that it
-        // exited before B.
-        if sample.processes.is_empty() {
+        // exited before B. Nothing in it is judged either while the exit is slow to reap.
+        let empty = sample.processes.is_empty();
+        if empty {
             match child_guard.0.as_mut() {
                 None => break,
                 Some(child) => {
-                    if let Some(status) = reap_within(child, Duration::from_millis(500)) {
+                    if let Some(status) = reap_within(child, Duration::from_secs(5)) {
                         exit_status = Some(status);
                         child_guard.0 = None;
                         break;
@@ -417,7 +418,12 @@ pub fn run(
             alive: &alive,
             grower: sample.grower,
         };
-        match machine.observe(&observation) {
+        let action = if empty {
+            None
+        } else {
+            machine.observe(&observation)
+        };
+        match action {
             Some(Action::SnapshotA { target }) if !hunt.snapshot('A', target, &sample) => {
                 machine.give_up(sample.t);
             }
@@ -492,8 +498,11 @@ pub fn run(
     if interrupted {
         hunt.failure.get_or_insert(Failure::Interrupted);
     } else if let Some(child) = child_guard.0.as_mut() {
-        // The kill that ended the hunt may have been the command's own: let it be reaped.
-        if let Some(status) = reap_within(child, Duration::from_millis(500)) {
+        // The kill that ended the hunt may have been the command's own: let it be reaped (a
+        // large process takes a while to exit under load; a live one is not waited for long).
+        let own_kill = hunt.kills.iter().any(|k| k.kill.pid == Some(main_pid));
+        let wait = Duration::from_millis(if own_kill { 5000 } else { 500 });
+        if let Some(status) = reap_within(child, wait) {
             exit_status = Some(status);
             child_guard.0 = None;
         }

@@ -203,6 +203,13 @@ impl OomWatch {
             None => 0,
         };
         self.last_count = Some(count);
+        // The counter rises a moment before the kernel logs the victim: look once more.
+        if delta as usize > self.named.len() {
+            if let Some(log) = self.kernel_log.as_mut() {
+                let records = log.drain();
+                self.feed_kernel_records(&records);
+            }
+        }
         let previous = std::mem::replace(&mut self.previous, now.to_vec());
         if delta == 0 {
             // Names without a count yet stay for the next sample, but not forever.

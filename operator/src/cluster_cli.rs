@@ -118,6 +118,9 @@ pub struct OperatorArgs {
         default_value = ""
     )]
     alert_labels: Vec<String>,
+    /// URL prefixes a LeakWatch may route alerts to (comma-separated); none: only the chart's.
+    #[arg(long, env = "LEAKHUNT_ALLOWED_ALERT_URLS", value_delimiter = ',')]
+    allowed_alert_urls: Vec<String>,
     /// At most one alert per workload and kind within this.
     #[arg(long, env = "LEAKHUNT_ALERT_COOLDOWN", default_value = "10m", value_parser = duration)]
     alert_cooldown: Duration,
@@ -150,6 +153,9 @@ pub struct AgentArgs {
     /// How often memory samples go into an opted-in workload's report.
     #[arg(long, env = "LEAKHUNT_REPORT_INTERVAL", default_value = "10s", value_parser = duration)]
     report_interval: Duration,
+    /// Record Kubernetes Events (CaptureFailed, CaptureSkipped) unless a LeakWatch says otherwise.
+    #[arg(long, env = "LEAKHUNT_EVENTS", default_value_t = true, action = clap::ArgAction::Set)]
+    events: bool,
     /// Largest snapshot file (pods opted in by annotation; a LeakWatch sets its own).
     #[arg(long, env = "LEAKHUNT_MAX_SNAPSHOT_SIZE", default_value = "1Gi", value_parser = size)]
     max_snapshot_size: u64,
@@ -284,6 +290,12 @@ async fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
         alertmanager_url: args.alertmanager_url.filter(|u| !u.is_empty()),
         labels,
         cooldown: args.alert_cooldown,
+        allowed_url_prefixes: args
+            .allowed_alert_urls
+            .into_iter()
+            .map(|p| p.trim().to_string())
+            .filter(|p| !p.is_empty())
+            .collect(),
     };
     let instance = std::env::var("POD_NAME")
         .or_else(|_| std::env::var("HOSTNAME"))
@@ -399,6 +411,7 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
             cooldown_secs: args.cooldown.as_secs_f64(),
         },
         report_interval: args.report_interval,
+        events: args.events,
         kernel_log: Some(args.kernel_log)
             .filter(|k| !k.is_empty())
             .map(Into::into),

@@ -176,6 +176,10 @@ pub struct LeakReportStatus {
     /// that a restarted operator or agent never counts one twice (at most 200, newest last).
     #[serde(default)]
     pub counted_kills: Vec<String>,
+    /// Worker-process OOM kills counted by the agent that the operator has yet to announce
+    /// (Events, webhook, Alertmanager); the operator empties it (at most 20, newest last).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unannounced_kills: Vec<OomKillRecord>,
 }
 
 /// At most this many counted-kill keys are kept: a kill stays in a pod's `lastState` until the
@@ -281,6 +285,16 @@ pub struct OomKillRecord {
     pub process: String,
     /// When the kill was seen.
     pub time: Time,
+}
+
+impl OomKillRecord {
+    /// How a worker kill reads in incidents, Events and alerts.
+    pub fn worker_message(&self) -> String {
+        format!(
+            "worker process {} in container {} of pod {} was OOM-killed; the container lives on",
+            self.process, self.container, self.pod
+        )
+    }
 }
 
 /// One snapshot of the pair.

@@ -23,7 +23,8 @@ use leakhunt_operator::cluster::job::{self, JobTemplate};
 use leakhunt_operator::cluster::operator::{self, Context, OperatorConfig};
 use leakhunt_operator::cluster::reports;
 use leakhunt_operator::crd::{
-    LeakReport, LeakReportSpec, LeakReportStatus, Phase, SnapshotRecord, Verdict, WorkloadRef,
+    LeakReport, LeakReportSpec, LeakReportStatus, LeakWatch, OomKillRecord, Phase, SnapshotRecord,
+    Verdict, WorkloadRef,
 };
 use leakhunt_operator::metrics::Metrics;
 use serde::Serialize;
@@ -631,4 +632,120 @@ async fn leak_is_alerted_once_per_pair() {
     assert_eq!(api.sent("PUT", STATUS).len(), 1);
     assert_eq!(api.sent("POST", EVENTS).len(), events.len());
     assert_eq!(api.request_count(), before, "no API call at all");
+}
+
+fn pod_web_1() -> Pod {
+    Pod {
+        metadata: ObjectMeta {
+            name: Some("web-1".into()),
+            namespace: Some(NS.into()),
+            uid: Some("uid-of-web-1".into()),
+            labels: Some(BTreeMap::from([("app".to_string(), "web".to_string())])),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// A report with worker kills the agent counted but nobody announced.
+fn report_with_worker_kills(pids: &[i64]) -> LeakReport {
+    let mut current = report(Phase::Watching, "1", "abc");
+    let status = current.status.as_mut().unwrap();
+    status.oom_kills = pids.len() as i64;
+    status.unannounced_kills = pids
+        .iter()
+        .map(|pid| OomKillRecord {
+            pod: "web-1".into(),
+            container: "app".into(),
+            process: format!("python3 (pid {pid})"),
+            time: Time(Timestamp::now()),
+        })
+        .collect();
+    current
+}
+
+#[tokio::test]
+async fn worker_kills_are_announced_once() {
+    let api = MockApi::default();
+    let current = report_with_worker_kills(&[7, 8]);
+    serve_report(&api, &current);
+    api.on("PATCH", &format!("{EVENTS}/*"), [Reply::Echo(200)]);
+    api.on("GET", POD, [ok(pod_web_1())]);
+    let ctx = context(api.client());
+
+    operator::reconcile(Arc::new(current), ctx.clone())
+        .await
+        .unwrap();
+
+    // Taken off the queue in one write, before anything is announced.
+    let puts = api.sent("PUT", STATUS);
+    assert_eq!(puts.len(), 1);
+    assert!(written_status(&puts[0]).unannounced_kills.is_empty());
+    assert_eq!(
+        written_status(&puts[0]).oom_kills,
+        2,
+        "counts are the agent's"
+    );
+    // The first kill's Events are created; the second is the same Event again (a series).
+    let events = api.sent("POST", EVENTS);
+    assert_eq!(events.len(), 3, "on pod, workload and report: {events:#?}");
+    assert_eq!(api.sent("PATCH", &format!("{EVENTS}/*")).len(), 3);
+    assert!(events.iter().all(|e| e["reason"] == "OOMKilled"));
+    let regarding: BTreeSet<&str> = events
+        .iter()
+        .filter_map(|e| e["regarding"]["kind"].as_str())
+        .collect();
+    assert_eq!(
+        regarding,
+        BTreeSet::from(["Deployment", "LeakReport", "Pod"])
+    );
+    assert!(events.iter().all(|e| e["note"]
+        == "worker process python3 (pid 7) in container app of pod web-1 was OOM-killed; the container lives on"));
+    assert_eq!(
+        api.sent("GET", POD).len(),
+        1,
+        "the pod is read once per batch"
+    );
+
+    // The written report comes back through the watch: nothing more to say.
+    let returned: LeakReport = serde_json::from_value(puts[0].clone()).unwrap();
+    let before = api.request_count();
+    operator::reconcile(Arc::new(returned), ctx).await.unwrap();
+    assert_eq!(api.request_count(), before, "no API call at all");
+}
+
+#[tokio::test]
+async fn worker_kill_events_follow_the_leakwatch() {
+    let api = MockApi::default();
+    let current = report_with_worker_kills(&[7]);
+    serve_report(&api, &current);
+    api.on("GET", POD, [ok(pod_web_1())]);
+    // The LeakWatch that governs web-1 turns Events off.
+    let mut watch = LeakWatch::new(
+        "web",
+        serde_json::from_value(json!({
+            "selector": { "matchLabels": { "app": "web" } },
+            "alerts": { "events": false },
+        }))
+        .unwrap(),
+    );
+    watch.metadata.namespace = Some(NS.into());
+    api.on(
+        "GET",
+        WATCHES,
+        [Reply::Json(
+            200,
+            json!({ "apiVersion": "leakhunt.dev/v1alpha1", "kind": "LeakWatchList", "metadata": {}, "items": [watch] }),
+        )],
+    );
+    let ctx = context(api.client());
+
+    operator::reconcile(Arc::new(current), ctx).await.unwrap();
+
+    assert_eq!(
+        api.sent("PUT", STATUS).len(),
+        1,
+        "still taken off the queue"
+    );
+    assert!(api.sent("POST", EVENTS).is_empty());
 }

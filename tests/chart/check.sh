@@ -44,6 +44,8 @@ operator:
 agent:
   priorityClassName: system-node-critical
 alerts:
+  events: false
+  allowedUrlPrefixes: ["https://hooks.slack.com/", "http://alertmanager.monitoring:9093/"]
   webhook:
     format: slack
     existingSecret: leakhunt-slack
@@ -247,6 +249,9 @@ check(oenv["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.n
       "operator: namespace, analyzer image/ServiceAccount, the agent's snapshot dir, its Lease")
 check("LEAKHUNT_WATCH_NAMESPACES" not in oenv and "LEAKHUNT_WEBHOOK_URL" not in oenv
       and "LEAKHUNT_ALERTMANAGER_URL" not in oenv, "operator (default): all namespaces, no webhook, no Alertmanager")
+check(oenv["LEAKHUNT_ALLOWED_ALERT_URLS"]["value"] == "" and oenv["LEAKHUNT_EVENTS"]["value"] == "true"
+      and aenv["LEAKHUNT_EVENTS"]["value"] == "true",
+      "default: Events on (operator and agent), LeakWatches may not route alerts to URLs of their own")
 check({s["metadata"]["name"] for s in find(default, "ServiceAccount")}
       == {"leakhunt-operator", "leakhunt-agent", "leakhunt-analyzer"}, "one ServiceAccount per component")
 check(not find(default, "ServiceMonitor") and not find(default, "PrometheusRule")
@@ -275,6 +280,10 @@ check(oenv2["LEAKHUNT_ALERTMANAGER_URL"]["value"] == "http://alertmanager.monito
       and oenv2["LEAKHUNT_ALERT_LABELS"]["value"] == "severity=page,team=payments",
       "all-on: Alertmanager URL and labels (k=v,k=v)")
 check(oenv2["LEAKHUNT_WATCH_NAMESPACES"]["value"] == "shop,payments", "all-on: watched namespaces")
+aenv2 = env_of(one(all_on, "DaemonSet", "leakhunt-agent")["spec"]["template"]["spec"]["containers"][0])
+check(oenv2["LEAKHUNT_ALLOWED_ALERT_URLS"]["value"] == "https://hooks.slack.com/,http://alertmanager.monitoring:9093/"
+      and oenv2["LEAKHUNT_EVENTS"]["value"] == "false" and aenv2["LEAKHUNT_EVENTS"]["value"] == "false",
+      "all-on: allowed LeakWatch URL prefixes; Events off in operator and agent")
 check(dep2["spec"]["template"]["spec"]["containers"][0]["args"] == ["operator", "--log=debug"], "all-on: extraArgs")
 check(all(s.get("imagePullSecrets") == [{"name": "regcred"}] for s in find(all_on, "ServiceAccount")),
       "all-on: pull secrets on every ServiceAccount (the analyzer Jobs inherit them)")
@@ -324,6 +333,8 @@ rejects "agent.interval=5 (a number, not a duration)" "/agent/interval" --set ag
 rejects "agent.cooldown=10min" "/agent/cooldown" --set agent.cooldown=10min
 rejects "image.pullPolicy=Sometimes" "/image/pullPolicy" --set image.pullPolicy=Sometimes
 rejects "alerts.webhook.format=xml" "/alerts/webhook/format" --set alerts.webhook.format=xml
+rejects "an allowed URL prefix that is not http(s)" "/alerts/allowedUrlPrefixes/0" --set 'alerts.allowedUrlPrefixes={ftp://x}'
+
 rejects "analyzer memory limit 'lots'" "/analyzer/resources/limits/memory" --set analyzer.resources.limits.memory=lots
 rejects "an unknown top-level key" "additional properties 'colour'" --set colour=blue
 rejects "an unknown operator key" "additional properties 'replica'" --set operator.replica=2

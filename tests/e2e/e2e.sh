@@ -59,7 +59,7 @@ SNAPSHOTS=$DIR/snapshots
 # --- receivers: a webhook and a real Alertmanager ------------------------------------------------------
 python3 tests/e2e/webhook_receiver.py "$DIR/webhook.port" "$DIR/webhook.jsonl" &
 PIDS+=($!)
-AM_PORT=$(free_port)
+read -r AM_PORT OP_PORT AGENT_PORT APP_PORT <<<"$(free_ports 4)"
 mkdir -p "$DIR/alertmanager"
 cat >"$DIR/alertmanager/config.yml" <<'YAML'
 route: {receiver: "null", group_wait: 1s}
@@ -71,8 +71,6 @@ PIDS+=($!)
 wait_for "webhook receiver" 20 test -s "$DIR/webhook.port" || fail_now "webhook receiver did not start"
 WEBHOOK_PORT=$(cat "$DIR/webhook.port")
 wait_for "Alertmanager ready" 30 curl -sf "http://127.0.0.1:$AM_PORT/-/ready" || fail_now "Alertmanager did not start: $(tail -5 "$DIR/alertmanager.log")"
-OP_PORT=$(free_port)
-AGENT_PORT=$(free_port)
 
 # --- install --------------------------------------------------------------------------------------------
 check_install() {
@@ -97,7 +95,6 @@ check_install() {
 check "helm install: operator and agent Ready, with their own ServiceAccounts" check_install
 
 # --- the leaky service -----------------------------------------------------------------------------------
-APP_PORT=$(free_port)
 kubectl create namespace $NS >/dev/null
 kubectl -n $NS create configmap leaky-flask --from-file=app.py=examples/leaky-flask/app.py >/dev/null
 kubectl -n $NS apply -f - >/dev/null <<YAML
@@ -107,7 +104,7 @@ metadata: {name: leaky-flask}
 spec:
   selector: {matchLabels: {app: leaky-flask}}
   thresholds: {baseline: 50, nearLimit: 85}
-  cooldown: 10m
+  cooldown: 2h   # one hunt: no check needs a second pair, and a slow run must not start one
   maxSnapshotSize: 512Mi
 ---
 apiVersion: apps/v1
@@ -327,6 +324,17 @@ YAML
   echo "  incident: $(pf '{.status.incidents[-1:].message}')"
   [ "$restarts" = 0 ] || return 1
   pf '{.status.incidents[*].message}' | grep -q 'worker process python3 (pid [0-9]*)' || return 1
+  # Announced by the operator like a container's kill: the webhook, and Events on the pod.
+  wait_for "worker kill at the webhook" 30 grep -q 'prefork OOM-killed: worker process python3' "$DIR/webhook.jsonl" || return 1
+  grep 'prefork OOM-killed: worker process' "$DIR/webhook.jsonl" | head -1 | python3 -c '
+import json, sys
+b = json.loads(sys.stdin.readline())["body"]
+print("  webhook:", b["kind"], b["workload"], "-", b["summary"])
+assert b["kind"] == "OOMKilled" and b["workload"] == "Deployment/prefork", b' || return 1
+  wait_for "worker kill Event on the pod" 30 sh -c "kubectl -n $NS get events --field-selector reason=OOMKilled,involvedObject.kind=Pod -o jsonpath='{.items[*].message}' | grep -q 'worker process python3'" || return 1
+  # No kill left unannounced once the kills stop (the report stays: the Deployment owns it).
+  kubectl -n $NS scale deployment prefork --replicas=0 >/dev/null
+  wait_for "every worker kill announced" 30 sh -c "[ -z \"\$(kubectl -n $NS get leakreport deployment-prefork -o jsonpath='{.status.unannouncedKills}')\" ]" || return 1
   kubectl -n $NS delete deployment prefork --wait=false >/dev/null
 }
 check "worker processes OOM-killed inside a surviving container are counted" check_worker_kill
@@ -337,6 +345,25 @@ check_snapshots_cleaned() {
   echo "  no snapshot file left; records keep node, size and sha256: $(report '{.status.snapshots[*].sha256}' | cut -c1-20)…"
 }
 check "snapshot files deleted once analysed" check_snapshots_cleaned
+
+check_leakwatch_urls() {
+  # Whoever may create a LeakWatch must not aim the operator's POSTs at an address of their choosing:
+  # outside alerts.allowedUrlPrefixes (none here) a URL is ignored, and the LeakWatch says so.
+  kubectl -n $NS apply -f - >/dev/null <<'YAML'
+apiVersion: leakhunt.dev/v1alpha1
+kind: LeakWatch
+metadata: {name: elsewhere}
+spec:
+  selector: {matchLabels: {app: nothing-here}}
+  alerts: {webhookUrl: "http://169.254.169.254/latest/meta-data"}
+YAML
+  local cond='{.status.conditions[?(@.type=="AlertsRouted")].reason}'
+  wait_for "AlertsRouted condition" 40 sh -c "[ \"\$(kubectl -n $NS get leakwatch elsewhere -o jsonpath='$cond')\" = URLNotAllowed ]" || return 1
+  echo "  elsewhere: $(kubectl -n $NS get leakwatch elsewhere -o jsonpath='{.status.conditions[?(@.type=="AlertsRouted")].message}')"
+  [ "$(kubectl -n $NS get leakwatch leaky-flask -o jsonpath='{.status.conditions[?(@.type=="AlertsRouted")].status}')" = True ] || return 1
+  kubectl -n $NS delete leakwatch elsewhere >/dev/null
+}
+check "a LeakWatch cannot route alerts outside the allowed URL prefixes" check_leakwatch_urls
 
 check_delete_workload() {
   kubectl -n $NS delete deployment leaky-flask --wait=true >/dev/null || return 1
@@ -361,7 +388,7 @@ check_leader_election() {
   local ns=leader-test
   kubectl create namespace $ns >/dev/null || return 1
   local a b port_a port_b
-  port_a=$(free_port); port_b=$(free_port)
+  read -r port_a port_b <<<"$(free_ports 2)"
   POD_NAME=op-a "$LEAKHUNT_BIN" operator --namespace $ns --watch-namespaces $ns --metrics-addr "127.0.0.1:$port_a" \
     >"$DIR/op-a.log" 2>&1 &
   a=$!; PIDS+=($a)

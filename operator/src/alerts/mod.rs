@@ -162,6 +162,10 @@ pub struct AlertConfig {
     pub labels: BTreeMap<String, String>,
     /// Per-workload, per-kind rate limit.
     pub cooldown: Duration,
+    /// URL prefixes a LeakWatch may send its alerts to. Whoever may create a LeakWatch could
+    /// otherwise make the operator POST to any address it can reach (in-cluster services,
+    /// cloud metadata); empty: LeakWatches may only switch sinks off.
+    pub allowed_url_prefixes: Vec<String>,
 }
 
 impl Default for AlertConfig {
@@ -173,14 +177,50 @@ impl Default for AlertConfig {
             alertmanager_url: None,
             labels: BTreeMap::new(),
             cooldown: DEFAULT_COOLDOWN,
+            allowed_url_prefixes: Vec::new(),
         }
     }
 }
 
 impl AlertConfig {
+    /// Whether a LeakWatch may route alerts to `url`: switching a sink off (empty) always, a
+    /// URL only under an allowed prefix, at a boundary (`https://hooks.slack.com` does not
+    /// allow `https://hooks.slack.com.evil.example`).
+    pub fn url_allowed(&self, url: &str) -> bool {
+        let url = url.trim();
+        url.is_empty()
+            || self.allowed_url_prefixes.iter().any(|p| {
+                !p.is_empty()
+                    && url.strip_prefix(p.as_str()).is_some_and(|rest| {
+                        p.ends_with('/') || rest.is_empty() || rest.starts_with(['/', '?', '#'])
+                    })
+            })
+    }
+
+    /// The LeakWatch URLs this config refuses, said for its status; `None` when all are allowed.
+    pub fn refused_urls(&self, o: &AlertRouting) -> Option<String> {
+        let refused: Vec<String> = [
+            ("webhookUrl", &o.webhook_url),
+            ("alertmanagerUrl", &o.alertmanager_url),
+        ]
+        .into_iter()
+        .filter_map(|(field, url)| {
+            let url = url.as_deref()?;
+            (!self.url_allowed(url)).then(|| format!("alerts.{field} {url:?}"))
+        })
+        .collect();
+        (!refused.is_empty()).then(|| {
+            format!(
+                "{} not under the operator's allowed URL prefixes (chart value alerts.allowedUrlPrefixes); the chart's receivers get these alerts",
+                refused.join(" and ")
+            )
+        })
+    }
+
     /// This config with a LeakWatch's routing laid over it, field by field: a set field wins, an
     /// unset one keeps the default; labels are merged, the LeakWatch's winning on a clash. An
-    /// empty URL in the LeakWatch switches that sink off for its pods.
+    /// empty URL in the LeakWatch switches that sink off for its pods; a URL outside the allowed
+    /// prefixes is ignored.
     pub fn with_overrides(&self, o: Option<&AlertRouting>) -> AlertConfig {
         let mut cfg = self.clone();
         cfg.webhook_url = non_empty(cfg.webhook_url);
@@ -191,7 +231,7 @@ impl AlertConfig {
         if let Some(events) = o.events {
             cfg.events = events;
         }
-        if let Some(url) = &o.webhook_url {
+        if let Some(url) = o.webhook_url.as_ref().filter(|u| self.url_allowed(u)) {
             cfg.webhook_url = non_empty(Some(url.clone()));
         }
         if let Some(slack) = o.slack {
@@ -201,7 +241,7 @@ impl AlertConfig {
                 WebhookFormat::Json
             };
         }
-        if let Some(url) = &o.alertmanager_url {
+        if let Some(url) = o.alertmanager_url.as_ref().filter(|u| self.url_allowed(u)) {
             cfg.alertmanager_url = non_empty(Some(url.clone()));
         }
         cfg.labels
@@ -571,6 +611,7 @@ mod tests {
                 ("env".into(), "prod".into()),
             ]),
             cooldown: Duration::from_secs(60),
+            allowed_url_prefixes: Vec::new(),
         };
         assert_eq!(base.with_overrides(None), base);
         let o = AlertRouting {
@@ -589,6 +630,57 @@ mod tests {
         assert_eq!(cfg.labels["team"], "shop");
         assert_eq!(cfg.labels["env"], "prod");
         assert_eq!(cfg.cooldown, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn leakwatch_urls_only_under_allowed_prefixes() {
+        let base = AlertConfig {
+            webhook_url: Some("http://hooks.local/a".into()),
+            alertmanager_url: Some("http://am:9093".into()),
+            allowed_url_prefixes: vec![
+                "https://hooks.slack.com".into(),
+                "http://alertmanager.monitoring:9093/".into(),
+            ],
+            ..Default::default()
+        };
+        let routing = |webhook: &str, am: &str| AlertRouting {
+            webhook_url: Some(webhook.into()),
+            alertmanager_url: Some(am.into()),
+            ..Default::default()
+        };
+        let o = routing(
+            "https://hooks.slack.com/services/T0/B0/x",
+            "http://alertmanager.monitoring:9093/",
+        );
+        let cfg = base.with_overrides(Some(&o));
+        assert_eq!(cfg.webhook_url, o.webhook_url);
+        assert_eq!(cfg.alertmanager_url, o.alertmanager_url);
+        assert_eq!(base.refused_urls(&o), None);
+
+        // Elsewhere: ignored, the chart's receivers stay, and the status says why.
+        let o = routing(
+            "https://hooks.slack.com.evil.example/x",
+            "http://169.254.169.254/latest",
+        );
+        let cfg = base.with_overrides(Some(&o));
+        assert_eq!(cfg.webhook_url.as_deref(), Some("http://hooks.local/a"));
+        assert_eq!(cfg.alertmanager_url.as_deref(), Some("http://am:9093"));
+        let why = base.refused_urls(&o).unwrap();
+        assert!(
+            why.contains("alerts.webhookUrl") && why.contains("alerts.alertmanagerUrl"),
+            "{why}"
+        );
+
+        // Switching a sink off needs no permission; with no prefixes nothing else is allowed.
+        assert_eq!(
+            base.with_overrides(Some(&routing("", ""))).webhook_url,
+            None
+        );
+        let closed = AlertConfig::default();
+        assert!(!closed.url_allowed("https://hooks.slack.com/x"));
+        assert!(closed.url_allowed(" "));
+        assert!(base.url_allowed("https://hooks.slack.com"));
+        assert!(base.url_allowed("https://hooks.slack.com?x=1"));
     }
 
     #[test]

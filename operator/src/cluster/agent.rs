@@ -37,7 +37,7 @@ use crate::hunt::snapshot::{Analyzer, Snapshotter};
 use crate::metrics::{CaptureOutcome, Metrics};
 use crate::node::threshold::{Action, Observation};
 use crate::node::{
-    kubelet, CgroupWatcher, Hierarchy, ProcessKey, Sample, ThresholdMachine, Thresholds,
+    kubelet, CgroupWatcher, Hierarchy, OomKill, ProcessKey, Sample, ThresholdMachine, Thresholds,
 };
 
 #[derive(Debug, Clone)]
@@ -53,6 +53,8 @@ pub struct AgentConfig {
     pub thresholds: Thresholds,
     /// How often memory samples are written into an opted-in workload's report.
     pub report_interval: Duration,
+    /// Record Events where no LeakWatch overrides it (the chart's `alerts.events`).
+    pub events: bool,
     /// `/dev/kmsg` to name killed processes; `None`: named from the vanished PID.
     pub kernel_log: Option<PathBuf>,
 }
@@ -69,6 +71,8 @@ pub struct Policy {
     pub thresholds: Thresholds,
     pub max_snapshot_size: u64,
     pub keep_snapshots: Option<Duration>,
+    /// Record CaptureFailed/CaptureSkipped Events on the pod.
+    pub events: bool,
 }
 
 /// What is wrong with a LeakWatch spec, if anything (also shown in its `Valid` condition).
@@ -98,8 +102,9 @@ pub fn watch_problems(spec: &LeakWatchSpec) -> Option<String> {
     (!problems.is_empty()).then(|| problems.join("; "))
 }
 
-/// The policy a valid LeakWatch sets; `None` for an invalid one (it selects nothing).
-pub fn policy_of(spec: &LeakWatchSpec) -> Option<Policy> {
+/// The policy a valid LeakWatch sets (Events as `events` unless it overrides them); `None` for
+/// an invalid one (it selects nothing).
+pub fn policy_of(spec: &LeakWatchSpec, events: bool) -> Option<Policy> {
     if watch_problems(spec).is_some() {
         return None;
     }
@@ -118,6 +123,11 @@ pub fn policy_of(spec: &LeakWatchSpec) -> Option<Policy> {
         },
         max_snapshot_size: parse_size(&spec.max_snapshot_size).ok()?,
         keep_snapshots: keep,
+        events: spec
+            .alerts
+            .as_ref()
+            .and_then(|a| a.events)
+            .unwrap_or(events),
     })
 }
 
@@ -136,13 +146,14 @@ pub fn policy_for(
         pod.labels(),
         Some(container),
     );
-    if let Some(p) = chosen.and_then(|w| policy_of(&w.spec)) {
+    if let Some(p) = chosen.and_then(|w| policy_of(&w.spec, cfg.events)) {
         return Some(p);
     }
     workload::capture_annotated(pod).then_some(Policy {
         thresholds: cfg.thresholds,
         max_snapshot_size: cfg.max_snapshot_size,
         keep_snapshots: None,
+        events: cfg.events,
     })
 }
 
@@ -193,10 +204,10 @@ pub enum Op {
         skipped: bool,
         message: String,
     },
+    /// A process killed in a container that lives on: counted here, announced by the operator.
     WorkerKill {
         key: String,
         process: String,
-        message: String,
     },
 }
 
@@ -360,18 +371,20 @@ pub fn apply(
             });
             Applied::Changed
         }
-        Op::WorkerKill {
-            key,
-            process,
-            message,
-        } => {
+        Op::WorkerKill { key, process } => {
             let record = crate::crd::OomKillRecord {
                 pod: pod.into(),
                 container: container.into(),
                 process: process.clone(),
                 time: t,
             };
-            if s.count_kill(key, record, message.clone()) {
+            if s.count_kill(key, record.clone(), record.worker_message()) {
+                s.unannounced_kills.push(record);
+                let excess = s
+                    .unannounced_kills
+                    .len()
+                    .saturating_sub(crate::crd::MAX_INCIDENTS);
+                s.unannounced_kills.drain(..excess);
                 Applied::Changed
             } else {
                 Applied::Unchanged
@@ -416,6 +429,9 @@ struct Tracked {
     snapshot_a: Option<PathBuf>,
     /// Time of the last sample, on the watcher's clock.
     last_t: f64,
+    /// OOM kills of the previous sample (key, victim), counted as workers' once the container
+    /// is seen living on.
+    suspected_kills: Vec<(String, OomKill)>,
 }
 
 pub struct Agent {
@@ -486,7 +502,6 @@ impl Agent {
         let (feedback_tx, mut feedback_rx) = mpsc::channel::<Feedback>(256);
         let writer = tokio::spawn(writer(
             self.client.clone(),
-            self.recorder.clone(),
             self.metrics.clone(),
             write_rx,
             feedback_tx,
@@ -609,6 +624,7 @@ impl Agent {
                 machine: ThresholdMachine::new(self.cfg.thresholds),
                 policy: None,
                 last_write: None,
+                suspected_kills: Vec::new(),
                 capturing: None,
                 snapshot_a: None,
                 last_t: 0.0,
@@ -651,30 +667,24 @@ impl Agent {
         };
         // Kills of processes in a container that lives on (workers): the container's own death
         // is the kubelet's to report, and the operator counts it from the pod status.
-        if !sample.kills.is_empty() && !sample.processes.is_empty() {
-            let total = sample.memory.oom_kills;
-            let n = sample.kills.len() as u64;
-            for (i, kill) in sample.kills.iter().enumerate() {
-                // The cgroup's own counter numbers its kills: unique even when the victim was
-                // too short-lived to be named.
-                let key = format!(
-                    "{}/{}/{id}/oom-{}",
-                    t.pod.uid().unwrap_or_default(),
-                    t.container,
-                    total.saturating_sub(n - 1 - i as u64)
-                );
-                let process = kill.process_label();
-                let message = format!(
-                    "worker process {process} in container {} of pod {} was OOM-killed; the container lives on",
-                    t.container,
-                    t.pod.name_any()
-                );
-                let _ = writes.try_send(queue(Op::WorkerKill {
-                    key,
-                    process,
-                    message,
-                }));
-            }
+        let suspected = std::mem::take(&mut t.suspected_kills);
+        for (key, kill) in workers_killed(suspected, sample) {
+            let process = kill.process_label();
+            tracing::info!(pod = %t.pod.name_any(), container = %t.container, %process, "worker process OOM-killed; the container lives on");
+            let _ = writes.try_send(queue(Op::WorkerKill { key, process }));
+        }
+        let total = sample.memory.oom_kills;
+        let n = sample.kills.len() as u64;
+        for (i, kill) in sample.kills.iter().enumerate() {
+            // The cgroup's own counter numbers its kills: unique even when the victim was too
+            // short-lived to be named.
+            let key = format!(
+                "{}/{}/{id}/oom-{}",
+                t.pod.uid().unwrap_or_default(),
+                t.container,
+                total.saturating_sub(n - 1 - i as u64)
+            );
+            t.suspected_kills.push((key, kill.clone()));
         }
         let Some(policy) = t.policy.clone() else {
             return;
@@ -856,18 +866,20 @@ impl Agent {
                 } else {
                     "CaptureFailed"
                 };
-                let ev = Event {
-                    type_: EventType::Warning,
-                    reason: reason.into(),
-                    note: Some(format!(
-                        "snapshot {role} of container {}: {message}",
-                        t.container
-                    )),
-                    action: "Capture".into(),
-                    secondary: None,
-                };
-                if let Err(e) = self.recorder.publish(&ev, &t.pod.object_ref(&())).await {
-                    tracing::warn!(error = %e, "event not recorded");
+                if t.policy.as_ref().is_some_and(|p| p.events) {
+                    let ev = Event {
+                        type_: EventType::Warning,
+                        reason: reason.into(),
+                        note: Some(format!(
+                            "snapshot {role} of container {}: {message}",
+                            t.container
+                        )),
+                        action: "Capture".into(),
+                        secondary: None,
+                    };
+                    if let Err(e) = self.recorder.publish(&ev, &t.pod.object_ref(&())).await {
+                        tracing::warn!(error = %e, "event not recorded");
+                    }
                 }
                 let _ = writes
                     .send(queue(Op::CaptureFailed {
@@ -961,10 +973,19 @@ fn containers_on_node(pods: &[Arc<Pod>]) -> HashMap<String, (Arc<Pod>, String)> 
     map
 }
 
+/// The kills of the previous sample that were workers': the container still runs a process other
+/// than the victim. Judged a sample later because a killed process stays listed in the cgroup
+/// while it exits, and the kill of a one-process container must not also count as a worker's.
+fn workers_killed(suspected: Vec<(String, OomKill)>, sample: &Sample) -> Vec<(String, OomKill)> {
+    suspected
+        .into_iter()
+        .filter(|(_, kill)| sample.processes.iter().any(|p| Some(p.key.pid) != kill.pid))
+        .collect()
+}
+
 /// The writer task: resolves the workload, makes sure its report exists, applies ops in order.
 async fn writer(
     client: Client,
-    recorder: Recorder,
     metrics: Metrics,
     mut rx: mpsc::Receiver<Write>,
     feedback: mpsc::Sender<Feedback>,
@@ -1034,21 +1055,14 @@ async fn writer(
                 tracing::warn!(error = %e, report = %key, "status write failed");
                 ensured.remove(&key);
             }
-            Ok(Some(report)) => {
+            Ok(Some(_)) => {
                 if let Op::SnapshotB { .. } = &w.op {
                     tracing::info!(report = %key, node = %node, "snapshot pair recorded; analysis requested");
                 }
-                if let Op::WorkerKill { message, .. } = &w.op {
+                // Its Events and alerts are the operator's (status.unannouncedKills), which
+                // knows the alert routing.
+                if let Op::WorkerKill { .. } = &w.op {
                     metrics.oom_kill(&namespace, &wl.display);
-                    let ev = Event {
-                        type_: EventType::Warning,
-                        reason: "OOMKilled".into(),
-                        note: Some(message.clone()),
-                        action: "Watch".into(),
-                        secondary: None,
-                    };
-                    let _ = recorder.publish(&ev, &w.pod.object_ref(&())).await;
-                    let _ = recorder.publish(&ev, &report.object_ref(&())).await;
                 }
             }
             Ok(None) => {}
@@ -1314,7 +1328,6 @@ mod tests {
         let kill = Op::WorkerKill {
             key: "u/app/c/pid-9".into(),
             process: "python3 (pid 9)".into(),
-            message: "m".into(),
         };
         assert_eq!(
             apply(&kill, &mut s, "web-1", "app", at(220)),
@@ -1327,6 +1340,73 @@ mod tests {
         );
         assert_eq!(s.oom_kills, 1);
         assert_eq!(s.last_oom_kill.as_ref().unwrap().process, "python3 (pid 9)");
+        // Queued once for the operator to announce, bounded however many kills it misses.
+        assert_eq!(s.unannounced_kills.len(), 1);
+        assert_eq!(
+            s.unannounced_kills[0].worker_message(),
+            "worker process python3 (pid 9) in container app of pod web-1 was OOM-killed; the container lives on"
+        );
+        for i in 0..30 {
+            let op = Op::WorkerKill {
+                key: format!("u/app/c/oom-{i}"),
+                process: format!("python3 (pid {})", 100 + i),
+            };
+            apply(&op, &mut s, "web-1", "app", at(230 + i));
+        }
+        assert_eq!(s.oom_kills, 31);
+        assert_eq!(s.unannounced_kills.len(), crate::crd::MAX_INCIDENTS);
+        assert_eq!(
+            s.unannounced_kills.last().unwrap().process,
+            "python3 (pid 129)"
+        );
+    }
+
+    #[test]
+    fn a_kill_is_a_workers_only_if_another_process_lives_on() {
+        let process = |pid: i32| crate::node::ProcessMemory {
+            key: ProcessKey {
+                pid,
+                start_ticks: 1,
+            },
+            ppid: 1,
+            comm: "python3".into(),
+            rss: 1 << 20,
+        };
+        let sample = |pids: &[i32]| Sample {
+            t: 1.0,
+            memory: Default::default(),
+            processes: pids.iter().map(|p| process(*p)).collect(),
+            growth_per_sec: None,
+            seconds_to_oom: None,
+            grower: None,
+            kills: Vec::new(),
+        };
+        let kill = |pid: Option<i32>| OomKill {
+            pid,
+            comm: Some("python3".into()),
+            kernel_usec: None,
+            last_rss: None,
+            source: crate::node::KillSource::KernelLog,
+        };
+        let suspected = || {
+            vec![
+                ("k/7".to_string(), kill(Some(7))),
+                ("k/unnamed".to_string(), kill(None)),
+            ]
+        };
+        // The master (pid 1) lives on: both kills were workers'.
+        let keys = |v: Vec<(String, OomKill)>| v.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+        assert_eq!(
+            keys(workers_killed(suspected(), &sample(&[1]))),
+            ["k/7", "k/unnamed"]
+        );
+        // Only the victim, still exiting: the container's own death, the kubelet's to report.
+        assert_eq!(
+            keys(workers_killed(suspected(), &sample(&[7]))),
+            ["k/unnamed"]
+        );
+        // Nothing left: the container died with it.
+        assert!(workers_killed(suspected(), &sample(&[])).is_empty());
     }
 
     #[test]
@@ -1429,13 +1509,23 @@ mod tests {
             retention: Retention::default(),
             alerts: None,
         };
-        let p = policy_of(&spec).unwrap();
+        let p = policy_of(&spec, true).unwrap();
         assert_eq!(p.thresholds.baseline, 0.5);
         assert_eq!(p.max_snapshot_size, 512 << 20);
         assert_eq!(p.keep_snapshots, None);
+        assert!(p.events, "the chart's setting when the watch is silent");
+        assert!(!policy_of(&spec, false).unwrap().events);
+        spec.alerts = Some(crate::crd::AlertRouting {
+            events: Some(false),
+            ..Default::default()
+        });
+        assert!(
+            !policy_of(&spec, true).unwrap().events,
+            "the watch overrides"
+        );
         spec.thresholds.baseline = 90;
         assert!(watch_problems(&spec).unwrap().contains("must be below"));
-        assert!(policy_of(&spec).is_none());
+        assert!(policy_of(&spec, true).is_none());
         spec.thresholds.baseline = 50;
         spec.cooldown = "soon".into();
         assert!(watch_problems(&spec).unwrap().contains("cooldown"));

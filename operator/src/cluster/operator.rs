@@ -5,7 +5,7 @@
 //! when its key is not yet in the report; a Job is created when the report's pair has none), so
 //! a restart, a lost watch or a second replica neither loses nor duplicates anything.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -426,6 +426,9 @@ pub async fn reconcile(report: Arc<LeakReport>, ctx: Arc<Context>) -> Result<Act
     if let Ok(mut series) = ctx.series.lock() {
         series.insert((namespace.clone(), report.name_any()), display.clone());
     }
+    if !status.unannounced_kills.is_empty() {
+        announce_worker_kills(&report, &ctx).await?;
+    }
     match status.phase {
         Phase::Analyzing => analyzing(&report, &status, &ctx).await,
         Phase::Analysed => {
@@ -668,6 +671,63 @@ async fn notify_failure(ctx: &Context, report: &LeakReport) {
         .await;
 }
 
+/// Worker processes the agent saw OOM-killed in containers that live on are announced like
+/// container kills: Events on the pod, workload and report, the webhook and Alertmanager. Taken
+/// off the queue first, so a restart never announces one twice.
+async fn announce_worker_kills(report: &LeakReport, ctx: &Context) -> Result<(), Error> {
+    let namespace = report.namespace().unwrap_or_default();
+    let api: Api<LeakReport> = Api::namespaced(ctx.client.clone(), &namespace);
+    let mut taken = Vec::new();
+    let written = reports::update_status(&api, &report.name_any(), |s| {
+        taken = std::mem::take(&mut s.unannounced_kills);
+        !taken.is_empty()
+    })
+    .await?;
+    let Some(report) = written else {
+        return Ok(());
+    };
+    let status = report.status.clone().unwrap_or_default();
+    // Most batches are one pod's kills: read it (labels route the alert) once per pod.
+    let mut pods: BTreeMap<String, (Option<Pod>, AlertConfig)> = BTreeMap::new();
+    for kill in &taken {
+        if !pods.contains_key(&kill.pod) {
+            let pod = pod_of(ctx, &namespace, &kill.pod).await;
+            let labels = pod.as_ref().map(|p| p.labels().clone()).unwrap_or_default();
+            let cfg = ctx.alert_config(&namespace, &labels).await;
+            pods.insert(kill.pod.clone(), (pod, cfg));
+        }
+        let (pod, cfg) = &pods[&kill.pod];
+        let note = kill.worker_message();
+        tracing::info!(namespace, workload = %report.spec.workload.display, %note, "worker OOM kill announced");
+        if cfg.events {
+            if let Some(pod) = pod {
+                ctx.event(&reference_of(pod), EventType::Warning, "OOMKilled", &note)
+                    .await;
+            }
+            if let Some(w) = workload_reference(&report) {
+                ctx.event(&w, EventType::Warning, "OOMKilled", &note).await;
+            }
+            ctx.event(
+                &reference_of(&report),
+                EventType::Warning,
+                "OOMKilled",
+                &note,
+            )
+            .await;
+        }
+        let summary = format!(
+            "{} OOM-killed: {note} ({} kills so far)",
+            report.spec.workload.display, status.oom_kills
+        );
+        ctx.alert(
+            cfg,
+            alert_of(AlertKind::OomKilled, &report, &status, summary),
+        )
+        .await;
+    }
+    Ok(())
+}
+
 /// A leak verdict is announced once per snapshot pair: Events on the report, workload and pod,
 /// the webhook and Alertmanager.
 async fn analysed(
@@ -861,6 +921,25 @@ async fn update_watch(ctx: &Context, w: &LeakWatch) -> Result<(), kube::Error> {
         &mut status.conditions,
         "Valid",
         valid,
+        reason,
+        &message,
+        now(),
+    );
+    // URLs outside the allowed prefixes do not make the watch invalid (capture goes on); they
+    // are ignored, and said so here.
+    let refused = w
+        .spec
+        .alerts
+        .as_ref()
+        .and_then(|a| ctx.cfg.alerts.refused_urls(a));
+    let (routed, reason, message) = match refused {
+        None => (true, "Routed", "alerts go where the spec says".to_string()),
+        Some(why) => (false, "URLNotAllowed", why),
+    };
+    crate::crd::set_condition(
+        &mut status.conditions,
+        "AlertsRouted",
+        routed,
         reason,
         &message,
         now(),

@@ -16,7 +16,7 @@ use leakhunt_analyzer::findings::{Findings, Verdict as FindingsVerdict};
 use leakhunt_operator::crd::{Phase, Verdict};
 use leakhunt_operator::hunt::snapshot::{self, Captured, Snapshotter};
 use leakhunt_operator::hunt::{self, Failure, HuntOptions, HuntOutcome, Target, Until};
-use leakhunt_operator::node::{Cgroup, Hierarchy, KillSource, Thresholds};
+use leakhunt_operator::node::{Cgroup, CgroupVersion, Hierarchy, KillSource, Thresholds};
 
 const ROOT: &str = "/sys/fs/cgroup";
 const MIB: u64 = 1 << 20;
@@ -221,20 +221,27 @@ fn leaker(step_mib: u32, pause: f64) -> String {
 
 /// A leaker that stops growing at 90% of its cgroup's limit (working set, as the hunt reads it)
 /// until `gate` exists, then grows on into the OOM kill. However late a loaded machine samples,
-/// snapshot B comes before the kill; the test's Recorder opens the gate once it has B.
-fn gated_leaker(step_mib: u32, pause: f64, gate: &Path) -> String {
+/// snapshot B comes before the kill; the test's Recorder opens the gate once it has B. It finds
+/// its cgroup in the hierarchy the hunt uses (`h`).
+fn gated_leaker(h: &Hierarchy, step_mib: u32, pause: f64, gate: &Path) -> String {
+    let v2 = if h.version == CgroupVersion::V2 {
+        "True"
+    } else {
+        "False"
+    };
     format!(
         r#"import os, time
-rel = {{}}
+v2 = {v2}
+rel = None
 for line in open('/proc/self/cgroup'):
     _, controllers, path = line.rstrip('\n').split(':', 2)
-    rel[controllers] = path
-if 'memory' in rel:
-    d = '/sys/fs/cgroup/memory' + rel['memory']
-    files = ('memory.usage_in_bytes', 'memory.limit_in_bytes', 'total_inactive_file')
-else:
-    d = '/sys/fs/cgroup' + rel['']
+    if (v2 and controllers == '') or (not v2 and 'memory' in controllers.split(',')):
+        rel = path
+d = {mount:?} + rel
+if v2:
     files = ('memory.current', 'memory.max', 'inactive_file')
+else:
+    files = ('memory.usage_in_bytes', 'memory.limit_in_bytes', 'total_inactive_file')
 def read(name):
     return open(os.path.join(d, name)).read().strip()
 limit = int(read(files[1]))
@@ -249,6 +256,7 @@ while True:
     held.append(b'x' * ({step_mib} << 20))
     time.sleep({pause})
 "#,
+        mount = h.path.display().to_string(),
         gate = gate.display().to_string()
     )
 }
@@ -280,7 +288,11 @@ fn leaker_is_oom_killed_and_named() {
     let gate = gate_dir.path().join("b-taken");
     let (opts, _tmp) = options(
         "leaker",
-        Target::Command(vec![python(), "-c".into(), gated_leaker(1, 0.05, &gate)]),
+        Target::Command(vec![
+            python(),
+            "-c".into(),
+            gated_leaker(&h, 1, 0.05, &gate),
+        ]),
         Some(64 * MIB),
     );
     let rec = Recorder::real().gated(&gate, 2);
@@ -344,7 +356,7 @@ fn worker_killed_parent_survives() {
     let gate = gate_dir.path().join("b-taken");
     let script = format!(
         "import os, sys, time\npid = os.fork()\nif pid == 0:\n{}\nprint(pid, flush=True)\nos.waitpid(pid, 0)\nprint('worker gone', flush=True)\ntime.sleep(120)\n",
-        gated_leaker(2, 0.05, &gate).lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
+        gated_leaker(&h, 2, 0.05, &gate).lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
     );
     let mut parent = ChildGuard(
         Command::new("/bin/sh")
@@ -390,7 +402,7 @@ fn respawned_worker_is_hunted_again() {
     let Some(h) = hierarchy() else { return };
     let gate_dir = tempfile::tempdir().unwrap();
     let gate = gate_dir.path().join("b-taken");
-    let worker = gated_leaker(2, 0.1, &gate)
+    let worker = gated_leaker(&h, 2, 0.1, &gate)
         .lines()
         .map(|l| format!("        {l}"))
         .collect::<Vec<_>>()
@@ -505,7 +517,11 @@ fn analyzer_failure_is_reported() {
     let gate = gate_dir.path().join("b-taken");
     let (mut opts, _tmp) = options(
         "diff-fails",
-        Target::Command(vec![python(), "-c".into(), gated_leaker(2, 0.05, &gate)]),
+        Target::Command(vec![
+            python(),
+            "-c".into(),
+            gated_leaker(&h, 2, 0.05, &gate),
+        ]),
         Some(64 * MIB),
     );
     opts.until = Until::Report;

@@ -234,7 +234,9 @@ impl AlertConfig {
         if let Some(url) = o.webhook_url.as_ref().filter(|u| self.url_allowed(u)) {
             cfg.webhook_url = non_empty(Some(url.clone()));
         }
-        if let Some(slack) = o.slack {
+        // The format goes with the URL: not over the chart's webhook when the URL was refused.
+        let refused = o.webhook_url.as_ref().is_some_and(|u| !self.url_allowed(u));
+        if let Some(slack) = o.slack.filter(|_| !refused) {
             cfg.webhook_format = if slack {
                 WebhookFormat::Slack
             } else {
@@ -669,6 +671,16 @@ mod tests {
         assert!(
             why.contains("alerts.webhookUrl") && why.contains("alerts.alertmanagerUrl"),
             "{why}"
+        );
+
+        // A refused URL does not change the format of the chart's webhook either.
+        let o = AlertRouting {
+            slack: Some(true),
+            ..routing("http://169.254.169.254/", "")
+        };
+        assert_eq!(
+            base.with_overrides(Some(&o)).webhook_format,
+            WebhookFormat::Json
         );
 
         // Switching a sink off needs no permission; with no prefixes nothing else is allowed.

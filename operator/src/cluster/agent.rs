@@ -429,9 +429,8 @@ struct Tracked {
     snapshot_a: Option<PathBuf>,
     /// Time of the last sample, on the watcher's clock.
     last_t: f64,
-    /// OOM kills of the previous sample (key, victim), counted as workers' once the container
-    /// is seen living on.
-    suspected_kills: Vec<(String, OomKill)>,
+    /// OOM kills not yet judged a worker's or the container's own.
+    suspected_kills: Vec<Suspect>,
 }
 
 pub struct Agent {
@@ -584,6 +583,20 @@ impl Agent {
         tracked.retain(|id, t| {
             let keep = present.contains(id);
             if !keep {
+                // Kills judged with what the kill's sample showed: the container is gone now.
+                for s in std::mem::take(&mut t.suspected_kills) {
+                    if judge(&s, None) == Judgement::Worker {
+                        gone.push(Write {
+                            pod: t.pod.clone(),
+                            container: t.container.clone(),
+                            container_id: id.clone(),
+                            op: Op::WorkerKill {
+                                key: s.key,
+                                process: s.kill.process_label(),
+                            },
+                        });
+                    }
+                }
                 if let Some(path) = t.snapshot_a.take() {
                     let _ = std::fs::remove_file(path);
                     gone.push(Write {
@@ -603,7 +616,7 @@ impl Agent {
             keep
         });
         for w in gone {
-            let _ = writes.try_send(w);
+            let _ = writes.send(w).await;
         }
         for (pod_cgroup, cgroup) in cgroups {
             let Some(id) = pod_cgroup.container_id.clone() else {
@@ -667,25 +680,57 @@ impl Agent {
         };
         // Kills of processes in a container that lives on (workers): the container's own death
         // is the kubelet's to report, and the operator counts it from the pod status.
-        let suspected = std::mem::take(&mut t.suspected_kills);
-        for (key, kill) in workers_killed(suspected, sample) {
-            let process = kill.process_label();
-            tracing::info!(pod = %t.pod.name_any(), container = %t.container, %process, "worker process OOM-killed; the container lives on");
-            let _ = writes.try_send(queue(Op::WorkerKill { key, process }));
+        if !sample.kills.is_empty() {
+            // With memory.oom.group (cgroup v2, set by recent kubelets) the kernel kills the
+            // whole container at once: never a worker's kill.
+            let oom_group = std::fs::read_to_string(t.watcher.cgroup.dir.join("memory.oom.group"))
+                .is_ok_and(|v| v.trim() == "1");
+            let listed: Vec<i32> = sample.processes.iter().map(|p| p.key.pid).collect();
+            let victims: Vec<i32> = sample.kills.iter().filter_map(|k| k.pid).collect();
+            let total = sample.memory.oom_kills;
+            let n = sample.kills.len() as u64;
+            for (i, kill) in sample.kills.iter().enumerate() {
+                // The cgroup's own counter numbers its kills: unique even when the victim was
+                // too short-lived to be named.
+                let key = format!(
+                    "{}/{}/{id}/oom-{}",
+                    t.pod.uid().unwrap_or_default(),
+                    t.container,
+                    total.saturating_sub(n - 1 - i as u64)
+                );
+                t.suspected_kills.push(Suspect {
+                    key,
+                    kill: kill.clone(),
+                    listed: listed.clone(),
+                    victims: victims.clone(),
+                    oom_group,
+                    waited: 0,
+                });
+            }
         }
-        let total = sample.memory.oom_kills;
-        let n = sample.kills.len() as u64;
-        for (i, kill) in sample.kills.iter().enumerate() {
-            // The cgroup's own counter numbers its kills: unique even when the victim was too
-            // short-lived to be named.
-            let key = format!(
-                "{}/{}/{id}/oom-{}",
-                t.pod.uid().unwrap_or_default(),
-                t.container,
-                total.saturating_sub(n - 1 - i as u64)
-            );
-            t.suspected_kills.push((key, kill.clone()));
+        let now: Vec<i32> = sample.processes.iter().map(|p| p.key.pid).collect();
+        let mut undecided = Vec::new();
+        for mut s in std::mem::take(&mut t.suspected_kills) {
+            match judge(&s, Some(&now)) {
+                Judgement::Worker => {
+                    let process = s.kill.process_label();
+                    tracing::info!(pod = %t.pod.name_any(), container = %t.container, %process, "worker process OOM-killed; the container lives on");
+                    // Awaited, not tried: this op is the kill's only record.
+                    let _ = writes
+                        .send(queue(Op::WorkerKill {
+                            key: s.key,
+                            process,
+                        }))
+                        .await;
+                }
+                Judgement::Container => {}
+                Judgement::Undecided => {
+                    s.waited += 1;
+                    undecided.push(s);
+                }
+            }
         }
+        t.suspected_kills = undecided;
         let Some(policy) = t.policy.clone() else {
             return;
         };
@@ -973,14 +1018,64 @@ fn containers_on_node(pods: &[Arc<Pod>]) -> HashMap<String, (Arc<Pod>, String)> 
     map
 }
 
-/// The kills of the previous sample that were workers': the container still runs a process other
-/// than the victim. Judged a sample later because a killed process stays listed in the cgroup
-/// while it exits, and the kill of a one-process container must not also count as a worker's.
-fn workers_killed(suspected: Vec<(String, OomKill)>, sample: &Sample) -> Vec<(String, OomKill)> {
-    suspected
-        .into_iter()
-        .filter(|(_, kill)| sample.processes.iter().any(|p| Some(p.key.pid) != kill.pid))
-        .collect()
+/// An OOM kill in a container, until it is judged a worker's (counted by the agent) or the
+/// container's own (the kubelet reports that one, and the operator counts it from the pod status).
+#[derive(Debug, Clone)]
+struct Suspect {
+    key: String,
+    kill: OomKill,
+    /// PIDs listed in the sample that saw the kill.
+    listed: Vec<i32>,
+    /// The named victims of that sample's kills.
+    victims: Vec<i32>,
+    /// The cgroup kills as a group (`memory.oom.group`).
+    oom_group: bool,
+    /// Samples that could not decide yet.
+    waited: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Judgement {
+    Worker,
+    Container,
+    Undecided,
+}
+
+/// After this many samples with the victim still listed, it is judged as things stand.
+const SUSPECT_SAMPLES: u32 = 5;
+
+/// Whether a kill was a worker's: once its victim has left the cgroup (a killed process stays
+/// listed while it exits), some process other than that sample's victims must still be there.
+/// `now`: the PIDs listed now, `None` once the container is gone.
+fn judge(s: &Suspect, now: Option<&[i32]>) -> Judgement {
+    if s.oom_group {
+        return Judgement::Container;
+    }
+    let Some(now) = now else {
+        // Gone before a later sample: a named victim with others beside it was a worker.
+        let others = s.listed.iter().any(|p| !s.victims.contains(p));
+        return if s.kill.pid.is_some() && others {
+            Judgement::Worker
+        } else {
+            Judgement::Container
+        };
+    };
+    let victim_gone = match s.kill.pid {
+        Some(pid) => !now.contains(&pid),
+        // Unnamed: some process of the kill's sample has gone since.
+        None => s.listed.iter().any(|p| !now.contains(p)),
+    };
+    if !victim_gone && s.waited < SUSPECT_SAMPLES {
+        return Judgement::Undecided;
+    }
+    let lives_on = now
+        .iter()
+        .any(|p| !s.victims.contains(p) && Some(*p) != s.kill.pid);
+    if lives_on {
+        Judgement::Worker
+    } else {
+        Judgement::Container
+    }
 }
 
 /// The writer task: resolves the workload, makes sure its report exists, applies ops in order.
@@ -1019,36 +1114,52 @@ async fn writer(
         let pod_name = w.pod.name_any();
         let mut outcome = Applied::Unchanged;
         let mut result = Ok(None);
-        // Twice at most: a report deleted under us (its workload re-created under the same name)
-        // is created again, once.
-        for _ in 0..2 {
-            if !ensured.contains(&key) {
-                match reports::ensure(&client, new_report(&namespace, &wl, Some(&w.container)))
-                    .await
-                {
-                    Ok(_) => {
-                        if ensured.len() > 10_000 {
-                            ensured.clear();
+        // A worker kill's op is its only record: an API error is retried for about half a
+        // minute. (Samples come again anyway; capture ops keep their order.)
+        let attempts = if matches!(w.op, Op::WorkerKill { .. }) {
+            5
+        } else {
+            1
+        };
+        for attempt in 0..attempts {
+            if attempt > 0 {
+                ensured.remove(&key);
+                tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
+            }
+            // Twice at most: a report deleted under us (its workload re-created under the same
+            // name) is created again, once.
+            for _ in 0..2 {
+                if !ensured.contains(&key) {
+                    match reports::ensure(&client, new_report(&namespace, &wl, Some(&w.container)))
+                        .await
+                    {
+                        Ok(_) => {
+                            if ensured.len() > 10_000 {
+                                ensured.clear();
+                            }
+                            ensured.insert(key.clone());
                         }
-                        ensured.insert(key.clone());
-                    }
-                    Err(e) => {
-                        result = Err(e);
-                        break;
+                        Err(e) => {
+                            result = Err(e);
+                            break;
+                        }
                     }
                 }
+                let mut ran = false;
+                result = reports::update_status(&api, &name, |s| {
+                    ran = true;
+                    outcome = apply(&w.op, s, &pod_name, &w.container, Timestamp::now());
+                    outcome == Applied::Changed
+                })
+                .await;
+                if ran || result.is_err() {
+                    break;
+                }
+                ensured.remove(&key);
             }
-            let mut ran = false;
-            result = reports::update_status(&api, &name, |s| {
-                ran = true;
-                outcome = apply(&w.op, s, &pod_name, &w.container, Timestamp::now());
-                outcome == Applied::Changed
-            })
-            .await;
-            if ran || result.is_err() {
+            if result.is_ok() {
                 break;
             }
-            ensured.remove(&key);
         }
         match result {
             Err(e) => {
@@ -1363,50 +1474,63 @@ mod tests {
 
     #[test]
     fn a_kill_is_a_workers_only_if_another_process_lives_on() {
-        let process = |pid: i32| crate::node::ProcessMemory {
-            key: ProcessKey {
+        use Judgement::*;
+        let suspect = |pid: Option<i32>, listed: &[i32], victims: &[i32]| Suspect {
+            key: "k".into(),
+            kill: OomKill {
                 pid,
-                start_ticks: 1,
+                comm: pid.map(|_| "python3".into()),
+                kernel_usec: None,
+                last_rss: None,
+                source: crate::node::KillSource::KernelLog,
             },
-            ppid: 1,
-            comm: "python3".into(),
-            rss: 1 << 20,
+            listed: listed.to_vec(),
+            victims: victims.to_vec(),
+            oom_group: false,
+            waited: 0,
         };
-        let sample = |pids: &[i32]| Sample {
-            t: 1.0,
-            memory: Default::default(),
-            processes: pids.iter().map(|p| process(*p)).collect(),
-            growth_per_sec: None,
-            seconds_to_oom: None,
-            grower: None,
-            kills: Vec::new(),
-        };
-        let kill = |pid: Option<i32>| OomKill {
-            pid,
-            comm: Some("python3".into()),
-            kernel_usec: None,
-            last_rss: None,
-            source: crate::node::KillSource::KernelLog,
-        };
-        let suspected = || {
-            vec![
-                ("k/7".to_string(), kill(Some(7))),
-                ("k/unnamed".to_string(), kill(None)),
-            ]
-        };
-        // The master (pid 1) lives on: both kills were workers'.
-        let keys = |v: Vec<(String, OomKill)>| v.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+        // A worker (7) beside its master (1): decided once 7 has left the cgroup.
+        let worker = suspect(Some(7), &[1, 7], &[7]);
         assert_eq!(
-            keys(workers_killed(suspected(), &sample(&[1]))),
-            ["k/7", "k/unnamed"]
+            judge(&worker, Some(&[1, 7])),
+            Undecided,
+            "7 is still exiting"
         );
-        // Only the victim, still exiting: the container's own death, the kubelet's to report.
+        assert_eq!(judge(&worker, Some(&[1])), Worker);
+        assert_eq!(judge(&worker, Some(&[])), Container, "nobody lives on");
+        assert_eq!(judge(&worker, None), Worker, "the container went later");
+        // A one-process container: its own death, however long the exit takes.
+        let alone = suspect(Some(7), &[7], &[7]);
+        assert_eq!(judge(&alone, Some(&[7])), Undecided);
+        let waited = Suspect {
+            waited: SUSPECT_SAMPLES,
+            ..alone.clone()
+        };
+        assert_eq!(judge(&waited, Some(&[7])), Container);
+        assert_eq!(judge(&alone, None), Container);
+        // Two victims at once, nobody else: neither was a worker.
         assert_eq!(
-            keys(workers_killed(suspected(), &sample(&[7]))),
-            ["k/unnamed"]
+            judge(&suspect(Some(7), &[7, 8], &[7, 8]), Some(&[8])),
+            Container
         );
-        // Nothing left: the container died with it.
-        assert!(workers_killed(suspected(), &sample(&[])).is_empty());
+        // Unnamed victim: decided once some listed process has gone.
+        let unnamed = suspect(None, &[1, 7], &[]);
+        assert_eq!(judge(&unnamed, Some(&[1, 7])), Undecided);
+        assert_eq!(judge(&unnamed, Some(&[1])), Worker);
+        assert_eq!(judge(&suspect(None, &[7], &[]), Some(&[])), Container);
+        assert_eq!(
+            judge(&unnamed, None),
+            Container,
+            "cannot tell: the kubelet reports it"
+        );
+        // A killed process never seen in a sample (named by the kernel log) beside others.
+        assert_eq!(judge(&suspect(Some(9), &[1], &[9]), Some(&[1])), Worker);
+        // memory.oom.group: the kernel killed the whole container.
+        let group = Suspect {
+            oom_group: true,
+            ..worker.clone()
+        };
+        assert_eq!(judge(&group, Some(&[1])), Container);
     }
 
     #[test]

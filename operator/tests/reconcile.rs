@@ -588,17 +588,7 @@ async fn leak_is_alerted_once_per_pair() {
     current.status.as_mut().unwrap().verdict = Some(Verdict::Leak);
     current.status.as_mut().unwrap().summary = Some("__main__.cache grows by 2000 items".into());
     serve_report(&api, &current);
-    let pod = Pod {
-        metadata: ObjectMeta {
-            name: Some("web-1".into()),
-            namespace: Some(NS.into()),
-            uid: Some("uid-of-web-1".into()),
-            labels: Some(BTreeMap::from([("app".to_string(), "web".to_string())])),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    api.on("GET", POD, [ok(pod)]);
+    api.on("GET", POD, [ok(pod_web_1())]);
     let ctx = context(api.client());
 
     operator::reconcile(Arc::new(current), ctx.clone())

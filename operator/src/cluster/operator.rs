@@ -323,34 +323,37 @@ async fn count_kills(ctx: &Context, pod: &Pod, kills: &[ContainerKill]) -> Resul
     for k in &counted_now {
         ctx.metrics.oom_kill(&namespace, &wl.display);
         tracing::info!(namespace, workload = %wl.display, key = %k.key, "OOM kill counted");
-        if alert_cfg.events {
-            let note = k.message();
-            ctx.event(&reference_of(pod), EventType::Warning, "OOMKilled", &note)
-                .await;
-            if let Some(w) = workload_reference(&report) {
-                ctx.event(&w, EventType::Warning, "OOMKilled", &note).await;
-            }
-            ctx.event(
-                &reference_of(&report),
-                EventType::Warning,
-                "OOMKilled",
-                &note,
-            )
-            .await;
-        }
-        let summary = format!(
-            "{} OOM-killed: {} ({} kills so far)",
-            wl.display,
-            k.message(),
-            status.oom_kills
-        );
-        ctx.alert(
-            &alert_cfg,
-            alert_of(AlertKind::OomKilled, &report, &status, summary),
-        )
-        .await;
+        announce_kill(ctx, &alert_cfg, Some(pod), &report, &status, &k.message()).await;
     }
     Ok(())
+}
+
+/// An OOM kill, counted: Events on the pod (when known), workload and report, then the alert.
+async fn announce_kill(
+    ctx: &Context,
+    cfg: &AlertConfig,
+    pod: Option<&Pod>,
+    report: &LeakReport,
+    status: &LeakReportStatus,
+    note: &str,
+) {
+    if cfg.events {
+        if let Some(pod) = pod {
+            ctx.event(&reference_of(pod), EventType::Warning, "OOMKilled", note)
+                .await;
+        }
+        if let Some(w) = workload_reference(report) {
+            ctx.event(&w, EventType::Warning, "OOMKilled", note).await;
+        }
+        ctx.event(&reference_of(report), EventType::Warning, "OOMKilled", note)
+            .await;
+    }
+    let summary = format!(
+        "{} OOM-killed: {note} ({} kills so far)",
+        report.spec.workload.display, status.oom_kills
+    );
+    ctx.alert(cfg, alert_of(AlertKind::OomKilled, report, status, summary))
+        .await;
 }
 
 fn alert_of(
@@ -699,31 +702,7 @@ async fn announce_worker_kills(report: &LeakReport, ctx: &Context) -> Result<(),
         let (pod, cfg) = &pods[&kill.pod];
         let note = kill.worker_message();
         tracing::info!(namespace, workload = %report.spec.workload.display, %note, "worker OOM kill announced");
-        if cfg.events {
-            if let Some(pod) = pod {
-                ctx.event(&reference_of(pod), EventType::Warning, "OOMKilled", &note)
-                    .await;
-            }
-            if let Some(w) = workload_reference(&report) {
-                ctx.event(&w, EventType::Warning, "OOMKilled", &note).await;
-            }
-            ctx.event(
-                &reference_of(&report),
-                EventType::Warning,
-                "OOMKilled",
-                &note,
-            )
-            .await;
-        }
-        let summary = format!(
-            "{} OOM-killed: {note} ({} kills so far)",
-            report.spec.workload.display, status.oom_kills
-        );
-        ctx.alert(
-            cfg,
-            alert_of(AlertKind::OomKilled, &report, &status, summary),
-        )
-        .await;
+        announce_kill(ctx, cfg, pod.as_ref(), &report, &status, &note).await;
     }
     Ok(())
 }

@@ -1,7 +1,8 @@
 """Leak shapes and non-leak controls for leakhunt's CPython tests.
 
 Usage: python shapes.py SCENARIO. Prints "ready", then for each stdin line "step N" runs N more
-iterations of the scenario and replies "ok"; "quit" (or EOF) ends it.
+iterations of the scenario and replies "ok"; "quit" (or EOF) ends it. In "in_progress" the second
+and later steps reply from inside a function that holds a list it is building, until the next line.
 """
 import collections
 import functools
@@ -35,6 +36,15 @@ def bounded(n):
     return [n, n * 2]
 
 
+def hold(n):
+    """What a request handler has in hand when a snapshot comes: a list only its frame holds."""
+    batch = []
+    for k in range(n * 10):
+        batch.append("item-%d" % k)
+    print("ok", flush=True)
+    return sys.stdin.readline()
+
+
 def iteration(scenario, i):
     if scenario == "module_dict":
         SESSIONS["s%d" % i] = {"user": i, "ttl": 30.0 + i}
@@ -58,6 +68,8 @@ def iteration(scenario, i):
             WORK.clear()
         tmp = {"k%d" % k: float(k) for k in range(16)}
         del tmp
+    elif scenario == "in_progress":
+        pass  # the work is hold(), called by main
     elif scenario == "native":
         # Real malloc outside Python objects: 256 KiB per iteration, touched, never freed.
         size = 256 << 10
@@ -81,7 +93,8 @@ def main():
         LIBC.malloc.argtypes = [ctypes.c_size_t]
     i = 0
     print("ready", flush=True)
-    for line in sys.stdin:
+    line = sys.stdin.readline()
+    while line:
         cmd = line.split()
         if not cmd or cmd[0] == "quit":
             break
@@ -90,7 +103,11 @@ def main():
             i += 1
         if scenario == "churn":
             WORK.clear()
+        if scenario == "in_progress" and i > int(cmd[1]):
+            line = hold(int(cmd[1]))
+            continue
         print("ok", flush=True)
+        line = sys.stdin.readline()
 
 
 if __name__ == "__main__":

@@ -44,8 +44,10 @@ pub fn compare(before: &PyHeap, after: &PyHeap, native: &NativeGrowth) -> PyComp
         notes.push(n);
     }
 
-    // Containers that gained items, matched by address and type.
-    let mut suspects: Vec<Suspect> = Vec::new();
+    // Containers that gained items, matched by address and type. One that no module reaches is
+    // matched by address alone, which free lists reuse (a list being built by a running frame in B
+    // lands where a small list was in A): shown, but not called a leak on this evidence.
+    let mut suspects: Vec<(Suspect, bool)> = Vec::new();
     for (addr, c) in after.containers() {
         let tname = after.type_name(c.type_name);
         let prev = before
@@ -60,18 +62,22 @@ pub fn compare(before: &PyHeap, after: &PyHeap, native: &NativeGrowth) -> PyComp
             Some(n) => (n.path.clone(), n.referrers.clone()),
             None => (format!("<{tname} at {addr:#x}>"), Vec::new()),
         };
-        suspects.push(Suspect {
-            kind: SuspectKind::Container,
-            path,
-            type_name: tname.to_string(),
-            count_before: items_before,
-            count_after: c.items,
-            retained_bytes_before: retained_before,
-            retained_bytes_after: c.retained,
-            referrers,
-        });
+        let anonymous = path.starts_with('<');
+        suspects.push((
+            Suspect {
+                kind: SuspectKind::Container,
+                path,
+                type_name: tname.to_string(),
+                count_before: items_before,
+                count_after: c.items,
+                retained_bytes_before: retained_before,
+                retained_bytes_after: c.retained,
+                referrers,
+            },
+            anonymous,
+        ));
     }
-    suspects.sort_by(|a, b| {
+    suspects.sort_by(|(a, _), (b, _)| {
         b.retained_growth()
             .cmp(&a.retained_growth())
             .then_with(|| b.count_growth().cmp(&a.count_growth()))
@@ -81,25 +87,26 @@ pub fn compare(before: &PyHeap, after: &PyHeap, native: &NativeGrowth) -> PyComp
     // unless the inner one is named differently (the paths say which contains which).
     // Containers that gained less than this are noise (a temporary list of the last call).
     const MIN_SUSPECT_BYTES: i64 = 1024;
-    let mut kept: Vec<Suspect> = Vec::new();
-    for s in suspects
+    let mut kept: Vec<(Suspect, bool)> = Vec::new();
+    for (s, anonymous) in suspects
         .into_iter()
-        .filter(|s| s.retained_growth() >= MIN_SUSPECT_BYTES)
+        .filter(|(s, _)| s.retained_growth() >= MIN_SUSPECT_BYTES)
     {
-        let nested = kept.iter().any(|k| {
+        let nested = kept.iter().any(|(k, _)| {
             s.path
                 .strip_prefix(k.path.as_str())
                 .is_some_and(|rest| rest.starts_with(['.', '[']))
                 && s.retained_growth() <= k.retained_growth()
         });
         if !nested {
-            kept.push(s);
+            kept.push((s, anonymous));
         }
         if kept.len() >= MAX_SUSPECTS {
             break;
         }
     }
-    let mut suspects = kept;
+    let settled: Vec<bool> = kept.iter().map(|(_, anonymous)| !anonymous).collect();
+    let mut suspects: Vec<Suspect> = kept.into_iter().map(|(s, _)| s).collect();
 
     // Types.
     let mut by_name: FxHashMap<&str, TypeGrowth> = FxHashMap::default();
@@ -178,11 +185,19 @@ pub fn compare(before: &PyHeap, after: &PyHeap, native: &NativeGrowth) -> PyComp
                     && s.retained_growth().saturating_mul(2) >= py_growth))
     };
     let top_type = types.first().filter(|t| t.bytes_growth() > 0);
-    let (verdict, summary) = if let Some(s) = suspects
-        .iter()
-        .find(|s| leaking(s))
-        .filter(|_| !native_suspect)
-    {
+    let ranked = || {
+        suspects
+            .iter()
+            .skip(usize::from(native_suspect))
+            .zip(&settled)
+    };
+    let leak = ranked()
+        .find(|(s, settled)| **settled && leaking(s))
+        .map(|(s, _)| s);
+    let unreached = ranked()
+        .find(|(s, settled)| !**settled && leaking(s))
+        .map(|(s, _)| s.clone());
+    let (verdict, summary) = if let Some(s) = leak.filter(|_| !native_suspect) {
         (
             Verdict::Leak,
             format!(
@@ -201,6 +216,24 @@ pub fn compare(before: &PyHeap, after: &PyHeap, native: &NativeGrowth) -> PyComp
                 "native memory grew by {} outside Python objects (Python objects: {})",
                 human_signed(unexplained),
                 human_signed(py_growth)
+            ),
+        )
+    } else if let Some(s) = unreached {
+        notes.push(format!(
+            "{} is reached from no module, so the two snapshots cannot tell whether it is one object \
+             that grew (a long-lived local, a C extension's) or a new one at a reused address (work \
+             in progress in a running frame)",
+            s.path
+        ));
+        (
+            Verdict::Inconclusive,
+            format!(
+                "{} ({}) grew from {} to {} items, retaining {} more, but no module reaches it",
+                s.path,
+                s.type_name,
+                s.count_before,
+                s.count_after,
+                human_signed(s.retained_growth())
             ),
         )
     } else if py_growth <= (LEAK_MIN_BYTES as i64) * 8 {

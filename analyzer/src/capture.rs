@@ -614,10 +614,34 @@ mod tests {
 
     #[test]
     fn estimate_covers_headers_memory_and_notes() {
-        let pid = std::process::id() as i32;
-        let est = estimate_size(pid).expect("estimate own size");
-        let maps = image::read_maps(pid).expect("maps");
-        let memory: u64 = plan::plan(pid, &maps).iter().map(Region::file_bytes).sum();
+        // A process whose memory stands still (this one's changes as other tests run beside it).
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .expect("start sleep");
+        let pid = child.id() as i32;
+        // Settled: exec'd and asleep (not loading libraries).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            if exe.ends_with("sleep") && stat_fields(&stat).first() == Some(&"S") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let est = estimate_size(pid).map_err(|e| e.to_string());
+        let memory = image::read_maps(pid)
+            .map(|maps| {
+                plan::plan(pid, &maps)
+                    .iter()
+                    .map(Region::file_bytes)
+                    .sum::<u64>()
+            })
+            .map_err(|e| e.to_string());
+        let _ = child.kill();
+        let _ = child.wait();
+        let (est, memory) = (est.expect("estimate"), memory.expect("maps"));
         assert!(
             est > memory && est < memory + (16 << 20),
             "{est} vs {memory}"

@@ -287,6 +287,13 @@ pub struct OomKillRecord {
     pub time: Time,
 }
 
+/// Appends `item`, dropping the oldest beyond `max`: every list in a status is bounded.
+pub fn push_bounded<T>(list: &mut Vec<T>, item: T, max: usize) {
+    list.push(item);
+    let excess = list.len().saturating_sub(max);
+    list.drain(..excess);
+}
+
 impl OomKillRecord {
     /// How a worker kill reads in incidents, Events and alerts.
     pub fn worker_message(&self) -> String {
@@ -343,11 +350,7 @@ pub struct Incident {
 impl LeakReportStatus {
     /// Appends an incident, dropping the oldest beyond the bound.
     pub fn push_incident(&mut self, incident: Incident) {
-        self.incidents.push(incident);
-        if self.incidents.len() > MAX_INCIDENTS {
-            let excess = self.incidents.len() - MAX_INCIDENTS;
-            self.incidents.drain(..excess);
-        }
+        push_bounded(&mut self.incidents, incident, MAX_INCIDENTS);
     }
 
     /// Whether this kill was counted already.
@@ -360,11 +363,7 @@ impl LeakReportStatus {
         if self.kill_counted(key) {
             return false;
         }
-        self.counted_kills.push(key.to_string());
-        if self.counted_kills.len() > MAX_COUNTED_KILLS {
-            let excess = self.counted_kills.len() - MAX_COUNTED_KILLS;
-            self.counted_kills.drain(..excess);
-        }
+        push_bounded(&mut self.counted_kills, key.to_string(), MAX_COUNTED_KILLS);
         self.oom_kills = self.oom_kills.saturating_add(1);
         self.push_incident(Incident {
             time: record.time.clone(),
@@ -377,11 +376,7 @@ impl LeakReportStatus {
 
     /// Appends a memory sample, dropping the oldest beyond the bound.
     pub fn push_sample(&mut self, sample: MemorySample) {
-        self.memory.samples.push(sample);
-        if self.memory.samples.len() > MAX_SAMPLES {
-            let excess = self.memory.samples.len() - MAX_SAMPLES;
-            self.memory.samples.drain(..excess);
-        }
+        push_bounded(&mut self.memory.samples, sample, MAX_SAMPLES);
     }
 
     /// Sets (or replaces) a condition of this type, keeping its transition time when the

@@ -379,12 +379,11 @@ pub fn apply(
                 time: t,
             };
             if s.count_kill(key, record.clone(), record.worker_message()) {
-                s.unannounced_kills.push(record);
-                let excess = s
-                    .unannounced_kills
-                    .len()
-                    .saturating_sub(crate::crd::MAX_INCIDENTS);
-                s.unannounced_kills.drain(..excess);
+                crate::crd::push_bounded(
+                    &mut s.unannounced_kills,
+                    record,
+                    crate::crd::MAX_INCIDENTS,
+                );
                 Applied::Changed
             } else {
                 Applied::Unchanged
@@ -680,12 +679,12 @@ impl Agent {
         };
         // Kills of processes in a container that lives on (workers): the container's own death
         // is the kubelet's to report, and the operator counts it from the pod status.
+        let now: Vec<i32> = sample.processes.iter().map(|p| p.key.pid).collect();
         if !sample.kills.is_empty() {
             // With memory.oom.group (cgroup v2, set by recent kubelets) the kernel kills the
             // whole container at once: never a worker's kill.
             let oom_group = std::fs::read_to_string(t.watcher.cgroup.dir.join("memory.oom.group"))
                 .is_ok_and(|v| v.trim() == "1");
-            let listed: Vec<i32> = sample.processes.iter().map(|p| p.key.pid).collect();
             let victims: Vec<i32> = sample.kills.iter().filter_map(|k| k.pid).collect();
             let total = sample.memory.oom_kills;
             let n = sample.kills.len() as u64;
@@ -701,14 +700,13 @@ impl Agent {
                 t.suspected_kills.push(Suspect {
                     key,
                     kill: kill.clone(),
-                    listed: listed.clone(),
+                    listed: now.clone(),
                     victims: victims.clone(),
                     oom_group,
                     waited: 0,
                 });
             }
         }
-        let now: Vec<i32> = sample.processes.iter().map(|p| p.key.pid).collect();
         let mut undecided = Vec::new();
         for mut s in std::mem::take(&mut t.suspected_kills) {
             match judge(&s, Some(&now)) {

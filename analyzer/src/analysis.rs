@@ -19,6 +19,8 @@ pub enum Error {
     Image(#[from] image::Error),
     #[error("the snapshots are of different processes ({before} and {after}); diff two snapshots of one process, taken in order")]
     DifferentProcess { before: String, after: String },
+    #[error(transparent)]
+    OverBudget(#[from] crate::budget::OverBudget),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -51,19 +53,25 @@ pub struct Analysis {
 /// Open and take the census of one snapshot.
 pub fn analyze_path(path: &Path, sysroot: Option<&Path>) -> Result<Analysis> {
     let core = CoreFile::open(path, sysroot)?;
-    Ok(analyze_image(&core, sysroot))
+    analyze_image(&core, sysroot)
 }
 
-pub fn analyze_image(image: &dyn MemoryImage, sysroot: Option<&Path>) -> Analysis {
-    let mut census = census::take(image, sysroot);
-    let python = match crate::python::census_of(image) {
+/// The generic census and the CPython heap, each on its own core.
+pub fn analyze_image(image: &dyn MemoryImage, sysroot: Option<&Path>) -> Result<Analysis> {
+    let (census, python) = std::thread::scope(|s| {
+        let py = s.spawn(|| crate::python::census_of(image));
+        let census = census::take(image, sysroot);
+        (census, py.join())
+    });
+    let mut census = census;
+    let python = match python.unwrap_or_else(|panic| std::panic::resume_unwind(panic))? {
         Ok(p) => Some(p),
         Err(note) => {
             census.notes.push(note);
             None
         }
     };
-    Analysis {
+    Ok(Analysis {
         runtime: match &python {
             Some(p) => Runtime {
                 kind: "cpython".into(),
@@ -76,7 +84,7 @@ pub fn analyze_image(image: &dyn MemoryImage, sysroot: Option<&Path>) -> Analysi
         },
         census,
         python,
-    }
+    })
 }
 
 /// Diff two snapshot files of one process.
@@ -100,7 +108,7 @@ pub fn diff_images(
     // Running the census again after a panic would only panic again: surface the first one.
     let ca = ca.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
     let mut findings = diff_census(&ca, &cb);
-    crate::python::refine_findings(&mut findings, before, after);
+    crate::python::refine_findings(&mut findings, before, after)?;
     Ok(findings)
 }
 

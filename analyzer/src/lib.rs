@@ -3,6 +3,7 @@
 //!
 //! Pure: no Kubernetes. The operator crate builds on it.
 
+pub mod budget;
 pub mod capture;
 pub mod image;
 pub mod notes;

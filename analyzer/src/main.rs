@@ -8,7 +8,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use leakhunt_analyzer::capture::{self, CaptureOptions};
 use leakhunt_analyzer::util::human_bytes;
-use leakhunt_analyzer::{analysis, report, LiveProcess};
+use leakhunt_analyzer::{analysis, budget, report, LiveProcess};
+
+// Counts what the analysis holds, for --memory-budget and --stats.
+#[global_allocator]
+static ALLOC: budget::CountingAllocator = budget::CountingAllocator;
 
 #[derive(Parser)]
 #[command(
@@ -63,6 +67,8 @@ enum Command {
         /// How many pointer targets to print.
         #[arg(long, default_value_t = 25)]
         top: usize,
+        #[command(flatten)]
+        limits: Limits,
     },
     /// What grew between two snapshots of one process.
     Diff {
@@ -72,7 +78,73 @@ enum Command {
         format: Format,
         #[arg(long)]
         sysroot: Option<PathBuf>,
+        #[command(flatten)]
+        limits: Limits,
     },
+}
+
+#[derive(clap::Args)]
+struct Limits {
+    /// Refuse, with an error, rather than hold more than this much memory (e.g. 512Mi, 2G):
+    /// under a memory limit, a clear failure instead of an OOM kill.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    memory_budget: Option<u64>,
+    /// Print the analysis's peak memory (allocations, not the mapped snapshot) and time to stderr.
+    #[arg(long)]
+    stats: bool,
+}
+
+/// `512Mi`, `2G`, `1.5GiB`, `1000000`.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let v: f64 = num.parse().map_err(|_| format!("not a size: {s:?}"))?;
+    let mult: f64 = match unit.trim() {
+        "" | "B" => 1.0,
+        "K" | "k" | "KB" => 1e3,
+        "M" | "MB" => 1e6,
+        "G" | "GB" => 1e9,
+        "Ki" | "KiB" => 1024.0,
+        "Mi" | "MiB" => 1024.0 * 1024.0,
+        "Gi" | "GiB" => 1024.0 * 1024.0 * 1024.0,
+        u => {
+            return Err(format!(
+                "unknown size unit {u:?} in {s:?} (use Ki, Mi, Gi, K, M, G)"
+            ))
+        }
+    };
+    Ok((v * mult) as u64)
+}
+
+impl Limits {
+    fn apply(&self) -> Stats {
+        budget::set_budget(self.memory_budget);
+        Stats {
+            on: self.stats,
+            start: std::time::Instant::now(),
+        }
+    }
+}
+
+struct Stats {
+    on: bool,
+    start: std::time::Instant,
+}
+
+impl Drop for Stats {
+    fn drop(&mut self) {
+        if self.on {
+            eprintln!(
+                "leakhunt-analyzer: peak memory {} ({} bytes) in {:.2} s",
+                human_bytes(budget::peak() as u64),
+                budget::peak(),
+                self.start.elapsed().as_secs_f64()
+            );
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -138,10 +210,12 @@ fn run(args: Args) -> anyhow::Result<()> {
             format,
             sysroot,
             top,
+            limits,
         } => {
+            let _stats = limits.apply();
             let a = match (snapshot, pid) {
                 (_, Some(pid)) => {
-                    analysis::analyze_image(&LiveProcess::open(pid)?, sysroot.as_deref())
+                    analysis::analyze_image(&LiveProcess::open(pid)?, sysroot.as_deref())?
                 }
                 (Some(path), None) => analysis::analyze_path(&path, sysroot.as_deref())?,
                 (None, None) => unreachable!("clap requires one of them"),
@@ -156,7 +230,9 @@ fn run(args: Args) -> anyhow::Result<()> {
             after,
             format,
             sysroot,
+            limits,
         } => {
+            let _stats = limits.apply();
             let f = analysis::diff_paths(&before, &after, sysroot.as_deref())?;
             match format {
                 Format::Text => report::write_text(&f, &mut out)?,

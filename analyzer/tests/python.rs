@@ -84,12 +84,30 @@ fn native(img: &dyn MemoryImage) -> (u64, u64) {
     (heap, anon)
 }
 
+/// Bytes of the writable memory of an image: no census of its objects can exceed them.
+fn writable_bytes(img: &dyn MemoryImage) -> u64 {
+    img.mappings()
+        .iter()
+        .filter(|m| m.perms.write && m.perms.read)
+        .map(|m| m.len())
+        .sum()
+}
+
 fn load(path: &Path) -> (CoreFile, PyHeap) {
     let core =
         CoreFile::open(path, None).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
     let heap = python::load(&core)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
         .unwrap_or_else(|| panic!("{}: not recognised as CPython", path.display()));
+    // Every heap any test loads: the census never claims more than the memory it was found in.
+    let writable = writable_bytes(&core);
+    assert!(
+        heap.total_bytes() <= writable,
+        "{}: census of {} bytes in {} bytes of writable memory",
+        path.display(),
+        heap.total_bytes(),
+        writable
+    );
     (core, heap)
 }
 
@@ -403,6 +421,67 @@ fn port_of(w: &mut Workload) -> Result<u16, String> {
         .ok_or_else(|| format!("no port in {reply:?}"))
 }
 
+/// Every variable-size type the walker sizes, against `sys.getsizeof` in the same process (which
+/// counts the GC header and pre-header too): before, a generator's frame pointer was read as its
+/// item count (536 MB generators) and a stale `re.Match` as one too.
+#[test]
+fn object_sizes_match_cpython() {
+    for_each_version("object sizes", |version, py, dir| {
+        let mut w = Workload::start(Command::new(py).arg(workload("sizes.py")));
+        let mut expected = Vec::new();
+        loop {
+            let line = w.read_line();
+            if line == "end" || line.is_empty() {
+                break;
+            }
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(kind), Some(addr), Some(size)) = (f.first(), f.get(1), f.get(2)) else {
+                return Err(format!("bad line {line:?}"));
+            };
+            let addr = u64::from_str_radix(addr.trim_start_matches("0x"), 16).unwrap_or(0);
+            expected.push((kind.to_string(), addr, size.parse::<u64>().unwrap_or(0)));
+        }
+        for (producer, core) in PRODUCERS.iter().zip(snap(w.pid(), dir, "sizes")) {
+            let img = CoreFile::open(&core, None).map_err(|e| e.to_string())?;
+            let addrs: Vec<u64> = expected.iter().map(|e| e.1).collect();
+            let probe = python::probe_sizes(&img, &addrs)
+                .map_err(|e| e.to_string())?
+                .ok_or("not CPython")?;
+            let mut wrong = Vec::new();
+            for ((kind, addr, size), got) in expected.iter().zip(&probe.sizes) {
+                let mut want = size.div_ceil(8) * 8;
+                // Before 3.11 a frame is allocated as basicsize + ob_size × 8, but its __sizeof__
+                // leaves out the one local slot that basicsize already holds.
+                if kind == "frame" && version.starts_with("3.") && {
+                    let minor: u32 = version
+                        .split('.')
+                        .nth(1)
+                        .and_then(|m| m.parse().ok())
+                        .unwrap_or(0);
+                    minor < 11
+                } {
+                    want += 8;
+                }
+                match got {
+                    Some((bytes, true)) if *bytes == want => {}
+                    other => wrong.push(format!(
+                        "{kind} at {addr:#x}: {other:?}, CPython says {size}"
+                    )),
+                }
+            }
+            if !wrong.is_empty() {
+                return Err(format!("{producer}:\n  {}", wrong.join("\n  ")));
+            }
+            if probe.total > writable_bytes(&img) {
+                return Err(format!(
+                    "{producer}: census larger than the writable memory"
+                ));
+            }
+        }
+        Ok(())
+    });
+}
+
 #[test]
 fn non_python_process_is_none() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -414,7 +493,7 @@ fn non_python_process_is_none() {
     let img = CoreFile::open(&core, None).expect("open core");
     assert!(python::load(&img).expect("no error").is_none());
     // `analyze` falls back to the generic census and says so.
-    let a = leakhunt_analyzer::analysis::analyze_image(&img, None);
+    let a = leakhunt_analyzer::analysis::analyze_image(&img, None).expect("analysis");
     assert_eq!(a.runtime.kind, "native");
     assert!(a.python.is_none());
     assert!(

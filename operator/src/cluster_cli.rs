@@ -84,8 +84,12 @@ pub struct OperatorArgs {
         default_value = "256Mi"
     )]
     analyzer_memory_request: String,
+    /// The least memory limit of an analyzer Job: a bigger snapshot pair gets more.
     #[arg(long, env = "LEAKHUNT_ANALYZER_MEMORY_LIMIT", default_value = "1Gi")]
     analyzer_memory_limit: String,
+    /// The most memory an analyzer Job may be given, however big its snapshot pair.
+    #[arg(long, env = "LEAKHUNT_ANALYZER_MEMORY_MAX", default_value = "8Gi")]
+    analyzer_memory_max: String,
     #[arg(long, env = "LEAKHUNT_ANALYZER_CPU_REQUEST", default_value = "100m")]
     analyzer_cpu_request: String,
     #[arg(long, env = "LEAKHUNT_ANALYZER_CPU_LIMIT", default_value = "1")]
@@ -193,6 +197,10 @@ pub struct AnalyzeJobArgs {
     sha256_before: Option<String>,
     #[arg(long)]
     sha256_after: Option<String>,
+    /// Refuse with a clear error (written to the report) rather than hold more than this many
+    /// bytes: the operator sets it below the Job's memory limit.
+    #[arg(long, value_name = "BYTES")]
+    memory_budget: Option<u64>,
     #[arg(long, env = "LEAKHUNT_LOG", default_value = "info")]
     log: String,
 }
@@ -316,6 +324,7 @@ async fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
             ttl: args.job_ttl,
             memory_request: args.analyzer_memory_request,
             memory_limit: args.analyzer_memory_limit,
+            memory_max: args.analyzer_memory_max,
             cpu_request: args.analyzer_cpu_request,
             cpu_limit: args.analyzer_cpu_limit,
             log: args.log.clone(),
@@ -429,6 +438,7 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
 
 pub fn analyze_job(args: AnalyzeJobArgs) -> ExitCode {
     init_logging(&args.log);
+    leakhunt_analyzer::budget::set_budget(args.memory_budget);
     let Some((namespace, report)) = args.report.split_once('/') else {
         eprintln!("leakhunt analyze-job: --report must be namespace/name");
         return ExitCode::from(2);

@@ -37,6 +37,11 @@ enum Command {
     AnalyzeJob(Box<cluster_cli::AnalyzeJobArgs>),
 }
 
+// Counts what an analysis holds, for the analyzer Job's --memory-budget.
+#[global_allocator]
+static ALLOC: leakhunt_analyzer::budget::CountingAllocator =
+    leakhunt_analyzer::budget::CountingAllocator;
+
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Crdgen => match leakhunt_operator::crd::crd_yaml() {

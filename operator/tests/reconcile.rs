@@ -272,6 +272,7 @@ fn context(client: Client) -> Arc<Context> {
             ttl: Duration::from_secs(3600),
             memory_request: "256Mi".into(),
             memory_limit: "1Gi".into(),
+            memory_max: "8Gi".into(),
             cpu_request: "100m".into(),
             cpu_limit: "1".into(),
             log: "info".into(),

@@ -54,6 +54,9 @@ pub fn compare(before: &PyHeap, after: &PyHeap, native: &NativeGrowth) -> PyComp
             .containers()
             .get(addr)
             .filter(|p| before.type_name(p.type_name) == tname);
+        if !c.trusted || prev.is_some_and(|p| !p.trusted) {
+            continue;
+        }
         let (items_before, retained_before) = prev.map(|p| (p.items, p.retained)).unwrap_or((0, 0));
         if c.items <= items_before || c.retained <= retained_before {
             continue;

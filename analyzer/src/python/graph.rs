@@ -1,195 +1,304 @@
-//! Graph algorithms on the walked heap: shortest labelled paths from the module roots (for naming)
-//! and the dominator tree (Lengauer–Tarjan, iterative, path compression) for retained sizes.
+//! Graph algorithms on the walked heap: shortest paths from the module roots (for naming) and the
+//! dominator tree (Lengauer–Tarjan with path compression, semi-NCA for the immediate dominators)
+//! for retained sizes.
+//!
+//! Memory is what bounds the analysis of a big heap, so the dominator tree is computed only over
+//! the objects that reference others. Most objects (str, int, float, bytes) reference nothing:
+//! such a leaf is dominated by its one referrer, or by the nearest common dominator of its
+//! referrers, and is folded in after the tree of the others is built. For the usual Python heap
+//! that is half the objects or fewer, in arrays of 4 bytes per object each.
 
-use super::walk::Walk;
+use std::collections::VecDeque;
+
+use super::table::{target, Bits, Graph, Objects, RankedSet};
 
 pub const NONE: u32 = u32::MAX;
 
-/// Breadth-first tree from `roots`: `parent[v]` and the label of the edge `parent[v] → v`.
-/// Objects no root reaches get no parent; their own roots are added in `extra` order afterwards.
-pub struct Bfs {
-    pub parent: Vec<u32>,
-    pub label: Vec<u32>,
-    /// Roots in the order they were used (modules first, then orphans).
-    pub roots: Vec<u32>,
-}
-
-pub fn bfs(w: &Walk, modules: &[u32]) -> Bfs {
-    let n = w.objs.len();
-    let mut parent = vec![NONE; n];
-    let mut label = vec![0u32; n];
-    let mut seen = vec![false; n];
-    let mut queue: std::collections::VecDeque<u32> = std::collections::VecDeque::new();
-    let mut roots = Vec::new();
-    let expand = |queue: &mut std::collections::VecDeque<u32>,
-                  seen: &mut Vec<bool>,
-                  parent: &mut Vec<u32>,
-                  label: &mut Vec<u32>| {
+/// Breadth-first tree from the roots: the position (in `Graph::edges`) of the edge that first
+/// reached each object. The first `modules` roots are all at depth 0; each later root (an object
+/// no earlier root reaches) is expanded in turn.
+pub fn bfs(g: &Graph, n: usize, roots: &[u32], modules: usize) -> Vec<u32> {
+    let mut via = vec![NONE; n];
+    let mut seen = Bits::new(n);
+    let mut queue: VecDeque<u32> = VecDeque::new();
+    let mut expand = |queue: &mut VecDeque<u32>, seen: &mut Bits| {
         while let Some(v) = queue.pop_front() {
-            let (s, e) = (
-                w.starts[v as usize] as usize,
-                w.starts[v as usize + 1] as usize,
-            );
+            let (s, e) = g.range(v);
             for k in s..e {
-                let t = w.targets[k];
-                if !seen[t as usize] {
-                    seen[t as usize] = true;
-                    parent[t as usize] = v;
-                    label[t as usize] = w.labels[k];
+                let t = g.edges.get(k).map_or(NONE, |&w| target(w));
+                if (t as usize) < n && seen.set(t) {
+                    via[t as usize] = k as u32;
                     queue.push_back(t);
                 }
             }
         }
     };
-    // All modules are depth 0: seed the queue with all of them before expanding any.
-    for &m in modules {
-        if (m as usize) < n && !seen[m as usize] {
-            seen[m as usize] = true;
+    let (first, rest) = roots.split_at(modules.min(roots.len()));
+    for &m in first {
+        if (m as usize) < n && seen.set(m) {
             queue.push_back(m);
-            roots.push(m);
         }
     }
-    expand(&mut queue, &mut seen, &mut parent, &mut label);
-    // Orphans: objects nothing we know references (held by C code, frames), then leftover cycles.
-    let mut indeg = vec![0u32; n];
-    for &t in &w.targets {
-        indeg[t as usize] = indeg[t as usize].saturating_add(1);
-    }
-    for pass in 0..2 {
-        for v in 0..n {
-            if seen[v] || (pass == 0 && indeg[v] != 0) {
-                continue;
-            }
-            seen[v] = true;
-            queue.push_back(v as u32);
-            roots.push(v as u32);
-            expand(&mut queue, &mut seen, &mut parent, &mut label);
+    expand(&mut queue, &mut seen);
+    for &r in rest {
+        if (r as usize) < n && seen.set(r) {
+            queue.push_back(r);
+            expand(&mut queue, &mut seen);
         }
     }
-    Bfs {
-        parent,
-        label,
-        roots,
+    via
+}
+
+/// Retained sizes: for every object, the retainable sizes of the objects it dominates (itself
+/// included), with a virtual root whose children are the roots.
+pub struct Retained {
+    nonleaf: RankedSet,
+    /// Preorder number of each object with out-edges, by its rank in `nonleaf`.
+    pre: Vec<u32>,
+    /// Retained bytes by preorder number (0 is the virtual root).
+    ret: Vec<u64>,
+}
+
+impl Retained {
+    pub fn of(&self, v: u32, objs: &Objects) -> u64 {
+        match self.nonleaf.rank(v) {
+            Some(c) => self
+                .pre
+                .get(c as usize)
+                .and_then(|&p| self.ret.get(p as usize))
+                .copied()
+                .unwrap_or(0),
+            None => objs.retainable(v),
+        }
+    }
+
+    /// Everything the roots retain: the census total of trusted sizes.
+    #[cfg(test)]
+    pub fn total(&self) -> u64 {
+        self.ret.first().copied().unwrap_or(0)
     }
 }
 
-/// Retained size of every object: the sum of sizes of the objects it dominates (itself included),
-/// with a virtual root whose children are `roots`.
-pub fn retained_sizes(w: &Walk, roots: &[u32]) -> Vec<u64> {
-    let n = w.objs.len();
-    let root = n as u32; // virtual root
-    let total = n + 1;
-    let nth_succ = |v: u32, k: usize| -> Option<u32> {
-        if v == root {
-            roots.get(k).copied()
-        } else {
-            let (s, e) = (
-                w.starts[v as usize] as usize,
-                w.starts[v as usize + 1] as usize,
-            );
-            (s + k < e).then(|| w.targets[s + k])
-        }
-    };
-    // Predecessors (CSR).
-    let mut pcount = vec![0u32; total + 1];
-    for &t in &w.targets {
-        pcount[t as usize + 1] += 1;
-    }
-    for &r in roots {
-        pcount[r as usize + 1] += 1;
-    }
-    for i in 0..total {
-        pcount[i + 1] += pcount[i];
-    }
-    let mut fill = pcount.clone();
-    let mut preds = vec![0u32; pcount[total] as usize];
-    for v in 0..n {
-        let (s, e) = (w.starts[v] as usize, w.starts[v + 1] as usize);
-        for &t in &w.targets[s..e] {
-            preds[fill[t as usize] as usize] = v as u32;
-            fill[t as usize] += 1;
-        }
-    }
-    for &r in roots {
-        preds[fill[r as usize] as usize] = root;
-        fill[r as usize] += 1;
-    }
-    drop(fill);
+/// Bytes the dominator computation will allocate for a graph with `nonleaf` objects that have
+/// out-edges and `edges` edges: checked against the memory budget before it starts.
+pub fn dominator_bytes(nonleaf: usize, edges: usize) -> usize {
+    24 * (nonleaf + 1) + 4 * edges
+}
 
-    // Iterative DFS: preorder numbers.
-    let mut pre = vec![NONE; total];
-    let mut vertex: Vec<u32> = Vec::with_capacity(total);
-    let mut dfs_parent: Vec<u32> = Vec::with_capacity(total);
-    let mut stack: Vec<(u32, usize)> = Vec::new(); // (vertex, next edge index)
-    pre[root as usize] = 0;
-    vertex.push(root);
-    dfs_parent.push(NONE);
-    stack.push((root, 0));
-    while let Some(top) = stack.last_mut() {
-        let (v, k) = *top;
-        match nth_succ(v, k) {
-            Some(t) => {
-                top.1 += 1;
-                if pre[t as usize] == NONE {
-                    pre[t as usize] = vertex.len() as u32;
-                    vertex.push(t);
-                    dfs_parent.push(pre[v as usize]);
-                    stack.push((t, 0));
+/// The roots, in order: the modules, then each object nothing references, then one object of each
+/// cycle no earlier root reaches. Everything is reachable from them.
+pub fn retained_sizes(g: &Graph, objs: &Objects, modules: &[u32]) -> (Retained, Vec<u32>) {
+    let n = objs.len();
+    let nonleaf = RankedSet::new(n, |v| !g.is_leaf(v));
+    let rank = |v: u32| nonleaf.rank(v).map(|c| c as usize);
+
+    // Preorder numbers by an iterative DFS over the objects with out-edges, which also finds
+    // the roots (`seen`: reached from the roots so far, leaves included).
+    let mut pre = vec![NONE; nonleaf.len()];
+    let mut parent: Vec<u32> = Vec::with_capacity(nonleaf.len() + 1);
+    parent.push(NONE);
+    let mut seen = Bits::new(n);
+    let mut roots: Vec<u32> = Vec::new();
+    let mut stack: Vec<(u32, u32, u32)> = Vec::new(); // (object, its preorder, next edge)
+    let mut dfs = |r: u32, pre: &mut Vec<u32>, parent: &mut Vec<u32>, seen: &mut Bits| {
+        let Some(c) = rank(r) else { return };
+        if pre[c] != NONE {
+            return;
+        }
+        pre[c] = parent.len() as u32;
+        parent.push(0);
+        stack.push((r, pre[c], 0));
+        while let Some(top) = stack.last_mut() {
+            let (v, pv, k) = *top;
+            match g.out(v).get(k as usize) {
+                Some(&e) => {
+                    top.2 += 1;
+                    let t = target(e);
+                    seen.set(t);
+                    if let Some(ct) = rank(t) {
+                        if pre[ct] == NONE {
+                            pre[ct] = parent.len() as u32;
+                            parent.push(pv);
+                            stack.push((t, pre[ct], 0));
+                        }
+                    }
+                }
+                None => {
+                    stack.pop();
                 }
             }
-            None => {
-                stack.pop();
-            }
+        }
+    };
+    for &m in modules {
+        if (m as usize) < n && seen.set(m) {
+            roots.push(m);
         }
     }
-    let m = vertex.len();
-    // Semi-dominators with link/eval (path compression), in DFS-number space.
+    for &m in &roots.clone() {
+        dfs(m, &mut pre, &mut parent, &mut seen);
+    }
+    let mut referenced = Bits::new(n);
+    for &e in &g.edges {
+        referenced.set(target(e));
+    }
+    for pass in 0..2 {
+        for v in 0..n as u32 {
+            if seen.get(v) || (pass == 0 && referenced.get(v)) {
+                continue;
+            }
+            seen.set(v);
+            roots.push(v);
+            dfs(v, &mut pre, &mut parent, &mut seen);
+        }
+    }
+    drop((seen, referenced));
+    let roots_ref = &roots;
+    let m = parent.len();
+    let pre_of = |v: u32| rank(v).map_or(NONE, |c| pre[c]);
+
+    // Predecessors by preorder number (CSR), the virtual root's edges included.
+    let mut pstart = vec![0u32; m + 1];
+    let for_each_edge = |f: &mut dyn FnMut(u32, u32)| {
+        for &r in roots_ref {
+            let pr = pre_of(r);
+            if pr != NONE {
+                f(0, pr);
+            }
+        }
+        for v in 0..n as u32 {
+            let pv = pre_of(v);
+            if pv == NONE {
+                continue;
+            }
+            for &e in g.out(v) {
+                let pt = pre_of(target(e));
+                if pt != NONE {
+                    f(pv, pt);
+                }
+            }
+        }
+    };
+    for_each_edge(&mut |_, t| pstart[t as usize + 1] += 1);
+    for i in 0..m {
+        pstart[i + 1] += pstart[i];
+    }
+    let mut preds = vec![0u32; pstart[m] as usize];
+    // Fill with `pstart[v]` as v's cursor, which leaves it at v's end; then shift back.
+    for_each_edge(&mut |u, t| {
+        let slot = &mut pstart[t as usize];
+        preds[*slot as usize] = u;
+        *slot += 1;
+    });
+    for v in (1..m).rev() {
+        pstart[v] = pstart[v - 1];
+    }
+    pstart[0] = 0;
+
+    // Semi-dominators with link/eval (path compression).
     let mut semi: Vec<u32> = (0..m as u32).collect();
-    let mut label: Vec<u32> = (0..m as u32).collect();
+    let mut label: Vec<u32> = semi.clone();
     let mut ancestor = vec![NONE; m];
     let mut path = Vec::new();
     for i in (1..m).rev() {
-        let w_v = vertex[i] as usize;
-        let (s, e) = (pcount[w_v] as usize, pcount[w_v + 1] as usize);
-        for &p in &preds[s..e] {
-            let u = pre[p as usize];
-            if u == NONE {
-                continue;
-            }
-            let x = eval(u, &mut ancestor, &mut label, &semi, &mut path);
+        let (s, e) = (pstart[i] as usize, pstart[i + 1] as usize);
+        for &p in preds.get(s..e).unwrap_or(&[]) {
+            let x = eval(p, &mut ancestor, &mut label, &semi, &mut path);
             if semi[x as usize] < semi[i] {
                 semi[i] = semi[x as usize];
             }
         }
-        ancestor[i] = dfs_parent[i];
+        ancestor[i] = parent[i];
     }
-    // Immediate dominators (semi-NCA).
-    let mut idom = dfs_parent.clone();
+    drop((preds, pstart, label, ancestor, path));
+
+    // Immediate dominators (semi-NCA), in place of the DFS parents: idom[i] < i always.
+    let mut idom = parent;
     for i in 1..m {
         let mut j = idom[i];
-        let mut guard = 0;
-        while j != NONE && j > semi[i] && guard < m {
+        while j != NONE && j > semi[i] {
             j = idom[j as usize];
-            guard += 1;
         }
         idom[i] = j;
     }
-    // Retained: children before parents (higher DFS numbers first).
+    drop(semi);
+
     let mut ret = vec![0u64; m];
-    for i in 1..m {
-        ret[i] = w.objs[vertex[i] as usize].size;
+    for v in 0..n as u32 {
+        let pv = pre_of(v);
+        if pv != NONE {
+            ret[pv as usize] = objs.retainable(v);
+        }
     }
+    // Leaves: a leaf with one referrer is dominated by it; one with several by their nearest
+    // common dominator.
+    let mut once = Bits::new(n);
+    let mut twice = Bits::new(n);
+    let leaf_edges = |f: &mut dyn FnMut(u32, u32)| {
+        for &r in roots_ref {
+            if rank(r).is_none() {
+                f(0, r);
+            }
+        }
+        for v in 0..n as u32 {
+            let pv = pre_of(v);
+            if pv == NONE {
+                continue;
+            }
+            for &e in g.out(v) {
+                let t = target(e);
+                if (t as usize) < n && rank(t).is_none() {
+                    f(pv, t);
+                }
+            }
+        }
+    };
+    leaf_edges(&mut |_, t| {
+        if !once.set(t) {
+            twice.set(t);
+        }
+    });
+    let mut shared: Vec<(u32, u32)> = Vec::new();
+    leaf_edges(&mut |pu, t| {
+        if twice.get(t) {
+            shared.push((t, pu));
+        } else {
+            ret[pu as usize] = ret[pu as usize].saturating_add(objs.retainable(t));
+        }
+    });
+    drop((once, twice));
+    shared.sort_unstable();
+    for group in shared.chunk_by(|a, b| a.0 == b.0) {
+        let mut d = group[0].1;
+        for &(_, pu) in &group[1..] {
+            d = nca(&idom, d, pu);
+        }
+        ret[d as usize] = ret[d as usize].saturating_add(objs.retainable(group[0].0));
+    }
+    drop(shared);
+
+    // Children before parents: higher preorder numbers first.
     for i in (1..m).rev() {
         let d = idom[i];
         if d != NONE && (d as usize) < m {
             ret[d as usize] = ret[d as usize].saturating_add(ret[i]);
         }
     }
-    let mut out = vec![0u64; n];
-    for i in 1..m {
-        out[vertex[i] as usize] = ret[i];
+    (Retained { nonleaf, pre, ret }, roots)
+}
+
+/// Nearest common ancestor in the dominator tree (dominators have smaller preorder numbers).
+fn nca(idom: &[u32], mut a: u32, mut b: u32) -> u32 {
+    while a != b {
+        if a > b {
+            a = idom.get(a as usize).copied().unwrap_or(0);
+        } else {
+            b = idom.get(b as usize).copied().unwrap_or(0);
+        }
+        if a == NONE || b == NONE {
+            return 0;
+        }
     }
-    out
+    a
 }
 
 fn eval(v: u32, ancestor: &mut [u32], label: &mut [u32], semi: &[u32], path: &mut Vec<u32>) -> u32 {
@@ -216,60 +325,138 @@ fn eval(v: u32, ancestor: &mut [u32], label: &mut [u32], semi: &[u32], path: &mu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::python::walk::{Damage, Obj, Walk};
+    use crate::python::table::{pack, EdgeKind};
 
-    /// A graph of objects of size 10 each with the given edges.
-    fn walk(n: usize, edges: &[(u32, u32)]) -> Walk {
-        let mut starts = Vec::new();
-        let mut targets = Vec::new();
+    /// A graph of objects of size 16 each with the given edges.
+    fn graph(n: usize, edges: &[(u32, u32)]) -> (Graph, Objects) {
+        let mut g = Graph::default();
+        let mut objs = Objects::default();
         for v in 0..n as u32 {
-            starts.push(targets.len() as u32);
-            targets.extend(edges.iter().filter(|e| e.0 == v).map(|e| e.1));
+            g.starts.push(g.edges.len() as u32);
+            g.edges.extend(
+                edges
+                    .iter()
+                    .filter(|e| e.0 == v)
+                    .map(|e| pack(e.1, EdgeKind::None)),
+            );
+            let i = objs.push(0x1000 + 16 * u64::from(v), 0);
+            objs.set_size(i, 16, true);
         }
-        starts.push(targets.len() as u32);
-        Walk {
-            types: Vec::new(),
-            objs: (0..n)
-                .map(|i| Obj {
-                    addr: 0x1000 + 16 * i as u64,
-                    size: 10,
-                    ty: 0,
-                    items: 0,
-                })
-                .collect(),
-            labels: vec![0; targets.len()],
-            starts,
-            targets,
-            damage: Damage::default(),
-        }
+        g.starts.push(g.edges.len() as u32);
+        (g, objs)
+    }
+
+    fn all(g: &Graph, o: &Objects, modules: &[u32]) -> Vec<u64> {
+        let (r, _) = retained_sizes(g, o, modules);
+        (0..o.len() as u32).map(|v| r.of(v, o)).collect()
     }
 
     #[test]
     fn retained_sizes_follow_dominators() {
         // 0 → 1 → 2, 0 → 3 → 2: 2 is shared (dominated by 0 only); 1 and 3 keep only themselves.
         // 3 → 4 → 5 → 4 (cycle below 3): 3 retains 4 and 5.
-        let w = walk(6, &[(0, 1), (1, 2), (0, 3), (3, 2), (3, 4), (4, 5), (5, 4)]);
-        let r = retained_sizes(&w, &[0]);
-        assert_eq!(r, vec![60, 10, 10, 30, 20, 10]);
+        let (g, o) = graph(6, &[(0, 1), (1, 2), (0, 3), (3, 2), (3, 4), (4, 5), (5, 4)]);
+        assert_eq!(all(&g, &o, &[0]), vec![96, 16, 16, 48, 32, 16]);
+    }
+
+    #[test]
+    fn shared_leaves_go_to_the_nearest_common_dominator() {
+        // 0 → 1 → {3, 4}, 0 → 2 → 4; 1 → 5 → 3: leaf 3 is held by 1 and 5 (both under 1), leaf 4
+        // by 1 and 2 (common dominator 0); 6 is a leaf held once by 5.
+        let (g, o) = graph(
+            7,
+            &[
+                (0, 1),
+                (1, 3),
+                (1, 4),
+                (0, 2),
+                (2, 4),
+                (1, 5),
+                (5, 3),
+                (5, 6),
+            ],
+        );
+        let r = all(&g, &o, &[0]);
+        assert_eq!(r, vec![112, 64, 16, 16, 16, 32, 16]);
     }
 
     #[test]
     fn orphans_become_roots_and_modules_come_first() {
         // 0 is the module; 2 → 3 is reachable from nothing we know (held by C code).
-        let w = walk(4, &[(0, 1), (2, 3)]);
-        let b = bfs(&w, &[0]);
-        assert_eq!(b.roots, vec![0, 2]);
-        assert_eq!(b.parent[1], 0);
-        assert_eq!(b.parent[3], 2);
-        let r = retained_sizes(&w, &b.roots);
-        assert_eq!(r, vec![20, 10, 20, 10]);
+        let (g, o) = graph(4, &[(0, 1), (2, 3)]);
+        let (_, roots) = retained_sizes(&g, &o, &[0]);
+        assert_eq!(roots, vec![0, 2]);
+        let via = bfs(&g, 4, &roots, 1);
+        assert_eq!(g.source_of(via[1] as usize), Some(0));
+        assert_eq!(g.source_of(via[3] as usize), Some(2));
+        assert_eq!(all(&g, &o, &[0]), vec![32, 16, 32, 16]);
     }
 
     #[test]
     fn a_pure_cycle_is_still_rooted() {
-        let w = walk(3, &[(0, 1), (1, 2), (2, 0)]);
-        let b = bfs(&w, &[]);
-        assert_eq!(b.roots, vec![0]);
-        assert_eq!(retained_sizes(&w, &b.roots), vec![30, 20, 10]);
+        let (g, o) = graph(3, &[(0, 1), (1, 2), (2, 0)]);
+        let (_, roots) = retained_sizes(&g, &o, &[]);
+        assert_eq!(roots, vec![0]);
+        assert_eq!(all(&g, &o, &[]), vec![48, 32, 16]);
+    }
+
+    #[test]
+    fn untrusted_sizes_are_left_out_of_retained() {
+        let (g, mut o) = graph(3, &[(0, 1), (0, 2)]);
+        o.set_size(2, 1 << 30, false);
+        let (r, _) = retained_sizes(&g, &o, &[0]);
+        assert_eq!(r.of(0, &o), 32);
+        assert_eq!(r.total(), 32);
+    }
+
+    /// Against a plain iterative dominator computation on random graphs.
+    #[test]
+    fn matches_a_reference_on_random_graphs() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |m: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % m
+        };
+        for _ in 0..200 {
+            let n = 2 + next(30) as usize;
+            let ne = next(3 * n as u64) as usize;
+            let edges: Vec<(u32, u32)> = (0..ne)
+                .map(|_| (next(n as u64) as u32, next(n as u64) as u32))
+                .collect();
+            let (g, o) = graph(n, &edges);
+            let (_, roots) = retained_sizes(&g, &o, &[0]);
+            let got = all(&g, &o, &[0]);
+            assert_eq!(got, reference(n, &edges, &roots), "{edges:?}");
+        }
+    }
+
+    /// Retained sizes by definition: v retains w when removing v cuts w off from the roots.
+    fn reference(n: usize, edges: &[(u32, u32)], roots: &[u32]) -> Vec<u64> {
+        let reach = |cut: Option<u32>| {
+            let mut seen = vec![false; n];
+            let mut stack: Vec<u32> = roots.iter().copied().filter(|&r| Some(r) != cut).collect();
+            for &r in &stack {
+                seen[r as usize] = true;
+            }
+            while let Some(v) = stack.pop() {
+                for &(a, b) in edges {
+                    if a == v && Some(b) != cut && !seen[b as usize] {
+                        seen[b as usize] = true;
+                        stack.push(b);
+                    }
+                }
+            }
+            seen
+        };
+        let base = reach(None);
+        (0..n as u32)
+            .map(|v| {
+                let r = reach(Some(v));
+                let lost = (0..n).filter(|&w| base[w] && !r[w]).count() as u64;
+                lost * 16
+            })
+            .collect()
     }
 }

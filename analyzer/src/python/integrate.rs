@@ -2,7 +2,8 @@
 //! snapshots hold a CPython interpreter, the Python findings replace the generic ones (the generic
 //! native-memory figures stay), otherwise a note says why the generic census is all there is.
 
-use super::{compare, load, PyCensus, PyHeap};
+use super::{compare, load, Error, PyCensus, PyHeap};
+use crate::budget::OverBudget;
 use crate::findings::Findings;
 use crate::image::MemoryImage;
 
@@ -24,9 +25,15 @@ fn load_pair(
     })
 }
 
-/// Overlay the CPython diff of `before` → `after` onto generic `findings`.
-pub fn refine_findings(findings: &mut Findings, before: &dyn MemoryImage, after: &dyn MemoryImage) {
+/// Overlay the CPython diff of `before` → `after` onto generic `findings`. Only running out of
+/// the memory budget is an error: anything else leaves the generic findings, with a note.
+pub fn refine_findings(
+    findings: &mut Findings,
+    before: &dyn MemoryImage,
+    after: &dyn MemoryImage,
+) -> Result<(), OverBudget> {
     match load_pair(before, after) {
+        (Err(Error::OverBudget(e)), _) | (_, Err(Error::OverBudget(e))) => return Err(e),
         (Ok(Some(a)), Ok(Some(b))) => {
             let c = compare(&a, &b, &findings.native);
             findings.runtime = c.runtime;
@@ -44,13 +51,15 @@ pub fn refine_findings(findings: &mut Findings, before: &dyn MemoryImage, after:
             "only one of the snapshots holds a CPython interpreter: generic census only".into(),
         ),
     }
+    Ok(())
 }
 
 /// The CPython census of one image, or a note saying why there is none.
-pub fn census_of(image: &dyn MemoryImage) -> Result<PyCensus, String> {
-    match load(image) {
+pub fn census_of(image: &dyn MemoryImage) -> Result<Result<PyCensus, String>, OverBudget> {
+    Ok(match load(image) {
         Ok(Some(h)) => Ok(h.census()),
         Ok(None) => Err("no CPython interpreter in this snapshot: generic census only".into()),
+        Err(Error::OverBudget(e)) => return Err(e),
         Err(e) => Err(format!("{e}; generic census only")),
-    }
+    })
 }

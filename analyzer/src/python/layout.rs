@@ -57,6 +57,18 @@ pub enum GcGenerations {
     YoungOld,
 }
 
+/// Where a generator's or frame object's interpreter frame (3.11+) keeps its code object, and
+/// where the code object keeps the counts that size the frame.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FrameLayout {
+    /// `offsetof(_PyInterpreterFrame, localsplus)`: the frame ends an object's fixed part.
+    pub localsplus: u64,
+    /// Offset of the code object reference in the interpreter frame.
+    pub code: u64,
+    pub co_stacksize: u64,
+    pub co_nlocalsplus: u64,
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct Layout {
     pub minor: u32,
@@ -86,6 +98,8 @@ pub struct Layout {
     /// Bytes before the GC header for types with managed dict / weakref.
     pub pre_header: u64,
     pub gc: GcGenerations,
+    /// Frames embedded in generators and frame objects (3.11+); before, they were objects apart.
+    pub frame: Option<FrameLayout>,
 }
 
 /// A parsed CPython version.
@@ -133,6 +147,7 @@ impl Layout {
             instance_dict: InstanceDict::DictOffset,
             pre_header: 0,
             gc: GcGenerations::Three,
+            frame: None,
         };
         let heap = |size: u64, name: u64| Layout {
             heap_type_size: size,
@@ -149,12 +164,24 @@ impl Layout {
                 dict_keys: DictKeys::Log2,
                 instance_dict: InstanceDict::Managed311,
                 pre_header: 16,
+                frame: Some(FrameLayout {
+                    localsplus: 72,
+                    code: 32,
+                    co_stacksize: 68,
+                    co_nlocalsplus: 76,
+                }),
                 ..heap(904, 848)
             },
             (3, 12) => Layout {
                 dict_keys: DictKeys::Log2,
                 instance_dict: InstanceDict::Managed312,
                 pre_header: 16,
+                frame: Some(FrameLayout {
+                    localsplus: 72,
+                    code: 0,
+                    co_stacksize: 64,
+                    co_nlocalsplus: 72,
+                }),
                 long_tag: true,
                 unicode_ascii_size: 40,
                 unicode_compact_size: 56,
@@ -165,6 +192,13 @@ impl Layout {
                 instance_dict: InstanceDict::Inline313,
                 dict_values_header: 8,
                 pre_header: 16,
+                // 3.14 adds `stackpointer` and `visited` before `localsplus`.
+                frame: Some(FrameLayout {
+                    localsplus: if v.minor == 13 { 72 } else { 80 },
+                    code: 0,
+                    co_stacksize: 64,
+                    co_nlocalsplus: 72,
+                }),
                 long_tag: true,
                 unicode_ascii_size: 40,
                 unicode_compact_size: 56,

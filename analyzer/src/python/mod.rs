@@ -12,6 +12,7 @@ mod integrate;
 pub mod layout;
 mod mem;
 mod naming;
+mod table;
 mod walk;
 
 use rustc_hash::FxHashMap;
@@ -32,6 +33,9 @@ pub enum Error {
     /// Signs of CPython, but the interpreter's state could not be found.
     #[error("cannot read the CPython interpreter: {0}")]
     NoInterpreter(String),
+    /// Going on would take more memory than the analysis may use.
+    #[error(transparent)]
+    OverBudget(#[from] crate::budget::OverBudget),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -50,6 +54,8 @@ pub struct Container {
     pub items: u64,
     pub retained: u64,
     pub named: Option<Box<Named>>,
+    /// Its size passed validation; an untrusted container is never ranked or compared.
+    pub trusted: bool,
 }
 
 /// The best path from a root to an object.
@@ -165,7 +171,8 @@ impl PyHeap {
     }
 
     pub fn census(&self) -> PyCensus {
-        let mut top: Vec<(&u64, &Container)> = self.containers.iter().collect();
+        let mut top: Vec<(&u64, &Container)> =
+            self.containers.iter().filter(|(_, c)| c.trusted).collect();
         top.sort_by(|a, b| b.1.retained.cmp(&a.1.retained).then(a.0.cmp(b.0)));
         let containers =
             top.into_iter()
@@ -204,8 +211,154 @@ pub fn load(image: &dyn MemoryImage) -> Result<Option<PyHeap>> {
         ));
     }
     let extra: Vec<u64> = interp.sys_modules.into_iter().collect();
-    let walk = Walker::new(mem, interp.layout, interp.type_type).run(&interp.gc_heads, &extra);
-    let d = &walk.damage;
+    let walk = Walker::new(mem, interp.layout, interp.type_type).run(&interp.gc_heads, &extra)?;
+    notes.extend(damage_notes(&walk.damage));
+
+    // Roots: modules, `__main__` first, then by name.
+    let mut modules: Vec<(String, u32)> = (0..walk.objs.len() as u32)
+        .filter(|&i| walk.kind(i) == Kind::Module)
+        .map(|i| {
+            let addr = walk.objs.addr(i).unwrap_or(0);
+            (
+                naming::module_name(mem, &interp.layout, addr).unwrap_or_default(),
+                i,
+            )
+        })
+        .collect();
+    modules.sort_by(|a, b| {
+        (a.0 != "__main__", a.0.is_empty(), a.0.len(), &a.0).cmp(&(
+            b.0 != "__main__",
+            b.0.is_empty(),
+            b.0.len(),
+            &b.0,
+        ))
+    });
+    let module_idx: Vec<u32> = modules.iter().map(|m| m.1).collect();
+    let n = walk.objs.len();
+    let nonleaf = (0..n as u32).filter(|&v| !walk.graph.is_leaf(v)).count();
+    crate::budget::reserve(
+        graph::dominator_bytes(nonleaf, walk.graph.edges.len()),
+        "the dominator tree",
+        n,
+    )?;
+    let (retained, roots) = graph::retained_sizes(&walk.graph, &walk.objs, &module_idx);
+
+    // Census by type (an untrusted object counts with the size its type guarantees).
+    let mut types: Vec<TypeCount> = walk
+        .types
+        .iter()
+        .map(|t| TypeCount {
+            name: t.name.clone(),
+            count: 0,
+            bytes: 0,
+        })
+        .collect();
+    let mut total = 0u64;
+    for i in 0..n as u32 {
+        let size = walk.objs.size(i);
+        if let Some(t) = walk.objs.ty(i).and_then(|t| types.get_mut(t as usize)) {
+            t.count += 1;
+            t.bytes += size;
+        }
+        total += size;
+    }
+    let type_names: Vec<String> = walk.types.iter().map(|t| t.name.clone()).collect();
+    let types = merge_types(types);
+
+    // Containers, the larger ones named.
+    let mut containers: FxHashMap<u64, Container> = FxHashMap::default();
+    let mut to_name: Vec<(u64, u32)> = Vec::new();
+    let mut by_retained: Vec<(u64, u32)> = Vec::new();
+    for i in 0..n as u32 {
+        if !walk.kind(i).is_container() {
+            continue;
+        }
+        let (Some(addr), Some(ty)) = (walk.objs.addr(i), walk.objs.ty(i)) else {
+            continue;
+        };
+        let trusted = walk.objs.trusted(i);
+        let r = retained.of(i, &walk.objs);
+        let items = walk.objs.items(i);
+        containers.insert(
+            addr,
+            Container {
+                type_name: ty,
+                items,
+                retained: r,
+                named: None,
+                trusted,
+            },
+        );
+        if trusted {
+            by_retained.push((r, i));
+            if items >= u64::from(NAME_MIN_ITEMS) {
+                to_name.push((r, i));
+            }
+        }
+    }
+    drop(retained);
+    // The largest containers by retained size are named whatever their length (the census lists
+    // them), then the longer ones, largest first.
+    let largest_first = |v: &mut Vec<(u64, u32)>, keep: usize| {
+        v.sort_unstable_by(|a, b| b.cmp(a));
+        v.truncate(keep);
+    };
+    largest_first(&mut by_retained, CENSUS_CONTAINERS);
+    largest_first(&mut to_name, MAX_NAMED);
+    to_name.extend(by_retained);
+    let tree = graph::bfs(&walk.graph, n, &roots, module_idx.len());
+    let mut namer = naming::Namer::new(mem, &interp.layout, &walk, &tree, &modules);
+    for (_, i) in to_name {
+        let named = namer.name(i);
+        if let Some(c) = walk.objs.addr(i).and_then(|a| containers.get_mut(&a)) {
+            c.named = Some(Box::new(named));
+        }
+    }
+    Ok(Some(PyHeap {
+        version: interp.version_text,
+        notes,
+        type_names,
+        types,
+        containers,
+        objects: n as u64,
+        bytes: total,
+        native_bytes: native_bytes(image),
+        rss: image.info().rss,
+    }))
+}
+
+/// Sizes of single objects, for the tests that hold them against CPython's own `sys.getsizeof`.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct SizeProbe {
+    /// Per requested address: (bytes, trusted), or `None` when the walk did not find it.
+    pub sizes: Vec<Option<(u64, bool)>>,
+    /// The census total.
+    pub total: u64,
+}
+
+#[doc(hidden)]
+pub fn probe_sizes(image: &dyn MemoryImage, addrs: &[u64]) -> Result<Option<SizeProbe>> {
+    let mem = Mem::new(image);
+    let Some(interp) = discover::discover(mem)? else {
+        return Ok(None);
+    };
+    let extra: Vec<u64> = interp.sys_modules.into_iter().collect();
+    let walk = Walker::new(mem, interp.layout, interp.type_type).run(&interp.gc_heads, &extra)?;
+    let wanted: FxHashMap<u64, usize> = addrs.iter().enumerate().map(|(k, &a)| (a, k)).collect();
+    let mut sizes = vec![None; addrs.len()];
+    let mut total = 0;
+    for i in 0..walk.objs.len() as u32 {
+        total += walk.objs.size(i);
+        if let Some(&k) = walk.objs.addr(i).and_then(|a| wanted.get(&a)) {
+            sizes[k] = Some((walk.objs.size(i), walk.objs.trusted(i)));
+        }
+    }
+    Ok(Some(SizeProbe { sizes, total }))
+}
+
+fn damage_notes(d: &walk::Damage) -> Vec<String> {
+    let mut notes = Vec::new();
     if d.gc_broken_lists > 0 {
         notes.push(format!(
             "{} GC list(s) were broken (corrupt or missing memory); the rest was recovered backwards",
@@ -230,59 +383,21 @@ pub fn load(image: &dyn MemoryImage) -> Result<Option<PyHeap>> {
             d.dangling
         ));
     }
+    if d.untrusted_sizes > 0 {
+        notes.push(format!(
+            "{} objects had a size their type or memory cannot hold (a stale or damaged object): counted at their fixed size, left out of retained sizes and never ranked",
+            d.untrusted_sizes
+        ));
+    }
     if d.capped {
         notes.push("object limit reached; the census is partial".into());
     }
+    notes
+}
 
-    // Roots: modules, `__main__` first, then by name.
-    let mut modules: Vec<(String, u32)> = walk
-        .objs
-        .iter()
-        .enumerate()
-        .filter(|(_, o)| {
-            walk.types
-                .get(o.ty as usize)
-                .is_some_and(|t| t.kind == Kind::Module)
-        })
-        .map(|(i, o)| {
-            (
-                naming::module_name(mem, &interp.layout, o.addr).unwrap_or_default(),
-                i as u32,
-            )
-        })
-        .collect();
-    modules.sort_by(|a, b| {
-        (a.0 != "__main__", a.0.is_empty(), a.0.len(), &a.0).cmp(&(
-            b.0 != "__main__",
-            b.0.is_empty(),
-            b.0.len(),
-            &b.0,
-        ))
-    });
-    let module_idx: Vec<u32> = modules.iter().map(|m| m.1).collect();
-    let tree = graph::bfs(&walk, &module_idx);
-    let retained = graph::retained_sizes(&walk, &tree.roots);
-
-    // Census by type.
-    let mut types: Vec<TypeCount> = walk
-        .types
-        .iter()
-        .map(|t| TypeCount {
-            name: t.name.clone(),
-            count: 0,
-            bytes: 0,
-        })
-        .collect();
-    let mut total = 0u64;
-    for o in &walk.objs {
-        if let Some(t) = types.get_mut(o.ty as usize) {
-            t.count += 1;
-            t.bytes += o.size;
-        }
-        total += o.size;
-    }
-    let type_names: Vec<String> = walk.types.iter().map(|t| t.name.clone()).collect();
-    // Merge types of equal name (e.g. the same class name from two imports) for the table.
+/// Merge types of equal name (e.g. the same class name from two imports) for the table, largest
+/// first.
+fn merge_types(types: Vec<TypeCount>) -> Vec<TypeCount> {
     let mut merged: FxHashMap<String, TypeCount> = FxHashMap::default();
     for t in types {
         if t.count == 0 {
@@ -297,60 +412,5 @@ pub fn load(image: &dyn MemoryImage) -> Result<Option<PyHeap>> {
     }
     let mut types: Vec<TypeCount> = merged.into_values().collect();
     types.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.name.cmp(&b.name)));
-
-    // Containers, the larger ones named.
-    let mut containers: FxHashMap<u64, Container> = FxHashMap::default();
-    let mut to_name: Vec<u32> = Vec::new();
-    for (i, o) in walk.objs.iter().enumerate() {
-        let kind = walk.types.get(o.ty as usize).map(|t| t.kind);
-        if kind.is_some_and(Kind::is_container) {
-            containers.insert(
-                o.addr,
-                Container {
-                    type_name: o.ty,
-                    items: u64::from(o.items),
-                    retained: retained.get(i).copied().unwrap_or(0),
-                    named: None,
-                },
-            );
-            if o.items >= NAME_MIN_ITEMS {
-                to_name.push(i as u32);
-            }
-        }
-    }
-    // The largest containers by retained size are named whatever their length (the census lists
-    // them), then the longer ones, largest first.
-    let mut by_retained: Vec<u32> = (0..walk.objs.len() as u32)
-        .filter(|&i| {
-            walk.objs
-                .get(i as usize)
-                .and_then(|o| walk.types.get(o.ty as usize))
-                .is_some_and(|t| t.kind.is_container())
-        })
-        .collect();
-    by_retained.sort_by_key(|&i| std::cmp::Reverse(retained.get(i as usize).copied().unwrap_or(0)));
-    by_retained.truncate(CENSUS_CONTAINERS);
-    to_name.sort_by_key(|&i| std::cmp::Reverse(retained.get(i as usize).copied().unwrap_or(0)));
-    to_name.truncate(MAX_NAMED);
-    to_name.extend(by_retained);
-    let mut namer = naming::Namer::new(mem, &interp.layout, &walk, &tree, &modules);
-    for i in to_name {
-        let named = namer.name(i);
-        if let Some(o) = walk.objs.get(i as usize) {
-            if let Some(c) = containers.get_mut(&o.addr) {
-                c.named = Some(Box::new(named));
-            }
-        }
-    }
-    Ok(Some(PyHeap {
-        version: interp.version_text,
-        notes,
-        type_names,
-        types,
-        containers,
-        objects: walk.objs.len() as u64,
-        bytes: total,
-        native_bytes: native_bytes(image),
-        rss: image.info().rss,
-    }))
+    types
 }

@@ -6,13 +6,27 @@
 
 use rustc_hash::FxHashMap;
 
-use super::graph::{Bfs, NONE};
+use super::graph::NONE;
 use super::layout::Layout;
 use super::mem::Mem;
-use super::walk::{decode, read_ascii, read_dict, Kind, Label, Walk};
+use super::table::{kind, target, EdgeKind};
+use super::walk::{read_ascii, read_dict, Kind, Walk};
 use super::Named;
 
 const MAX_DEPTH: usize = 64;
+
+/// What a path step prints: the edge's label, with its key or index recovered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Label {
+    None,
+    /// Value stored under the key with this object id.
+    Key(u32),
+    Item(u32),
+    Attrs,
+    KeyRef,
+    Lru,
+    Cell,
+}
 
 /// `__name__` of a module object.
 pub fn module_name(mem: Mem<'_>, l: &Layout, m: u64) -> Option<String> {
@@ -44,7 +58,8 @@ pub struct Namer<'a> {
     mem: Mem<'a>,
     l: &'a Layout,
     walk: &'a Walk,
-    tree: &'a Bfs,
+    /// Per object, the position of the edge the breadth-first tree reached it by.
+    tree: &'a [u32],
     modules: FxHashMap<u32, String>,
     memo: FxHashMap<u32, Named>,
 }
@@ -54,7 +69,7 @@ impl<'a> Namer<'a> {
         mem: Mem<'a>,
         l: &'a Layout,
         walk: &'a Walk,
-        tree: &'a Bfs,
+        tree: &'a [u32],
         modules: &[(String, u32)],
     ) -> Namer<'a> {
         Namer {
@@ -68,19 +83,12 @@ impl<'a> Namer<'a> {
     }
 
     fn kind(&self, i: u32) -> Kind {
-        self.walk
-            .objs
-            .get(i as usize)
-            .and_then(|o| self.walk.types.get(o.ty as usize))
-            .map(|t| t.kind)
-            .unwrap_or(Kind::Other)
+        self.walk.kind(i)
     }
 
     fn type_name(&self, i: u32) -> &str {
         self.walk
-            .objs
-            .get(i as usize)
-            .and_then(|o| self.walk.types.get(o.ty as usize))
+            .type_of(i)
             .map(|t| t.name.as_str())
             .unwrap_or("object")
     }
@@ -89,14 +97,39 @@ impl<'a> Namer<'a> {
         if self.kind(k) != Kind::Str {
             return None;
         }
-        let addr = self.walk.objs.get(k as usize)?.addr;
+        let addr = self.walk.objs.addr(k)?;
         read_ascii(self.mem, self.l, addr, 32).filter(|s| printable_key(s))
     }
 
+    /// The tree parent of `i` and the label of the edge it was reached by.
     fn parent(&self, i: u32) -> (u32, Label) {
-        let p = self.tree.parent.get(i as usize).copied().unwrap_or(NONE);
-        let l = self.tree.label.get(i as usize).copied().unwrap_or(0);
-        (p, decode(l))
+        let g = &self.walk.graph;
+        let Some(pos) = self
+            .tree
+            .get(i as usize)
+            .filter(|&&k| k != NONE)
+            .map(|&k| k as usize)
+        else {
+            return (NONE, Label::None);
+        };
+        let (Some(&e), Some(p)) = (g.edges.get(pos), g.source_of(pos)) else {
+            return (NONE, Label::None);
+        };
+        let label = match kind(e) {
+            EdgeKind::None => Label::None,
+            // Lists, tuples and deques have only item edges, in order.
+            EdgeKind::Item => Label::Item((pos - g.range(p).0) as u32),
+            // The key's edge comes right before its value's.
+            EdgeKind::Value => match pos.checked_sub(1).and_then(|k| g.edges.get(k)) {
+                Some(&k) => Label::Key(target(k)),
+                None => Label::None,
+            },
+            EdgeKind::KeyRef => Label::KeyRef,
+            EdgeKind::Attrs => Label::Attrs,
+            EdgeKind::Lru => Label::Lru,
+            EdgeKind::Cell => Label::Cell,
+        };
+        (p, label)
     }
 
     /// Best path from a root to object `i`.

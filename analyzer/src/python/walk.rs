@@ -1,6 +1,10 @@
 //! Walking the object graph: every GC-tracked object from the generation lists, every other object
 //! (str, int, float, bytes, untracked tuples and dicts) through the references of the ones found.
 //! Precise edges for the types whose layout we know, a conservative word scan for the others.
+//!
+//! Every size is checked against what the object's type and memory allow: a count read from a
+//! field that is not a count (a generator has none since 3.11), or one that would run past the
+//! object's mapping, marks the size untrusted instead of inflating the census.
 
 use std::rc::Rc;
 
@@ -8,64 +12,18 @@ use rustc_hash::FxHashMap;
 
 use super::layout::{flags, DictKeys, InstanceDict, Layout};
 use super::mem::{byte, le64, plausible, u32_at, word, Mem};
+pub use super::table::MAX_OBJECTS;
+use super::table::{pack, AddrIndex, EdgeKind, Graph, Objects, MAX_EDGES};
+use crate::budget::{self, OverBudget};
 
-/// Hard cap on objects, so a corrupt heap cannot make us allocate without bound.
-pub const MAX_OBJECTS: usize = 1 << 29;
 /// Cap on items read from one container.
 const MAX_ITEMS: u64 = 1 << 26;
 /// Cap on words scanned conservatively in one object.
 const MAX_SCAN_WORDS: u64 = 2048;
-
-// Edge labels: a tag in the top two bits, a payload below.
-pub const L_NONE: u32 = 0;
-const TAG_MASK: u32 = 3 << 30;
-const TAG_KEY: u32 = 1 << 30;
-const TAG_ITEM: u32 = 2 << 30;
-const TAG_SPECIAL: u32 = 3 << 30;
-const PAYLOAD: u32 = (1 << 30) - 1;
-/// Object → its attribute dict (module `__dict__`, class `__dict__`, instance `__dict__`).
-pub const L_ATTRS: u32 = TAG_SPECIAL | 1;
-/// Dict → one of its keys.
-pub const L_KEYREF: u32 = TAG_SPECIAL | 2;
-/// lru_cache wrapper → its cache dict.
-pub const L_LRU: u32 = TAG_SPECIAL | 3;
-/// Cell → its content.
-pub const L_CELL: u32 = TAG_SPECIAL | 4;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Label {
-    None,
-    /// Value stored under the key with this object index.
-    Key(u32),
-    Item(u32),
-    Attrs,
-    KeyRef,
-    Lru,
-    Cell,
-}
-
-pub fn decode(l: u32) -> Label {
-    match l & TAG_MASK {
-        TAG_KEY => Label::Key(l & PAYLOAD),
-        TAG_ITEM => Label::Item(l & PAYLOAD),
-        TAG_SPECIAL => match l {
-            L_ATTRS => Label::Attrs,
-            L_KEYREF => Label::KeyRef,
-            L_LRU => Label::Lru,
-            L_CELL => Label::Cell,
-            _ => Label::None,
-        },
-        _ => Label::None,
-    }
-}
-
-fn key_label(k: u32) -> u32 {
-    TAG_KEY | (k & PAYLOAD)
-}
-
-fn item_label(i: u64) -> u32 {
-    TAG_ITEM | (i.min(PAYLOAD as u64) as u32)
-}
+/// Locals plus stack slots of one frame: CPython's own limits are far below.
+const MAX_FRAME_SLOTS: u64 = 1 << 16;
+/// How often (in objects) the walk checks the memory budget.
+const BUDGET_EVERY: usize = 1 << 16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -86,6 +44,12 @@ pub enum Kind {
     Instance,
     LruCache,
     Function,
+    /// generator, coroutine, async_generator: since 3.11 they embed their frame.
+    Generator,
+    /// A frame object: since 3.11 it embeds its interpreter frame too.
+    Frame,
+    /// `re.Match`: `ob_size` is twice its `groups` field.
+    Match,
 }
 
 impl Kind {
@@ -111,12 +75,35 @@ pub struct TypeInfo {
     pub static_base: String,
 }
 
+/// The parts of a [`TypeInfo`] that parsing an object needs, copied per object (no name).
 #[derive(Debug, Clone, Copy)]
-pub struct Obj {
-    pub addr: u64,
-    pub size: u64,
-    pub ty: u32,
-    pub items: u32,
+pub struct Shape {
+    pub kind: Kind,
+    pub basicsize: u64,
+    pub itemsize: u64,
+    pub flags: u64,
+    pub dictoffset: i64,
+    pub heap: bool,
+    pub cached_keys: u64,
+    pub static_base_size: u64,
+    /// An `OrderedDict` (or subclass): its linked list costs about 40 bytes an item.
+    pub ordered: bool,
+}
+
+impl TypeInfo {
+    pub fn shape(&self) -> Shape {
+        Shape {
+            kind: self.kind,
+            basicsize: self.basicsize,
+            itemsize: self.itemsize,
+            flags: self.flags,
+            dictoffset: self.dictoffset,
+            heap: self.heap,
+            cached_keys: self.cached_keys,
+            static_base_size: self.static_base_size,
+            ordered: self.static_base.contains("OrderedDict"),
+        }
+    }
 }
 
 /// Counters of what could not be read; turned into notes.
@@ -126,17 +113,26 @@ pub struct Damage {
     pub gc_broken_lists: u64,
     pub bad_contents: u64,
     pub dangling: u64,
+    /// Objects whose size failed validation: counted, but kept out of retained sizes.
+    pub untrusted_sizes: u64,
     pub capped: bool,
 }
 
 pub struct Walk {
     pub types: Vec<TypeInfo>,
-    pub objs: Vec<Obj>,
-    /// CSR: edges of object `i` are `targets[starts[i]..starts[i+1]]`.
-    pub starts: Vec<u32>,
-    pub targets: Vec<u32>,
-    pub labels: Vec<u32>,
+    pub objs: Objects,
+    pub graph: Graph,
     pub damage: Damage,
+}
+
+impl Walk {
+    pub fn type_of(&self, i: u32) -> Option<&TypeInfo> {
+        self.objs.ty(i).and_then(|t| self.types.get(t as usize))
+    }
+
+    pub fn kind(&self, i: u32) -> Kind {
+        self.type_of(i).map_or(Kind::Other, |t| t.kind)
+    }
 }
 
 pub struct Walker<'a> {
@@ -145,11 +141,10 @@ pub struct Walker<'a> {
     type_type: u64,
     types: Vec<TypeInfo>,
     type_index: FxHashMap<u64, Option<u32>>,
-    objs: Vec<Obj>,
-    pub index: FxHashMap<u64, u32>,
-    starts: Vec<u32>,
-    targets: Vec<u32>,
-    labels: Vec<u32>,
+    last_type: (u64, u32),
+    objs: Objects,
+    index: AddrIndex,
+    graph: Graph,
     shared_keys: FxHashMap<u64, Rc<[u64]>>,
     damage: Damage,
     scratch: Vec<(u64, u64)>,
@@ -190,6 +185,18 @@ impl<'a> Walker<'a> {
         self.rd(addr, n.checked_mul(8)?).map(Words)
     }
 
+    /// Bytes from `addr` to the end of its mapping (0 when unmapped).
+    fn room(&mut self, addr: u64) -> u64 {
+        let (s, e, _) = self.span;
+        if addr >= s && addr < e {
+            return e - addr;
+        }
+        self.mem
+            .img
+            .mapping_at(addr)
+            .map_or(0, |m| m.end.saturating_sub(addr))
+    }
+
     pub fn new(mem: Mem<'a>, l: Layout, type_type: u64) -> Walker<'a> {
         Walker {
             mem,
@@ -197,11 +204,10 @@ impl<'a> Walker<'a> {
             type_type,
             types: Vec::new(),
             type_index: FxHashMap::default(),
-            objs: Vec::new(),
-            index: FxHashMap::default(),
-            starts: Vec::new(),
-            targets: Vec::new(),
-            labels: Vec::new(),
+            last_type: (0, 0),
+            objs: Objects::default(),
+            index: AddrIndex::default(),
+            graph: Graph::default(),
             shared_keys: FxHashMap::default(),
             damage: Damage::default(),
             scratch: Vec::new(),
@@ -209,40 +215,47 @@ impl<'a> Walker<'a> {
         }
     }
 
+    fn table_bytes(&self) -> usize {
+        self.objs.heap_bytes() + self.graph.heap_bytes() + self.index.heap_bytes()
+    }
+
     /// Walk every generation list, then everything they reference.
-    pub fn run(mut self, gc_heads: &[u64], extra_roots: &[u64]) -> Walk {
+    pub fn run(mut self, gc_heads: &[u64], extra_roots: &[u64]) -> Result<Walk, OverBudget> {
         for &h in gc_heads {
             self.walk_gc_list(h);
         }
         for &r in extra_roots {
             self.intern(r);
         }
-        // Non-GC objects (str, int, float, ...) typically outnumber the tracked ones.
-        let expect = self.objs.len().saturating_mul(3).min(MAX_OBJECTS);
-        self.index.reserve(expect);
-        self.objs.reserve(expect);
-        self.starts.reserve(expect);
         let mut next = 0usize;
         while next < self.objs.len() {
-            self.starts.push(self.targets.len() as u32);
-            self.parse(next);
+            self.graph.starts.push(self.graph.edges.len() as u32);
+            self.parse(next as u32);
             next += 1;
-            if self.targets.len() > (u32::MAX as usize) - 1_000_000 {
+            if self.graph.edges.len() > MAX_EDGES {
                 self.damage.capped = true;
                 break;
             }
+            if next % BUDGET_EVERY == 0 {
+                let held = self.table_bytes();
+                // Room for the tables' next doubling and the 4 bytes per object of what follows.
+                let ahead = self.objs.len() * 8;
+                budget::check(ahead, held, "walking the heap", self.objs.len())?;
+            }
         }
-        while self.starts.len() <= self.objs.len() {
-            self.starts.push(self.targets.len() as u32);
+        while self.graph.starts.len() <= self.objs.len() {
+            self.graph.starts.push(self.graph.edges.len() as u32);
         }
-        Walk {
+        // The address index is only needed while objects are being found.
+        drop(self.index);
+        self.graph.starts.shrink_to_fit();
+        self.graph.edges.shrink_to_fit();
+        Ok(Walk {
             types: self.types,
             objs: self.objs,
-            starts: self.starts,
-            targets: self.targets,
-            labels: self.labels,
+            graph: self.graph,
             damage: self.damage,
-        }
+        })
     }
 
     fn walk_gc_list(&mut self, head: u64) {
@@ -255,7 +268,7 @@ impl<'a> Walker<'a> {
                 broken = true;
                 break;
             }
-            if self.index.contains_key(&(cur + 16)) {
+            if self.index.get(cur + 16).is_some() {
                 // Already seen: a cycle not through the head (corruption) or another list's object.
                 broken = true;
                 break;
@@ -277,7 +290,7 @@ impl<'a> Walker<'a> {
             let mut cur = self.rd_u64(head + 8).map(|p| p & !3).unwrap_or(0);
             let mut steps = 0usize;
             while cur != head && plausible(cur) && steps < MAX_OBJECTS {
-                if self.index.contains_key(&(cur + 16)) {
+                if self.index.get(cur + 16).is_some() {
                     break;
                 }
                 if self.intern(cur + 16).is_none() {
@@ -297,7 +310,7 @@ impl<'a> Walker<'a> {
         if !plausible(addr) {
             return None;
         }
-        if let Some(&i) = self.index.get(&addr) {
+        if let Some(i) = self.index.get(addr) {
             return Some(i);
         }
         if self.objs.len() >= MAX_OBJECTS {
@@ -306,34 +319,40 @@ impl<'a> Walker<'a> {
         }
         let t = self.rd_u64(addr + 8)?;
         let ty = self.type_info(t)?;
-        let i = self.objs.len() as u32;
-        self.objs.push(Obj {
-            addr,
-            size: 0,
-            ty,
-            items: 0,
-        });
+        let i = self.objs.push(addr, ty);
         self.index.insert(addr, i);
         Some(i)
     }
 
-    fn edge(&mut self, target: u64, label: u32) -> Option<u32> {
+    fn edge(&mut self, target: u64, kind: EdgeKind) -> Option<u32> {
         let t = self.intern(target)?;
-        self.targets.push(t);
-        self.labels.push(label);
+        self.graph.edges.push(pack(t, kind));
         Some(t)
     }
 
     /// Precise edge: a miss is a dangling reference worth counting.
-    fn pedge(&mut self, target: u64, label: u32) -> Option<u32> {
+    fn pedge(&mut self, target: u64, kind: EdgeKind) -> Option<u32> {
         if target == 0 {
             return None;
         }
-        let r = self.edge(target, label);
+        let r = self.edge(target, kind);
         if r.is_none() {
             self.damage.dangling += 1;
         }
         r
+    }
+
+    /// A dict entry: the key's edge, then the value's, labelled by that key when it was found.
+    fn entry_edges(&mut self, key: u64, value: u64, key_found: bool) {
+        let k = key_found
+            .then(|| self.pedge(key, EdgeKind::KeyRef))
+            .flatten();
+        let kind = if k.is_some() {
+            EdgeKind::Value
+        } else {
+            EdgeKind::None
+        };
+        self.pedge(value, kind);
     }
 
     /// Words in `[from, to)` of the object that point to objects.
@@ -347,7 +366,7 @@ impl<'a> Walker<'a> {
         };
         for w in ws.iter() {
             if w != o && plausible(w) && self.mem.readable(w) {
-                self.edge(w, L_NONE);
+                self.edge(w, EdgeKind::None);
             }
         }
     }
@@ -355,7 +374,14 @@ impl<'a> Walker<'a> {
     // ---- types ----
 
     fn type_info(&mut self, t: u64) -> Option<u32> {
+        // Objects found together are mostly of one type (a list's tuples, their strs).
+        if self.last_type.0 == t {
+            return Some(self.last_type.1);
+        }
         if let Some(&r) = self.type_index.get(&t) {
+            if let Some(i) = r {
+                self.last_type = (t, i);
+            }
             return r;
         }
         // Insert a provisional miss first: protects against metatype cycles in corrupt data.
@@ -440,6 +466,9 @@ impl<'a> Walker<'a> {
                 "cell" => Some(Kind::Cell),
                 "function" => Some(Kind::Function),
                 "functools._lru_cache_wrapper" => Some(Kind::LruCache),
+                "generator" | "coroutine" | "async_generator" => Some(Kind::Generator),
+                "frame" => Some(Kind::Frame),
+                "re.Match" | "_sre.SRE_Match" => Some(Kind::Match),
                 "dict" | "list" | "tuple" | "str" | "int" | "bytes" | "type" => Some(Kind::Other),
                 _ => None,
             };
@@ -531,49 +560,77 @@ impl<'a> Walker<'a> {
 
     // ---- objects ----
 
-    fn parse(&mut self, i: usize) {
-        let Some(&o) = self.objs.get(i) else { return };
-        let Some(ti) = self.types.get(o.ty as usize).cloned() else {
+    /// Slots (locals + stack) of the interpreter frame whose code object is at `code`, when that
+    /// is a code object with sane counts.
+    fn frame_slots(&mut self, code: u64) -> Option<u64> {
+        let f = self.l.frame?;
+        let code = code & !7; // 3.14 tags the reference in its low bits
+        let t = self.rd_u64(code.checked_add(8)?)?;
+        let ti = self.type_info(t)?;
+        if self.types.get(ti as usize)?.name != "code" {
+            return None;
+        }
+        let b = self.rd(code, (f.co_nlocalsplus + 4) as usize)?;
+        let slots = u64::from(u32_at(&b, f.co_nlocalsplus)) + u64::from(u32_at(&b, f.co_stacksize));
+        (slots <= MAX_FRAME_SLOTS).then_some(slots)
+    }
+
+    fn parse(&mut self, i: u32) {
+        let (Some(a), Some(ty)) = (self.objs.addr(i), self.objs.ty(i)) else {
             return;
         };
-        let a = o.addr;
+        let Some(s) = self.types.get(ty as usize).map(TypeInfo::shape) else {
+            return;
+        };
         let l = self.l;
         let mut items = 0u64;
         let ob_size = self.rd_u64(a + 16).unwrap_or(0) as i64;
-        let var_size = |n: u64| ti.basicsize.saturating_add(n.saturating_mul(ti.itemsize));
-        let mut size = if ti.itemsize != 0 {
-            var_size(ob_size.unsigned_abs().min(MAX_ITEMS))
-        } else {
-            ti.basicsize
-        };
-        let mut gc = ti.flags & flags::HAVE_GC != 0;
-        let mut scan_slots = ti.heap;
-        match ti.kind {
+        // The object's own block from `a`, and the blocks it owns elsewhere (item arrays, tables).
+        let mut inline = s.basicsize;
+        let mut extra = 0u64;
+        let mut trusted = true;
+        let embeds_frame = matches!(s.kind, Kind::Generator | Kind::Frame) && l.frame.is_some();
+        if s.itemsize != 0 && !embeds_frame && !matches!(s.kind, Kind::Int | Kind::Str) {
+            if ob_size < 0 {
+                trusted = false;
+            } else {
+                inline = s
+                    .basicsize
+                    .saturating_add((ob_size as u64).saturating_mul(s.itemsize));
+            }
+        }
+        let mut gc = s.flags & flags::HAVE_GC != 0;
+        let mut scan_slots = s.heap;
+        match s.kind {
             Kind::List => {
                 let n = ob_size.clamp(0, MAX_ITEMS as i64) as u64;
                 let arr = self.rd_u64(a + 24).unwrap_or(0);
-                let alloc = self.rd_u64(a + 32).unwrap_or(0).clamp(n, MAX_ITEMS);
+                let alloc = self.rd_u64(a + 32).unwrap_or(0);
                 if ob_size < 0 || ob_size as u64 > MAX_ITEMS {
                     self.damage.bad_contents += 1;
                 }
                 if n > 0 {
                     match self.rd_words(arr, n as usize) {
                         Some(ws) => {
-                            for (k, w) in ws.iter().enumerate() {
-                                self.pedge(w, item_label(k as u64));
+                            for w in ws.iter() {
+                                self.pedge(w, EdgeKind::Item);
                             }
                         }
                         None => self.damage.bad_contents += 1,
                     }
                 }
                 items = n;
-                size = ti.basicsize + alloc * 8;
+                extra = alloc.saturating_mul(8);
+                if ob_size < 0 || alloc < n || (alloc > 0 && extra > self.room(arr)) {
+                    trusted = false;
+                    extra = n * 8;
+                }
             }
             Kind::Tuple => {
                 let n = ob_size.clamp(0, MAX_ITEMS as i64) as u64;
                 if let Some(ws) = self.rd_words(a + 24, n as usize) {
-                    for (k, w) in ws.iter().enumerate() {
-                        self.pedge(w, item_label(k as u64));
+                    for w in ws.iter() {
+                        self.pedge(w, EdgeKind::Item);
                     }
                 }
                 items = n;
@@ -584,20 +641,20 @@ impl<'a> Walker<'a> {
                 match read_dict(self.mem, &l, a, &mut entries, MAX_ITEMS) {
                     Some(meta) => {
                         items = meta.used;
-                        size = ti.basicsize + meta.extra_bytes;
-                        if ti.static_base.contains("OrderedDict") {
-                            size += meta.used * 40;
+                        extra = meta.extra_bytes;
+                        if s.ordered {
+                            extra += meta.used * 40;
                         }
+                        trusted &= meta.fits;
                     }
                     None => self.damage.bad_contents += 1,
                 }
                 for &(k, v) in &entries {
-                    let kl = self.pedge(k, L_KEYREF);
-                    self.pedge(v, kl.map(key_label).unwrap_or(L_NONE));
+                    self.entry_edges(k, v, true);
                 }
                 self.scratch = entries;
                 // defaultdict's default_factory, OrderedDict's instance dict, ...
-                self.conservative(a, 48, ti.static_base_size);
+                self.conservative(a, 48, s.static_base_size);
             }
             Kind::Set => {
                 let used = self.rd_u64(a + 24).unwrap_or(0);
@@ -606,15 +663,16 @@ impl<'a> Walker<'a> {
                 let slots = mask.saturating_add(1);
                 if !slots.is_power_of_two() || slots > MAX_ITEMS || used > slots {
                     self.damage.bad_contents += 1;
+                    trusted = false;
                 } else if let Some(ws) = self.rd_words(table, (slots * 2) as usize) {
                     for (j, key) in ws.iter().enumerate() {
                         if j % 2 == 0 && key != 0 {
-                            self.edge(key, L_NONE);
+                            self.edge(key, EdgeKind::None);
                         }
                     }
                     items = used;
                     if table != a + 64 {
-                        size = ti.basicsize + slots * 16;
+                        extra = slots * 16;
                     }
                 } else {
                     self.damage.bad_contents += 1;
@@ -623,7 +681,7 @@ impl<'a> Walker<'a> {
             Kind::Deque => {
                 let (n, blocks) = self.deque(a, ob_size);
                 items = n;
-                size = ti.basicsize + blocks * 528;
+                extra = blocks * 528;
             }
             Kind::Str => {
                 let state = self
@@ -631,15 +689,20 @@ impl<'a> Walker<'a> {
                     .bytes(a + 32, 4)
                     .map(|b| u32_at(&b, 0))
                     .unwrap_or(0);
-                let kind = u64::from((state >> 2) & 7).max(1);
+                let kind = u64::from((state >> 2) & 7);
                 let compact = (state >> 5) & 1 == 1;
                 let ascii = (state >> 6) & 1 == 1;
-                let len = (ob_size.max(0) as u64).min(1 << 32);
-                size = match (compact, ascii) {
-                    (true, true) => l.unicode_ascii_size + len + 1,
-                    (true, false) => l.unicode_compact_size + (len + 1) * kind,
-                    _ => ti.basicsize + (len + 1) * kind,
-                };
+                let len = ob_size.max(0) as u64;
+                if ob_size < 0 || !matches!(kind, 1 | 2 | 4) || (ascii && kind != 1) {
+                    trusted = false;
+                }
+                let chars = len.saturating_add(1).saturating_mul(kind.max(1));
+                match (compact, ascii) {
+                    (true, true) => inline = l.unicode_ascii_size.saturating_add(chars),
+                    (true, false) => inline = l.unicode_compact_size.saturating_add(chars),
+                    // A legacy string (3.8–3.11, made by the old C API): its data is apart.
+                    _ => extra = chars,
+                }
                 gc = false;
                 scan_slots = false;
             }
@@ -649,77 +712,90 @@ impl<'a> Walker<'a> {
                 } else {
                     ob_size.unsigned_abs()
                 };
-                size = 24 + 4 * digits.clamp(1, 1 << 28);
+                inline = 24u64.saturating_add(digits.max(1).saturating_mul(4));
             }
             Kind::ByteArray => {
-                size = ti.basicsize + self.rd_u64(a + 24).unwrap_or(0).min(1 << 32);
+                let alloc = self.rd_u64(a + 24).unwrap_or(0);
+                let buf = self.rd_u64(a + 32).unwrap_or(0);
+                extra = alloc;
+                if ob_size < 0 || alloc < ob_size as u64 || (alloc > 0 && alloc > self.room(buf)) {
+                    trusted = false;
+                    extra = 0;
+                }
             }
             Kind::Bytes | Kind::Float => {}
             Kind::Module => {
                 let d = self.rd_u64(a + 16).unwrap_or(0);
-                self.pedge(d, L_ATTRS);
-                self.conservative(a, 24, ti.static_base_size);
+                self.pedge(d, EdgeKind::Attrs);
+                self.conservative(a, 24, s.static_base_size);
             }
             Kind::Cell => {
                 let c = self.rd_u64(a + 16).unwrap_or(0);
                 if c != 0 {
-                    self.pedge(c, L_CELL);
+                    self.pedge(c, EdgeKind::Cell);
                 }
             }
             Kind::Type => {
                 let own_flags = self.rd_u64(a + l.tp_flags).unwrap_or(0);
                 gc = own_flags & flags::HEAPTYPE != 0;
-                let end = if gc { ti.basicsize } else { l.tp_mro + 8 + 40 };
+                let end = if gc { s.basicsize } else { l.tp_mro + 8 + 40 };
                 let tp_dict = self.rd_u64(a + l.tp_dict).unwrap_or(0);
                 if tp_dict != 0 {
-                    self.edge(tp_dict, L_ATTRS);
+                    self.edge(tp_dict, EdgeKind::Attrs);
                 }
                 self.conservative(a, 24, end);
                 scan_slots = false;
             }
-            Kind::LruCache => {
-                // The cache is the first dict the wrapper points to (after the embedded list root).
-                let n = (ti.static_base_size / 8).min(64) as usize;
-                if let Some(ws) = self.rd_words(a, n) {
-                    let mut cache_found = false;
-                    for (k, w) in ws.iter().enumerate().skip(2) {
-                        if !plausible(w) || w == a || !self.mem.readable(w) {
-                            continue;
-                        }
-                        let is_dict = k >= 7
-                            && !cache_found
-                            && self.intern(w).is_some_and(|t| {
-                                self.objs
-                                    .get(t as usize)
-                                    .and_then(|o| self.types.get(o.ty as usize))
-                                    .is_some_and(|ti| ti.kind == Kind::Dict)
-                            });
-                        if is_dict {
-                            cache_found = true;
-                            self.edge(w, L_LRU);
-                        } else {
-                            self.edge(w, L_NONE);
-                        }
-                    }
+            Kind::LruCache => self.lru_cache(a, s.static_base_size),
+            Kind::Generator | Kind::Frame if embeds_frame => {
+                // Since 3.11 the frame lives inside the object (its slots follow `basicsize`) and
+                // no field holds a count: the size comes from the frame's code object. A frame
+                // object reaches its frame through `f_frame`, which may live on a thread's stack.
+                let f = l.frame.unwrap_or_default();
+                let frame = if s.kind == Kind::Frame {
+                    self.rd_u64(a + 24).unwrap_or(0)
+                } else {
+                    (a + s.basicsize).saturating_sub(f.localsplus)
+                };
+                let code = self.rd_u64(frame.saturating_add(f.code)).unwrap_or(0);
+                match self.frame_slots(code) {
+                    Some(slots) => inline = s.basicsize + slots * 8,
+                    None => trusted = false,
                 }
+                self.conservative(a, 16, inline.min(MAX_SCAN_WORDS * 8));
             }
-            Kind::Function | Kind::Other => {
-                let end = size.min(MAX_SCAN_WORDS * 8);
-                if gc || ti.kind == Kind::Function {
+            Kind::Match => {
+                // `ob_size` is twice `groups` (the pattern's groups plus the whole match): anything
+                // else is not a live match.
+                let groups = self.rd_u64(a + 72).unwrap_or(u64::MAX);
+                if groups == 0 || groups >= 1 << 16 || ob_size as u64 != 2 * groups {
+                    trusted = false;
+                    inline = s.basicsize;
+                }
+                self.conservative(a, 24, 48);
+            }
+            Kind::Function | Kind::Other | Kind::Generator | Kind::Frame => {
+                let end = inline.min(MAX_SCAN_WORDS * 8);
+                if gc || s.kind == Kind::Function {
                     self.conservative(a, 16, end);
                 }
             }
             Kind::Instance => {}
         }
-        if ti.heap {
-            let extra = self.instance_dict(a, &ti, ob_size);
-            size += extra;
-            if scan_slots && ti.kind != Kind::Instance {
-                self.conservative(a, ti.static_base_size, ti.basicsize);
+        if s.heap {
+            extra = extra.saturating_add(self.instance_dict(a, &s, ob_size));
+            if scan_slots && s.kind != Kind::Instance {
+                self.conservative(a, s.static_base_size, s.basicsize);
             } else if scan_slots {
-                self.conservative(a, 16, ti.basicsize);
+                self.conservative(a, 16, s.basicsize);
             }
         }
+        // What the object's block claims must lie in its memory.
+        if inline > self.room(a) {
+            trusted = false;
+            inline = s.basicsize;
+        }
+        let mut size = inline.saturating_add(extra);
         if gc {
             size += 16;
         }
@@ -730,13 +806,42 @@ impl<'a> Walker<'a> {
                 } else {
                     0
                 };
-            if ti.flags & managed != 0 {
+            if s.flags & managed != 0 {
                 size += l.pre_header;
             }
         }
-        if let Some(ob) = self.objs.get_mut(i) {
-            ob.size = size.min(1 << 40).div_ceil(8) * 8;
-            ob.items = items.min(u32::MAX as u64) as u32;
+        if !trusted {
+            self.damage.untrusted_sizes += 1;
+        }
+        self.objs.set_size(i, size, trusted);
+        self.objs.set_items(i, items);
+    }
+
+    fn lru_cache(&mut self, a: u64, static_base_size: u64) {
+        // The cache is the first dict the wrapper points to (after the embedded list root).
+        let n = (static_base_size / 8).min(64) as usize;
+        let Some(ws) = self.rd_words(a, n) else {
+            return;
+        };
+        let mut cache_found = false;
+        for (k, w) in ws.iter().enumerate().skip(2) {
+            if !plausible(w) || w == a || !self.mem.readable(w) {
+                continue;
+            }
+            let is_dict = k >= 7
+                && !cache_found
+                && self.intern(w).is_some_and(|t| {
+                    self.objs
+                        .ty(t)
+                        .and_then(|ty| self.types.get(ty as usize))
+                        .is_some_and(|ti| ti.kind == Kind::Dict)
+                });
+            if is_dict {
+                cache_found = true;
+                self.edge(w, EdgeKind::Lru);
+            } else {
+                self.edge(w, EdgeKind::None);
+            }
         }
     }
 
@@ -768,7 +873,7 @@ impl<'a> Walker<'a> {
             let mut k = index.min(64);
             while k <= last && left > 0 {
                 if let Some(w) = ws.get(1 + k as usize) {
-                    self.pedge(w, item_label(len - left));
+                    self.pedge(w, EdgeKind::Item);
                 }
                 left -= 1;
                 k += 1;
@@ -783,7 +888,7 @@ impl<'a> Walker<'a> {
     }
 
     /// Edges to instance attributes; returns bytes of separately allocated values.
-    fn instance_dict(&mut self, a: u64, ti: &TypeInfo, ob_size: i64) -> u64 {
+    fn instance_dict(&mut self, a: u64, ti: &Shape, ob_size: i64) -> u64 {
         let l = self.l;
         let managed = ti.flags & flags::MANAGED_DICT != 0;
         match l.instance_dict {
@@ -805,7 +910,7 @@ impl<'a> Walker<'a> {
                 };
                 let d = self.rd_u64(a + off).unwrap_or(0);
                 if d != 0 {
-                    self.pedge(d, L_ATTRS);
+                    self.pedge(d, EdgeKind::Attrs);
                 }
                 0
             }
@@ -819,7 +924,7 @@ impl<'a> Walker<'a> {
                     (slot, 0)
                 };
                 if dict != 0 {
-                    self.pedge(dict, L_ATTRS);
+                    self.pedge(dict, EdgeKind::Attrs);
                     0
                 } else if values != 0 {
                     let n = self.values_edges(a, ti.cached_keys, values, u64::MAX);
@@ -843,7 +948,7 @@ impl<'a> Walker<'a> {
                     extra = 8 + capacity * 9;
                 }
                 if dict != 0 {
-                    self.pedge(dict, L_ATTRS);
+                    self.pedge(dict, EdgeKind::Attrs);
                 } else if let Some(h) = hdr {
                     let capacity = u64::from(byte(&h, 0));
                     if byte(&h, 3) != 0 {
@@ -872,12 +977,7 @@ impl<'a> Walker<'a> {
                 continue;
             }
             let key = names.get(k).copied().unwrap_or(0);
-            let kl = if key != 0 {
-                self.edge(key, L_KEYREF)
-            } else {
-                None
-            };
-            self.pedge(v, kl.map(key_label).unwrap_or(L_NONE));
+            self.entry_edges(key, v, key != 0);
         }
         n
     }
@@ -901,6 +1001,8 @@ pub struct DictMeta {
     pub used: u64,
     /// Key table and values array when owned by this dict.
     pub extra_bytes: u64,
+    /// The tables it owns lie within their memory.
+    pub fits: bool,
 }
 
 fn usable(size: u64) -> u64 {
@@ -991,9 +1093,16 @@ pub fn read_dict(
         }
     }
     let mut extra = 0;
+    let room = |at: u64| {
+        mem.img
+            .mapping_at(at)
+            .map_or(0, |m| m.end.saturating_sub(at))
+    };
+    let mut fits = true;
     if values == 0 {
         if !static_keys {
             extra += table_bytes;
+            fits = table_bytes <= room(keys);
         }
     } else {
         let embedded =
@@ -1005,6 +1114,7 @@ pub fn read_dict(
     Some(DictMeta {
         used: used.min(MAX_ITEMS),
         extra_bytes: extra,
+        fits: fits && used <= MAX_ITEMS,
     })
 }
 

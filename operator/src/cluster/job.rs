@@ -13,6 +13,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
+use leakhunt_analyzer::util::human_bytes;
 
 use crate::crd::{LeakReport, SnapshotRecord};
 
@@ -37,12 +38,72 @@ pub struct JobTemplate {
     pub timeout: Duration,
     pub ttl: Duration,
     pub memory_request: String,
+    /// The least memory limit a Job gets; a bigger pair gets more, up to `memory_max`.
     pub memory_limit: String,
+    pub memory_max: String,
     pub cpu_request: String,
     pub cpu_limit: String,
     pub log: String,
     /// The operator's Deployment: analyzer Jobs are owned by it, so they go when the chart goes.
     pub owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
+}
+
+/// What the analysis holds per byte of the two snapshots it diffs, with margin: both heaps are
+/// walked at once, about 0.75 bytes of tables per snapshot byte for a CPython heap of small
+/// objects (docs/benchmarks.md, "big heaps").
+const JOB_BYTES_PER_SNAPSHOT_BYTE: f64 = 1.0;
+/// The binary, the Kubernetes client and the page tables of the mapped snapshots.
+const JOB_OVERHEAD: u64 = 128 << 20;
+/// The analyzer refuses (a clear error in the report) past this share of its limit, before the
+/// kernel would OOM-kill it.
+const BUDGET_SHARE: f64 = 0.85;
+
+/// The memory limit of the Job for a pair whose snapshot files are `a_size` and `b_size` bytes:
+/// what the diff needs, never below the chart's limit `floor`, never above its maximum `max`.
+pub fn job_memory(a_size: i64, b_size: i64, floor: u64, max: u64) -> u64 {
+    let snapshots = (a_size.max(0) as u64).saturating_add(b_size.max(0) as u64);
+    let need =
+        ((snapshots as f64 * JOB_BYTES_PER_SNAPSHOT_BYTE) as u64).saturating_add(JOB_OVERHEAD);
+    need.clamp(floor, max.max(floor))
+}
+
+/// `--memory-budget` for a Job limited to `limit` bytes.
+pub fn job_budget(limit: u64) -> u64 {
+    (limit as f64 * BUDGET_SHARE) as u64
+}
+
+/// The memory limit of an analyzer Job, in bytes.
+pub fn limit_of(job: &Job) -> Option<u64> {
+    let c = job
+        .spec
+        .as_ref()?
+        .template
+        .spec
+        .as_ref()?
+        .containers
+        .first()?;
+    let q = c.resources.as_ref()?.limits.as_ref()?.get("memory")?;
+    crate::hunt::cli::parse_size(&q.0).ok()
+}
+
+/// Whether the analyzer container of one of the Job's pods was OOM-killed.
+pub fn oom_killed(pods: &[k8s_openapi::api::core::v1::Pod]) -> bool {
+    pods.iter()
+        .filter_map(|p| p.status.as_ref()?.container_statuses.as_ref())
+        .flatten()
+        .filter(|c| c.name == "analyzer")
+        .flat_map(|c| [c.state.as_ref(), c.last_state.as_ref()])
+        .flatten()
+        .filter_map(|s| s.terminated.as_ref())
+        .any(|t| t.reason.as_deref() == Some("OOMKilled"))
+}
+
+/// The report's words for an OOM-killed analyzer Job: its limit, and what to raise.
+pub fn oom_text(limit: Option<u64>, max: &str) -> String {
+    let limit = limit.map_or_else(|| "its limit".into(), human_bytes);
+    format!(
+        "the analyzer Job was OOM-killed at its memory limit of {limit}: the snapshot pair needs more; raise the chart's analyzer.maxMemory (now {max}), which bounds the limit the operator sizes from the snapshots"
+    )
 }
 
 /// One Job per snapshot pair: named after B's digest, so creating it twice is harmless.
@@ -105,6 +166,10 @@ pub fn analyzer_job(
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
+    let parse = |q: &str| crate::hunt::cli::parse_size(q).unwrap_or(1 << 30);
+    let limit = job_memory(a.size, b.size, parse(&t.memory_limit), parse(&t.memory_max));
+    let request = parse(&t.memory_request).min(limit);
+    let (limit_q, request_q) = (limit.to_string(), request.to_string());
     let quantities = |cpu: &str, memory: &str| {
         let mut m = BTreeMap::new();
         m.insert("cpu".to_string(), Quantity(cpu.to_string()));
@@ -123,6 +188,8 @@ pub fn analyzer_job(
         a.sha256.clone(),
         "--sha256-after".into(),
         b.sha256.clone(),
+        "--memory-budget".into(),
+        job_budget(limit).to_string(),
     ];
     let container = Container {
         name: "analyzer".into(),
@@ -144,8 +211,8 @@ pub fn analyzer_job(
             },
         ]),
         resources: Some(ResourceRequirements {
-            requests: quantities(&t.cpu_request, &t.memory_request),
-            limits: quantities(&t.cpu_limit, &t.memory_limit),
+            requests: quantities(&t.cpu_request, &request_q),
+            limits: quantities(&t.cpu_limit, &limit_q),
             ..Default::default()
         }),
         volume_mounts: Some(vec![
@@ -311,6 +378,7 @@ mod tests {
             ttl: Duration::from_secs(3600),
             memory_request: "256Mi".into(),
             memory_limit: "1Gi".into(),
+            memory_max: "8Gi".into(),
             cpu_request: "100m".into(),
             cpu_limit: "1".into(),
             log: "info".into(),
@@ -379,6 +447,78 @@ mod tests {
         assert!(
             pair_dir(&template(), &a, &b).is_none(),
             "no way out through .."
+        );
+    }
+
+    #[test]
+    fn job_memory_follows_the_pair_within_floor_and_max() {
+        let (gi, mi) = (1u64 << 30, 1u64 << 20);
+        // Small pairs get the chart's limit; a 1 GiB pair gets what the diff needs.
+        assert_eq!(job_memory(100 * mi as i64, 120 * mi as i64, gi, 8 * gi), gi);
+        let big = job_memory(gi as i64, gi as i64, gi, 8 * gi);
+        assert_eq!(big, 2 * gi + 128 * mi);
+        assert_eq!(
+            job_memory(20 * gi as i64, 20 * gi as i64, gi, 8 * gi),
+            8 * gi
+        );
+        assert_eq!(job_memory(-1, -1, gi, 0), gi);
+        assert!(job_budget(big) < big && job_budget(big) > big / 2);
+    }
+
+    #[test]
+    fn a_big_pair_gets_a_bigger_job_and_a_budget() {
+        let mut report = LeakReport::new(
+            "deployment-web",
+            LeakReportSpec {
+                workload: WorkloadRef::new("apps/v1", "Deployment", "web"),
+                container: None,
+            },
+        );
+        report.metadata.namespace = Some("shop".into());
+        let mut a = snap("A", "n1", "aa");
+        let mut b = snap("B", "n1", "bb");
+        a.size = 1 << 30;
+        b.size = 1 << 30;
+        let job = analyzer_job(&template(), &report, &a, &b).unwrap();
+        let limit = limit_of(&job).unwrap();
+        assert_eq!(limit, job_memory(a.size, b.size, 1 << 30, 8 << 30));
+        let args = job.spec.unwrap().template.spec.unwrap().containers[0]
+            .args
+            .clone()
+            .unwrap();
+        let i = args.iter().position(|a| a == "--memory-budget").unwrap();
+        assert_eq!(args[i + 1], job_budget(limit).to_string());
+    }
+
+    #[test]
+    fn an_oom_killed_analyzer_is_named() {
+        use k8s_openapi::api::core::v1::{
+            ContainerState, ContainerStateTerminated, ContainerStatus, Pod, PodStatus,
+        };
+        let pod = |reason: &str| Pod {
+            status: Some(PodStatus {
+                container_statuses: Some(vec![ContainerStatus {
+                    name: "analyzer".into(),
+                    state: Some(ContainerState {
+                        terminated: Some(ContainerStateTerminated {
+                            reason: Some(reason.into()),
+                            exit_code: 137,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(oom_killed(&[pod("Error"), pod("OOMKilled")]));
+        assert!(!oom_killed(&[pod("Error")]));
+        let text = oom_text(Some(1 << 30), "8Gi");
+        assert!(
+            text.contains("1.0 GiB") && text.contains("analyzer.maxMemory"),
+            "{text}"
         );
     }
 

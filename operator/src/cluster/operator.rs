@@ -521,8 +521,23 @@ async fn analyzing(
         }
         JobOutcome::Failed { reason, message } => {
             record_job_duration(ctx, &existing);
-            let text = job::failure_text(&reason, &message, ctx.cfg.job.timeout);
-            mark_failed(ctx, report, Some(&b.sha256), "AnalysisFailed", &text).await?;
+            // The Job's condition does not say why its container died: its pod does.
+            let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ctx.cfg.job.namespace);
+            let lp = ListParams::default().labels(&format!("job-name={}", existing.name_any()));
+            let oom = match pods.list(&lp).await {
+                Ok(list) => job::oom_killed(&list.items),
+                Err(e) => {
+                    tracing::warn!(error = %e, job = %existing.name_any(), "cannot read the analyzer pods");
+                    false
+                }
+            };
+            if oom {
+                let text = job::oom_text(job::limit_of(&existing), &ctx.cfg.job.memory_max);
+                mark_failed(ctx, report, Some(&b.sha256), "AnalyzerOOMKilled", &text).await?;
+            } else {
+                let text = job::failure_text(&reason, &message, ctx.cfg.job.timeout);
+                mark_failed(ctx, report, Some(&b.sha256), "AnalysisFailed", &text).await?;
+            }
             Ok(Action::await_change())
         }
     }

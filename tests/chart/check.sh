@@ -336,6 +336,7 @@ rejects "alerts.webhook.format=xml" "/alerts/webhook/format" --set alerts.webhoo
 rejects "an allowed URL prefix that is not http(s)" "/alerts/allowedUrlPrefixes/0" --set 'alerts.allowedUrlPrefixes={ftp://x}'
 
 rejects "analyzer memory limit 'lots'" "/analyzer/resources/limits/memory" --set analyzer.resources.limits.memory=lots
+rejects "analyzer maxMemory 'lots'" "/analyzer/maxMemory" --set analyzer.maxMemory=lots
 rejects "an unknown top-level key" "additional properties 'colour'" --set colour=blue
 rejects "an unknown operator key" "additional properties 'replica'" --set operator.replica=2
 rejects "a comma in an Alertmanager label" "/alerts/alertmanager/labels" --set-string 'alerts.alertmanager.labels.team=a\,b'

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use leakhunt_analyzer::capture::{self, CaptureOptions};
-use leakhunt_analyzer::util::human_bytes;
+use leakhunt_analyzer::util::{human_bytes, parse_size};
 use leakhunt_analyzer::{analysis, budget, report, LiveProcess};
 
 // Counts what the analysis holds, for --memory-budget and --stats.
@@ -92,31 +92,6 @@ struct Limits {
     /// Print the analysis's peak memory (allocations, not the mapped snapshot) and time to stderr.
     #[arg(long)]
     stats: bool,
-}
-
-/// `512Mi`, `2G`, `1.5GiB`, `1000000`.
-fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let v: f64 = num.parse().map_err(|_| format!("not a size: {s:?}"))?;
-    let mult: f64 = match unit.trim() {
-        "" | "B" => 1.0,
-        "K" | "k" | "KB" => 1e3,
-        "M" | "MB" => 1e6,
-        "G" | "GB" => 1e9,
-        "Ki" | "KiB" => 1024.0,
-        "Mi" | "MiB" => 1024.0 * 1024.0,
-        "Gi" | "GiB" => 1024.0 * 1024.0 * 1024.0,
-        u => {
-            return Err(format!(
-                "unknown size unit {u:?} in {s:?} (use Ki, Mi, Gi, K, M, G)"
-            ))
-        }
-    };
-    Ok((v * mult) as u64)
 }
 
 impl Limits {

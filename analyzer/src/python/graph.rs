@@ -11,6 +11,7 @@
 use std::collections::VecDeque;
 
 use super::table::{target, Bits, Graph, Objects, RankedSet};
+use crate::budget::{self, OverBudget};
 
 pub const NONE: u32 = u32::MAX;
 
@@ -81,15 +82,24 @@ impl Retained {
 
 /// Bytes the dominator computation will allocate for a graph with `nonleaf` objects that have
 /// out-edges and `edges` edges: checked against the memory budget before it starts.
-pub fn dominator_bytes(nonleaf: usize, edges: usize) -> usize {
+fn dominator_bytes(nonleaf: usize, edges: usize) -> usize {
     24 * (nonleaf + 1) + 4 * edges
 }
 
 /// The roots, in order: the modules, then each object nothing references, then one object of each
 /// cycle no earlier root reaches. Everything is reachable from them.
-pub fn retained_sizes(g: &Graph, objs: &Objects, modules: &[u32]) -> (Retained, Vec<u32>) {
+pub fn retained_sizes(
+    g: &Graph,
+    objs: &Objects,
+    modules: &[u32],
+) -> Result<(Retained, Vec<u32>), OverBudget> {
     let n = objs.len();
     let nonleaf = RankedSet::new(n, |v| !g.is_leaf(v));
+    budget::reserve(
+        dominator_bytes(nonleaf.len(), g.edges.len()),
+        "the dominator tree",
+        n,
+    )?;
     let rank = |v: u32| nonleaf.rank(v).map(|c| c as usize);
 
     // Preorder numbers by an iterative DFS over the objects with out-edges, which also finds
@@ -156,14 +166,11 @@ pub fn retained_sizes(g: &Graph, objs: &Objects, modules: &[u32]) -> (Retained, 
     let m = parent.len();
     let pre_of = |v: u32| rank(v).map_or(NONE, |c| pre[c]);
 
-    // Predecessors by preorder number (CSR), the virtual root's edges included.
-    let mut pstart = vec![0u32; m + 1];
-    let for_each_edge = |f: &mut dyn FnMut(u32, u32)| {
+    // Every edge the DFS saw, with the virtual root (preorder 0) above the roots:
+    // `f(preorder of the source, target id)`.
+    let each_edge = |f: &mut dyn FnMut(u32, u32)| {
         for &r in roots_ref {
-            let pr = pre_of(r);
-            if pr != NONE {
-                f(0, pr);
-            }
+            f(0, r);
         }
         for v in 0..n as u32 {
             let pv = pre_of(v);
@@ -171,23 +178,31 @@ pub fn retained_sizes(g: &Graph, objs: &Objects, modules: &[u32]) -> (Retained, 
                 continue;
             }
             for &e in g.out(v) {
-                let pt = pre_of(target(e));
-                if pt != NONE {
-                    f(pv, pt);
-                }
+                f(pv, target(e));
             }
         }
     };
-    for_each_edge(&mut |_, t| pstart[t as usize + 1] += 1);
+
+    // Predecessors by preorder number (CSR), the virtual root's edges included.
+    let mut pstart = vec![0u32; m + 1];
+    each_edge(&mut |_, t| {
+        let pt = pre_of(t);
+        if pt != NONE {
+            pstart[pt as usize + 1] += 1;
+        }
+    });
     for i in 0..m {
         pstart[i + 1] += pstart[i];
     }
     let mut preds = vec![0u32; pstart[m] as usize];
     // Fill with `pstart[v]` as v's cursor, which leaves it at v's end; then shift back.
-    for_each_edge(&mut |u, t| {
-        let slot = &mut pstart[t as usize];
-        preds[*slot as usize] = u;
-        *slot += 1;
+    each_edge(&mut |u, t| {
+        let pt = pre_of(t);
+        if pt != NONE {
+            let slot = &mut pstart[pt as usize];
+            preds[*slot as usize] = u;
+            *slot += 1;
+        }
     });
     for v in (1..m).rev() {
         pstart[v] = pstart[v - 1];
@@ -233,32 +248,17 @@ pub fn retained_sizes(g: &Graph, objs: &Objects, modules: &[u32]) -> (Retained, 
     // common dominator.
     let mut once = Bits::new(n);
     let mut twice = Bits::new(n);
-    let leaf_edges = |f: &mut dyn FnMut(u32, u32)| {
-        for &r in roots_ref {
-            if rank(r).is_none() {
-                f(0, r);
-            }
-        }
-        for v in 0..n as u32 {
-            let pv = pre_of(v);
-            if pv == NONE {
-                continue;
-            }
-            for &e in g.out(v) {
-                let t = target(e);
-                if (t as usize) < n && rank(t).is_none() {
-                    f(pv, t);
-                }
-            }
-        }
-    };
-    leaf_edges(&mut |_, t| {
-        if !once.set(t) {
+    let is_leaf = |t: u32| (t as usize) < n && rank(t).is_none();
+    each_edge(&mut |_, t| {
+        if is_leaf(t) && !once.set(t) {
             twice.set(t);
         }
     });
     let mut shared: Vec<(u32, u32)> = Vec::new();
-    leaf_edges(&mut |pu, t| {
+    each_edge(&mut |pu, t| {
+        if !is_leaf(t) {
+            return;
+        }
         if twice.get(t) {
             shared.push((t, pu));
         } else {
@@ -283,7 +283,7 @@ pub fn retained_sizes(g: &Graph, objs: &Objects, modules: &[u32]) -> (Retained, 
             ret[d as usize] = ret[d as usize].saturating_add(ret[i]);
         }
     }
-    (Retained { nonleaf, pre, ret }, roots)
+    Ok((Retained { nonleaf, pre, ret }, roots))
 }
 
 /// Nearest common ancestor in the dominator tree (dominators have smaller preorder numbers).
@@ -347,7 +347,7 @@ mod tests {
     }
 
     fn all(g: &Graph, o: &Objects, modules: &[u32]) -> Vec<u64> {
-        let (r, _) = retained_sizes(g, o, modules);
+        let (r, _) = retained_sizes(g, o, modules).unwrap();
         (0..o.len() as u32).map(|v| r.of(v, o)).collect()
     }
 
@@ -384,7 +384,7 @@ mod tests {
     fn orphans_become_roots_and_modules_come_first() {
         // 0 is the module; 2 → 3 is reachable from nothing we know (held by C code).
         let (g, o) = graph(4, &[(0, 1), (2, 3)]);
-        let (_, roots) = retained_sizes(&g, &o, &[0]);
+        let (_, roots) = retained_sizes(&g, &o, &[0]).unwrap();
         assert_eq!(roots, vec![0, 2]);
         let via = bfs(&g, 4, &roots, 1);
         assert_eq!(g.source_of(via[1] as usize), Some(0));
@@ -395,7 +395,7 @@ mod tests {
     #[test]
     fn a_pure_cycle_is_still_rooted() {
         let (g, o) = graph(3, &[(0, 1), (1, 2), (2, 0)]);
-        let (_, roots) = retained_sizes(&g, &o, &[]);
+        let (_, roots) = retained_sizes(&g, &o, &[]).unwrap();
         assert_eq!(roots, vec![0]);
         assert_eq!(all(&g, &o, &[]), vec![48, 32, 16]);
     }
@@ -404,7 +404,7 @@ mod tests {
     fn untrusted_sizes_are_left_out_of_retained() {
         let (g, mut o) = graph(3, &[(0, 1), (0, 2)]);
         o.set_size(2, 1 << 30, false);
-        let (r, _) = retained_sizes(&g, &o, &[0]);
+        let (r, _) = retained_sizes(&g, &o, &[0]).unwrap();
         assert_eq!(r.of(0, &o), 32);
         assert_eq!(r.total(), 32);
     }
@@ -426,7 +426,7 @@ mod tests {
                 .map(|_| (next(n as u64) as u32, next(n as u64) as u32))
                 .collect();
             let (g, o) = graph(n, &edges);
-            let (_, roots) = retained_sizes(&g, &o, &[0]);
+            let (_, roots) = retained_sizes(&g, &o, &[0]).unwrap();
             let got = all(&g, &o, &[0]);
             assert_eq!(got, reference(n, &edges, &roots), "{edges:?}");
         }

@@ -235,13 +235,7 @@ pub fn load(image: &dyn MemoryImage) -> Result<Option<PyHeap>> {
     });
     let module_idx: Vec<u32> = modules.iter().map(|m| m.1).collect();
     let n = walk.objs.len();
-    let nonleaf = (0..n as u32).filter(|&v| !walk.graph.is_leaf(v)).count();
-    crate::budget::reserve(
-        graph::dominator_bytes(nonleaf, walk.graph.edges.len()),
-        "the dominator tree",
-        n,
-    )?;
-    let (retained, roots) = graph::retained_sizes(&walk.graph, &walk.objs, &module_idx);
+    let (retained, roots) = graph::retained_sizes(&walk.graph, &walk.objs, &module_idx)?;
 
     // Census by type (an untrusted object counts with the size its type guarantees).
     let mut types: Vec<TypeCount> = walk
@@ -358,37 +352,18 @@ pub fn probe_sizes(image: &dyn MemoryImage, addrs: &[u64]) -> Result<Option<Size
 }
 
 fn damage_notes(d: &walk::Damage) -> Vec<String> {
-    let mut notes = Vec::new();
-    if d.gc_broken_lists > 0 {
-        notes.push(format!(
-            "{} GC list(s) were broken (corrupt or missing memory); the rest was recovered backwards",
-            d.gc_broken_lists
-        ));
-    }
-    if d.gc_bad_objects > 0 {
-        notes.push(format!(
-            "{} GC-tracked objects had an unreadable or invalid type and were skipped",
-            d.gc_bad_objects
-        ));
-    }
-    if d.bad_contents > 0 {
-        notes.push(format!(
-            "{} containers had unreadable or implausible contents and were read partially",
-            d.bad_contents
-        ));
-    }
-    if d.dangling > 0 {
-        notes.push(format!(
-            "{} references pointed to memory that is not a valid object",
-            d.dangling
-        ));
-    }
-    if d.untrusted_sizes > 0 {
-        notes.push(format!(
-            "{} objects had a size their type or memory cannot hold (a stale or damaged object): counted at their fixed size, left out of retained sizes and never ranked",
-            d.untrusted_sizes
-        ));
-    }
+    let counted: [(u64, &str); 5] = [
+        (d.gc_broken_lists, "GC list(s) were broken (corrupt or missing memory); the rest was recovered backwards"),
+        (d.gc_bad_objects, "GC-tracked objects had an unreadable or invalid type and were skipped"),
+        (d.bad_contents, "containers had unreadable or implausible contents and were read partially"),
+        (d.dangling, "references pointed to memory that is not a valid object"),
+        (d.untrusted_sizes, "objects had a size their type or memory cannot hold (a stale or damaged object): counted at their fixed size, left out of retained sizes and never ranked"),
+    ];
+    let mut notes: Vec<String> = counted
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, what)| format!("{n} {what}"))
+        .collect();
     if d.capped {
         notes.push("object limit reached; the census is partial".into());
     }

@@ -176,12 +176,12 @@ impl Graph {
 
     /// The object whose edge is at position `pos`.
     pub fn source_of(&self, pos: usize) -> Option<u32> {
-        // The last object whose edges start at or before `pos`, among those with edges.
-        let p = self.starts.partition_point(|&s| s as usize <= pos);
-        let mut v = p.checked_sub(1)?;
-        while self.starts.get(v + 1).is_some_and(|&e| e as usize <= pos) {
-            v += 1;
-        }
+        // The last object whose edges start at or before `pos`: of objects with equal starts, the
+        // one after the empty ranges, whose range holds `pos` unless `pos` is past every edge.
+        let v = self
+            .starts
+            .partition_point(|&s| s as usize <= pos)
+            .checked_sub(1)?;
         (v + 1 < self.starts.len()).then_some(v as u32)
     }
 
@@ -207,7 +207,7 @@ pub struct AddrIndex {
     pages: Vec<Page>,
     count: usize,
     /// The region looked up last: consecutive lookups are usually near each other.
-    last: (u64, u32),
+    last: Option<(u64, u32)>,
 }
 
 const NO_PAGE: u32 = u32::MAX;
@@ -233,11 +233,13 @@ impl Page {
 impl AddrIndex {
     fn region(&mut self, addr: u64) -> Option<u32> {
         let r = addr >> 21;
-        if self.last.0 == r && !self.tables.is_empty() {
-            return Some(self.last.1);
+        if let Some((lr, t)) = self.last {
+            if lr == r {
+                return Some(t);
+            }
         }
         let t = *self.regions.get(&r)?;
-        self.last = (r, t);
+        self.last = Some((r, t));
         Some(t)
     }
 
@@ -273,7 +275,7 @@ impl AddrIndex {
                 let t = self.tables.len() as u32;
                 self.tables.push([NO_PAGE; 512]);
                 self.regions.insert(addr >> 21, t);
-                self.last = (addr >> 21, t);
+                self.last = Some((addr >> 21, t));
                 t
             }
         };

@@ -62,20 +62,10 @@ impl Kind {
 #[derive(Debug, Clone)]
 pub struct TypeInfo {
     pub name: String,
-    pub kind: Kind,
-    pub basicsize: u64,
-    pub itemsize: u64,
-    pub flags: u64,
-    pub dictoffset: i64,
-    pub heap: bool,
-    pub cached_keys: u64,
-    /// `tp_basicsize` of the nearest static (C) base: heap-type slots live beyond it.
-    pub static_base_size: u64,
-    /// Name of the nearest static base (`dict` for a `defaultdict` subclass, `object` for a class).
-    pub static_base: String,
+    pub shape: Shape,
 }
 
-/// The parts of a [`TypeInfo`] that parsing an object needs, copied per object (no name).
+/// What parsing an object of a type needs: copied per object, unlike the name.
 #[derive(Debug, Clone, Copy)]
 pub struct Shape {
     pub kind: Kind,
@@ -85,25 +75,10 @@ pub struct Shape {
     pub dictoffset: i64,
     pub heap: bool,
     pub cached_keys: u64,
+    /// `tp_basicsize` of the nearest static (C) base: heap-type slots live beyond it.
     pub static_base_size: u64,
     /// An `OrderedDict` (or subclass): its linked list costs about 40 bytes an item.
     pub ordered: bool,
-}
-
-impl TypeInfo {
-    pub fn shape(&self) -> Shape {
-        Shape {
-            kind: self.kind,
-            basicsize: self.basicsize,
-            itemsize: self.itemsize,
-            flags: self.flags,
-            dictoffset: self.dictoffset,
-            heap: self.heap,
-            cached_keys: self.cached_keys,
-            static_base_size: self.static_base_size,
-            ordered: self.static_base.contains("OrderedDict"),
-        }
-    }
 }
 
 /// Counters of what could not be read; turned into notes.
@@ -131,7 +106,7 @@ impl Walk {
     }
 
     pub fn kind(&self, i: u32) -> Kind {
-        self.type_of(i).map_or(Kind::Other, |t| t.kind)
+        self.type_of(i).map_or(Kind::Other, |t| t.shape.kind)
     }
 }
 
@@ -141,7 +116,8 @@ pub struct Walker<'a> {
     type_type: u64,
     types: Vec<TypeInfo>,
     type_index: FxHashMap<u64, Option<u32>>,
-    last_type: (u64, u32),
+    /// The type object looked up last and its index.
+    last_type: Option<(u64, u32)>,
     objs: Objects,
     index: AddrIndex,
     graph: Graph,
@@ -204,7 +180,7 @@ impl<'a> Walker<'a> {
             type_type,
             types: Vec::new(),
             type_index: FxHashMap::default(),
-            last_type: (0, 0),
+            last_type: None,
             objs: Objects::default(),
             index: AddrIndex::default(),
             graph: Graph::default(),
@@ -375,12 +351,14 @@ impl<'a> Walker<'a> {
 
     fn type_info(&mut self, t: u64) -> Option<u32> {
         // Objects found together are mostly of one type (a list's tuples, their strs).
-        if self.last_type.0 == t {
-            return Some(self.last_type.1);
+        if let Some((lt, i)) = self.last_type {
+            if lt == t {
+                return Some(i);
+            }
         }
         if let Some(&r) = self.type_index.get(&t) {
             if let Some(i) = r {
-                self.last_type = (t, i);
+                self.last_type = Some((t, i));
             }
             return r;
         }
@@ -512,15 +490,17 @@ impl<'a> Walker<'a> {
         };
         Some(TypeInfo {
             name,
-            kind,
-            basicsize,
-            itemsize,
-            flags: tflags,
-            dictoffset,
-            heap,
-            cached_keys,
-            static_base_size: base_size.min(basicsize),
-            static_base: base_name,
+            shape: Shape {
+                kind,
+                basicsize,
+                itemsize,
+                flags: tflags,
+                dictoffset,
+                heap,
+                cached_keys,
+                static_base_size: base_size.min(basicsize),
+                ordered: base_name.contains("OrderedDict"),
+            },
         })
     }
 
@@ -579,7 +559,7 @@ impl<'a> Walker<'a> {
         let (Some(a), Some(ty)) = (self.objs.addr(i), self.objs.ty(i)) else {
             return;
         };
-        let Some(s) = self.types.get(ty as usize).map(TypeInfo::shape) else {
+        let Some(s) = self.types.get(ty as usize).map(|t| t.shape) else {
             return;
         };
         let l = self.l;
@@ -834,7 +814,7 @@ impl<'a> Walker<'a> {
                     self.objs
                         .ty(t)
                         .and_then(|ty| self.types.get(ty as usize))
-                        .is_some_and(|ti| ti.kind == Kind::Dict)
+                        .is_some_and(|ti| ti.shape.kind == Kind::Dict)
                 });
             if is_dict {
                 cache_found = true;

@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
-use leakhunt_analyzer::util::human_bytes;
+use leakhunt_analyzer::util::{human_bytes, parse_size};
 
 use crate::crd::{LeakReport, SnapshotRecord};
 
@@ -83,7 +83,7 @@ pub fn limit_of(job: &Job) -> Option<u64> {
         .containers
         .first()?;
     let q = c.resources.as_ref()?.limits.as_ref()?.get("memory")?;
-    crate::hunt::cli::parse_size(&q.0).ok()
+    parse_size(&q.0).ok()
 }
 
 /// Whether the analyzer container of one of the Job's pods was OOM-killed.
@@ -166,7 +166,7 @@ pub fn analyzer_job(
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
-    let parse = |q: &str| crate::hunt::cli::parse_size(q).unwrap_or(1 << 30);
+    let parse = |q: &str| parse_size(q).unwrap_or(1 << 30);
     let limit = job_memory(a.size, b.size, parse(&t.memory_limit), parse(&t.memory_max));
     let request = parse(&t.memory_request).min(limit);
     let (limit_q, request_q) = (limit.to_string(), request.to_string());
@@ -386,8 +386,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn job_is_pinned_read_only_and_named_by_pair() {
+    /// The report of Deployment `shop/web`.
+    fn report() -> LeakReport {
         let mut report = LeakReport::new(
             "deployment-web",
             LeakReportSpec {
@@ -396,6 +396,12 @@ mod tests {
             },
         );
         report.metadata.namespace = Some("shop".into());
+        report
+    }
+
+    #[test]
+    fn job_is_pinned_read_only_and_named_by_pair() {
+        let report = report();
         let (a, b) = (
             snap("A", "node-1", "aa"),
             snap("B", "node-1", "0123456789abcdef0123"),
@@ -467,14 +473,7 @@ mod tests {
 
     #[test]
     fn a_big_pair_gets_a_bigger_job_and_a_budget() {
-        let mut report = LeakReport::new(
-            "deployment-web",
-            LeakReportSpec {
-                workload: WorkloadRef::new("apps/v1", "Deployment", "web"),
-                container: None,
-            },
-        );
-        report.metadata.namespace = Some("shop".into());
+        let report = report();
         let mut a = snap("A", "n1", "aa");
         let mut b = snap("B", "n1", "bb");
         a.size = 1 << 30;

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use leakhunt_analyzer::util::number_and_unit;
+pub use leakhunt_analyzer::util::parse_size;
 
 use super::{HuntOptions, Target, Until};
 use crate::node::Thresholds;
@@ -108,45 +110,6 @@ impl HuntArgs {
             progress: !self.quiet,
         })
     }
-}
-
-/// Split `160Mi` into `(160.0, "Mi")`; `what` and `example` make the error say what was expected.
-fn number_and_unit<'a>(text: &'a str, what: &str, example: &str) -> Result<(f64, &'a str), String> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let value = num
-        .parse()
-        .map_err(|_| format!("not {what}: {text:?} (try {example})"))?;
-    Ok((value, unit))
-}
-
-/// `160Mi`, `1G`, `512k`, `1048576`: binary suffixes (`Ki`, `Mi`, `Gi`) and decimal ones (`k`, `M`, `G`).
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let (value, unit) = number_and_unit(text, "a size", "160Mi")?;
-    let mult: u64 = match unit.trim().trim_end_matches(['B', 'b']) {
-        "" => 1,
-        "k" | "K" => 1000,
-        "M" => 1_000_000,
-        "G" => 1_000_000_000,
-        "T" => 1_000_000_000_000,
-        "Ki" => 1 << 10,
-        "Mi" => 1 << 20,
-        "Gi" => 1 << 30,
-        "Ti" => 1 << 40,
-        other => {
-            return Err(format!(
-                "unknown size unit {other:?} in {text:?} (Ki, Mi, Gi, k, M, G)"
-            ))
-        }
-    };
-    let bytes = value * mult as f64;
-    if !(bytes >= 1.0 && bytes < u64::MAX as f64) {
-        return Err(format!("size out of range: {text:?}"));
-    }
-    Ok(bytes as u64)
 }
 
 /// `50%` or `0.5`.

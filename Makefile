@@ -23,8 +23,9 @@ fmt:
 # Alertmanager (built by tests/testenv.mk) as the alerts' receiver.
 unit: alertmanager
 	$(CARGO) test --workspace --release
-	# Fuzz regressions again with overflow checks on (debug), as the fuzzer builds them.
-	$(CARGO) test -p leakhunt-analyzer --test fuzz_regressions
+	# Fuzz regressions and the walks of real heaps again with overflow checks on (debug), as the
+	# fuzzer builds them: a release build wraps an overflow silently.
+	$(CARGO) test -p leakhunt-analyzer --test fuzz_regressions --test python
 
 test: lint unit chart-check smoke e2e
 

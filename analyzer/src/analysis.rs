@@ -249,6 +249,7 @@ pub fn diff_census(a: &Census, b: &Census) -> Findings {
         types,
         native,
         notes,
+        timeline: None,
     }
 }
 

@@ -144,4 +144,8 @@ pub struct Findings {
     /// Caveats: missing pages, unsupported runtime versions, corrupted objects skipped.
     #[serde(default)]
     pub notes: Vec<String>,
+    /// What the memory timeline around the pair says, where there was one (the hunt and the
+    /// analyzer Job have it; a plain `diff` of two files does not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<crate::timeline::TimelineEvidence>,
 }

@@ -18,3 +18,4 @@ pub mod findings;
 pub mod fuzzing;
 pub mod report;
 pub mod symbols;
+pub mod timeline;

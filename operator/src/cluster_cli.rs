@@ -201,6 +201,10 @@ pub struct AnalyzeJobArgs {
     /// bytes: the operator sets it below the Job's memory limit.
     #[arg(long, value_name = "BYTES")]
     memory_budget: Option<u64>,
+    /// A one-time rise of memory between the snapshots counts as a step (not a leak) once memory
+    /// has been flat this long after it; the Job waits up to this long past B to see.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    settle: Duration,
     #[arg(long, env = "LEAKHUNT_LOG", default_value = "info")]
     log: String,
 }
@@ -450,6 +454,7 @@ pub fn analyze_job(args: AnalyzeJobArgs) -> ExitCode {
         after: args.after,
         sha256_before: args.sha256_before,
         sha256_after: args.sha256_after,
+        settle: args.settle,
     };
     let Some(rt) = runtime() else {
         return ExitCode::FAILURE;

@@ -11,8 +11,9 @@ use leakhunt_analyzer::findings;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// At most this many memory samples are kept in a report's status.
-pub const MAX_SAMPLES: usize = 60;
+/// At most this many memory samples are kept in a report's status: the timeline the analyzer
+/// Job weighs a heap diff against, recent samples dense and older ones thinned.
+pub const MAX_SAMPLES: usize = 120;
 /// At most this many incidents are kept; the oldest go first.
 pub const MAX_INCIDENTS: usize = 20;
 /// At most this many suspects and types are kept.
@@ -132,6 +133,10 @@ pub struct LeakReportStatus {
     /// Growth of the top suspect, as shown in the Growth column (`+2000 items +180KiB`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub growth: Option<String>,
+    /// What the memory timeline says about the growth between the snapshots: one rise then
+    /// flat, a fill-and-empty sawtooth, or growth spread over time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<String>,
     /// The process the snapshots were taken of.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process: Option<ProcessRef>,
@@ -246,7 +251,7 @@ pub struct MemoryStatus {
     /// The cgroup memory limit in bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<i64>,
-    /// Recent working-set samples, oldest first (at most 60).
+    /// Working-set samples, oldest first: the recent ones dense, older ones thinned (at most 120).
     #[serde(default)]
     pub samples: Vec<MemorySample>,
     /// Working-set growth in bytes per minute over the sampling window.
@@ -269,6 +274,9 @@ pub struct MemorySample {
     pub time: Time,
     /// Working set in bytes.
     pub working_set: i64,
+    /// The pod it was read in (a workload's pods share one report).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pod: String,
 }
 
 /// An OOM kill.
@@ -374,9 +382,23 @@ impl LeakReportStatus {
         true
     }
 
-    /// Appends a memory sample, dropping the oldest beyond the bound.
+    /// Appends a memory sample; beyond the bound the older half is thinned, so the samples
+    /// still reach back past snapshot A.
     pub fn push_sample(&mut self, sample: MemorySample) {
-        push_bounded(&mut self.memory.samples, sample, MAX_SAMPLES);
+        leakhunt_analyzer::timeline::push_decimated(&mut self.memory.samples, sample, MAX_SAMPLES);
+    }
+
+    /// The samples of `pod` (empty: the local hunt's) as a timeline, seconds since the epoch.
+    pub fn timeline(&self, pod: &str) -> Vec<leakhunt_analyzer::timeline::Point> {
+        self.memory
+            .samples
+            .iter()
+            .filter(|m| m.pod == pod)
+            .map(|m| leakhunt_analyzer::timeline::Point {
+                t: m.time.0.as_millisecond() as f64 / 1e3,
+                bytes: m.working_set.max(0) as u64,
+            })
+            .collect()
     }
 
     /// Sets (or replaces) a condition of this type, keeping its transition time when the
@@ -433,6 +455,7 @@ impl LeakReportStatus {
             .suspects
             .first()
             .map(|s| growth_label(s.count_growth(), s.retained_growth()));
+        self.timeline = f.timeline.as_ref().map(|t| t.sentence.clone());
     }
 }
 
@@ -738,6 +761,7 @@ mod tests {
             s.push_sample(MemorySample {
                 time: t.clone(),
                 working_set: i,
+                pod: String::new(),
             });
             s.push_incident(Incident {
                 time: t.clone(),
@@ -745,8 +769,9 @@ mod tests {
                 message: i.to_string(),
             });
         }
-        assert_eq!(s.memory.samples.len(), MAX_SAMPLES);
-        assert_eq!(s.memory.samples[0].working_set, 40);
+        assert!(s.memory.samples.len() <= MAX_SAMPLES);
+        assert_eq!(s.memory.samples[0].working_set, 0, "the oldest stays");
+        assert_eq!(s.memory.samples.last().unwrap().working_set, 99);
         assert_eq!(s.incidents.len(), MAX_INCIDENTS);
         assert_eq!(s.incidents.last().unwrap().message, "99");
         assert_eq!(growth_label(2000, 180 * 1024), "+2000 items +180KiB");

@@ -484,14 +484,19 @@ fn flat_process_is_no_leak() {
 fn exit_before_b_is_an_error_that_says_what_was_captured() {
     let _serial = serial();
     let Some(h) = hierarchy() else { return };
-    // Grows to ~70% of the limit, then exits on its own.
-    let script = "import time\nheld = []\nfor _ in range(22):\n    held.append(b'x' * (2 << 20))\n    time.sleep(0.05)\ntime.sleep(1.5)\n";
+    let gate_dir = tempfile::tempdir().unwrap();
+    let gate = gate_dir.path().join("a-taken");
+    // Grows to ~70% of the limit, then exits on its own once A is taken (or after 30 s).
+    let script = format!(
+        "import os, time\nheld = []\nfor _ in range(22):\n    held.append(b'x' * (2 << 20))\n    time.sleep(0.05)\nfor _ in range(3000):\n    if os.path.exists({gate:?}):\n        break\n    time.sleep(0.01)\n",
+        gate = gate.display().to_string()
+    );
     let (opts, _tmp) = options(
         "exits",
-        Target::Command(vec![python(), "-c".into(), script.into()]),
+        Target::Command(vec![python(), "-c".into(), script]),
         Some(64 * MIB),
     );
-    let rec = Recorder::default();
+    let rec = Recorder::default().gated(&gate, 1);
     let (outcome, _) = run(&opts, &rec);
     assert_eq!(rec.taken.lock().unwrap().len(), 1, "snapshot A only");
     let failure = outcome.failure.expect("failure");
@@ -749,21 +754,30 @@ fn gunicorn_workers_leak_master_does_not() {
     assert_cgroup_gone(&opts, &h);
 }
 
-/// Memory held but not growing, above the baseline: A, then B at the end of the watch, and the
-/// analyzer's verdict on the pair is not a leak.
+/// Memory that rose once and stayed: A is taken above the baseline, then (gated on A) the process
+/// makes one more allocation and holds it; B comes at the end of the watch. The heap diff sees a
+/// module dict that grew by an item retaining 12 MiB; the timeline shows one rise and a plateau,
+/// so the verdict is no-leak, and the report says why.
 #[test]
 fn steady_process_above_baseline_is_not_a_leak() {
     let _serial = serial();
     let Some(h) = hierarchy() else { return };
-    // One allocation to ~60% of the limit (between two samples), then churn that frees what it makes.
-    let script = "import time\nheld = b'x' * (36 << 20)\nwhile True:\n    junk = [str(i) for i in range(20000)]\n    del junk\n    time.sleep(0.05)\n";
+    let gate_dir = tempfile::tempdir().unwrap();
+    let gate = gate_dir.path().join("a-taken");
+    // ~60% of the limit, flat, until A; then one 12 MiB allocation (to ~80%), flat again. The
+    // churn frees what it makes.
+    let script = format!(
+        "import os, time\nheld = b'x' * (28 << 20)\nwhile not os.path.exists({gate:?}):\n    junk = [str(i) for i in range(20000)]\n    del junk\n    time.sleep(0.05)\nmore = b'y' * (12 << 20)\nwhile True:\n    junk = [str(i) for i in range(20000)]\n    del junk\n    time.sleep(0.05)\n",
+        gate = gate.display().to_string()
+    );
     let (mut opts, _tmp) = options(
         "steady",
-        Target::Command(vec![python(), "-c".into(), script.into()]),
+        Target::Command(vec![python(), "-c".into(), script]),
         Some(64 * MIB),
     );
     opts.duration = Some(Duration::from_secs(6));
-    let rec = Recorder::real();
+    opts.window = Duration::from_secs(8);
+    let rec = Recorder::real().gated(&gate, 1);
     let (outcome, text) = run(&opts, &rec);
     assert_eq!(
         rec.taken.lock().unwrap().len(),
@@ -772,8 +786,25 @@ fn steady_process_above_baseline_is_not_a_leak() {
     );
     assert!(outcome.failure.is_none(), "{:?}", outcome.failure);
     let findings = outcome.findings.expect("findings");
-    assert_ne!(findings.verdict, FindingsVerdict::Leak, "{text}");
-    assert_ne!(outcome.report.status.unwrap().verdict, Some(Verdict::Leak));
+    assert_eq!(findings.verdict, FindingsVerdict::NoLeak, "{text}");
+    let evidence = findings.timeline.as_ref().expect("timeline evidence");
+    assert!(
+        matches!(
+            evidence.trend,
+            leakhunt_analyzer::timeline::Trend::Step { .. }
+        ),
+        "{evidence:?}"
+    );
+    assert!(
+        findings.summary.starts_with("memory rose once by 1")
+            && findings.summary.contains("not a leak"),
+        "{}",
+        findings.summary
+    );
+    let st = outcome.report.status.unwrap();
+    assert_eq!(st.verdict, Some(Verdict::NoLeak));
+    assert_eq!(st.timeline.as_deref(), Some(evidence.sentence.as_str()));
+    assert!(text.contains("memory rose once by"), "{text}");
     assert_cgroup_gone(&opts, &h);
 }
 

@@ -78,6 +78,8 @@ objects = [
     ("list", shrunk),
     ("dict", {"a": 1}),
     ("dict", big_dict),
+    ("static-type", int),
+    ("static-type", dict),
     ("bytearray", bytearray(b"y" * 300)),
 ]
 keep.append(objects)

@@ -74,6 +74,8 @@ pub struct Layout {
     pub minor: u32,
     /// `sizeof(PyHeapTypeObject)`, i.e. `type.__basicsize__`: a direct check of the table.
     pub heap_type_size: u64,
+    /// `sizeof(PyTypeObject)`, the size of a static type; 0 where not pinned.
+    pub type_size: u64,
     pub tp_name: u64,
     pub tp_basicsize: u64,
     pub tp_itemsize: u64,
@@ -128,6 +130,7 @@ impl Layout {
         let base = Layout {
             minor: v.minor,
             heap_type_size: 0,
+            type_size: 0,
             tp_name: 24,
             tp_basicsize: 32,
             tp_itemsize: 40,
@@ -149,17 +152,20 @@ impl Layout {
             gc: GcGenerations::Three,
             frame: None,
         };
-        let heap = |size: u64, name: u64| Layout {
+        // sizeof(PyHeapTypeObject), the offset of ht_name, sizeof(PyTypeObject): measured here
+        // (type.__basicsize__, sys.getsizeof(int)).
+        let heap = |size: u64, name: u64, type_size: u64| Layout {
             heap_type_size: size,
+            type_size,
             ht_name: name,
             ht_qualname: name + 16,
             ht_cached_keys: name + 24,
             ..base
         };
         let l = match (v.major, v.minor) {
-            (3, 8) => heap(880, 848),
-            (3, 9) => heap(880, 840),
-            (3, 10) => heap(888, 848),
+            (3, 8) => heap(880, 848, 416),
+            (3, 9) => heap(880, 840, 408),
+            (3, 10) => heap(888, 848, 408),
             (3, 11) => Layout {
                 dict_keys: DictKeys::Log2,
                 instance_dict: InstanceDict::Managed311,
@@ -170,7 +176,7 @@ impl Layout {
                     co_stacksize: 68,
                     co_nlocalsplus: 76,
                 }),
-                ..heap(904, 848)
+                ..heap(904, 848, 424)
             },
             (3, 12) => Layout {
                 dict_keys: DictKeys::Log2,
@@ -185,7 +191,7 @@ impl Layout {
                 long_tag: true,
                 unicode_ascii_size: 40,
                 unicode_compact_size: 56,
-                ..heap(920, 856)
+                ..heap(920, 856, 432)
             },
             (3, 13) | (3, 14) => Layout {
                 dict_keys: DictKeys::Log2,
@@ -208,7 +214,11 @@ impl Layout {
                     GcGenerations::YoungOld
                 },
                 // 3.14 adds fields after the heap-type slots; its size is not pinned here.
-                ..heap(if v.minor == 13 { 928 } else { 0 }, 856)
+                ..heap(
+                    if v.minor == 13 { 928 } else { 0 },
+                    856,
+                    if v.minor == 13 { 416 } else { 0 },
+                )
             },
             _ => {
                 return Err(Error::Unsupported(format!(

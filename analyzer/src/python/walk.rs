@@ -167,10 +167,15 @@ impl<'a> Walker<'a> {
         if addr >= s && addr < e {
             return e - addr;
         }
-        self.mem
-            .img
-            .mapping_at(addr)
-            .map_or(0, |m| m.end.saturating_sub(addr))
+        // Static data may run on into the next mapping (a segment split by its protections).
+        let mut end = addr;
+        for _ in 0..4 {
+            match self.mem.img.mapping_at(end) {
+                Some(m) if m.end > end => end = m.end,
+                _ => break,
+            }
+        }
+        end - addr
     }
 
     pub fn new(mem: Mem<'a>, l: Layout, type_type: u64) -> Walker<'a> {
@@ -379,7 +384,7 @@ impl<'a> Walker<'a> {
         if depth > 4 || !plausible(t) {
             return false;
         }
-        let Some(meta) = self.rd_u64(t + 8) else {
+        let Some(meta) = self.rd_u64(t + 8).filter(|&m| plausible(m)) else {
             return false;
         };
         let meta_flags = self.rd_u64(meta + self.l.tp_flags).unwrap_or(0);
@@ -719,6 +724,11 @@ impl<'a> Walker<'a> {
                 let own_flags = self.rd_u64(a + l.tp_flags).unwrap_or(0);
                 gc = own_flags & flags::HEAPTYPE != 0;
                 let end = if gc { s.basicsize } else { l.tp_mro + 8 + 40 };
+                if !gc {
+                    // A static type is a PyTypeObject, smaller than its metatype's basicsize
+                    // (which is PyHeapTypeObject's).
+                    inline = if l.type_size > 0 { l.type_size } else { end };
+                }
                 let tp_dict = self.rd_u64(a + l.tp_dict).unwrap_or(0);
                 if tp_dict != 0 {
                     self.edge(tp_dict, EdgeKind::Attrs);

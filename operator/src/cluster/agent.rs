@@ -194,21 +194,19 @@ pub enum Op {
     },
     SnapshotB {
         record: SnapshotRecord,
+        /// The container's working set a sample per interval up to B: the timeline the
+        /// analyzer Job weighs the diff against (the periodic samples are too sparse for it).
+        timeline: Vec<MemorySample>,
     },
     /// Snapshot A is void (its process is gone, or an OOM kill came between).
-    Reset {
-        message: String,
-    },
+    Reset { message: String },
     CaptureFailed {
         role: char,
         skipped: bool,
         message: String,
     },
     /// A process killed in a container that lives on: counted here, announced by the operator.
-    WorkerKill {
-        key: String,
-        process: String,
-    },
+    WorkerKill { key: String, process: String },
 }
 
 /// What applying an op did.
@@ -240,6 +238,7 @@ pub fn apply(
             s.push_sample(MemorySample {
                 time: t,
                 working_set: *working_set,
+                pod: pod.into(),
             });
             if limit.is_some() {
                 s.memory.limit = *limit;
@@ -282,6 +281,7 @@ pub fn apply(
             s.verdict = None;
             s.summary = None;
             s.growth = None;
+            s.timeline = None;
             s.suspects.clear();
             s.types.clear();
             s.notes.retain(|n| !n.starts_with(NOT_CAPTURED));
@@ -307,7 +307,7 @@ pub fn apply(
             });
             Applied::Changed
         }
-        Op::SnapshotB { record } => {
+        Op::SnapshotB { record, timeline } => {
             let ours = s.phase == Phase::Baseline
                 && s.snapshots
                     .iter()
@@ -318,6 +318,16 @@ pub fn apply(
             s.snapshots.retain(|r| r.role == "A");
             s.snapshots.push(record.clone());
             s.phase = Phase::Analyzing;
+            // This pod's sparse samples give way to its dense timeline, thinned to the bound.
+            let mut samples: Vec<MemorySample> = std::mem::take(&mut s.memory.samples)
+                .into_iter()
+                .filter(|m| m.pod != pod)
+                .chain(timeline.iter().cloned())
+                .collect();
+            samples.sort_by_key(|m| m.time.0);
+            for m in samples {
+                s.push_sample(m);
+            }
             s.set_condition(
                 "Captured",
                 true,
@@ -430,7 +440,13 @@ struct Tracked {
     last_t: f64,
     /// OOM kills not yet judged a worker's or the container's own.
     suspected_kills: Vec<Suspect>,
+    /// Every sample's working set, thinned as it grows; sent with snapshot B.
+    timeline: Vec<MemorySample>,
 }
+
+/// Points in a container's timeline kept by the agent (a sample a second: the last two
+/// minutes dense, the hours before thinned).
+const TIMELINE_POINTS: usize = 240;
 
 pub struct Agent {
     client: Client,
@@ -640,6 +656,7 @@ impl Agent {
                 capturing: None,
                 snapshot_a: None,
                 last_t: 0.0,
+                timeline: Vec::new(),
             });
             t.pod = pod.clone();
             let policy = policy_for(pod, container, &watch_list, &self.cfg);
@@ -657,6 +674,15 @@ impl Agent {
                 }
             };
             t.last_t = sample.t;
+            leakhunt_analyzer::timeline::push_decimated(
+                &mut t.timeline,
+                MemorySample {
+                    time: Time(Timestamp::now()),
+                    working_set: i64::try_from(sample.memory.working_set()).unwrap_or(i64::MAX),
+                    pod: t.pod.name_any(),
+                },
+                TIMELINE_POINTS,
+            );
             let hunt_blocked = blocked.contains_key(&pod.uid().unwrap_or_default());
             self.on_sample(&id, t, &sample, writes, hunt_blocked).await;
         }
@@ -887,7 +913,10 @@ impl Agent {
                     }
                 } else {
                     t.snapshot_a = None;
-                    Op::SnapshotB { record }
+                    Op::SnapshotB {
+                        record,
+                        timeline: t.timeline.clone(),
+                    }
                 };
                 let _ = writes.send(queue(op)).await;
             }
@@ -1362,16 +1391,53 @@ mod tests {
         // ...B of another process is refused, B of ours completes the pair.
         let other_b = Op::SnapshotB {
             record: record("B", "web-1", 8, 120),
+            timeline: Vec::new(),
         };
         assert_eq!(
             apply(&other_b, &mut s, "web-1", "app", at(120)),
             Applied::Refused
         );
+        // The periodic samples of both replicas, then B with web-1's dense timeline.
+        let sample = |ws| Op::Sample {
+            working_set: ws,
+            limit: None,
+            growth_per_sec: None,
+            seconds_to_oom: None,
+        };
+        for (i, pod) in ["web-1", "web-2", "web-1", "web-2"].iter().enumerate() {
+            apply(
+                &sample(i as i64),
+                &mut s,
+                pod,
+                "app",
+                at(100 + 10 * i as i64),
+            );
+        }
+        let dense: Vec<MemorySample> = (30..130)
+            .map(|i| MemorySample {
+                time: Time(at(i)),
+                working_set: 1000 + i,
+                pod: "web-1".into(),
+            })
+            .collect();
         let b = Op::SnapshotB {
             record: record("B", "web-1", 7, 130),
+            timeline: dense,
         };
         assert_eq!(apply(&b, &mut s, "web-1", "app", at(130)), Applied::Changed);
         assert_eq!(s.phase, Phase::Analyzing);
+        let web1 = s.timeline("web-1");
+        assert!(
+            web1.iter().all(|p| p.bytes >= 1000),
+            "the sparse samples gave way"
+        );
+        assert_eq!(web1.len(), 100);
+        assert_eq!(
+            s.timeline("web-2").len(),
+            2,
+            "another replica's samples stay"
+        );
+        assert!(s.memory.samples.len() <= crate::crd::MAX_SAMPLES);
         assert_eq!(s.snapshots.len(), 2);
         assert_eq!(
             s.incidents

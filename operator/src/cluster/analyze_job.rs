@@ -2,6 +2,7 @@
 //! findings into the LeakReport's status — the only thing its ServiceAccount may change.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 use kube::{Api, Client};
@@ -9,6 +10,7 @@ use kube::{Api, Client};
 use super::reports::{self, now};
 use crate::crd::{Incident, LeakReport, LeakReportStatus, Phase, Verdict};
 use leakhunt_analyzer::findings::Findings;
+use leakhunt_analyzer::timeline::{self, Trend};
 
 #[derive(Debug, Clone)]
 pub struct AnalyzeJob {
@@ -18,7 +20,13 @@ pub struct AnalyzeJob {
     pub after: PathBuf,
     pub sha256_before: Option<String>,
     pub sha256_after: Option<String>,
+    /// How long memory must stay flat after a one-time rise for it to count as a step.
+    pub settle: Duration,
 }
+
+/// Samples reach the report every report interval (10 s by default): past the settle time, wait
+/// this much longer for the ones that cover it.
+const SAMPLE_SLACK: Duration = Duration::from_secs(25);
 
 /// Checks a snapshot against the digest the agent recorded: a file changed or replaced since
 /// the capture is not analysed.
@@ -34,7 +42,25 @@ fn verify(path: &Path, want: Option<&str>) -> Result<(), String> {
     }
 }
 
-/// The status after a successful diff: findings, phase, conditions, incident.
+/// The trend of the report's timeline (of B's pod) around its snapshot pair.
+pub fn trend(s: &LeakReportStatus, settle: Duration) -> Trend {
+    let find = |role: &str| s.snapshots.iter().find(|r| r.role == role);
+    let (Some(a), Some(b)) = (find("A"), find("B")) else {
+        return Trend::Unknown;
+    };
+    let secs = |t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time| {
+        t.0.as_millisecond() as f64 / 1e3
+    };
+    timeline::judge(
+        &s.timeline(&b.pod),
+        secs(&a.time),
+        secs(&b.time),
+        settle.as_secs_f64(),
+    )
+}
+
+/// The status after a successful diff, weighed against the report's timeline: findings, phase,
+/// conditions, incident.
 pub fn record_findings(s: &mut LeakReportStatus, f: &Findings, now_ts: Timestamp) {
     let t = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now_ts);
     s.apply_findings(f);
@@ -61,6 +87,29 @@ pub fn record_findings(s: &mut LeakReportStatus, f: &Findings, now_ts: Timestamp
     });
 }
 
+/// Waits while the timeline shows a one-time rise too recent to tell from growth: until memory
+/// has been flat for the settle time after it, grows again, or the samples that would say are
+/// overdue. A report that cannot be read ends the wait (the write after it says why).
+async fn settle(api: &Api<LeakReport>, job: &AnalyzeJob) {
+    let deadline = std::time::Instant::now() + job.settle + SAMPLE_SLACK;
+    let mut announced = false;
+    loop {
+        let Ok(Some(report)) = reports::get_status_opt(api, &job.report).await else {
+            return;
+        };
+        let s = report.status.unwrap_or_default();
+        let t = trend(&s, job.settle);
+        if !matches!(t, Trend::Pending { .. }) || std::time::Instant::now() >= deadline {
+            return;
+        }
+        if !announced {
+            announced = true;
+            tracing::info!(report = %job.report, trend = %t.sentence().unwrap_or_default(), "waiting for the timeline before the verdict");
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
+
 /// Whether the report still waits for this pair (a new hunt may have replaced it).
 fn awaits(s: &LeakReportStatus, sha_after: Option<&str>) -> bool {
     s.phase == Phase::Analyzing
@@ -84,11 +133,14 @@ pub async fn run(client: Client, job: AnalyzeJob) -> anyhow::Result<()> {
     match analysis {
         Ok(findings) => {
             tracing::info!(report = %job.report, verdict = ?findings.verdict, seconds = started.elapsed().as_secs_f64(), "analysed");
+            settle(&api, &job).await;
             let written = reports::update_status(&api, &job.report, |s| {
                 if !awaits(s, sha_after.as_deref()) {
                     return false;
                 }
-                record_findings(s, &findings, Timestamp::now());
+                let mut f = findings.clone();
+                timeline::apply(&mut f, trend(s, job.settle));
+                record_findings(s, &f, Timestamp::now());
                 true
             })
             .await?;
@@ -153,6 +205,75 @@ mod tests {
             .iter()
             .any(|c| c.type_ == "LeakDetected" && c.status == "True"));
         assert!(!awaits(&s, None), "analysed once");
+    }
+
+    /// The report of a pod whose memory stepped once, 20 MiB at t=110 s, between A (100 s) and
+    /// B (130 s): flat after it for `flat` seconds of samples.
+    fn stepped(flat: i64) -> LeakReportStatus {
+        use crate::crd::{MemorySample, SnapshotRecord};
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        let at = |secs| Time(Timestamp::from_second(secs).unwrap());
+        let record = |role: &str, secs| SnapshotRecord {
+            role: role.into(),
+            node: "n".into(),
+            time: at(secs),
+            size: 1,
+            sha256: String::new(),
+            path: None,
+            pid: 7,
+            pod: "web-1".into(),
+            container: "app".into(),
+            retain_until: None,
+        };
+        let mut s = LeakReportStatus {
+            phase: Phase::Analyzing,
+            snapshots: vec![record("A", 100), record("B", 130)],
+            ..Default::default()
+        };
+        for t in 90..=110 + flat {
+            let mib = if t < 110 { 40 } else { 60 };
+            s.push_sample(MemorySample {
+                time: at(t),
+                working_set: mib << 20,
+                pod: "web-1".into(),
+            });
+            // Another replica's samples share the report and must not count.
+            s.push_sample(MemorySample {
+                time: at(t),
+                working_set: (t % 7) << 24,
+                pod: "web-2".into(),
+            });
+        }
+        s
+    }
+
+    #[test]
+    fn a_step_then_flat_is_not_a_leak_in_the_report() {
+        let settle = Duration::from_secs(30);
+        assert!(matches!(trend(&stepped(10), settle), Trend::Pending { .. }));
+        let s = stepped(40);
+        let t = trend(&s, settle);
+        assert!(matches!(t, Trend::Step { .. }), "{t:?}");
+        let mut f = Findings {
+            verdict: leakhunt_analyzer::findings::Verdict::Leak,
+            summary: "__main__ (dict) grew from 8 to 9 items, retaining +20.0 MiB more".into(),
+            ..Default::default()
+        };
+        timeline::apply(&mut f, t);
+        let mut s = s;
+        record_findings(&mut s, &f, Timestamp::UNIX_EPOCH);
+        assert_eq!(s.verdict, Some(Verdict::NoLeak));
+        let summary = s.summary.clone().unwrap();
+        assert!(
+            summary
+                .starts_with("memory rose once by 20.0 MiB at 00:01:50 UTC and has been flat for"),
+            "{summary}"
+        );
+        assert!(s.timeline.as_deref().unwrap().ends_with("not a leak"));
+        assert_eq!(s.incidents.last().unwrap().reason, "Analysed");
+        // No pair, no timeline: the diff's verdict stands.
+        s.snapshots.clear();
+        assert_eq!(trend(&s, settle), Trend::Unknown);
     }
 
     #[test]

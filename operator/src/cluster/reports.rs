@@ -104,7 +104,8 @@ where
     ))
 }
 
-async fn get_status_opt(
+/// A report with its status, or `None` when it does not exist.
+pub async fn get_status_opt(
     api: &Api<LeakReport>,
     name: &str,
 ) -> Result<Option<LeakReport>, kube::Error> {

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use leakhunt_analyzer::findings::{Findings, Verdict as FindingsVerdict};
+use leakhunt_analyzer::timeline::{self, Point, Trend};
 
 use crate::crd::{
     human_bytes, signed_bytes, Incident, LeakReport, MemorySample, Phase, ProcessRef,
@@ -130,7 +131,7 @@ pub struct KillEvent {
 }
 
 /// A snapshot as taken.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SnapshotTaken {
     pub role: char,
     pub pid: i32,
@@ -138,6 +139,8 @@ pub struct SnapshotTaken {
     pub path: PathBuf,
     pub file_bytes: u64,
     pub working_set: u64,
+    /// When the sample that called for it was read (seconds since the epoch).
+    pub at: f64,
 }
 
 /// What a hunt did.
@@ -239,9 +242,24 @@ struct Hunt<'a> {
     progress: Progress,
     main_pid: i32,
     main_comm: Option<String>,
-    /// (seconds, working set) of every sample, for the verdict of a hunt without snapshots.
-    history: Vec<(f64, u64)>,
+    /// The working-set timeline (seconds since the epoch), decimated as it grows: the
+    /// verdict's evidence beside the heap diff, and of a hunt without snapshots.
+    history: Vec<Point>,
+    /// A diff waiting for the timeline to tell a one-time step from growth.
+    judging: Option<Judging>,
 }
+
+/// Findings of a snapshot pair, before the timeline has had its say.
+struct Judging {
+    findings: Findings,
+    crossed: Instant,
+    a: f64,
+    b: f64,
+    announced: bool,
+}
+
+/// Points kept in the hunt's timeline.
+const HISTORY_POINTS: usize = 4096;
 
 /// Runs a hunt. `out` gets the printed report; `cancel` ends the hunt early (Ctrl-C).
 pub fn run(
@@ -344,6 +362,7 @@ pub fn run(
         main_pid,
         main_comm: comm,
         history: Vec::new(),
+        judging: None,
         progress: Progress {
             enabled: opts.progress,
             tty: io::stderr().is_terminal(),
@@ -370,6 +389,7 @@ pub fn run(
     let mut next_sample = Instant::now();
     let mut pending = Some(first);
     let mut interrupted = false;
+    let mut duration_reached = false;
 
     loop {
         let sample = match pending.take() {
@@ -390,7 +410,12 @@ pub fn run(
             }
         };
         hunt.record_sample(&sample);
+        if !sample.kills.is_empty() {
+            // A kill while a step was being watched ends the watching: judge with what there is.
+            hunt.conclude(out, true);
+        }
         hunt.handle_kills(&sample, machine.state());
+        hunt.conclude(out, false);
 
         // An empty cgroup is the end of the watch, not a restart: the command's own process
         // leaves cgroup.procs before it is reaped, and voiding A then would hide that it
@@ -447,10 +472,14 @@ pub fn run(
             break;
         }
         if let Some(limit) = opts.duration {
-            if started.elapsed() >= limit {
+            if started.elapsed() >= limit && !duration_reached {
+                duration_reached = true;
                 hunt.progress
                     .event(&format!("--duration {:?} reached", limit));
                 hunt.end_of_watch(&machine, &sample, out);
+            }
+            // A verdict still watching a step gets its settle time (at most --window more).
+            if duration_reached && hunt.judging.is_none() {
                 break;
             }
         }
@@ -495,6 +524,7 @@ pub fn run(
             hunt.handle_kills(&last, machine.state());
         }
     }
+    hunt.conclude(out, true);
     if interrupted {
         hunt.failure.get_or_insert(Failure::Interrupted);
     } else if let Some(child) = child_guard.0.as_mut() {
@@ -606,16 +636,19 @@ impl Hunt<'_> {
         }
         let ws = sample.memory.working_set();
         self.peak_working_set = self.peak_working_set.max(ws);
-        if self.history.len() < 100_000 {
-            self.history.push((sample.t, ws));
-        }
         let now = Timestamp::now();
+        let point = Point {
+            t: now.as_millisecond() as f64 / 1e3,
+            bytes: ws,
+        };
+        timeline::push_decimated(&mut self.history, point, HISTORY_POINTS);
         let growth = sample.growth_per_sec;
         let eta = sample.seconds_to_oom;
         let status = self.status();
         status.push_sample(MemorySample {
             time: Time(now),
             working_set: to_i64(ws),
+            pod: String::new(),
         });
         status.memory.growth_per_minute = growth.map(|g| (g * 60.0) as i64);
         status.memory.predicted_oom_time = eta
@@ -754,6 +787,7 @@ impl Hunt<'_> {
             path: captured.path.clone(),
             file_bytes: captured.file_bytes,
             working_set: ws,
+            at: self.history.last().map_or(0.0, |p| p.t),
         };
         self.outcome_snapshots.push(taken.clone());
         let record = SnapshotRecord {
@@ -802,55 +836,14 @@ impl Hunt<'_> {
         };
         match self.snap.diff(&a.path, &b.path) {
             Ok(findings) => {
-                let _ = writeln!(
-                    out,
-                    "\nleakhunt report: {} (pid {}), snapshot A at {} and B at {} working set of a {} limit",
-                    b.comm,
-                    b.pid,
-                    human_bytes(a.working_set),
-                    human_bytes(b.working_set),
-                    human_bytes(self.limit)
-                );
-                let _ = self.snap.write_text(&findings, out);
-                let _ = out.flush();
-                self.b_to_report = Some(crossed.elapsed());
-                self.analysed_at = Some(Instant::now());
-                let now = Time(Timestamp::now());
-                let verdict = findings.verdict;
-                let summary = findings.summary.clone();
-                let status = self.status();
-                status.apply_findings(&findings);
-                status.phase = Phase::Analysed;
-                status.set_condition(
-                    "Analysed",
-                    true,
-                    "SnapshotPairDiffed",
-                    &summary,
-                    now.clone(),
-                );
-                status.set_condition(
-                    "LeakDetected",
-                    verdict == FindingsVerdict::Leak,
-                    match verdict {
-                        FindingsVerdict::Leak => "Leak",
-                        FindingsVerdict::NoLeak => "NoLeak",
-                        FindingsVerdict::Inconclusive => "Inconclusive",
-                    },
-                    &summary,
-                    now.clone(),
-                );
-                if verdict == FindingsVerdict::Leak {
-                    status.push_incident(Incident {
-                        time: now,
-                        reason: "LeakDetected".into(),
-                        message: summary,
-                    });
-                }
-                self.findings = Some(findings);
-                self.progress.event(&format!(
-                    "analysed in {:.1}s after the near-limit crossing",
-                    self.b_to_report.unwrap_or_default().as_secs_f64()
-                ));
+                self.judging = Some(Judging {
+                    findings,
+                    crossed,
+                    a: a.at,
+                    b: b.at,
+                    announced: false,
+                });
+                self.conclude(out, false);
             }
             Err(e) => {
                 let message = e.to_string();
@@ -859,8 +852,91 @@ impl Hunt<'_> {
                 self.failure.get_or_insert(Failure::Analysis(message));
                 self.status().phase = Phase::Failed;
                 self.analysed_at = Some(Instant::now());
+                self.write_report();
             }
         }
+    }
+
+    /// Weighs the diff waiting in `judging` against the timeline and reports it. A step too
+    /// recent to tell from growth waits for more samples, unless this is the `last` chance.
+    fn conclude(&mut self, out: &mut dyn Write, last: bool) {
+        let Some(j) = self.judging.as_mut() else {
+            return;
+        };
+        let settle = self.opts.window.as_secs_f64();
+        let trend = timeline::judge(&self.history, j.a, j.b, settle);
+        if matches!(trend, Trend::Pending { .. }) && !last {
+            if !j.announced {
+                j.announced = true;
+                if let Some(s) = trend.sentence() {
+                    self.progress.event(&format!(
+                        "{s}; watching up to {settle:.0} s more before the verdict"
+                    ));
+                }
+            }
+            return;
+        }
+        let Some(Judging {
+            mut findings,
+            crossed,
+            ..
+        }) = self.judging.take()
+        else {
+            return;
+        };
+        timeline::apply(&mut findings, trend);
+        let (Some(a), Some(b)) = (self.baseline.clone(), self.after.clone()) else {
+            return;
+        };
+        let _ = writeln!(
+            out,
+            "\nleakhunt report: {} (pid {}), snapshot A at {} and B at {} working set of a {} limit",
+            b.comm,
+            b.pid,
+            human_bytes(a.working_set),
+            human_bytes(b.working_set),
+            human_bytes(self.limit)
+        );
+        let _ = self.snap.write_text(&findings, out);
+        let _ = out.flush();
+        self.b_to_report = Some(crossed.elapsed());
+        self.analysed_at = Some(Instant::now());
+        let now = Time(Timestamp::now());
+        let verdict = findings.verdict;
+        let summary = findings.summary.clone();
+        let status = self.status();
+        status.apply_findings(&findings);
+        status.phase = Phase::Analysed;
+        status.set_condition(
+            "Analysed",
+            true,
+            "SnapshotPairDiffed",
+            &summary,
+            now.clone(),
+        );
+        status.set_condition(
+            "LeakDetected",
+            verdict == FindingsVerdict::Leak,
+            match verdict {
+                FindingsVerdict::Leak => "Leak",
+                FindingsVerdict::NoLeak => "NoLeak",
+                FindingsVerdict::Inconclusive => "Inconclusive",
+            },
+            &summary,
+            now.clone(),
+        );
+        if verdict == FindingsVerdict::Leak {
+            status.push_incident(Incident {
+                time: now,
+                reason: "LeakDetected".into(),
+                message: summary,
+            });
+        }
+        self.findings = Some(findings);
+        self.progress.event(&format!(
+            "analysed in {:.1}s after the near-limit crossing",
+            self.b_to_report.unwrap_or_default().as_secs_f64()
+        ));
         self.write_report();
     }
 
@@ -938,13 +1014,13 @@ impl Hunt<'_> {
         // Start-up allocation is not growth: judge the second half of the watch.
         let growth = {
             let mut w = crate::node::GrowthWindow::new(f64::INFINITY, usize::MAX);
-            for (t, ws) in self.history.iter().skip(self.history.len() / 2) {
-                w.push(*t, *ws);
+            for p in self.history.iter().skip(self.history.len() / 2) {
+                w.push(p.t, p.bytes);
             }
             w.rate().map(|r| (r * 60.0) as i64).unwrap_or(0)
         };
         let analysed = self.findings.is_some();
-        let headroom = limit.saturating_sub(self.history.last().map_or(0, |(_, ws)| *ws));
+        let headroom = limit.saturating_sub(self.history.last().map_or(0, |p| p.bytes));
         let captured = match (&self.baseline, &self.after) {
             (Some(a), None) => {
                 format!("snapshot A of pid {} only; snapshot B was not taken", a.pid)

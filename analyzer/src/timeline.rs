@@ -61,6 +61,8 @@ pub enum Trend {
         since: i64,
         seconds: f64,
     },
+    /// One rise, then a fall (memory released, or the process restarted).
+    Unsettled { at: f64, by: i64, since: i64 },
     /// Filled and emptied, `cycles` times, between `low` and `high`.
     Sawtooth {
         cycles: u32,
@@ -82,16 +84,17 @@ pub struct TimelineEvidence {
     pub heap_verdict: Verdict,
 }
 
-/// Samples a step may span: a sample taken mid-allocation splits one rise over two intervals.
-const STEP_SAMPLES: usize = 3;
+/// A step spans at most this many sample intervals (a sample taken mid-allocation, or a loaded
+/// machine, splits one rise over two or three), and no more than STEP_SECS of them: longer,
+/// a rise is growth, not one allocation. Sampled more sparsely, a step is one interval.
+const STEP_INTERVALS: f64 = 3.5;
+const STEP_SECS: f64 = 2.0;
 /// Share of the A → B growth a step must hold to explain it.
-const STEP_SHARE: f64 = 0.7;
+const STEP_SHARE: f64 = 0.8;
 /// Below this the working set did not move (page-cache and allocator jitter).
 const MIN_RISE: u64 = 1 << 20;
-/// A deviation from the trend this many noise units is a jump, not noise.
-const JUMP_NOISE: f64 = 3.0;
-/// Growth after a step, as a share of the step, that means it goes on.
-const GROWS_SHARE: f64 = 0.1;
+/// Samples after a step before its plateau can be judged.
+const PLATEAU_SAMPLES: usize = 3;
 
 /// Judges the timeline `points` (ordered by time) around snapshots taken at `a` and `b`. A step
 /// counts as one-time once memory has been flat for `settle` seconds after it.
@@ -108,7 +111,7 @@ pub fn judge(points: &[Point], a: f64, b: f64, settle: f64) -> Trend {
     }
     let v = |i: usize| points[i].bytes as i64;
     let rise = v(ib) - v(ia);
-    let (rate, noise) = rate_and_noise(&points);
+    let (_, noise) = rate_and_noise(&points);
     let significant = (MIN_RISE as f64).max(4.0 * noise);
     if (rise as f64) < significant {
         return Trend::Flat { rise };
@@ -116,28 +119,34 @@ pub fn judge(points: &[Point], a: f64, b: f64, settle: f64) -> Trend {
     if let Some(saw) = sawtooth(&points, ib, rise, noise) {
         return saw;
     }
-    // The biggest jump over the trend, of at most STEP_SAMPLES intervals, overlapping A → B.
-    let excess =
-        |i: usize| v(i) - v(i - 1) - (rate.max(0.0) * (points[i].t - points[i - 1].t)) as i64;
-    let jump = (JUMP_NOISE * noise).max(MIN_RISE as f64 / 4.0) as i64;
+    // The biggest rise within a short span (a step: one allocation, which a loaded machine may
+    // spread over two or three samples), by its part between A and B; it may run on past B
+    // (B taken mid-step).
+    let dt = median_interval(&points);
+    let span = (STEP_INTERVALS * dt).min(STEP_SECS).max(1.5 * dt);
+    let inside = |s: usize, e: usize| v(e.min(ib)) - v(s.max(ia));
+    let tie = (2.0 * noise).max(MIN_RISE as f64 / 8.0);
     let mut best: Option<(usize, usize)> = None;
-    let mut i = 1;
-    while i < points.len() {
-        if excess(i) <= jump {
-            i += 1;
-            continue;
+    for e in ia + 1..points.len() {
+        for s in (0..e.min(ib)).rev() {
+            if points[e].t - points[s].t > span {
+                break;
+            }
+            // Larger by more than the noise: otherwise the earliest, shortest window.
+            if best.is_none_or(|(bs, be)| (inside(s, e) - inside(bs, be)) as f64 > tie) {
+                best = Some((s, e));
+            }
         }
-        let start = i - 1;
-        let mut end = i;
-        while end + 1 < points.len() && excess(end + 1) > jump {
-            end += 1;
+    }
+    // A step B was taken in the middle of: its rest comes in the samples after B.
+    if let Some((s, e)) = best.as_mut() {
+        while *e + 1 < points.len()
+            && *e >= ib
+            && points[*e + 1].t - points[*s].t <= span
+            && (v(*e + 1) - v(*e)) as f64 >= significant / 2.0
+        {
+            *e += 1;
         }
-        let overlaps = start < ib && end > ia;
-        let short = end - start <= STEP_SAMPLES;
-        if overlaps && short && best.is_none_or(|(s, e)| v(end) - v(start) > v(e) - v(s)) {
-            best = Some((start, end));
-        }
-        i = end + 1;
     }
     let spread = || {
         let seconds = points[ib].t - points[ia].t;
@@ -152,8 +161,9 @@ pub fn judge(points: &[Point], a: f64, b: f64, settle: f64) -> Trend {
     let Some((start, end)) = best else {
         return spread();
     };
-    let inside = v(end.min(ib)) - v(start.max(ia));
-    if (inside as f64) < STEP_SHARE * rise as f64 {
+    // The step must explain the pair: most of its rise, and no growth of note before it.
+    let before = v(start.max(ia)) - v(ia);
+    if (inside(start, end) as f64) < STEP_SHARE * rise as f64 || before as f64 >= significant {
         return spread();
     }
     // The rise as far as it concerns the pair: a start-up ramp just before A is not its part.
@@ -170,7 +180,9 @@ pub fn judge(points: &[Point], a: f64, b: f64, settle: f64) -> Trend {
         .map(|p| p.bytes as i64)
         .collect();
     let since = median_i64(&tail) - v(end);
-    let grows = (since as f64) >= (GROWS_SHARE * by as f64).max(significant);
+    // And the slope since the step: a slow leak beside a big allocation.
+    let slope = slope(after).unwrap_or(0.0);
+    let grows = since as f64 >= significant || slope * flat_for.max(settle) >= significant;
     if grows {
         Trend::StepThenGrowth {
             at,
@@ -178,7 +190,10 @@ pub fn judge(points: &[Point], a: f64, b: f64, settle: f64) -> Trend {
             since,
             seconds: flat_for,
         }
-    } else if flat_for >= settle {
+    } else if (since as f64) <= -significant {
+        // Fell back: released, or the process restarted. Not the plateau that clears a step.
+        Trend::Unsettled { at, by, since }
+    } else if flat_for >= settle && after.len() > PLATEAU_SAMPLES {
         Trend::Step { at, by, flat_for }
     } else {
         Trend::Pending {
@@ -225,6 +240,28 @@ fn rate_and_noise(points: &[Point]) -> (f64, f64) {
     (rate, median(&mut dev))
 }
 
+/// Least-squares slope in bytes per second; `None` with fewer than two distinct times.
+fn slope(points: &[Point]) -> Option<f64> {
+    let n = points.len() as f64;
+    let t0 = points.first()?.t;
+    let mt = points.iter().map(|p| p.t - t0).sum::<f64>() / n;
+    let mb = points.iter().map(|p| p.bytes as f64).sum::<f64>() / n;
+    let (num, den) = points.iter().fold((0.0, 0.0), |(num, den), p| {
+        let dt = p.t - t0 - mt;
+        (num + dt * (p.bytes as f64 - mb), den + dt * dt)
+    });
+    (den > 0.0).then(|| num / den)
+}
+
+/// The typical time between samples.
+fn median_interval(points: &[Point]) -> f64 {
+    let mut dt: Vec<f64> = points.windows(2).map(|w| w[1].t - w[0].t).collect();
+    if dt.is_empty() {
+        return 0.0;
+    }
+    median(&mut dt)
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -246,6 +283,7 @@ fn sawtooth(points: &[Point], ib: usize, rise: i64, noise: f64) -> Option<Trend>
     let (mut hi, mut lo) = (points[0].bytes as i64, points[0].bytes as i64);
     // None: no direction yet; Some(true): rising (tracking a high); Some(false): falling.
     let mut rising: Option<bool> = None;
+    let mut fell_first = false;
     for p in points {
         let x = p.bytes as i64;
         match rising {
@@ -259,6 +297,7 @@ fn sawtooth(points: &[Point], ib: usize, rise: i64, noise: f64) -> Option<Trend>
                 } else if hi - x >= swing {
                     rising = Some(false);
                     highs.push(hi);
+                    fell_first = true;
                     lo = x;
                 }
             }
@@ -280,15 +319,20 @@ fn sawtooth(points: &[Point], ib: usize, rise: i64, noise: f64) -> Option<Trend>
             }
         }
     }
+    // Only the lows that follow a fall: the first may be the start-up level.
+    if !fell_first && !lows.is_empty() {
+        lows.remove(0);
+    }
     if highs.len() < 2 || lows.is_empty() {
         return None;
     }
     let (hmin, hmax) = (*highs.iter().min()?, *highs.iter().max()?);
     let (lmin, lmax) = (*lows.iter().min()?, *lows.iter().max()?);
-    let amplitude = hmax - lmin;
-    let level = amplitude / 4;
+    // Level means within the noise: peaks that climb a little each cycle are a leak that a
+    // collector hides, and B (often the first sample over its threshold) must not top them.
+    let tolerance = (4.0 * noise).max(MIN_RISE as f64) as i64;
     let at_b = points[ib].bytes as i64;
-    if hmax - hmin > level || lmax - lmin > level || at_b > hmax + level {
+    if hmax - hmin > tolerance || lmax - lmin > tolerance || at_b > hmax + tolerance {
         return None;
     }
     Some(Trend::Sawtooth {
@@ -354,6 +398,12 @@ impl Trend {
                 clock(at),
                 human_delta(since),
                 duration(seconds)
+            ),
+            Trend::Unsettled { at, by, since } => format!(
+                "memory rose by {} at {} and has fallen {} since: not a plateau",
+                human_bytes(by.max(0) as u64),
+                clock(at),
+                human_delta(since)
             ),
             Trend::Sawtooth {
                 cycles,
@@ -597,6 +647,61 @@ mod tests {
     }
 
     #[test]
+    fn a_step_a_loaded_machine_spread_over_samples_is_a_step() {
+        // A 12 MiB allocation seen over three 250 ms samples (the loaded CI run), with churn.
+        let mut mib: Vec<f64> = (0..20).map(|i| 36.5 + 0.4 * noise(i)).collect();
+        mib.extend([43.7, 46.2, 48.7]);
+        mib.extend((0..60).map(|i| 48.7 + 0.4 * noise(100 + i)));
+        let p = series(0.0, 0.25, mib);
+        let t = judge(&p, p[19].t, p[45].t, 8.0);
+        assert!(matches!(t, Trend::Step { .. }), "{t:?}");
+        // A steady leak sampled four times between A and B, then paused after B: its rise is
+        // spread over the pair, not one step.
+        let mut mib: Vec<f64> = vec![50.0; 5];
+        mib.extend([60.0, 70.0, 80.0, 90.0]);
+        mib.extend(vec![90.0; 40]);
+        let p = series(0.0, 1.0, mib);
+        let t = judge(&p, p[4].t, p[8].t, 30.0);
+        assert!(!t.clears(), "{t:?}");
+    }
+
+    #[test]
+    fn what_must_not_pass_for_one_time_growth() {
+        // Fills and clears whose peaks climb 20 MiB a cycle, B the first sample above them.
+        let mut mib = Vec::new();
+        for (low, high) in [(10.0, 820.0), (15.0, 840.0), (20.0, 871.0)] {
+            mib.extend((0..=40).map(|i| low + (high - low) * i as f64 / 40.0));
+        }
+        let p = series(0.0, 1.0, mib);
+        let t = judge(&p, p[90].t, p[122].t, 30.0);
+        assert!(!t.clears(), "{t:?}");
+
+        // A slow leak (0.2 MiB/s) beside one 300 MiB allocation that crosses B.
+        let mut mib: Vec<f64> = (0..300).map(|i| 512.0 + 0.2 * i as f64).collect();
+        mib.extend((0..40).map(|i| 512.0 + 60.0 + 300.0 + 0.2 * i as f64));
+        let p = series(0.0, 1.0, mib);
+        let t = judge(&p, p[0].t, p[300].t, 30.0);
+        assert!(!t.clears(), "{t:?}");
+
+        // One rise, then the process restarted (memory back to its start): no plateau.
+        let mut mib = vec![100.0; 20];
+        mib.extend(vec![400.0; 5]);
+        mib.extend(vec![30.0; 40]);
+        let p = series(0.0, 1.0, mib);
+        let t = judge(&p, p[10].t, p[21].t, 30.0);
+        assert!(matches!(t, Trend::Unsettled { .. }), "{t:?}");
+
+        // One sample after the step, however late, is not a plateau.
+        let p = series(0.0, 1.0, vec![20.0, 20.0, 20.0, 60.0]);
+        let mut late = p.clone();
+        late.push(Point {
+            t: 500.0,
+            bytes: 60 << 20,
+        });
+        assert!(!judge(&late, 1.0, 3.0, 30.0).clears());
+    }
+
+    #[test]
     fn flat_and_unknown() {
         let p = series(0.0, 1.0, (0..60).map(|i| 50.0 + 0.1 * noise(i)));
         assert!(matches!(judge(&p, 10.0, 50.0, 30.0), Trend::Flat { .. }));
@@ -635,6 +740,14 @@ mod tests {
             },
             Point { t: 9.0, bytes: 0 },
         ];
+        let far = series(0.0, 1.0, [0.0, 10.0, 20.0, 30.0])
+            .into_iter()
+            .chain([Point {
+                t: 1e30,
+                bytes: 25 << 20,
+            }])
+            .collect::<Vec<_>>();
+        let _ = judge(&far, 0.0, 1e30, 30.0);
         for (a, b) in [(0.0, 10.0), (1.0, 9.0), (9.0, 1.0), (f64::NAN, 3.0)] {
             let t = judge(&odd, a, b, 30.0);
             let _ = t.sentence();

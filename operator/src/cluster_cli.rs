@@ -418,11 +418,7 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         snapshot_dir: args.snapshot_dir,
         interval: args.interval,
         max_snapshot_size: args.max_snapshot_size,
-        thresholds: Thresholds {
-            baseline: args.baseline,
-            near_limit: args.near_limit,
-            cooldown_secs: args.cooldown.as_secs_f64(),
-        },
+        thresholds: Thresholds::shares(args.baseline, args.near_limit, args.cooldown.as_secs_f64()),
         report_interval: args.report_interval,
         events: args.events,
         kernel_log: Some(args.kernel_log)

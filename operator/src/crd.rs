@@ -11,9 +11,11 @@ use leakhunt_analyzer::findings;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// At most this many memory samples are kept in a report's status: the timeline the analyzer
-/// Job weighs a heap diff against, recent samples dense and older ones thinned.
+/// At most this many memory samples of one container are kept in a report's status: the
+/// timeline the analyzer Job weighs a heap diff against, recent samples dense, older ones thinned.
 pub const MAX_SAMPLES: usize = 120;
+/// At most this many samples in all (a workload's replicas share one report).
+pub const MAX_ALL_SAMPLES: usize = 360;
 /// At most this many incidents are kept; the oldest go first.
 pub const MAX_INCIDENTS: usize = 20;
 /// At most this many suspects and types are kept.
@@ -277,6 +279,9 @@ pub struct MemorySample {
     /// The pod it was read in (a workload's pods share one report).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub pod: String,
+    /// The container it was read in.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub container: String,
 }
 
 /// An OOM kill.
@@ -382,18 +387,41 @@ impl LeakReportStatus {
         true
     }
 
-    /// Appends a memory sample; beyond the bound the older half is thinned, so the samples
-    /// still reach back past snapshot A.
+    /// Appends a memory sample. Beyond [`MAX_SAMPLES`] of its container, the older half of
+    /// that container's samples is thinned (so they still reach back past snapshot A); beyond
+    /// [`MAX_ALL_SAMPLES`], the oldest of another container goes.
     pub fn push_sample(&mut self, sample: MemorySample) {
-        leakhunt_analyzer::timeline::push_decimated(&mut self.memory.samples, sample, MAX_SAMPLES);
+        let same = |m: &MemorySample| m.pod == sample.pod && m.container == sample.container;
+        let samples = &mut self.memory.samples;
+        let (mut mine, others): (Vec<MemorySample>, Vec<MemorySample>) =
+            std::mem::take(samples).into_iter().partition(same);
+        leakhunt_analyzer::timeline::push_decimated(&mut mine, sample, MAX_SAMPLES);
+        let mut all: Vec<MemorySample> = others.into_iter().chain(mine).collect();
+        all.sort_by_key(|m| m.time.0);
+        while all.len() > MAX_ALL_SAMPLES {
+            let last = all.last().cloned();
+            match all.iter().position(|m| {
+                last.as_ref()
+                    .is_some_and(|l| !(m.pod == l.pod && m.container == l.container))
+            }) {
+                Some(i) => {
+                    all.remove(i);
+                }
+                None => {
+                    all.remove(0);
+                }
+            }
+        }
+        *samples = all;
     }
 
-    /// The samples of `pod` (empty: the local hunt's) as a timeline, seconds since the epoch.
-    pub fn timeline(&self, pod: &str) -> Vec<leakhunt_analyzer::timeline::Point> {
+    /// The samples of one container (empty names: the local hunt's) as a timeline, seconds
+    /// since the epoch.
+    pub fn timeline(&self, pod: &str, container: &str) -> Vec<leakhunt_analyzer::timeline::Point> {
         self.memory
             .samples
             .iter()
-            .filter(|m| m.pod == pod)
+            .filter(|m| m.pod == pod && m.container == container)
             .map(|m| leakhunt_analyzer::timeline::Point {
                 t: m.time.0.as_millisecond() as f64 / 1e3,
                 bytes: m.working_set.max(0) as u64,
@@ -762,6 +790,7 @@ mod tests {
                 time: t.clone(),
                 working_set: i,
                 pod: String::new(),
+                container: String::new(),
             });
             s.push_incident(Incident {
                 time: t.clone(),

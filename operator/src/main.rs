@@ -91,7 +91,9 @@ fn run_hunt(args: HuntArgs) -> ExitCode {
                 hunt::Error::Cgroup(
                     cgroup::Error::Permission { .. } | cgroup::Error::ControllerMissing { .. },
                 )
-                | hunt::Error::NoLimit { .. } => 3,
+                | hunt::Error::NoLimit { .. }
+                | hunt::Error::NotPermitted { .. } => 3,
+                hunt::Error::Thresholds(_) => 2,
                 _ => 1,
             })
         }

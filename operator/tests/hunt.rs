@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use leakhunt_analyzer::findings::{Findings, Verdict as FindingsVerdict};
 use leakhunt_operator::crd::{Phase, Verdict};
 use leakhunt_operator::hunt::snapshot::{self, Captured, Snapshotter};
-use leakhunt_operator::hunt::{self, Failure, HuntOptions, HuntOutcome, Target, Until};
-use leakhunt_operator::node::{Cgroup, CgroupVersion, Hierarchy, KillSource, Thresholds};
+use leakhunt_operator::hunt::{self, Failure, HuntOptions, HuntOutcome, Levels, Target, Until};
+use leakhunt_operator::node::{Cgroup, CgroupVersion, Hierarchy, KillSource, Level};
 
 const ROOT: &str = "/sys/fs/cgroup";
 const MIB: u64 = 1 << 20;
@@ -181,10 +181,7 @@ fn options(name: &str, target: Target, limit: Option<u64>) -> (HuntOptions, temp
     let opts = HuntOptions {
         target,
         memory_limit: limit,
-        thresholds: Thresholds {
-            cooldown_secs: f64::INFINITY,
-            ..Default::default()
-        },
+        levels: Levels::default(),
         interval: Duration::from_millis(200),
         window: Duration::from_secs(10),
         snapshot_dir: tmp.path().join("snapshots"),
@@ -589,10 +586,25 @@ fn cli_errors_have_clear_messages_and_exit_codes() {
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no memory cgroup controller"));
 
-    // Usage: a command without a limit.
-    let out = leakhunt().args(["hunt", "--", "true"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--memory-limit is required"));
+    // Usage: thresholds that cannot be.
+    for (args, says) in [
+        (
+            &["--baseline", "60%", "--near-limit", "50%"][..],
+            "--baseline < --near-limit",
+        ),
+        (&["--baseline", "+5Mi"][..], "--baseline cannot be a growth"),
+        (&["--near-limit", "lots"][..], "not a threshold"),
+    ] {
+        let out = leakhunt()
+            .arg("hunt")
+            .args(args)
+            .args(["--", "true"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
 
     // No permission to create cgroups: an unprivileged user.
     if hierarchy().is_some() && Path::new("/usr/bin/setpriv").exists() {
@@ -614,6 +626,23 @@ fn cli_errors_have_clear_messages_and_exit_codes() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(3), "{err}");
         assert!(err.contains("no permission to create cgroup"), "{err}");
+
+        // Another user's process: said before anything is watched.
+        let out = Command::new("/usr/bin/setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_leakhunt"))
+            .args([
+                "hunt",
+                "--pid",
+                "1",
+                "--snapshot-dir",
+                "/tmp/leakhunt-nobody",
+            ])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{err}");
+        assert!(err.contains("need root or CAP_SYS_PTRACE"), "{err}");
     }
 }
 
@@ -777,6 +806,9 @@ fn steady_process_above_baseline_is_not_a_leak() {
     );
     opts.duration = Some(Duration::from_secs(6));
     opts.window = Duration::from_secs(8);
+    // A sample every 500 ms: however slowly a loaded machine makes the allocation, it is one
+    // step of a sample or three.
+    opts.interval = Duration::from_millis(500);
     let rec = Recorder::real().gated(&gate, 1);
     let (outcome, text) = run(&opts, &rec);
     assert_eq!(
@@ -865,4 +897,227 @@ fn drive_load(port: u16, stop: &AtomicBool, max: Duration) -> u64 {
         }
     }
     sent
+}
+
+/// A cgroup of the test's own, with no limit unless given, and a Python script started in it
+/// (killed and removed when dropped).
+struct Contained {
+    cgroup: Cgroup,
+    children: Vec<Child>,
+}
+
+impl Contained {
+    fn new(h: &Hierarchy, name: &str, limit: Option<u64>) -> Contained {
+        let cgroup = h
+            .create(&format!("leakhunt-test/{name}-{}", std::process::id()))
+            .unwrap();
+        if let Some(l) = limit {
+            cgroup.set_limit(l).unwrap();
+        }
+        Contained {
+            cgroup,
+            children: Vec::new(),
+        }
+    }
+
+    /// Starts `script` in the cgroup; its pid, once the script runs (a running service: its
+    /// interpreter is up when the hunt starts).
+    fn start(&mut self, script: &str) -> i32 {
+        let mut child = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(r#"echo $$ > "$0" && exec "$@""#)
+            .arg(self.cgroup.dir.join("cgroup.procs"))
+            .args([
+                python().as_str(),
+                "-c",
+                &format!("print('ready', flush=True)\n{script}"),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "pid {pid} never started");
+        self.children.push(child);
+        pid
+    }
+}
+
+impl Drop for Contained {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = self.cgroup.kill_and_remove(Duration::from_secs(5));
+    }
+}
+
+/// Grows 2 MiB every 50 ms up to `cap_mib`, then holds it; exits once `gate` exists if given.
+fn capped_leaker(cap_mib: u32, gate: Option<&Path>) -> String {
+    let exit = gate
+        .map(|g| {
+            format!(
+                "    if os.path.exists({:?}):\n        break\n",
+                g.display().to_string()
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        "import os, time\nheld = []\nwhile True:\n{exit}    if len(held) * 2 < {cap_mib}:\n        held.append(b'x' * (2 << 20))\n    time.sleep(0.05)\n"
+    )
+}
+
+/// The seed's wish: a running Python service with no memory limit, `--pid` and no other flag.
+/// A bigger process beside it in its cgroup is not the one hunted.
+#[test]
+fn pid_without_a_limit_names_the_leak() {
+    let _serial = serial();
+    let Some(h) = hierarchy() else { return };
+    let mut c = Contained::new(&h, "nolimit", None);
+    let _big = c.start("import time\nheld = b'x' * (150 << 20)\ntime.sleep(600)\n");
+    let pid = c.start(&capped_leaker(120, None));
+    let (mut opts, _tmp) = options("nolimit", Target::Pid(pid), None);
+    opts.until = Until::Report;
+    let rec = Recorder::real();
+    let (outcome, text) = run(&opts, &rec);
+    assert!(outcome.failure.is_none(), "{:?}\n{text}", outcome.failure);
+    let taken = rec.taken.lock().unwrap().clone();
+    assert_eq!(taken.len(), 2);
+    assert!(taken.iter().all(|(p, _)| *p == pid), "{taken:?}");
+    let (a, b) = (&outcome.snapshots[0], &outcome.snapshots[1]);
+    assert!(
+        b.working_set >= a.working_set + (64 << 20),
+        "{} → {}",
+        a.working_set,
+        b.working_set
+    );
+    let findings = outcome.findings.expect("findings");
+    assert_eq!(findings.verdict, FindingsVerdict::Leak, "{text}");
+    assert!(findings.suspects[0].path.ends_with("held"), "{text}");
+    let st = outcome.report.status.unwrap();
+    assert!(
+        st.notes.iter().any(|n| n
+            == "thresholds: snapshot A now, B once grown by max(64MiB, 25% of its size at A) (or at the end of --duration 60s) (no memory limit: the default, on the process's RSS)"),
+        "{:?}",
+        st.notes
+    );
+    assert_eq!(st.memory.limit, None);
+}
+
+/// Sizes, growth and time instead of shares of a limit.
+#[test]
+fn pid_thresholds_as_sizes_growth_and_time() {
+    let _serial = serial();
+    let Some(h) = hierarchy() else { return };
+    const M: u64 = 1 << 20;
+    let mut c = Contained::new(&h, "levels", None);
+    let pid = c.start(&capped_leaker(100, None));
+    let (mut opts, _tmp) = options("levels", Target::Pid(pid), None);
+    opts.until = Until::Report;
+    opts.levels = Levels {
+        baseline: Some(Level::Bytes(40 * M)),
+        near_limit: Some(Level::Bytes(80 * M)),
+        pair_after: None,
+    };
+    let (outcome, _) = run(&opts, &Recorder::default());
+    let s = &outcome.snapshots;
+    assert_eq!(s.len(), 2, "{:?}", outcome.failure);
+    assert!(
+        s[0].working_set >= 40 * M && s[1].working_set >= 80 * M,
+        "{s:?}"
+    );
+    drop(c);
+
+    let mut c = Contained::new(&h, "growth", None);
+    let pid = c.start(&capped_leaker(100, None));
+    let (mut opts, _tmp) = options("growth", Target::Pid(pid), None);
+    opts.until = Until::Report;
+    opts.levels.near_limit = Some(Level::Growth {
+        bytes: 30 * M,
+        of_a: 0.0,
+    });
+    let (outcome, _) = run(&opts, &Recorder::default());
+    let s = &outcome.snapshots;
+    assert_eq!(s.len(), 2, "{:?}", outcome.failure);
+    assert!(s[1].working_set >= s[0].working_set + 30 * M, "{s:?}");
+    drop(c);
+
+    // Time: a service that does not grow, paired 2 s apart, is no leak.
+    let mut c = Contained::new(&h, "timed", None);
+    let pid = c.start("import time\nheld = b'x' * (20 << 20)\nwhile True:\n    junk = [str(i) for i in range(1000)]\n    time.sleep(0.05)\n");
+    let (mut opts, _tmp) = options("timed", Target::Pid(pid), None);
+    opts.until = Until::Report;
+    opts.levels.pair_after = Some(Duration::from_secs(2));
+    let rec = Recorder::real();
+    let started = Instant::now();
+    let (outcome, text) = run(&opts, &rec);
+    assert_eq!(rec.taken.lock().unwrap().len(), 2, "{text}");
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    let findings = outcome.findings.expect("findings");
+    assert_ne!(findings.verdict, FindingsVerdict::Leak, "{text}");
+}
+
+/// `--pid` of a master: the worker that grows is hunted, in a cgroup with a limit (shares).
+#[test]
+fn pid_of_a_master_hunts_its_growing_worker() {
+    let _serial = serial();
+    let Some(h) = hierarchy() else { return };
+    let mut c = Contained::new(&h, "master", Some(160 * MIB));
+    let worker = capped_leaker(150, None);
+    let master = c.start(&format!(
+        "import os, time\npid = os.fork()\nif pid == 0:\n    exec({worker:?})\nelse:\n    time.sleep(600)\n"
+    ));
+    let (mut opts, _tmp) = options("master", Target::Pid(master), None);
+    opts.until = Until::Report;
+    let rec = Recorder::default();
+    let (outcome, _) = run(&opts, &rec);
+    assert!(outcome.failure.is_none(), "{:?}", outcome.failure);
+    let taken = rec.taken.lock().unwrap().clone();
+    assert_eq!(taken.len(), 2);
+    assert!(
+        taken.iter().all(|(p, _)| *p != master),
+        "the worker, not the master"
+    );
+    assert_eq!(*rec.parents.lock().unwrap(), vec![master, master]);
+    let st = outcome.report.status.unwrap();
+    assert!(
+        st.notes.iter().any(|n| n
+            .starts_with("thresholds: snapshot A at 50% of the limit, B at 85% of the limit")
+            && n.ends_with("(shares of the cgroup's memory limit)")),
+        "{:?}",
+        st.notes
+    );
+}
+
+/// A `--pid` that exits after A: exit 4, and the report says what was captured.
+#[test]
+fn pid_that_exits_before_b_says_what_was_captured() {
+    let _serial = serial();
+    let Some(h) = hierarchy() else { return };
+    let gate_dir = tempfile::tempdir().unwrap();
+    let gate = gate_dir.path().join("a-taken");
+    let mut c = Contained::new(&h, "pid-exits", None);
+    // Something else lives on in the cgroup: the hunt ends with the process, not the cgroup.
+    let _other = c.start("import time\ntime.sleep(600)\n");
+    let pid = c.start(&capped_leaker(20, Some(&gate)));
+    let (opts, _tmp) = options("pid-exits", Target::Pid(pid), None);
+    let rec = Recorder::default().gated(&gate, 1);
+    let (outcome, _) = run(&opts, &rec);
+    assert_eq!(rec.taken.lock().unwrap().len(), 1, "A only");
+    let failure = outcome.failure.expect("failure");
+    assert!(matches!(failure, Failure::ExitedBeforeB(_)), "{failure:?}");
+    assert_eq!(failure.exit_code(), 4);
+    let st = outcome.report.status.unwrap();
+    assert!(
+        st.notes
+            .iter()
+            .any(|n| n.contains("snapshot B was not taken")),
+        "{:?}",
+        st.notes
+    );
 }

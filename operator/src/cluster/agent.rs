@@ -116,11 +116,11 @@ pub fn policy_of(spec: &LeakWatchSpec, events: bool) -> Option<Policy> {
             .unwrap_or(Duration::from_secs(86_400))
     });
     Some(Policy {
-        thresholds: Thresholds {
-            baseline: f64::from(spec.thresholds.baseline) / 100.0,
-            near_limit: f64::from(spec.thresholds.near_limit) / 100.0,
-            cooldown_secs: parse_duration(&spec.cooldown).ok()?.as_secs_f64(),
-        },
+        thresholds: Thresholds::shares(
+            f64::from(spec.thresholds.baseline) / 100.0,
+            f64::from(spec.thresholds.near_limit) / 100.0,
+            parse_duration(&spec.cooldown).ok()?.as_secs_f64(),
+        ),
         max_snapshot_size: parse_size(&spec.max_snapshot_size).ok()?,
         keep_snapshots: keep,
         events: spec
@@ -182,6 +182,8 @@ pub fn select_watch<'a>(
 #[derive(Debug, Clone)]
 pub enum Op {
     Sample {
+        /// When it was read (the write may come later).
+        time: Timestamp,
         working_set: i64,
         limit: Option<i64>,
         growth_per_sec: Option<f64>,
@@ -230,15 +232,17 @@ pub fn apply(
     let t = Time(now);
     match op {
         Op::Sample {
+            time,
             working_set,
             limit,
             growth_per_sec,
             seconds_to_oom,
         } => {
             s.push_sample(MemorySample {
-                time: t,
+                time: Time(*time),
                 working_set: *working_set,
                 pod: pod.into(),
+                container: container.into(),
             });
             if limit.is_some() {
                 s.memory.limit = *limit;
@@ -318,15 +322,12 @@ pub fn apply(
             s.snapshots.retain(|r| r.role == "A");
             s.snapshots.push(record.clone());
             s.phase = Phase::Analyzing;
-            // This pod's sparse samples give way to its dense timeline, thinned to the bound.
-            let mut samples: Vec<MemorySample> = std::mem::take(&mut s.memory.samples)
-                .into_iter()
-                .filter(|m| m.pod != pod)
-                .chain(timeline.iter().cloned())
-                .collect();
-            samples.sort_by_key(|m| m.time.0);
-            for m in samples {
-                s.push_sample(m);
+            // This container's sparse samples give way to its dense timeline, thinned to the bound.
+            s.memory
+                .samples
+                .retain(|m| !(m.pod == pod && m.container == container));
+            for m in timeline {
+                s.push_sample(m.clone());
             }
             s.set_condition(
                 "Captured",
@@ -680,6 +681,7 @@ impl Agent {
                     time: Time(Timestamp::now()),
                     working_set: i64::try_from(sample.memory.working_set()).unwrap_or(i64::MAX),
                     pod: t.pod.name_any(),
+                    container: t.container.clone(),
                 },
                 TIMELINE_POINTS,
             );
@@ -787,6 +789,8 @@ impl Agent {
             oom_killed: !sample.kills.is_empty(),
             alive: &alive,
             grower: sample.grower,
+            // Containers are hunted at shares of their limit only.
+            process_rss: None,
         };
         match t.machine.observe(&obs) {
             Some(Action::SnapshotA { .. }) if hunt_blocked => t.machine.give_up(sample.t),
@@ -839,12 +843,14 @@ impl Agent {
         let keep = policy.keep_snapshots;
         tracing::info!(container = %id, pod = %pod, role = %role, pid = target.pid, "capturing");
         t.capturing = Some(tokio::task::spawn_blocking(move || {
+            // The snapshot is of the memory as the capture began: the timeline is read so.
+            let began = Timestamp::now();
             let result = capture_one(&dir, &path, target.pid, max).map(|(size, sha, took)| {
                 (
                     SnapshotRecord {
                         role: role.to_string(),
                         node,
-                        time: Time(Timestamp::now()),
+                        time: Time(began),
                         size,
                         sha256: sha,
                         path: Some(path.display().to_string()),
@@ -1017,6 +1023,7 @@ fn capture_one(
 
 fn sample_op(sample: &Sample) -> Op {
     Op::Sample {
+        time: Timestamp::now(),
         working_set: i64::try_from(sample.memory.working_set()).unwrap_or(i64::MAX),
         limit: sample.memory.limit.and_then(|l| i64::try_from(l).ok()),
         growth_per_sec: sample.growth_per_sec,
@@ -1399,6 +1406,7 @@ mod tests {
         );
         // The periodic samples of both replicas, then B with web-1's dense timeline.
         let sample = |ws| Op::Sample {
+            time: at(100 + 10 * ws),
             working_set: ws,
             limit: None,
             growth_per_sec: None,
@@ -1418,6 +1426,7 @@ mod tests {
                 time: Time(at(i)),
                 working_set: 1000 + i,
                 pod: "web-1".into(),
+                container: "app".into(),
             })
             .collect();
         let b = Op::SnapshotB {
@@ -1426,14 +1435,14 @@ mod tests {
         };
         assert_eq!(apply(&b, &mut s, "web-1", "app", at(130)), Applied::Changed);
         assert_eq!(s.phase, Phase::Analyzing);
-        let web1 = s.timeline("web-1");
+        let web1 = s.timeline("web-1", "app");
         assert!(
             web1.iter().all(|p| p.bytes >= 1000),
             "the sparse samples gave way"
         );
         assert_eq!(web1.len(), 100);
         assert_eq!(
-            s.timeline("web-2").len(),
+            s.timeline("web-2", "app").len(),
             2,
             "another replica's samples stay"
         );
@@ -1618,6 +1627,7 @@ mod tests {
     fn samples_predict_the_kill() {
         let mut s = LeakReportStatus::default();
         let op = Op::Sample {
+            time: at(1000),
             working_set: 100,
             limit: Some(1000),
             growth_per_sec: Some(10.0),
@@ -1627,6 +1637,7 @@ mod tests {
         assert_eq!(s.memory.growth_per_minute, Some(600));
         assert_eq!(s.memory.predicted_oom_time.as_ref().unwrap().0, at(1090));
         let flat = Op::Sample {
+            time: at(1001),
             working_set: 100,
             limit: Some(1000),
             growth_per_sec: None,
@@ -1698,7 +1709,10 @@ mod tests {
             alerts: None,
         };
         let p = policy_of(&spec, true).unwrap();
-        assert_eq!(p.thresholds.baseline, 0.5);
+        assert_eq!(
+            p.thresholds.baseline,
+            crate::node::threshold::Level::Share(0.5)
+        );
         assert_eq!(p.max_snapshot_size, 512 << 20);
         assert_eq!(p.keep_snapshots, None);
         assert!(p.events, "the chart's setting when the watch is silent");

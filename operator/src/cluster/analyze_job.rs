@@ -51,12 +51,22 @@ pub fn trend(s: &LeakReportStatus, settle: Duration) -> Trend {
     let secs = |t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time| {
         t.0.as_millisecond() as f64 / 1e3
     };
-    timeline::judge(
-        &s.timeline(&b.pod),
-        secs(&a.time),
-        secs(&b.time),
-        settle.as_secs_f64(),
-    )
+    let mut points = s.timeline(&b.pod, &b.container);
+    // An OOM kill after B: what follows is a restarted container, not a plateau; judged with
+    // the samples before it.
+    let killed = s
+        .last_oom_kill
+        .as_ref()
+        .map(|k| secs(&k.time))
+        .filter(|&k| k >= secs(&b.time));
+    if let Some(k) = killed {
+        points.retain(|p| p.t < k);
+    }
+    let t = timeline::judge(&points, secs(&a.time), secs(&b.time), settle.as_secs_f64());
+    match t {
+        Trend::Pending { .. } if killed.is_some() => Trend::Unknown,
+        t => t,
+    }
 }
 
 /// The status after a successful diff, weighed against the report's timeline: findings, phase,
@@ -133,7 +143,10 @@ pub async fn run(client: Client, job: AnalyzeJob) -> anyhow::Result<()> {
     match analysis {
         Ok(findings) => {
             tracing::info!(report = %job.report, verdict = ?findings.verdict, seconds = started.elapsed().as_secs_f64(), "analysed");
-            settle(&api, &job).await;
+            // Nothing for the timeline to clear in a no-leak.
+            if findings.verdict != leakhunt_analyzer::findings::Verdict::NoLeak {
+                settle(&api, &job).await;
+            }
             let written = reports::update_status(&api, &job.report, |s| {
                 if !awaits(s, sha_after.as_deref()) {
                     return false;
@@ -236,12 +249,14 @@ mod tests {
                 time: at(t),
                 working_set: mib << 20,
                 pod: "web-1".into(),
+                container: "app".into(),
             });
             // Another replica's samples share the report and must not count.
             s.push_sample(MemorySample {
                 time: at(t),
                 working_set: (t % 7) << 24,
                 pod: "web-2".into(),
+                container: "app".into(),
             });
         }
         s

@@ -7,29 +7,39 @@ use clap::Args;
 use leakhunt_analyzer::util::number_and_unit;
 pub use leakhunt_analyzer::util::parse_size;
 
-use super::{HuntOptions, Target, Until};
-use crate::node::Thresholds;
+use super::{HuntOptions, Levels, Target, Until};
+use crate::node::Level;
 
 #[derive(Debug, Args)]
 #[command(
     about = "Watch a process under a cgroup memory limit, snapshot it at the thresholds, name what grows",
-    after_help = "Examples:\n  leakhunt hunt --memory-limit 160Mi -- python3 app.py\n  leakhunt hunt --pid 4242\n\n\
-Exit codes: 0 hunt complete, 1 other error, 2 usage, 3 cgroup setup (permission, controller missing, no limit),\n\
+    after_help = "Examples:\n  leakhunt hunt --pid 4242\n  leakhunt hunt --pid 4242 --near-limit +150Mi --duration 10m\n  leakhunt hunt --memory-limit 160Mi -- python3 app.py\n\n\
+Thresholds: a share of the cgroup's limit (50%), a size (200Mi), growth since A (+150Mi, --near-limit\n\
+only). Without a limit the default is A now and B once the process grew by max(64Mi, 25%).\n\n\
+Exit codes: 0 hunt complete, 1 other error, 2 usage, 3 setup (permission, controller missing, no limit for a share),\n\
 4 process exited before snapshot B, 5 capture or analysis failed, 130 interrupted."
 )]
 pub struct HuntArgs {
-    /// Start COMMAND in a new memory cgroup with this limit (`160Mi`, `1G`, bytes).
+    /// Start COMMAND in a new memory cgroup with this limit (`160Mi`, `1G`, bytes); without it
+    /// the cgroup has none.
     #[arg(long, value_parser = parse_size, requires = "command", conflicts_with = "pid")]
     pub memory_limit: Option<u64>,
-    /// Watch a running process in its existing memory cgroup (which must have a limit).
+    /// Watch a running process (and its children) in its memory cgroup, limited or not.
     #[arg(long, conflicts_with = "command", required_unless_present = "command")]
     pub pid: Option<i32>,
-    /// Snapshot A when the working set reaches this share of the limit.
-    #[arg(long, default_value = "50%", value_parser = parse_percent)]
-    pub baseline: f64,
-    /// Snapshot B when the working set reaches this share of the limit.
-    #[arg(long, default_value = "85%", value_parser = parse_percent)]
-    pub near_limit: f64,
+    /// Snapshot A at this level: a share of the limit (`50%`, the default with a limit) or a
+    /// size (`200Mi`). Without a limit the default is now.
+    #[arg(long, value_parser = parse_level)]
+    pub baseline: Option<Level>,
+    /// Snapshot B at this level: a share of the limit (`85%`, the default with a limit), a size
+    /// (`400Mi`) or growth since A (`+150Mi`). Without a limit the default is growth by
+    /// max(64Mi, 25% of the size at A).
+    #[arg(long, value_parser = parse_level)]
+    pub near_limit: Option<Level>,
+    /// Snapshot A now and B this long after it (or earlier, at --near-limit if given or under a
+    /// limit).
+    #[arg(long, value_parser = parse_duration)]
+    pub pair_after: Option<Duration>,
     /// Time between samples.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub interval: Duration,
@@ -71,8 +81,19 @@ pub struct HuntArgs {
 
 impl HuntArgs {
     pub fn into_options(self) -> Result<HuntOptions, String> {
-        if !(0.0 < self.baseline && self.baseline < self.near_limit && self.near_limit <= 1.0) {
-            return Err("need 0% < --baseline < --near-limit <= 100%".into());
+        let levels = Levels {
+            baseline: self.baseline,
+            near_limit: self.near_limit,
+            pair_after: self.pair_after,
+        };
+        // What can be checked before the limit is known: as if there were one, and as if not.
+        if let (Some(_), Some(_)) | (Some(Level::Growth { .. }), None) =
+            (self.baseline, self.near_limit)
+        {
+            levels.resolve(Some(u64::MAX))?;
+        }
+        if self.pair_after.is_some_and(|d| d.is_zero()) {
+            return Err("--pair-after must be positive".into());
         }
         if self.interval.is_zero() {
             return Err("--interval must be positive".into());
@@ -82,19 +103,13 @@ impl HuntArgs {
             (None, false) => Target::Command(self.command),
             _ => return Err("give either --pid PID or -- COMMAND".into()),
         };
-        if matches!(target, Target::Command(_)) && self.memory_limit.is_none() {
-            return Err(
-                "--memory-limit is required to run a command (e.g. --memory-limit 160Mi)".into(),
-            );
+        if let Some(limit) = self.memory_limit {
+            levels.resolve(Some(limit))?;
         }
         Ok(HuntOptions {
             target,
             memory_limit: self.memory_limit,
-            thresholds: Thresholds {
-                baseline: self.baseline,
-                near_limit: self.near_limit,
-                cooldown_secs: f64::INFINITY,
-            },
+            levels,
             interval: self.interval,
             window: self.window,
             snapshot_dir: self.snapshot_dir,
@@ -110,6 +125,28 @@ impl HuntArgs {
             progress: !self.quiet,
         })
     }
+}
+
+/// A threshold: `50%` or `0.5` (a share of the limit), `200Mi` (a size), `+150Mi` (growth).
+pub fn parse_level(text: &str) -> Result<Level, String> {
+    let t = text.trim();
+    if let Some(g) = t.strip_prefix('+') {
+        return Ok(Level::Growth {
+            bytes: parse_size(g)?,
+            of_a: 0.0,
+        });
+    }
+    let share = t.ends_with('%') || t.parse::<f64>().is_ok_and(|v| v <= 1.0);
+    if share {
+        let f = parse_percent(t)?;
+        if f <= 0.0 {
+            return Err(format!("a threshold of {text:?} is always reached"));
+        }
+        return Ok(Level::Share(f));
+    }
+    parse_size(t).map(Level::Bytes).map_err(|_| {
+        format!("not a threshold: {text:?} (a share 50%, a size 200Mi, growth +150Mi)")
+    })
 }
 
 /// `50%` or `0.5`.
@@ -157,6 +194,23 @@ mod tests {
         assert!(parse_size("lots").is_err());
         assert!(parse_size("5Qi").is_err());
         assert!(parse_size("0").is_err());
+    }
+
+    #[test]
+    fn levels() {
+        assert_eq!(parse_level("50%"), Ok(Level::Share(0.5)));
+        assert_eq!(parse_level("0.85"), Ok(Level::Share(0.85)));
+        assert_eq!(parse_level("200Mi"), Ok(Level::Bytes(200 << 20)));
+        assert_eq!(
+            parse_level("+150Mi"),
+            Ok(Level::Growth {
+                bytes: 150 << 20,
+                of_a: 0.0
+            })
+        );
+        for bad in ["0%", "150%", "+", "+lots", "lots", "-5Mi"] {
+            assert!(parse_level(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

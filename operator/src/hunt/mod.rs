@@ -29,7 +29,7 @@ use crate::crd::{
 use crate::node::cgroup::{self, Cgroup, Hierarchy};
 use crate::node::procs::{cmdline, ProcessKey};
 use crate::node::threshold::{
-    Action, Observation, ResetReason, State, ThresholdMachine, Thresholds,
+    Action, Level, Observation, ResetReason, State, ThresholdMachine, Thresholds,
 };
 use crate::node::{CgroupWatcher, KillSource, OomKill, Sample};
 use snapshot::Snapshotter;
@@ -54,11 +54,83 @@ pub enum Until {
     Exit,
 }
 
+/// The thresholds as given; what is left out follows from whether there is a limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Levels {
+    pub baseline: Option<Level>,
+    pub near_limit: Option<Level>,
+    pub pair_after: Option<Duration>,
+}
+
+impl Levels {
+    /// The thresholds in force under `limit`, and why those. With a limit: A at 50 %, B at 85 %
+    /// of it; without: A now, B once the process grew by max(64 MiB, 25 %). `--pair-after` makes
+    /// A come now and B after that long at the latest.
+    pub fn resolve(&self, limit: Option<u64>) -> Result<(Thresholds, &'static str), String> {
+        let timed = self.pair_after.map(|d| d.as_secs_f64());
+        let (baseline, near_limit, why) = match limit {
+            Some(_) => (
+                self.baseline.unwrap_or(if timed.is_some() {
+                    Level::NOW
+                } else {
+                    Level::Share(0.5)
+                }),
+                Some(self.near_limit.unwrap_or(Level::Share(0.85))),
+                "shares of the cgroup's memory limit",
+            ),
+            None => {
+                if [self.baseline, self.near_limit]
+                    .into_iter()
+                    .flatten()
+                    .any(Level::needs_limit)
+                {
+                    return Err("a threshold given as a share of the limit needs a limit: give sizes (--baseline 200Mi --near-limit 400Mi), growth (--near-limit +150Mi) or a time (--pair-after 60s)".into());
+                }
+                let near = match (self.near_limit, timed) {
+                    (Some(l), _) => Some(l),
+                    (None, Some(_)) => None,
+                    (None, None) => Some(Level::GROWN),
+                };
+                let why = if self.baseline.is_none() && self.near_limit.is_none() && timed.is_none()
+                {
+                    "no memory limit: the default, on the process's RSS"
+                } else {
+                    "no memory limit: on the process's RSS"
+                };
+                (self.baseline.unwrap_or(Level::NOW), near, why)
+            }
+        };
+        match (baseline, near_limit) {
+            (Level::Growth { .. }, _) => {
+                return Err(
+                    "--baseline cannot be a growth (+SIZE): that is for --near-limit".into(),
+                )
+            }
+            (Level::Share(a), Some(Level::Share(b))) if !(0.0 < a && a < b && b <= 1.0) => {
+                return Err("need 0% < --baseline < --near-limit <= 100%".into())
+            }
+            (Level::Bytes(a), Some(Level::Bytes(b))) if a >= b => {
+                return Err("--baseline must be below --near-limit".into())
+            }
+            _ => {}
+        }
+        Ok((
+            Thresholds {
+                baseline,
+                near_limit,
+                pair_after: timed,
+                cooldown_secs: f64::INFINITY,
+            },
+            why,
+        ))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct HuntOptions {
     pub target: Target,
     pub memory_limit: Option<u64>,
-    pub thresholds: Thresholds,
+    pub levels: Levels,
     pub interval: Duration,
     pub window: Duration,
     pub snapshot_dir: PathBuf,
@@ -92,10 +164,18 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    #[error("the memory cgroup {path} of pid {pid} has no limit: there is nothing to be near (use --memory-limit with a command instead)")]
-    NoLimit { pid: i32, path: PathBuf },
+    #[error("the memory cgroup {path} of pid {pid} has no limit: {message}")]
+    NoLimit {
+        pid: i32,
+        path: PathBuf,
+        message: String,
+    },
+    #[error("{0}")]
+    Thresholds(String),
     #[error("process {pid} does not exist")]
     NoSuchProcess { pid: i32 },
+    #[error("process {pid} belongs to uid {uid}: snapshots of another user's process need root or CAP_SYS_PTRACE")]
+    NotPermitted { pid: i32, uid: u32 },
 }
 
 /// Why a hunt that ran did not complete. The report is still written and says what was captured.
@@ -228,7 +308,10 @@ struct Hunt<'a> {
     snap: &'a dyn Snapshotter,
     report: LeakReport,
     node: String,
-    limit: u64,
+    limit: Option<u64>,
+    thresholds: Thresholds,
+    /// `--pid`: the process (and its children) ended.
+    target_gone: bool,
     baseline: Option<SnapshotTaken>,
     after: Option<SnapshotTaken>,
     outcome_snapshots: Vec<SnapshotTaken>,
@@ -247,16 +330,22 @@ struct Hunt<'a> {
     history: Vec<Point>,
     /// A diff waiting for the timeline to tell a one-time step from growth.
     judging: Option<Judging>,
+    /// Seconds since the epoch at the watcher's zero: the timeline runs on the monotonic
+    /// clock (a clock step must not fake a plateau), labelled with wall time.
+    clock0: f64,
 }
 
 /// Findings of a snapshot pair, before the timeline has had its say.
 struct Judging {
     findings: Findings,
     crossed: Instant,
-    a: f64,
-    b: f64,
+    a: SnapshotTaken,
+    b: SnapshotTaken,
     announced: bool,
 }
+
+/// Past the settle time, how long a step's verdict may still wait for its samples.
+const SETTLE_SLACK: Duration = Duration::from_secs(15);
 
 /// Points kept in the hunt's timeline.
 const HISTORY_POINTS: usize = 4096;
@@ -312,6 +401,7 @@ pub fn run(
             if !opts.proc_root.join(pid.to_string()).exists() {
                 return Err(Error::NoSuchProcess { pid: *pid });
             }
+            check_permitted(&opts.proc_root, *pid)?;
             let cg = hierarchy.cgroup_of(&opts.proc_root, *pid)?;
             (
                 cg,
@@ -327,14 +417,25 @@ pub fn run(
         opts.kernel_log.as_deref(),
         opts.window.as_secs_f64(),
     );
+    if matches!(opts.target, Target::Pid(_)) {
+        // The process and its children, not whatever else shares its cgroup (a session's, the
+        // root's): they are who the snapshots are of.
+        watcher.scope(main_pid);
+    }
     // Give the child a moment to move itself in, then read the limit actually in force.
     let first = wait_for_first_sample(&mut watcher, &mut child_guard, main_pid)?;
-    let Some(limit) = first.memory.limit else {
-        return Err(Error::NoLimit {
-            pid: main_pid,
-            path: cgroup.dir.clone(),
-        });
-    };
+    let limit = first.memory.limit;
+    let (thresholds, why) = opts.levels.resolve(limit).map_err(|message| {
+        if limit.is_none() {
+            Error::NoLimit {
+                pid: main_pid,
+                path: cgroup.dir.clone(),
+                message,
+            }
+        } else {
+            Error::Thresholds(message)
+        }
+    })?;
 
     let comm = first
         .processes
@@ -349,6 +450,8 @@ pub fn run(
         report: report::new_report(&name, &command_line, None),
         node: hostname(),
         limit,
+        thresholds,
+        target_gone: false,
         baseline: None,
         after: None,
         outcome_snapshots: Vec::new(),
@@ -363,25 +466,49 @@ pub fn run(
         main_comm: comm,
         history: Vec::new(),
         judging: None,
+        clock0: Timestamp::now().as_millisecond() as f64 / 1e3 - first.t,
         progress: Progress {
             enabled: opts.progress,
             tty: io::stderr().is_terminal(),
             pending: false,
         },
     };
-    hunt.status().memory.limit = Some(to_i64(limit));
+    hunt.status().memory.limit = limit.map(to_i64);
+    let mut plan = thresholds.describe();
+    if let Some(d) = opts.duration {
+        plan.push_str(&format!(
+            " (or at the end of --duration {})",
+            human_secs(d.as_secs_f64())
+        ));
+    }
+    hunt.status()
+        .notes
+        .push(format!("thresholds: {plan} ({why})"));
+    // One line: a `python -c` script's command line has many.
+    let shown: String = match command_line.split_once('\n') {
+        Some((first, _)) => format!("{first} …"),
+        None => command_line.clone(),
+    }
+    .chars()
+    .take(200)
+    .collect();
     hunt.progress.event(&format!(
-        "watching `{command_line}` (pid {main_pid}) in cgroup {} {} ({}), limit {}; snapshot A at {:.0}%, B at {:.0}%{}",
+        "watching `{shown}` (pid {main_pid}) in cgroup {} {} ({}), {}; {plan}{}",
         cgroup.version,
         cgroup.relative,
         cgroup.dir.display(),
-        human_bytes(limit),
-        opts.thresholds.baseline * 100.0,
-        opts.thresholds.near_limit * 100.0,
-        if watcher.reads_kernel_log() { "" } else { "; kernel log unreadable: killed processes are named from the cgroup's process list" },
+        match limit {
+            Some(l) => format!("limit {}", human_bytes(l)),
+            None => "no limit".into(),
+        },
+        if watcher.reads_kernel_log() {
+            ""
+        } else {
+            "; kernel log unreadable: killed processes are named from the cgroup's process list"
+        },
     ));
 
-    let mut machine = ThresholdMachine::new(opts.thresholds);
+    let mut machine = ThresholdMachine::new(thresholds);
     let mut exit_status = None;
     let mut cost_total = Duration::ZERO;
     let mut cost_max = Duration::ZERO;
@@ -400,7 +527,12 @@ pub fn run(
                     Ok(s) => s,
                     // The watched cgroup went away (pid mode: the container was deleted).
                     Err(_) if !cgroup.exists() => break,
-                    Err(e) => return Err(e.into()),
+                    Err(e) => {
+                        // A diff already made is still reported, and the snapshots go.
+                        hunt.conclude(out, true);
+                        hunt.remove_snapshots();
+                        return Err(e.into());
+                    }
                 };
                 let cost = t0.elapsed();
                 cost_total += cost;
@@ -423,7 +555,10 @@ pub fn run(
         let empty = sample.processes.is_empty();
         if empty {
             match child_guard.0.as_mut() {
-                None => break,
+                None => {
+                    hunt.target_gone = true;
+                    break;
+                }
                 Some(child) => {
                     if let Some(status) = reap_within(child, Duration::from_secs(5)) {
                         exit_status = Some(status);
@@ -435,6 +570,10 @@ pub fn run(
         }
 
         let alive = sample.alive();
+        let hunted = match machine.state() {
+            State::Baseline { target, .. } => Some(target),
+            _ => sample.grower,
+        };
         let observation = Observation {
             now: sample.t,
             working_set: sample.memory.working_set(),
@@ -442,6 +581,7 @@ pub fn run(
             oom_killed: !sample.kills.is_empty(),
             alive: &alive,
             grower: sample.grower,
+            process_rss: hunted.and_then(|k| sample.process(k)).map(|p| p.rss),
         };
         let action = if empty {
             None
@@ -476,7 +616,7 @@ pub fn run(
                 duration_reached = true;
                 hunt.progress
                     .event(&format!("--duration {:?} reached", limit));
-                hunt.end_of_watch(&machine, &sample, out);
+                hunt.end_of_watch(&mut machine, &sample, out);
             }
             // A verdict still watching a step gets its settle time (at most --window more).
             if duration_reached && hunt.judging.is_none() {
@@ -634,11 +774,11 @@ impl Hunt<'_> {
                     format!("Process/{} (pid {})", p.comm, self.main_pid);
             }
         }
-        let ws = sample.memory.working_set();
+        let ws = self.level(sample);
         self.peak_working_set = self.peak_working_set.max(ws);
         let now = Timestamp::now();
         let point = Point {
-            t: now.as_millisecond() as f64 / 1e3,
+            t: self.clock0 + sample.t,
             bytes: ws,
         };
         timeline::push_decimated(&mut self.history, point, HISTORY_POINTS);
@@ -649,6 +789,7 @@ impl Hunt<'_> {
             time: Time(now),
             working_set: to_i64(ws),
             pod: String::new(),
+            container: String::new(),
         });
         status.memory.growth_per_minute = growth.map(|g| (g * 60.0) as i64);
         status.memory.predicted_oom_time = eta
@@ -718,13 +859,8 @@ impl Hunt<'_> {
             .process(target)
             .map(|p| p.comm.clone())
             .unwrap_or_default();
-        let ws = sample.memory.working_set();
-        let at = format!(
-            "{} ({:.0}% of {})",
-            human_bytes(ws),
-            100.0 * ws as f64 / self.limit.max(1) as f64,
-            human_bytes(self.limit)
-        );
+        let ws = self.level(sample);
+        let at = self.of_limit(ws);
         let why_skip = match self.snap.estimate_size(pid) {
             Err(e) => Some(e.to_string()),
             Ok(est) if est > self.opts.max_snapshot_size => Some(format!(
@@ -839,8 +975,8 @@ impl Hunt<'_> {
                 self.judging = Some(Judging {
                     findings,
                     crossed,
-                    a: a.at,
-                    b: b.at,
+                    a,
+                    b,
                     announced: false,
                 });
                 self.conclude(out, false);
@@ -864,8 +1000,11 @@ impl Hunt<'_> {
             return;
         };
         let settle = self.opts.window.as_secs_f64();
-        let trend = timeline::judge(&self.history, j.a, j.b, settle);
-        if matches!(trend, Trend::Pending { .. }) && !last {
+        let trend = timeline::judge(&self.history, j.a.at, j.b.at, settle);
+        // Nothing to clear in a no-leak; and samples that never come do not hold the report.
+        let wait = j.findings.verdict != FindingsVerdict::NoLeak
+            && j.crossed.elapsed() < self.opts.window + SETTLE_SLACK;
+        if matches!(trend, Trend::Pending { .. }) && !last && wait {
             if !j.announced {
                 j.announced = true;
                 if let Some(s) = trend.sentence() {
@@ -879,23 +1018,21 @@ impl Hunt<'_> {
         let Some(Judging {
             mut findings,
             crossed,
+            a,
+            b,
             ..
         }) = self.judging.take()
         else {
             return;
         };
         timeline::apply(&mut findings, trend);
-        let (Some(a), Some(b)) = (self.baseline.clone(), self.after.clone()) else {
-            return;
-        };
         let _ = writeln!(
             out,
-            "\nleakhunt report: {} (pid {}), snapshot A at {} and B at {} working set of a {} limit",
+            "\nleakhunt report: {} (pid {}), snapshot A at {} and B at {}",
             b.comm,
             b.pid,
-            human_bytes(a.working_set),
-            human_bytes(b.working_set),
-            human_bytes(self.limit)
+            self.of_limit(a.working_set),
+            self.of_limit(b.working_set),
         );
         let _ = self.snap.write_text(&findings, out);
         let _ = out.flush();
@@ -965,12 +1102,20 @@ impl Hunt<'_> {
     }
 
     /// `--duration` ran out: a pending B is taken now, whatever the level.
-    fn end_of_watch(&mut self, machine: &ThresholdMachine, sample: &Sample, out: &mut dyn Write) {
+    fn end_of_watch(
+        &mut self,
+        machine: &mut ThresholdMachine,
+        sample: &Sample,
+        out: &mut dyn Write,
+    ) {
         if let State::Baseline { target, .. } = machine.state() {
             if sample.alive().contains(&target) {
                 self.progress
                     .event("taking snapshot B at the end of the watch");
                 let crossed = Instant::now();
+                // The pair is complete: the machine must not reset or take B again while the
+                // verdict waits for its samples.
+                machine.paired(sample.t);
                 if self.snapshot('B', target, sample) {
                     self.analyse(out, crossed);
                 }
@@ -979,22 +1124,24 @@ impl Hunt<'_> {
     }
 
     fn finish(&mut self, machine: &ThresholdMachine, exit_status: Option<ExitStatus>) {
-        let near = self.opts.thresholds.near_limit;
         let peak = self.peak_working_set;
         let limit = self.limit;
         let peak_text = format!(
-            "working set peaked at {} ({:.0}% of {})",
-            human_bytes(peak),
-            100.0 * peak as f64 / limit.max(1) as f64,
-            human_bytes(limit)
+            "{} peaked at {}",
+            if limit.is_some() {
+                "working set"
+            } else {
+                "memory"
+            },
+            self.of_limit(peak)
         );
         if self.findings.is_none() && self.failure.is_none() {
-            let ended = exit_status.is_some() || !self.kills.is_empty();
+            let ended = exit_status.is_some() || !self.kills.is_empty() || self.target_gone;
             match (self.baseline.is_some(), ended) {
                 (true, true) => {
                     self.failure = Some(Failure::ExitedBeforeB(format!(
-                        "snapshot A was taken, {peak_text}, below the near-limit {:.0}%",
-                        near * 100.0
+                        "snapshot A was taken, {peak_text}, before B ({})",
+                        self.thresholds.describe()
                     )))
                 }
                 (false, true)
@@ -1011,16 +1158,29 @@ impl Hunt<'_> {
         let state = machine.state();
         let interrupted = self.failure == Some(Failure::Interrupted);
         let failure = self.failure.clone();
-        // Start-up allocation is not growth: judge the second half of the watch.
+        // Start-up allocation is not growth: judge the second half of the watch (by time: the
+        // older samples are thinned).
         let growth = {
             let mut w = crate::node::GrowthWindow::new(f64::INFINITY, usize::MAX);
-            for p in self.history.iter().skip(self.history.len() / 2) {
+            let (t0, t1) = (
+                self.history.first().map_or(0.0, |p| p.t),
+                self.history.last().map_or(0.0, |p| p.t),
+            );
+            for p in self.history.iter().filter(|p| p.t >= (t0 + t1) / 2.0) {
                 w.push(p.t, p.bytes);
             }
             w.rate().map(|r| (r * 60.0) as i64).unwrap_or(0)
         };
         let analysed = self.findings.is_some();
-        let headroom = limit.saturating_sub(self.history.last().map_or(0, |p| p.bytes));
+        // Flat: at this rate the limit is more than an hour away; without a limit, under
+        // max(1 MiB, 1 % of the peak) a minute.
+        let flat = match limit {
+            Some(l) => {
+                let headroom = l.saturating_sub(self.history.last().map_or(0, |p| p.bytes));
+                (growth as f64) < headroom as f64 / 60.0
+            }
+            None => (growth as f64) < (1u64 << 20).max(peak / 100) as f64,
+        };
         let captured = match (&self.baseline, &self.after) {
             (Some(a), None) => {
                 format!("snapshot A of pid {} only; snapshot B was not taken", a.pid)
@@ -1032,8 +1192,6 @@ impl Hunt<'_> {
         if !analysed {
             // No analysis: judge from the working set alone, and say what was captured.
             status.notes.push(format!("{captured}: {peak_text}"));
-            // Flat: at this rate the limit is more than an hour away.
-            let flat = (growth as f64) < headroom as f64 / 60.0;
             status.verdict = Some(
                 if failure.is_none() && flat && !interrupted && status.oom_kills == 0 {
                     Verdict::NoLeak
@@ -1140,9 +1298,10 @@ impl Hunt<'_> {
         if !self.progress.enabled {
             return;
         }
-        let ws = sample.memory.working_set();
+        let ws = self.level(sample);
         let rate = sample
             .growth_per_sec
+            .filter(|_| self.limit.is_some())
             .map(|r| format!("{}/s", signed_bytes(r as i64)))
             .unwrap_or_else(|| "  ?".into());
         let eta = sample
@@ -1160,13 +1319,67 @@ impl Hunt<'_> {
             State::Done { analysed: true, .. } => " [A,B]",
             State::Done { .. } => " [stopped]",
         };
+        let level = self.of_limit(ws);
         self.progress.line(&format!(
-            "[{:5.0}s] {} / {} ({:.0}%)  {rate}  {eta}  grows: {top}{phase}",
-            sample.t,
-            human_bytes(ws),
-            human_bytes(self.limit),
-            100.0 * ws as f64 / self.limit.max(1) as f64,
+            "[{:5.0}s] {level}  {rate}  {eta}  grows: {top}{phase}",
+            sample.t
         ));
+    }
+
+    /// What the hunt measures: the cgroup's working set under a limit, else the RSS of the
+    /// processes hunted (`--pid` and its children).
+    fn level(&self, sample: &Sample) -> u64 {
+        match self.limit {
+            Some(_) => sample.memory.working_set(),
+            None => sample.processes.iter().map(|p| p.rss).sum(),
+        }
+    }
+
+    /// `48MiB (75% of 64MiB)`, or `48MiB RSS` without a limit.
+    fn of_limit(&self, bytes: u64) -> String {
+        match self.limit {
+            Some(l) => format!(
+                "{} ({:.0}% of {})",
+                human_bytes(bytes),
+                100.0 * bytes as f64 / l.max(1) as f64,
+                human_bytes(l)
+            ),
+            None => format!("{} RSS", human_bytes(bytes)),
+        }
+    }
+}
+
+/// Refuses a process of another user unless we may read its memory (root or CAP_SYS_PTRACE):
+/// said at the start rather than as a failed capture at 50 %.
+fn check_permitted(proc_root: &Path, pid: i32) -> Result<(), Error> {
+    let field = |path: PathBuf, key: &str| -> Option<String> {
+        fs::read_to_string(path)
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
+    };
+    let Some(uid) = field(proc_root.join(format!("{pid}/status")), "Uid:")
+        .and_then(|v| v.split_whitespace().next()?.parse::<u32>().ok())
+    else {
+        return Ok(());
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    // CAP_SYS_PTRACE is bit 19 of the effective set.
+    let ptrace = field(PathBuf::from("/proc/self/status"), "CapEff:")
+        .and_then(|v| u64::from_str_radix(&v, 16).ok())
+        .is_some_and(|caps| caps & (1 << 19) != 0);
+    if me == 0 || me == uid || ptrace {
+        Ok(())
+    } else {
+        Err(Error::NotPermitted { pid, uid })
+    }
+}
+
+fn human_secs(secs: f64) -> String {
+    if secs < 120.0 {
+        format!("{secs:.0}s")
+    } else {
+        format!("{:.0}m", secs / 60.0)
     }
 }
 

@@ -15,5 +15,5 @@ pub use growth::GrowthWindow;
 pub use kubelet::{CgroupDriver, PodCgroup, QosClass};
 pub use oom::{KillSource, OomKill, OomWatch};
 pub use procs::{ProcessKey, ProcessMemory};
-pub use threshold::{Action, Observation, ThresholdMachine, Thresholds};
+pub use threshold::{Action, Level, Observation, ThresholdMachine, Thresholds};
 pub use watch::{CgroupWatcher, Sample};

@@ -8,37 +8,133 @@
 //! ```
 //! A failed capture also ends in `Done` (not analysed), so a capture that cannot succeed is not
 //! retried every second.
+//!
+//! Levels are read on the cgroup's working set when the cgroup has a limit (it is what the kernel
+//! OOM-kills on), else on the RSS of the process hunted (the grower before A, the target after).
 
 use super::procs::ProcessKey;
+use crate::crd::human_bytes;
 
-/// Thresholds as fractions of the limit.
+/// A memory level a snapshot is taken at.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Level {
+    /// This share of the memory limit (0 < share ≤ 1); needs a limit.
+    Share(f64),
+    /// This many bytes.
+    Bytes(u64),
+    /// Grown since snapshot A by `bytes` and by `of_a` × the level at A, whichever is more (B only).
+    Growth { bytes: u64, of_a: f64 },
+}
+
+impl Level {
+    /// Snapshot A at the first sample.
+    pub const NOW: Level = Level::Bytes(0);
+    /// B once the process grew by max(64 MiB, 25 % of its size at A): the default without a limit.
+    pub const GROWN: Level = Level::Growth {
+        bytes: 64 << 20,
+        of_a: 0.25,
+    };
+
+    pub fn needs_limit(self) -> bool {
+        matches!(self, Level::Share(_))
+    }
+
+    /// Whether `measured` has reached this level (`at_a`: the level at snapshot A).
+    fn reached(self, measured: Option<u64>, fraction: Option<f64>, at_a: u64) -> bool {
+        match self {
+            Level::Share(f) => fraction.is_some_and(|x| x >= f),
+            Level::Bytes(b) => measured.is_some_and(|m| m >= b),
+            Level::Growth { bytes, of_a } => {
+                let need = bytes.max((of_a * at_a as f64) as u64);
+                measured.is_some_and(|m| m >= at_a.saturating_add(need))
+            }
+        }
+    }
+
+    /// `50% of the limit`, `200 MiB`, `+150 MiB`, `max(+64 MiB, +25% of its size at A)`.
+    pub fn describe(self) -> String {
+        match self {
+            Level::Share(f) => format!("{:.0}% of the limit", f * 100.0),
+            Level::Bytes(0) => "now".into(),
+            Level::Bytes(b) => human_bytes(b),
+            Level::Growth { bytes, of_a } if of_a > 0.0 => format!(
+                "once grown by max({}, {:.0}% of its size at A)",
+                human_bytes(bytes),
+                of_a * 100.0
+            ),
+            Level::Growth { bytes, .. } => format!("once grown by {}", human_bytes(bytes)),
+        }
+    }
+}
+
+/// When to take A and B.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Thresholds {
-    /// Snapshot A when the working set reaches this fraction of the limit (default 0.5).
-    pub baseline: f64,
-    /// Snapshot B at this fraction (default 0.85).
-    pub near_limit: f64,
+    /// Snapshot A at this level (default 50 % of the limit).
+    pub baseline: Level,
+    /// Snapshot B at this level (default 85 % of the limit); `None`: by time only.
+    pub near_limit: Option<Level>,
+    /// Snapshot B this many seconds after A at the latest.
+    pub pair_after: Option<f64>,
     /// Seconds after a completed (or failed) hunt before a new one may start.
     pub cooldown_secs: f64,
 }
 
 impl Default for Thresholds {
     fn default() -> Self {
+        Thresholds::shares(0.5, 0.85, 600.0)
+    }
+}
+
+impl Thresholds {
+    /// A and B at shares of the limit: the agent's thresholds.
+    pub fn shares(baseline: f64, near_limit: f64, cooldown_secs: f64) -> Thresholds {
         Thresholds {
-            baseline: 0.5,
-            near_limit: 0.85,
-            cooldown_secs: 600.0,
+            baseline: Level::Share(baseline),
+            near_limit: Some(Level::Share(near_limit)),
+            pair_after: None,
+            cooldown_secs,
         }
+    }
+
+    pub fn needs_limit(&self) -> bool {
+        self.baseline.needs_limit() || self.near_limit.is_some_and(Level::needs_limit)
+    }
+
+    /// `snapshot A at 50% of the limit, B at 85% of the limit`, for the first line and the report.
+    pub fn describe(&self) -> String {
+        let a = match self.baseline {
+            Level::Bytes(0) => "snapshot A now".to_string(),
+            l => format!("snapshot A at {}", l.describe()),
+        };
+        let b = match (self.near_limit, self.pair_after) {
+            (Some(l @ Level::Growth { .. }), None) => format!("B {}", l.describe()),
+            (Some(l), None) => format!("B at {}", l.describe()),
+            (None, Some(s)) => format!("B {s:.0} s after A"),
+            (Some(l @ Level::Growth { .. }), Some(s)) => {
+                format!(
+                    "B {} or {s:.0} s after A, whichever comes first",
+                    l.describe()
+                )
+            }
+            (Some(l), Some(s)) => format!(
+                "B at {} or {s:.0} s after A, whichever comes first",
+                l.describe()
+            ),
+            (None, None) => "B never (no level, no time)".into(),
+        };
+        format!("{a}, {b}")
     }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum State {
     Idle,
-    /// Snapshot A was taken of `target` at `at`.
+    /// Snapshot A was taken of `target` at `at`, when the level read `level`.
     Baseline {
         target: ProcessKey,
         at: f64,
+        level: u64,
     },
     /// The hunt ended at `at`: analysed, or given up after a failed capture.
     Done {
@@ -61,6 +157,9 @@ pub struct Observation<'a> {
     pub alive: &'a [ProcessKey],
     /// The process to snapshot: the one growing fastest (the caller's choice).
     pub grower: Option<ProcessKey>,
+    /// RSS of the process the levels are read on without a limit: the grower before A, the
+    /// target after.
+    pub process_rss: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,10 +205,12 @@ impl ThresholdMachine {
 
     /// Feeds one sample; returns what to do now.
     pub fn observe(&mut self, obs: &Observation<'_>) -> Option<Action> {
-        let fraction = obs
-            .limit
-            .filter(|l| *l > 0)
-            .map(|l| obs.working_set as f64 / l as f64);
+        let limit = obs.limit.filter(|l| *l > 0);
+        let fraction = limit.map(|l| obs.working_set as f64 / l as f64);
+        let measured = match limit {
+            Some(_) => Some(obs.working_set),
+            None => obs.process_rss,
+        };
         match self.state {
             State::Done { at, .. } => {
                 if obs.now - at >= self.thresholds.cooldown_secs {
@@ -119,17 +220,18 @@ impl ThresholdMachine {
             }
             State::Idle => {
                 let target = obs.grower?;
-                if fraction? >= self.thresholds.baseline {
+                if self.thresholds.baseline.reached(measured, fraction, 0) {
                     self.state = State::Baseline {
                         target,
                         at: obs.now,
+                        level: measured.unwrap_or(0),
                     };
                     Some(Action::SnapshotA { target })
                 } else {
                     None
                 }
             }
-            State::Baseline { target, .. } => {
+            State::Baseline { target, at, level } => {
                 let gone = !obs.alive.contains(&target);
                 if gone || obs.oom_killed {
                     self.state = State::Idle;
@@ -140,7 +242,12 @@ impl ThresholdMachine {
                     };
                     return Some(Action::Reset { target, reason });
                 }
-                if fraction? >= self.thresholds.near_limit {
+                let t = &self.thresholds;
+                let by_level = t
+                    .near_limit
+                    .is_some_and(|l| l.reached(measured, fraction, level));
+                let by_time = t.pair_after.is_some_and(|d| obs.now - at >= d);
+                if by_level || by_time {
                     self.state = State::Done {
                         at: obs.now,
                         analysed: true,
@@ -151,6 +258,14 @@ impl ThresholdMachine {
                 }
             }
         }
+    }
+
+    /// Snapshot B was taken outside the thresholds (the end of a watch): the pair is complete.
+    pub fn paired(&mut self, now: f64) {
+        self.state = State::Done {
+            at: now,
+            analysed: true,
+        };
     }
 
     /// A capture failed or was skipped: stop this hunt until the cooldown has passed.
@@ -209,6 +324,7 @@ mod tests {
                 oom_killed: oom,
                 alive,
                 grower,
+                process_rss: None,
             })
         }
     }
@@ -303,8 +419,9 @@ mod tests {
             oom_killed: false,
             alive: &alive,
             grower: Some(key(1)),
+            process_rss: Some(u64::MAX),
         };
-        assert_eq!(m.observe(&obs), None);
+        assert_eq!(m.observe(&obs), None, "shares need a limit");
         assert_eq!(
             m.observe(&Observation {
                 limit: Some(10),
@@ -344,5 +461,97 @@ mod tests {
             }
         ));
         assert_eq!(r.step(900, false, &alive, Some(key(1))), None);
+    }
+
+    /// A machine without a limit, fed the process's RSS.
+    fn unlimited(t: Thresholds) -> impl FnMut(f64, u64) -> Option<Action> {
+        let mut m = ThresholdMachine::new(t);
+        let alive = [key(1)];
+        move |now, rss| {
+            m.observe(&Observation {
+                now,
+                working_set: 0,
+                limit: None,
+                oom_killed: false,
+                alive: &alive,
+                grower: Some(key(1)),
+                process_rss: Some(rss),
+            })
+        }
+    }
+
+    #[test]
+    fn sizes_growth_and_time_need_no_limit() {
+        const M: u64 = 1 << 20;
+        let sizes = Thresholds {
+            baseline: Level::Bytes(200 * M),
+            near_limit: Some(Level::Bytes(400 * M)),
+            pair_after: None,
+            cooldown_secs: f64::INFINITY,
+        };
+        let mut step = unlimited(sizes);
+        assert_eq!(step(1.0, 100 * M), None);
+        assert!(matches!(step(2.0, 200 * M), Some(Action::SnapshotA { .. })));
+        assert_eq!(step(3.0, 399 * M), None);
+        assert!(matches!(step(4.0, 400 * M), Some(Action::SnapshotB { .. })));
+
+        // The default without a limit: A now, B after max(64 MiB, 25 %) of growth.
+        let grown = Thresholds {
+            baseline: Level::NOW,
+            near_limit: Some(Level::GROWN),
+            pair_after: None,
+            cooldown_secs: f64::INFINITY,
+        };
+        let mut step = unlimited(grown);
+        assert!(matches!(step(1.0, 400 * M), Some(Action::SnapshotA { .. })));
+        assert_eq!(step(2.0, 499 * M), None, "25% of 400 MiB is 100 MiB");
+        assert!(matches!(step(3.0, 500 * M), Some(Action::SnapshotB { .. })));
+        let mut step = unlimited(grown);
+        step(1.0, 20 * M);
+        assert_eq!(step(2.0, 83 * M), None, "at least 64 MiB");
+        assert!(matches!(step(3.0, 84 * M), Some(Action::SnapshotB { .. })));
+
+        // Time mode: B after 60 s whatever the level; or earlier at the level.
+        let timed = Thresholds {
+            baseline: Level::NOW,
+            near_limit: None,
+            pair_after: Some(60.0),
+            cooldown_secs: f64::INFINITY,
+        };
+        let mut step = unlimited(timed);
+        assert!(matches!(step(10.0, M), Some(Action::SnapshotA { .. })));
+        assert_eq!(step(69.0, 10 * M), None);
+        assert!(matches!(step(70.0, M), Some(Action::SnapshotB { .. })));
+        assert!(!timed.needs_limit() && Thresholds::default().needs_limit());
+    }
+
+    #[test]
+    fn thresholds_say_what_they_are() {
+        assert_eq!(
+            Thresholds::default().describe(),
+            "snapshot A at 50% of the limit, B at 85% of the limit"
+        );
+        let t = Thresholds {
+            baseline: Level::NOW,
+            near_limit: Some(Level::GROWN),
+            pair_after: None,
+            cooldown_secs: 0.0,
+        };
+        assert_eq!(
+            t.describe(),
+            "snapshot A now, B once grown by max(64MiB, 25% of its size at A)"
+        );
+        let t = Thresholds {
+            near_limit: Some(Level::Growth {
+                bytes: 150 << 20,
+                of_a: 0.0,
+            }),
+            pair_after: Some(60.0),
+            ..t
+        };
+        assert_eq!(
+            t.describe(),
+            "snapshot A now, B once grown by 150MiB or 60 s after A, whichever comes first"
+        );
     }
 }

@@ -46,6 +46,8 @@ pub struct CgroupWatcher {
     working_set: GrowthWindow,
     per_process: HashMap<ProcessKey, GrowthWindow>,
     oom: OomWatch,
+    /// Only this process and its descendants count (a `--pid` in a shared cgroup).
+    scope: Option<i32>,
 }
 
 impl CgroupWatcher {
@@ -65,7 +67,14 @@ impl CgroupWatcher {
             working_set: GrowthWindow::new(window_secs, 600),
             per_process: HashMap::new(),
             oom,
+            scope: None,
         }
+    }
+
+    /// From now on, only `root` and its descendants are the cgroup's processes: the grower is
+    /// one of them and the sample ends empty when they are gone.
+    pub fn scope(&mut self, root: i32) {
+        self.scope = Some(root);
     }
 
     pub fn reads_kernel_log(&self) -> bool {
@@ -81,7 +90,10 @@ impl CgroupWatcher {
         let t = self.start.elapsed().as_secs_f64();
         let memory = self.cgroup.read_memory()?;
         let pids = self.cgroup.procs()?;
-        let processes = read_processes(&self.proc_root, &pids);
+        let mut processes = read_processes(&self.proc_root, &pids);
+        if let Some(root) = self.scope {
+            processes = within(processes, root);
+        }
         let kills = self.oom.update(memory.oom_kills, &processes);
         if !kills.is_empty() {
             self.working_set.clear();
@@ -112,6 +124,28 @@ impl CgroupWatcher {
             kills,
         })
     }
+}
+
+/// `root` and the processes descending from it (through parents in the same list).
+pub fn within(processes: Vec<ProcessMemory>, root: i32) -> Vec<ProcessMemory> {
+    let parent: HashMap<i32, i32> = processes.iter().map(|p| (p.key.pid, p.ppid)).collect();
+    let descends = |mut pid: i32| {
+        // Bounded: a PID cycle in a racy read must not hang the sampler.
+        for _ in 0..64 {
+            if pid == root {
+                return true;
+            }
+            match parent.get(&pid) {
+                Some(&pp) if pp != pid => pid = pp,
+                _ => return false,
+            }
+        }
+        false
+    };
+    processes
+        .into_iter()
+        .filter(|p| descends(p.key.pid))
+        .collect()
 }
 
 /// The process to snapshot: the fastest positive grower; without any growth yet, the largest.
@@ -147,6 +181,24 @@ mod tests {
             comm: "w".into(),
             rss,
         }
+    }
+
+    #[test]
+    fn scope_is_the_root_and_its_descendants() {
+        let with_parent = |pid, ppid| ProcessMemory { ppid, ..p(pid, 1) };
+        let procs = vec![
+            with_parent(10, 1),
+            with_parent(11, 10),
+            with_parent(12, 11),
+            with_parent(20, 1),
+            with_parent(30, 30),
+        ];
+        let pids: Vec<i32> = within(procs.clone(), 10)
+            .iter()
+            .map(|p| p.key.pid)
+            .collect();
+        assert_eq!(pids, [10, 11, 12]);
+        assert!(within(procs, 99).is_empty(), "root gone: nothing");
     }
 
     #[test]

@@ -110,11 +110,11 @@ up() {
   export KUBECONFIG
   for _ in $(seq 1 300); do
     grep -q '^nodesim: ready' "$dir/nodesim.log" 2>/dev/null && break
-    kill -0 "$(cat "$dir/nodesim.pid")" 2>/dev/null || { tail -40 "$dir/nodesim.log" >&2; die "nodesim exited (log: $dir/nodesim.log)"; }
+    kill -0 "$(cat "$dir/nodesim.pid")" 2>/dev/null || { grep -v "^ *[0-9]*: \|^ *at " "$dir/nodesim.log" | tail -40 >&2; die "nodesim exited (log: $dir/nodesim.log)"; }
     sleep 0.2
   done
   kubectl wait --for=condition=Ready "node/${NODESIM_NODE:-nodesim}" --timeout=60s >/dev/null \
-    || { tail -40 "$dir/nodesim.log" >&2; die "node not Ready"; }
+    || { grep -v "^ *[0-9]*: \|^ *at " "$dir/nodesim.log" | tail -40 >&2; die "node not Ready"; }
   local t2
   t2=$(date +%s.%N)
   awk -v a="$t0" -v b="$t1" -v c="$t2" \

@@ -178,9 +178,20 @@ async fn main() -> anyhow::Result<()> {
         pods: args.max_pods.clone(),
         address: args.address.clone(),
     };
-    node::register(&client, &node_cfg)
-        .await
-        .context("register node")?;
+    // A freshly started API server may not have its system namespaces yet (the node lease lives
+    // in kube-node-lease); on a loaded machine that takes a while: retry for a minute.
+    let mut attempt = 0;
+    loop {
+        match node::register(&client, &node_cfg).await {
+            Ok(_) => break,
+            Err(e) if attempt < 60 => {
+                attempt += 1;
+                tracing::warn!(error = %e, attempt, "node registration failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e).context("register node"),
+        }
+    }
     tracing::info!(node = %args.node_name, cgroup_root = %cgroup_root_path.display(), ?cgroup_root.hierarchy, "node registered and Ready");
     println!(
         "nodesim: ready node={} cgroup-root={}",

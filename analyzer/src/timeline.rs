@@ -129,7 +129,9 @@ pub fn judge(points: &[Point], a: f64, b: f64, settle: f64) -> Trend {
     let mut best: Option<(usize, usize)> = None;
     for e in ia + 1..points.len() {
         for s in (0..e.min(ib)).rev() {
-            if points[e].t - points[s].t > span {
+            // One interval is a step candidate however long: the sampler may have waited for a
+            // capture meanwhile. (Growth that goes on shows after it.)
+            if e - s > 1 && points[e].t - points[s].t > span {
                 break;
             }
             // Larger by more than the noise: otherwise the earliest, shortest window.
@@ -654,6 +656,12 @@ mod tests {
         mib.extend((0..60).map(|i| 48.7 + 0.4 * noise(100 + i)));
         let p = series(0.0, 0.25, mib);
         let t = judge(&p, p[19].t, p[45].t, 8.0);
+        assert!(matches!(t, Trend::Step { .. }), "{t:?}");
+        // One allocation made while the sampler waited for snapshot A's capture (one long
+        // interval), then flat.
+        let mut p = series(0.0, 0.2, vec![13.0; 10]);
+        p.extend(series(3.2, 0.2, (0..60).map(|i| 31.0 + 0.2 * noise(i))));
+        let t = judge(&p, p[9].t, p[20].t, 8.0);
         assert!(matches!(t, Trend::Step { .. }), "{t:?}");
         // A steady leak sampled four times between A and B, then paused after B: its rise is
         // spread over the pair, not one step.

@@ -679,7 +679,7 @@ pub fn run(
     }
     if let Some(status) = exit_status {
         hunt.progress.event(&format!(
-            "`{command_line}` (pid {main_pid}) {}",
+            "`{shown}` (pid {main_pid}) {}",
             describe_exit(status)
         ));
     }

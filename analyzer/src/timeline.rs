@@ -288,37 +288,22 @@ fn sawtooth(points: &[Point], ib: usize, rise: i64, noise: f64) -> Option<Trend>
     let mut fell_first = false;
     for p in points {
         let x = p.bytes as i64;
-        match rising {
-            None => {
-                hi = hi.max(x);
-                lo = lo.min(x);
-                if x - lo >= swing {
-                    rising = Some(true);
-                    lows.push(lo);
-                    hi = x;
-                } else if hi - x >= swing {
-                    rising = Some(false);
-                    highs.push(hi);
-                    fell_first = true;
-                    lo = x;
-                }
-            }
-            Some(true) => {
-                hi = hi.max(x);
-                if hi - x >= swing {
-                    highs.push(hi);
-                    rising = Some(false);
-                    lo = x;
-                }
-            }
-            Some(false) => {
-                lo = lo.min(x);
-                if x - lo >= swing {
-                    lows.push(lo);
-                    rising = Some(true);
-                    hi = x;
-                }
-            }
+        // Rising tracks only its high, falling only its low; with no direction yet, both.
+        if rising != Some(false) {
+            hi = hi.max(x);
+        }
+        if rising != Some(true) {
+            lo = lo.min(x);
+        }
+        if rising != Some(true) && x - lo >= swing {
+            lows.push(lo);
+            rising = Some(true);
+            hi = x;
+        } else if rising != Some(false) && hi - x >= swing {
+            highs.push(hi);
+            fell_first |= rising.is_none();
+            rising = Some(false);
+            lo = x;
         }
     }
     // Only the lows that follow a fall: the first may be the start-up level.

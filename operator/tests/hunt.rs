@@ -608,38 +608,31 @@ fn cli_errors_have_clear_messages_and_exit_codes() {
 
     // No permission to create cgroups: an unprivileged user.
     if hierarchy().is_some() && Path::new("/usr/bin/setpriv").exists() {
-        let out = Command::new("/usr/bin/setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(env!("CARGO_BIN_EXE_leakhunt"))
-            .args([
-                "hunt",
-                "--memory-limit",
-                "64Mi",
-                "--snapshot-dir",
-                "/tmp/leakhunt-nobody",
-                "--cgroup-parent",
-            ])
-            .arg(format!("leakhunt-test/nobody-{}", std::process::id()))
-            .args(["--", "true"])
-            .output()
-            .unwrap();
+        // `leakhunt hunt ARGS` as user nobody.
+        let as_nobody = |args: &[&str]| {
+            Command::new("/usr/bin/setpriv")
+                .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                .arg(env!("CARGO_BIN_EXE_leakhunt"))
+                .args(["hunt", "--snapshot-dir", "/tmp/leakhunt-nobody"])
+                .args(args)
+                .output()
+                .unwrap()
+        };
+        let parent = format!("leakhunt-test/nobody-{}", std::process::id());
+        let out = as_nobody(&[
+            "--memory-limit",
+            "64Mi",
+            "--cgroup-parent",
+            &parent,
+            "--",
+            "true",
+        ]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(3), "{err}");
         assert!(err.contains("no permission to create cgroup"), "{err}");
 
         // Another user's process: said before anything is watched.
-        let out = Command::new("/usr/bin/setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(env!("CARGO_BIN_EXE_leakhunt"))
-            .args([
-                "hunt",
-                "--pid",
-                "1",
-                "--snapshot-dir",
-                "/tmp/leakhunt-nobody",
-            ])
-            .output()
-            .unwrap();
+        let out = as_nobody(&["--pid", "1"]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(3), "{err}");
         assert!(err.contains("need root or CAP_SYS_PTRACE"), "{err}");

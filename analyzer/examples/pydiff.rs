@@ -2,6 +2,9 @@
 //! snapshot, or the CPython diff of two, as JSON. A development and benchmark aid; the product CLI
 //! is `leakhunt-analyzer analyze|diff`.
 
+// A development aid: a panic is as good an error as any.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use std::path::Path;
 use std::time::Instant;
 

@@ -1,5 +1,5 @@
-//! `analyze` and `diff`: open snapshots, take the generic census, hand CPython heaps to the
-//! Python walker, and turn two censuses into findings.
+//! `analyze` and `diff`: open snapshots, take the generic census, hand the heap to the runtime
+//! found in it (`runtime`), and turn two censuses into findings.
 
 use std::path::Path;
 
@@ -11,6 +11,7 @@ use crate::findings::{
     Verdict,
 };
 use crate::image::{self, CoreFile, MemoryImage, ProcessInfo};
+use crate::runtime::{self, HeapCensus};
 use crate::util::{human_bytes, human_delta};
 
 #[derive(Debug, thiserror::Error)]
@@ -45,9 +46,19 @@ pub struct Analysis {
     pub runtime: Runtime,
     #[serde(flatten)]
     pub census: Census,
+    /// The heap census of the runtime found in the snapshot (`"python": {…}`), if any.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub heap: Option<HeapCensus>,
+}
+
+impl Analysis {
     /// The CPython heap census, when the process is a CPython interpreter.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub python: Option<crate::python::PyCensus>,
+    pub fn python(&self) -> Option<&crate::python::PyCensus> {
+        match &self.heap {
+            Some(HeapCensus::Python(p)) => Some(p),
+            None => None,
+        }
+    }
 }
 
 /// Open and take the census of one snapshot.
@@ -56,34 +67,28 @@ pub fn analyze_path(path: &Path, sysroot: Option<&Path>) -> Result<Analysis> {
     analyze_image(&core, sysroot)
 }
 
-/// The generic census and the CPython heap, each on its own core.
+/// The generic census and the runtime's heap census, each on its own core.
 pub fn analyze_image(image: &dyn MemoryImage, sysroot: Option<&Path>) -> Result<Analysis> {
-    let (census, python) = std::thread::scope(|s| {
-        let py = s.spawn(|| crate::python::census_of(image));
+    let (mut census, heap) = std::thread::scope(|s| {
+        let heap = s.spawn(|| {
+            let mut notes = Vec::new();
+            runtime::census(image, &mut notes).map(|h| (h, notes))
+        });
         let census = census::take(image, sysroot);
-        (census, py.join())
+        (census, heap.join())
     });
-    let mut census = census;
-    let python = match python.unwrap_or_else(|panic| std::panic::resume_unwind(panic))? {
-        Ok(p) => Some(p),
-        Err(note) => {
-            census.notes.push(note);
-            None
-        }
-    };
+    let (heap, notes) = heap.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+    census.notes.extend(notes);
     Ok(Analysis {
-        runtime: match &python {
-            Some(p) => Runtime {
-                kind: "cpython".into(),
-                version: Some(p.version.clone()),
-            },
-            None => Runtime {
+        runtime: heap.as_ref().map_or_else(
+            || Runtime {
                 kind: "native".into(),
                 version: None,
             },
-        },
+            HeapCensus::runtime,
+        ),
         census,
-        python,
+        heap,
     })
 }
 
@@ -108,7 +113,7 @@ pub fn diff_images(
     // Running the census again after a panic would only panic again: surface the first one.
     let ca = ca.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
     let mut findings = diff_census(&ca, &cb);
-    crate::python::refine_findings(&mut findings, before, after)?;
+    runtime::refine(&mut findings, before, after)?;
     Ok(findings)
 }
 
@@ -335,6 +340,31 @@ mod tests {
             symbol_sources: Vec::new(),
             notes: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_runtime_census_is_under_its_key() {
+        let py = crate::python::PyCensus {
+            version: "3.11.7".into(),
+            objects: 3,
+            bytes: 96,
+            types: Vec::new(),
+            containers: Vec::new(),
+            notes: Vec::new(),
+        };
+        let heap = HeapCensus::Python(py);
+        let a = Analysis {
+            runtime: heap.runtime(),
+            census: census(1 << 20, &[]),
+            heap: Some(heap),
+        };
+        assert_eq!(a.python().map(|p| p.objects), Some(3));
+        let json = serde_json::to_value(&a).unwrap();
+        assert_eq!(json["python"]["version"], "3.11.7");
+        assert_eq!(json["runtime"]["kind"], "cpython");
+        let native = Analysis { heap: None, ..a };
+        let json = serde_json::to_value(&native).unwrap();
+        assert!(json.get("python").is_none());
     }
 
     #[test]

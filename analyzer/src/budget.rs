@@ -4,6 +4,9 @@
 //! dominator tree check the budget before they grow past it and stop with [`OverBudget`], a clear
 //! error, instead of being OOM-killed.
 
+// A global allocator is unsafe by its trait; it only forwards to `System` and counts.
+#![allow(unsafe_code)]
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 

@@ -1,4 +1,4 @@
-//! The findings contract (DESIGN.md): what `diff` prints as JSON and what the operator stores in
+//! The findings contract (docs/design.md): what `diff` prints as JSON and what the operator stores in
 //! `LeakReport.status`. Names, counts and sizes only — never the contents of strings from the process.
 
 use serde::{Deserialize, Serialize};

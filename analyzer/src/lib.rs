@@ -17,5 +17,6 @@ pub mod findings;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod report;
+pub mod runtime;
 pub mod symbols;
 pub mod timeline;

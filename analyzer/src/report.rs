@@ -153,42 +153,8 @@ pub fn write_census(a: &Analysis, top: usize, out: &mut dyn Write) -> io::Result
             writeln!(out, "{:>10}  {:<50}  {obj}{section}", ptr.count, ptr.name)?;
         }
     }
-    if let Some(py) = &a.python {
-        writeln!(
-            out,
-            "CPython {}: {} objects, {}",
-            py.version,
-            py.objects,
-            human_bytes(py.bytes)
-        )?;
-        writeln!(out, "{:>10}  {:>10}  type", "objects", "bytes")?;
-        for t in py.types.iter().take(top) {
-            writeln!(
-                out,
-                "{:>10}  {:>10}  {}",
-                t.count,
-                human_bytes(t.bytes),
-                t.name
-            )?;
-        }
-        writeln!(
-            out,
-            "{:>10}  {:>10}  largest containers (retained)",
-            "items", "retained"
-        )?;
-        for k in py.containers.iter().take(top.min(10)) {
-            writeln!(
-                out,
-                "{:>10}  {:>10}  {} ({})",
-                k.items,
-                human_bytes(k.retained_bytes),
-                k.path,
-                k.type_name
-            )?;
-        }
-        for note in &py.notes {
-            writeln!(out, "note: {note}")?;
-        }
+    if let Some(heap) = &a.heap {
+        heap.write_text(top, out)?;
     }
     for note in &c.notes {
         writeln!(out, "note: {note}")?;

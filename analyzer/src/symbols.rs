@@ -211,6 +211,7 @@ fn from_file(
 ) -> Option<ObjectSymbols> {
     let file = crate::image::open_regular(on_disk)?;
     // SAFETY: read-only private mapping of a binary or library (replaced by rename, not rewritten).
+    #[allow(unsafe_code)]
     let map = unsafe { memmap2::Mmap::map(&file) }.ok()?;
     let obj = object::File::parse(&*map).ok()?;
     if let (Some(want), Ok(Some(have))) = (build_id, obj.build_id()) {

@@ -5,7 +5,7 @@ use std::path::Path;
 /// Free bytes on the filesystem holding `path` (available to unprivileged users).
 pub fn free_bytes(path: &Path) -> Option<u64> {
     let st = nix::sys::statvfs::statvfs(path).ok()?;
-    Some(st.blocks_available() as u64 * st.fragment_size() as u64)
+    Some((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
 }
 
 /// Bytes as a short human-readable figure (KiB, MiB, GiB).

@@ -3,6 +3,9 @@
 //!
 //! Needs root (ptrace of any process, mounting a tmpfs), gcc, gdb and pystack (`.ci/install`).
 
+// Tests and their helpers may unwrap: a panic is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;

@@ -1,6 +1,9 @@
 //! The generic census on real processes: a C++ program's objects counted through their vtables,
 //! native heap growth measured, on cores from gcore and from the kernel.
 
+// Tests and their helpers may unwrap: a panic is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -1,6 +1,9 @@
 //! Inputs that once made the core reader misbehave (found by `cargo fuzz run core_reader`), and
 //! hand-made hostile cores: each must be handled without a panic.
 
+// Tests and their helpers may unwrap: a panic is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 
 #[test]

@@ -9,12 +9,12 @@ use clap::Args;
 use kube::Client;
 use leakhunt_operator::alerts::{AlertConfig, WebhookFormat};
 use leakhunt_operator::cluster::{
-    agent, analyze_job, job::JobTemplate, leader::LeaderElector, operator,
+    agent, analyze_job, controller, job_spec::JobTemplate, leader::LeaderElector,
 };
 use leakhunt_operator::http::{self, Health};
-use leakhunt_operator::hunt::cli::{parse_duration, parse_size};
 use leakhunt_operator::metrics::Metrics;
 use leakhunt_operator::node::Thresholds;
+use leakhunt_operator::units::{parse_duration, parse_percent, parse_size, Bare};
 
 fn duration(text: &str) -> Result<Duration, String> {
     parse_duration(text)
@@ -25,15 +25,12 @@ fn size(text: &str) -> Result<u64, String> {
 }
 
 fn percent(text: &str) -> Result<f64, String> {
-    let v: f64 = text
-        .trim()
-        .trim_end_matches('%')
-        .parse()
-        .map_err(|_| format!("not a percentage: {text:?} (try 50)"))?;
-    if !(1.0..=99.0).contains(&v) {
+    let v = parse_percent(text, Bare::Percent)?;
+    // A threshold of 0 % is always reached, one of 100 % never before the kill.
+    if !(0.01..=0.99).contains(&v) {
         return Err(format!("percentage out of range 1..99: {text:?}"));
     }
-    Ok(v / 100.0)
+    Ok(v)
 }
 
 #[derive(Args, Debug)]
@@ -312,7 +309,7 @@ async fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
     let instance = std::env::var("POD_NAME")
         .or_else(|_| std::env::var("HOSTNAME"))
         .unwrap_or_else(|_| "leakhunt-operator".into());
-    let cfg = operator::OperatorConfig {
+    let cfg = controller::OperatorConfig {
         watch_namespaces: args
             .watch_namespaces
             .into_iter()
@@ -360,7 +357,7 @@ async fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
     }
     let mut cfg = cfg;
     cfg.job.owner = own_deployment(&client, &args.namespace, &instance).await;
-    let ctx = operator::Context::new(client, cfg, metrics);
+    let ctx = controller::Context::new(client, cfg, metrics);
     let lost = async {
         match &elector {
             Some(e) => e.keep().await,
@@ -368,7 +365,7 @@ async fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
         }
     };
     let result = tokio::select! {
-        _ = operator::run(ctx, shutdown_signal()) => Ok(()),
+        _ = controller::run(ctx, shutdown_signal()) => Ok(()),
         _ = lost => return Err(anyhow::anyhow!("lost the leader lease; exiting so a new leader takes over")),
     };
     if let Some(e) = &elector {

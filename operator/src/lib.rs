@@ -10,3 +10,6 @@ pub mod http;
 pub mod hunt;
 pub mod metrics;
 pub mod node;
+pub mod snapshot;
+pub mod status;
+pub mod units;

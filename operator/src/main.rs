@@ -8,8 +8,9 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use leakhunt_operator::hunt::{self, cli::HuntArgs, snapshot::Analyzer};
+use leakhunt_operator::hunt::{self, cli::HuntArgs};
 use leakhunt_operator::node::cgroup;
+use leakhunt_operator::snapshot::{self, Analyzer};
 
 #[derive(Parser)]
 #[command(
@@ -86,7 +87,7 @@ fn run_hunt(args: HuntArgs) -> ExitCode {
             }
         },
         Err(e) => {
-            eprintln!("leakhunt hunt: {}", hunt::snapshot::error_chain(&e));
+            eprintln!("leakhunt hunt: {}", snapshot::error_chain(&e));
             ExitCode::from(match e {
                 hunt::Error::Cgroup(
                     cgroup::Error::Permission { .. } | cgroup::Error::ControllerMissing { .. },

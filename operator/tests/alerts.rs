@@ -1,6 +1,9 @@
 //! Alert delivery over real loopback sockets: a recording HTTP receiver with scripted answers,
 //! a closed port, a silent server, and a real Alertmanager.
 
+// Tests and their helpers may unwrap: a panic is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -1,5 +1,8 @@
 //! The admin server on a real socket: probes, metrics, routing, shutdown.
 
+// Tests and their helpers may unwrap: a panic is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -4,6 +4,9 @@
 //! `cgroup.controllers`) under /sys/fs/cgroup; each test says so and returns early otherwise.
 //! Every cgroup and process a test makes is removed by a guard, also when the test fails.
 
+// Tests and their helpers may unwrap: a panic is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -14,9 +17,9 @@ use std::time::{Duration, Instant};
 
 use leakhunt_analyzer::findings::{Findings, Verdict as FindingsVerdict};
 use leakhunt_operator::crd::{Phase, Verdict};
-use leakhunt_operator::hunt::snapshot::{self, Captured, Snapshotter};
 use leakhunt_operator::hunt::{self, Failure, HuntOptions, HuntOutcome, Levels, Target, Until};
 use leakhunt_operator::node::{Cgroup, CgroupVersion, Hierarchy, KillSource, Level};
+use leakhunt_operator::snapshot::{self, Captured, Snapshotter};
 
 const ROOT: &str = "/sys/fs/cgroup";
 const MIB: u64 = 1 << 20;

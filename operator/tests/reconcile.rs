@@ -6,6 +6,9 @@
 //! from a table each test fills, records every request, and answers 404 (a `Status`, as the API
 //! server does) for anything else. Nothing leaves the process.
 
+// Tests and their helpers may unwrap: a panic is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
@@ -19,9 +22,9 @@ use kube::client::Body;
 use kube::runtime::controller::Action;
 use kube::{Api, Client};
 use leakhunt_operator::alerts::AlertConfig;
-use leakhunt_operator::cluster::job::{self, JobTemplate};
-use leakhunt_operator::cluster::operator::{self, Context, OperatorConfig};
-use leakhunt_operator::cluster::reports;
+use leakhunt_operator::cluster::controller::{self, Context, OperatorConfig};
+use leakhunt_operator::cluster::job_spec::{self, JobTemplate};
+use leakhunt_operator::cluster::report_api;
 use leakhunt_operator::crd::{
     LeakReport, LeakReportSpec, LeakReportStatus, LeakWatch, OomKillRecord, Phase, SnapshotRecord,
     Verdict, WorkloadRef,
@@ -226,14 +229,14 @@ fn report(phase: Phase, resource_version: &str, b_sha: &str) -> LeakReport {
 }
 
 fn job_path(b_sha: &str) -> String {
-    format!("{JOBS}/{}", job::job_name(&snapshot("B", b_sha)))
+    format!("{JOBS}/{}", job_spec::job_name(&snapshot("B", b_sha)))
 }
 
 /// A finished analyzer Job: its condition `type_` is True, for `reason`.
 fn finished_job(b_sha: &str, type_: &str, reason: &str, completed: Option<Timestamp>) -> Job {
     Job {
         metadata: ObjectMeta {
-            name: Some(job::job_name(&snapshot("B", b_sha))),
+            name: Some(job_spec::job_name(&snapshot("B", b_sha))),
             namespace: Some("leakhunt".into()),
             ..Default::default()
         },
@@ -324,7 +327,7 @@ async fn status_write_retries_on_conflict() {
     let reports_api: Api<LeakReport> = Api::namespaced(api.client(), NS);
 
     let mut runs = 0;
-    let written = reports::update_status(&reports_api, REPORT, |s| {
+    let written = report_api::update_status(&reports_api, REPORT, |s| {
         runs += 1;
         s.analysis_job = Some("leakhunt-analyze-x".into());
         true
@@ -351,7 +354,7 @@ async fn status_write_of_a_deleted_report_is_none() {
     let api = MockApi::default();
     let reports_api: Api<LeakReport> = Api::namespaced(api.client(), NS);
     let mut runs = 0;
-    let written = reports::update_status(&reports_api, REPORT, |_| {
+    let written = report_api::update_status(&reports_api, REPORT, |_| {
         runs += 1;
         true
     })
@@ -376,7 +379,7 @@ async fn failed_job_marks_report_failed() {
         [ok(finished_job(B_SHA, "Failed", "DeadlineExceeded", None))],
     );
 
-    let action = operator::reconcile(Arc::new(current), context(api.client()))
+    let action = controller::reconcile(Arc::new(current), context(api.client()))
         .await
         .unwrap();
 
@@ -410,7 +413,7 @@ async fn missing_job_is_created_once() {
     api.on("POST", JOBS, [Reply::Echo(201)]);
     let ctx = context(api.client());
 
-    let action = operator::reconcile(Arc::new(current.clone()), ctx.clone())
+    let action = controller::reconcile(Arc::new(current.clone()), ctx.clone())
         .await
         .unwrap();
 
@@ -418,7 +421,7 @@ async fn missing_job_is_created_once() {
     let created = api.sent("POST", JOBS);
     assert_eq!(created.len(), 1);
     let created: Job = serde_json::from_value(created[0].clone()).unwrap();
-    let name = job::job_name(&snapshot("B", B_SHA));
+    let name = job_spec::job_name(&snapshot("B", B_SHA));
     assert_eq!(created.metadata.name.as_deref(), Some(name.as_str()));
     assert_eq!(created.metadata.namespace.as_deref(), Some("leakhunt"));
     let pod = created.spec.unwrap().template.spec.unwrap();
@@ -443,7 +446,7 @@ async fn missing_job_is_created_once() {
         STATUS,
         [Reply::Json(200, puts[0].clone())],
     );
-    let action = operator::reconcile(Arc::new(current), ctx).await.unwrap();
+    let action = controller::reconcile(Arc::new(current), ctx).await.unwrap();
     assert_eq!(action, Action::requeue(Duration::from_secs(30)));
     assert_eq!(api.sent("POST", JOBS).len(), 2);
     assert_eq!(api.sent("PUT", STATUS).len(), 1);
@@ -466,7 +469,7 @@ async fn succeeded_job_without_findings_fails_the_report() {
         ))],
     );
 
-    let action = operator::reconcile(Arc::new(current.clone()), context(api.client()))
+    let action = controller::reconcile(Arc::new(current.clone()), context(api.client()))
         .await
         .unwrap();
 
@@ -495,7 +498,7 @@ async fn succeeded_job_without_findings_fails_the_report() {
             Some(Timestamp::now()),
         ))],
     );
-    let action = operator::reconcile(Arc::new(current), context(api.client()))
+    let action = controller::reconcile(Arc::new(current), context(api.client()))
         .await
         .unwrap();
     assert_eq!(action, Action::requeue(Duration::from_secs(5)));
@@ -524,7 +527,7 @@ async fn failed_job_of_a_replaced_pair_leaves_the_report_alone() {
 
     let ctx = context(api.client());
 
-    operator::reconcile(Arc::new(cached.clone()), ctx.clone())
+    controller::reconcile(Arc::new(cached.clone()), ctx.clone())
         .await
         .unwrap();
 
@@ -538,7 +541,7 @@ async fn failed_job_of_a_replaced_pair_leaves_the_report_alone() {
     // Nor is the old pair's Job recorded as the new pair's.
     api.on("GET", &job_path(old_sha), [failure(404, "NotFound")])
         .on("POST", JOBS, [Reply::Echo(201)]);
-    operator::reconcile(Arc::new(cached), ctx).await.unwrap();
+    controller::reconcile(Arc::new(cached), ctx).await.unwrap();
     assert!(
         api.sent("PUT", STATUS).is_empty(),
         "{:#?}",
@@ -564,11 +567,11 @@ async fn api_server_down_is_an_error_not_a_loss() {
     for r in [report(Phase::Analyzing, "1", B_SHA), incomplete, leaked] {
         let phase = r.status.as_ref().unwrap().phase;
         let before = api.request_count();
-        let error = operator::reconcile(Arc::new(r), ctx.clone())
+        let error = controller::reconcile(Arc::new(r), ctx.clone())
             .await
             .expect_err("an unreachable API server fails the reconcile (it is retried)");
         assert!(
-            matches!(&error, operator::Error::Kube(e) if reports::is_status(e, 503)),
+            matches!(&error, controller::Error::Kube(e) if report_api::is_status(e, 503)),
             "{phase:?}: {error}"
         );
         assert!(
@@ -592,7 +595,7 @@ async fn leak_is_alerted_once_per_pair() {
     api.on("GET", POD, [ok(pod_web_1())]);
     let ctx = context(api.client());
 
-    operator::reconcile(Arc::new(current), ctx.clone())
+    controller::reconcile(Arc::new(current), ctx.clone())
         .await
         .unwrap();
 
@@ -619,7 +622,9 @@ async fn leak_is_alerted_once_per_pair() {
     // The report as written comes back through the watch: nothing more to say.
     let returned: LeakReport = serde_json::from_value(puts[0].clone()).unwrap();
     let before = api.request_count();
-    operator::reconcile(Arc::new(returned), ctx).await.unwrap();
+    controller::reconcile(Arc::new(returned), ctx)
+        .await
+        .unwrap();
     assert_eq!(api.sent("PUT", STATUS).len(), 1);
     assert_eq!(api.sent("POST", EVENTS).len(), events.len());
     assert_eq!(api.request_count(), before, "no API call at all");
@@ -664,7 +669,7 @@ async fn worker_kills_are_announced_once() {
     api.on("GET", POD, [ok(pod_web_1())]);
     let ctx = context(api.client());
 
-    operator::reconcile(Arc::new(current), ctx.clone())
+    controller::reconcile(Arc::new(current), ctx.clone())
         .await
         .unwrap();
 
@@ -701,7 +706,9 @@ async fn worker_kills_are_announced_once() {
     // The written report comes back through the watch: nothing more to say.
     let returned: LeakReport = serde_json::from_value(puts[0].clone()).unwrap();
     let before = api.request_count();
-    operator::reconcile(Arc::new(returned), ctx).await.unwrap();
+    controller::reconcile(Arc::new(returned), ctx)
+        .await
+        .unwrap();
     assert_eq!(api.request_count(), before, "no API call at all");
 }
 
@@ -731,7 +738,7 @@ async fn worker_kill_events_follow_the_leakwatch() {
     );
     let ctx = context(api.client());
 
-    operator::reconcile(Arc::new(current), ctx).await.unwrap();
+    controller::reconcile(Arc::new(current), ctx).await.unwrap();
 
     assert_eq!(
         api.sent("PUT", STATUS).len(),

@@ -56,6 +56,7 @@ impl Buf {
 fn advise_huge_pages(b: &mut [u8]) {
     // SAFETY: `b` is memory we own for its whole length; MADV_HUGEPAGE only changes how the kernel
     // backs it, never its contents or validity. A failure (THP disabled) is harmless.
+    #[allow(unsafe_code)]
     unsafe {
         libc::madvise(b.as_mut_ptr().cast(), b.len(), libc::MADV_HUGEPAGE);
     }

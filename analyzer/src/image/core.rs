@@ -94,6 +94,7 @@ impl CoreFile {
         // SAFETY: the mapping is read-only and private to this process. A concurrent truncation of the
         // file by another process could fault; snapshots are written once, renamed into place and
         // never modified, so this does not happen to files we produce.
+        #[allow(unsafe_code)]
         let map = unsafe { Mmap::map(&file) }.map_err(io)?;
         Self::parse(path.to_owned(), Bytes::Mapped(map), decompressed, sysroot)
     }
@@ -512,6 +513,7 @@ impl MemoryImage for CoreFile {
         if start < stop {
             // SAFETY: the mapping is a private read-only file mapping: dropping its pages only makes
             // the next access fault them in again from the file, with the same contents.
+            #[allow(unsafe_code)]
             let _ = unsafe {
                 map.unchecked_advise_range(
                     memmap2::UncheckedAdvice::DontNeed,

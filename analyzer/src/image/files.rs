@@ -33,6 +33,7 @@ impl FileBacking {
         let file = open_regular(&found_at).ok_or("was not found (or is not a regular file)")?;
         // SAFETY: read-only private mapping of a binary or library; such files are replaced by
         // rename on upgrade, not rewritten in place.
+        #[allow(unsafe_code)]
         let map = unsafe { Mmap::map(&file) }.map_err(|_| "could not be mapped")?;
         let actual = object::File::parse(&*map)
             .ok()

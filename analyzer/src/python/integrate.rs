@@ -1,11 +1,12 @@
-//! How `analyze` and `diff` use the CPython walker: the generic census always runs; when both
-//! snapshots hold a CPython interpreter, the Python findings replace the generic ones (the generic
-//! native-memory figures stay), otherwise a note says why the generic census is all there is.
+//! CPython behind the analyzer's runtime seam: when both snapshots hold a CPython interpreter,
+//! the Python findings replace the generic ones (the generic native-memory figures stay),
+//! otherwise a note says why the generic census is all there is.
 
-use super::{compare, load, Error, PyCensus, PyHeap};
+use super::{compare, load, Error, PyHeap};
 use crate::budget::OverBudget;
 use crate::findings::Findings;
 use crate::image::MemoryImage;
+use crate::runtime::{Detected, HeapCensus, Runtime};
 
 /// Load the heaps of two images in parallel.
 fn load_pair(
@@ -25,41 +26,47 @@ fn load_pair(
     })
 }
 
-/// Overlay the CPython diff of `before` → `after` onto generic `findings`. Only running out of
-/// the memory budget is an error: anything else leaves the generic findings, with a note.
-pub fn refine_findings(
-    findings: &mut Findings,
-    before: &dyn MemoryImage,
-    after: &dyn MemoryImage,
-) -> Result<(), OverBudget> {
-    match load_pair(before, after) {
-        (Err(Error::OverBudget(e)), _) | (_, Err(Error::OverBudget(e))) => return Err(e),
-        (Ok(Some(a)), Ok(Some(b))) => {
-            let c = compare(&a, &b, &findings.native);
-            findings.runtime = c.runtime;
-            findings.verdict = c.verdict;
-            findings.summary = c.summary;
-            findings.suspects = c.suspects;
-            findings.types = c.types;
-            findings.notes.extend(c.notes);
-        }
-        (Ok(None), Ok(None)) => findings
-            .notes
-            .push("no CPython interpreter in these snapshots: generic census only".into()),
-        (Err(e), _) | (_, Err(e)) => findings.notes.push(format!("{e}; generic census only")),
-        _ => findings.notes.push(
-            "only one of the snapshots holds a CPython interpreter: generic census only".into(),
-        ),
-    }
-    Ok(())
-}
+/// CPython as one of the analyzer's runtimes.
+#[derive(Debug, Clone, Copy)]
+pub struct CPython;
 
-/// The CPython census of one image, or a note saying why there is none.
-pub fn census_of(image: &dyn MemoryImage) -> Result<Result<PyCensus, String>, OverBudget> {
-    Ok(match load(image) {
-        Ok(Some(h)) => Ok(h.census()),
-        Ok(None) => Err("no CPython interpreter in this snapshot: generic census only".into()),
-        Err(Error::OverBudget(e)) => return Err(e),
-        Err(e) => Err(format!("{e}; generic census only")),
-    })
+impl Runtime for CPython {
+    fn census(&self, image: &dyn MemoryImage) -> Result<Detected<HeapCensus>, OverBudget> {
+        Ok(match load(image) {
+            Ok(Some(h)) => Detected::Found(HeapCensus::Python(h.census())),
+            Ok(None) => Detected::Absent(
+                "no CPython interpreter in this snapshot: generic census only".into(),
+            ),
+            Err(Error::OverBudget(e)) => return Err(e),
+            Err(e) => Detected::Unreadable(format!("{e}; generic census only")),
+        })
+    }
+
+    fn refine(
+        &self,
+        findings: &mut Findings,
+        before: &dyn MemoryImage,
+        after: &dyn MemoryImage,
+    ) -> Result<Detected<()>, OverBudget> {
+        Ok(match load_pair(before, after) {
+            (Err(Error::OverBudget(e)), _) | (_, Err(Error::OverBudget(e))) => return Err(e),
+            (Ok(Some(a)), Ok(Some(b))) => {
+                let c = compare(&a, &b, &findings.native);
+                findings.runtime = c.runtime;
+                findings.verdict = c.verdict;
+                findings.summary = c.summary;
+                findings.suspects = c.suspects;
+                findings.types = c.types;
+                findings.notes.extend(c.notes);
+                Detected::Found(())
+            }
+            (Ok(None), Ok(None)) => Detected::Absent(
+                "no CPython interpreter in these snapshots: generic census only".into(),
+            ),
+            (Err(e), _) | (_, Err(e)) => Detected::Unreadable(format!("{e}; generic census only")),
+            _ => Detected::Unreadable(
+                "only one of the snapshots holds a CPython interpreter: generic census only".into(),
+            ),
+        })
+    }
 }

@@ -19,7 +19,7 @@ use rustc_hash::FxHashMap;
 use serde::Serialize;
 
 pub use self::compare::{compare, PyComparison};
-pub use self::integrate::{census_of, refine_findings};
+pub use self::integrate::CPython;
 use self::mem::Mem;
 use self::walk::{Kind, Walker};
 use crate::image::MemoryImage;
@@ -125,6 +125,49 @@ pub struct PyCensus {
     /// Largest containers by retained size.
     pub containers: Vec<ContainerSummary>,
     pub notes: Vec<String>,
+}
+
+impl PyCensus {
+    /// The census as `analyze` prints it: types, then the largest containers.
+    pub fn write_text(&self, top: usize, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        use crate::util::human_bytes;
+        writeln!(
+            out,
+            "CPython {}: {} objects, {}",
+            self.version,
+            self.objects,
+            human_bytes(self.bytes)
+        )?;
+        writeln!(out, "{:>10}  {:>10}  type", "objects", "bytes")?;
+        for t in self.types.iter().take(top) {
+            writeln!(
+                out,
+                "{:>10}  {:>10}  {}",
+                t.count,
+                human_bytes(t.bytes),
+                t.name
+            )?;
+        }
+        writeln!(
+            out,
+            "{:>10}  {:>10}  largest containers (retained)",
+            "items", "retained"
+        )?;
+        for k in self.containers.iter().take(top.min(10)) {
+            writeln!(
+                out,
+                "{:>10}  {:>10}  {} ({})",
+                k.items,
+                human_bytes(k.retained_bytes),
+                k.path,
+                k.type_name
+            )?;
+        }
+        for note in &self.notes {
+            writeln!(out, "note: {note}")?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

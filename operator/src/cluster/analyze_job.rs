@@ -4,11 +4,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use k8s_openapi::jiff::Timestamp;
 use kube::{Api, Client};
 
-use super::reports::{self, now};
-use crate::crd::{Incident, LeakReport, LeakReportStatus, Phase, Verdict};
+use super::report_api::{self, now};
+use crate::crd::{LeakReport, LeakReportStatus, Phase};
+use crate::snapshot::{error_chain, Analyzer, Snapshotter};
+use crate::status::{self, Role};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use leakhunt_analyzer::findings::Findings;
 use leakhunt_analyzer::timeline::{self, Trend};
 
@@ -31,8 +33,7 @@ const SAMPLE_SLACK: Duration = Duration::from_secs(25);
 /// Checks a snapshot against the digest the agent recorded: a file changed or replaced since
 /// the capture is not analysed.
 fn verify(path: &Path, want: Option<&str>) -> Result<(), String> {
-    let got =
-        crate::hunt::report::sha256_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let got = crate::snapshot::sha256_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
     match want {
         Some(w) if !w.eq_ignore_ascii_case(&got) => Err(format!(
             "{} does not match the recorded SHA-256 (recorded {w}, now {got})",
@@ -44,13 +45,10 @@ fn verify(path: &Path, want: Option<&str>) -> Result<(), String> {
 
 /// The trend of the report's timeline (of B's pod) around its snapshot pair.
 pub fn trend(s: &LeakReportStatus, settle: Duration) -> Trend {
-    let find = |role: &str| s.snapshots.iter().find(|r| r.role == role);
-    let (Some(a), Some(b)) = (find("A"), find("B")) else {
+    let (Some(a), Some(b)) = (s.snapshot(Role::A), s.snapshot(Role::B)) else {
         return Trend::Unknown;
     };
-    let secs = |t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time| {
-        t.0.as_millisecond() as f64 / 1e3
-    };
+    let secs = |t: &Time| t.0.as_millisecond() as f64 / 1e3;
     let mut points = s.timeline(&b.pod, &b.container);
     // An OOM kill after B: what follows is a restarted container, not a plateau; judged with
     // the samples before it.
@@ -69,34 +67,6 @@ pub fn trend(s: &LeakReportStatus, settle: Duration) -> Trend {
     }
 }
 
-/// The status after a successful diff, weighed against the report's timeline: findings, phase,
-/// conditions, incident.
-pub fn record_findings(s: &mut LeakReportStatus, f: &Findings, now_ts: Timestamp) {
-    let t = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now_ts);
-    s.apply_findings(f);
-    s.phase = Phase::Analysed;
-    let summary = s.summary.clone().unwrap_or_else(|| "analysed".into());
-    s.set_condition("Analysed", true, "DiffDone", &summary, t.clone());
-    let leak = s.verdict == Some(Verdict::Leak);
-    s.set_condition(
-        "LeakDetected",
-        leak,
-        if leak {
-            "Accumulates"
-        } else {
-            "NothingAccumulates"
-        },
-        &summary,
-        t.clone(),
-    );
-    s.notes = f.notes.iter().take(20).cloned().collect();
-    s.push_incident(Incident {
-        time: t,
-        reason: if leak { "LeakDetected" } else { "Analysed" }.into(),
-        message: summary,
-    });
-}
-
 /// Waits while the timeline shows a one-time rise too recent to tell from growth: until memory
 /// has been flat for the settle time after it, grows again, or the samples that would say are
 /// overdue. A report that cannot be read ends the wait (the write after it says why).
@@ -104,7 +74,7 @@ async fn settle(api: &Api<LeakReport>, job: &AnalyzeJob) {
     let deadline = std::time::Instant::now() + job.settle + SAMPLE_SLACK;
     let mut announced = false;
     loop {
-        let Ok(Some(report)) = reports::get_status_opt(api, &job.report).await else {
+        let Ok(Some(report)) = report_api::get_status_opt(api, &job.report).await else {
             return;
         };
         let s = report.status.unwrap_or_default();
@@ -123,7 +93,7 @@ async fn settle(api: &Api<LeakReport>, job: &AnalyzeJob) {
 /// Whether the report still waits for this pair (a new hunt may have replaced it).
 fn awaits(s: &LeakReportStatus, sha_after: Option<&str>) -> bool {
     s.phase == Phase::Analyzing
-        && sha_after.is_none_or(|sha| s.snapshots.iter().any(|r| r.role == "B" && r.sha256 == sha))
+        && sha_after.is_none_or(|sha| s.snapshots.iter().any(|r| r.is(Role::B) && r.sha256 == sha))
 }
 
 /// Runs the analysis and writes the outcome; an analysis failure is written too, then returned.
@@ -134,8 +104,9 @@ pub async fn run(client: Client, job: AnalyzeJob) -> anyhow::Result<()> {
     let analysis = tokio::task::spawn_blocking(move || -> Result<Findings, String> {
         verify(&j.before, j.sha256_before.as_deref())?;
         verify(&j.after, j.sha256_after.as_deref())?;
-        leakhunt_analyzer::analysis::diff_paths(&j.before, &j.after, None)
-            .map_err(|e| crate::hunt::snapshot::error_chain(&e))
+        Analyzer
+            .diff(&j.before, &j.after)
+            .map_err(|e| error_chain(&e))
     })
     .await
     .map_err(|e| anyhow::anyhow!("analysis thread: {e}"))?;
@@ -147,13 +118,13 @@ pub async fn run(client: Client, job: AnalyzeJob) -> anyhow::Result<()> {
             if findings.verdict != leakhunt_analyzer::findings::Verdict::NoLeak {
                 settle(&api, &job).await;
             }
-            let written = reports::update_status(&api, &job.report, |s| {
+            let written = report_api::update_status(&api, &job.report, |s| {
                 if !awaits(s, sha_after.as_deref()) {
                     return false;
                 }
                 let mut f = findings.clone();
                 timeline::apply(&mut f, trend(s, job.settle));
-                record_findings(s, &f, Timestamp::now());
+                status::analysed(s, &f, now());
                 true
             })
             .await?;
@@ -164,17 +135,11 @@ pub async fn run(client: Client, job: AnalyzeJob) -> anyhow::Result<()> {
         }
         Err(message) => {
             tracing::error!(report = %job.report, %message, "analysis failed");
-            reports::update_status(&api, &job.report, |s| {
+            report_api::update_status(&api, &job.report, |s| {
                 if !awaits(s, sha_after.as_deref()) {
                     return false;
                 }
-                s.phase = Phase::Failed;
-                s.set_condition("Analysed", false, "AnalysisFailed", &message, now());
-                s.push_incident(Incident {
-                    time: now(),
-                    reason: "AnalysisFailed".into(),
-                    message: message.clone(),
-                });
+                status::analysis_failed(s, &message, now());
                 true
             })
             .await?;
@@ -186,6 +151,8 @@ pub async fn run(client: Client, job: AnalyzeJob) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crd::Verdict;
+    use k8s_openapi::jiff::Timestamp;
 
     #[test]
     fn findings_make_an_analysed_report() {
@@ -207,7 +174,7 @@ mod tests {
             ..Default::default()
         };
         assert!(awaits(&s, None));
-        record_findings(&mut s, &f, Timestamp::UNIX_EPOCH);
+        status::analysed(&mut s, &f, Time(Timestamp::UNIX_EPOCH));
         assert_eq!(s.phase, Phase::Analysed);
         assert_eq!(s.verdict, Some(Verdict::Leak));
         assert_eq!(s.suspects[0].path, "__main__.Profiler.results");
@@ -276,7 +243,7 @@ mod tests {
         };
         timeline::apply(&mut f, t);
         let mut s = s;
-        record_findings(&mut s, &f, Timestamp::UNIX_EPOCH);
+        status::analysed(&mut s, &f, Time(Timestamp::UNIX_EPOCH));
         assert_eq!(s.verdict, Some(Verdict::NoLeak));
         let summary = s.summary.clone().unwrap();
         assert!(

@@ -96,9 +96,7 @@ pub fn memory_limit(pod: &Pod, container: &str) -> Option<i64> {
         .iter()
         .find(|c| c.name == container)?;
     let q = c.resources.as_ref()?.limits.as_ref()?.get("memory")?;
-    crate::hunt::cli::parse_size(&q.0)
-        .ok()
-        .and_then(|b| i64::try_from(b).ok())
+    crate::units::parse_quantity(&q.0).and_then(|b| i64::try_from(b).ok())
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::PostParams;
 use kube::Api;
 
-use super::reports::is_status;
+use super::report_api::is_status;
 
 pub struct LeaderElector {
     api: Api<Lease>,

@@ -3,9 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::units::{parse_duration, parse_percent, parse_size, Bare};
 use clap::Args;
-use leakhunt_analyzer::util::number_and_unit;
-pub use leakhunt_analyzer::util::parse_size;
 
 use super::{HuntOptions, Levels, Target, Until};
 use crate::node::Level;
@@ -138,7 +137,7 @@ pub fn parse_level(text: &str) -> Result<Level, String> {
     }
     let share = t.ends_with('%') || t.parse::<f64>().is_ok_and(|v| v <= 1.0);
     if share {
-        let f = parse_percent(t)?;
+        let f = parse_percent(t, Bare::Share)?;
         if f <= 0.0 {
             return Err(format!("a threshold of {text:?} is always reached"));
         }
@@ -149,52 +148,9 @@ pub fn parse_level(text: &str) -> Result<Level, String> {
     })
 }
 
-/// `50%` or `0.5`.
-pub fn parse_percent(text: &str) -> Result<f64, String> {
-    let t = text.trim();
-    let value = match t.strip_suffix('%') {
-        Some(p) => p.trim().parse::<f64>().map(|v| v / 100.0),
-        None => t.parse::<f64>(),
-    }
-    .map_err(|_| format!("not a percentage: {text:?} (try 50%)"))?;
-    if !(0.0..=1.0).contains(&value) {
-        return Err(format!("percentage out of range: {text:?}"));
-    }
-    Ok(value)
-}
-
-/// `1s`, `500ms`, `2m`, `1h`, or plain seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let (value, unit) = number_and_unit(text, "a duration", "1s")?;
-    let secs = match unit {
-        "" | "s" => value,
-        "ms" => value / 1000.0,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        other => {
-            return Err(format!(
-                "unknown duration unit {other:?} in {text:?} (ms, s, m, h)"
-            ))
-        }
-    };
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("duration out of range: {text:?}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("160Mi"), Ok(160 << 20));
-        assert_eq!(parse_size("1.5Gi"), Ok(3 << 29));
-        assert_eq!(parse_size("2M"), Ok(2_000_000));
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
-        assert!(parse_size("lots").is_err());
-        assert!(parse_size("5Qi").is_err());
-        assert!(parse_size("0").is_err());
-    }
 
     #[test]
     fn levels() {
@@ -211,17 +167,5 @@ mod tests {
         for bad in ["0%", "150%", "+", "+lots", "lots", "-5Mi"] {
             assert!(parse_level(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn percents_and_durations() {
-        assert_eq!(parse_percent("50%"), Ok(0.5));
-        assert_eq!(parse_percent("0.85"), Ok(0.85));
-        assert!(parse_percent("150%").is_err());
-        assert_eq!(parse_duration("1s"), Ok(Duration::from_secs(1)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("1y").is_err());
-        assert!(parse_duration("-1s").is_err());
     }
 }

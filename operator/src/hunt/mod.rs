@@ -5,12 +5,11 @@
 //! The decisions are the node library's ([`crate::node`]), so the agent hunts the same way.
 
 pub mod cli;
-pub mod report;
-pub mod snapshot;
+pub mod output;
 
 use std::fs;
 use std::io::{self, IsTerminal, Write};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -32,7 +31,8 @@ use crate::node::threshold::{
     Action, Level, Observation, ResetReason, State, ThresholdMachine, Thresholds,
 };
 use crate::node::{CgroupWatcher, KillSource, OomKill, Sample};
-use snapshot::Snapshotter;
+use crate::snapshot::{self, Snapshotter};
+use crate::status::{self, Reason, Role};
 
 /// What to hunt in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -213,7 +213,7 @@ pub struct KillEvent {
 /// A snapshot as taken.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SnapshotTaken {
-    pub role: char,
+    pub role: Role,
     pub pid: i32,
     pub comm: String,
     pub path: PathBuf,
@@ -359,7 +359,7 @@ pub fn run(
 ) -> Result<HuntOutcome, Error> {
     let started = Instant::now();
     let hierarchy = Hierarchy::detect(&opts.cgroup_root)?;
-    prepare_snapshot_dir(&opts.snapshot_dir).map_err(|source| Error::SnapshotDir {
+    snapshot::prepare_dir(&opts.snapshot_dir).map_err(|source| Error::SnapshotDir {
         path: opts.snapshot_dir.clone(),
         source,
     })?;
@@ -442,12 +442,12 @@ pub fn run(
         .iter()
         .find(|p| p.key.pid == main_pid)
         .map(|p| p.comm.clone());
-    let name = report::report_name(comm.as_deref().unwrap_or("process"), main_pid);
+    let name = output::report_name(comm.as_deref().unwrap_or("process"), main_pid);
     let comm = comm.filter(|c| c != "sh");
     let mut hunt = Hunt {
         opts,
         snap,
-        report: report::new_report(&name, &command_line, None),
+        report: output::new_report(&name, &command_line, None),
         node: hostname(),
         limit,
         thresholds,
@@ -589,13 +589,13 @@ pub fn run(
             machine.observe(&observation)
         };
         match action {
-            Some(Action::SnapshotA { target }) if !hunt.snapshot('A', target, &sample) => {
+            Some(Action::SnapshotA { target }) if !hunt.snapshot(Role::A, target, &sample) => {
                 machine.give_up(sample.t);
             }
             Some(Action::SnapshotA { .. }) => {}
             Some(Action::SnapshotB { target }) => {
                 let crossed = Instant::now();
-                if hunt.snapshot('B', target, &sample) {
+                if hunt.snapshot(Role::B, target, &sample) {
                     hunt.analyse(out, crossed);
                 }
             }
@@ -685,7 +685,7 @@ pub fn run(
     }
     hunt.finish(&machine, exit_status);
     if let Some(path) = &opts.report {
-        if let Err(e) = report::write_yaml(&hunt.report, path) {
+        if let Err(e) = output::write_yaml(&hunt.report, path) {
             hunt.progress.event(&format!(
                 "cannot write the report to {}: {e}",
                 path.display()
@@ -769,7 +769,7 @@ impl Hunt<'_> {
         if let Some(p) = sample.processes.iter().find(|p| p.key.pid == self.main_pid) {
             if self.main_comm.as_deref() != Some(p.comm.as_str()) {
                 self.main_comm = Some(p.comm.clone());
-                self.report.metadata.name = Some(report::report_name(&p.comm, self.main_pid));
+                self.report.metadata.name = Some(output::report_name(&p.comm, self.main_pid));
                 self.report.spec.workload.display =
                     format!("Process/{} (pid {})", p.comm, self.main_pid);
             }
@@ -843,7 +843,7 @@ impl Hunt<'_> {
             });
             status.push_incident(Incident {
                 time: Time(time),
-                reason: "OOMKilled".into(),
+                reason: Reason::OomKilled.into(),
                 message,
             });
         }
@@ -853,7 +853,7 @@ impl Hunt<'_> {
     }
 
     /// Takes snapshot A or B of `target`; false if it was skipped or failed.
-    fn snapshot(&mut self, role: char, target: ProcessKey, sample: &Sample) -> bool {
+    fn snapshot(&mut self, role: Role, target: ProcessKey, sample: &Sample) -> bool {
         let pid = target.pid;
         let comm = sample
             .process(target)
@@ -861,28 +861,17 @@ impl Hunt<'_> {
             .unwrap_or_default();
         let ws = self.level(sample);
         let at = self.of_limit(ws);
-        let why_skip = match self.snap.estimate_size(pid) {
-            Err(e) => Some(e.to_string()),
-            Ok(est) if est > self.opts.max_snapshot_size => Some(format!(
-                "estimated size {} exceeds --max-snapshot-size {}",
-                human_bytes(est),
-                human_bytes(self.opts.max_snapshot_size)
-            )),
-            Ok(est) => match free_bytes(&self.opts.snapshot_dir) {
-                // Keep a margin: filling the disk would make things worse.
-                Some(free) if est.saturating_add(256 << 20) > free => Some(format!(
-                    "estimated size {} does not fit the {} free in {}",
-                    human_bytes(est),
-                    human_bytes(free),
-                    self.opts.snapshot_dir.display()
-                )),
-                _ => None,
-            },
+        let cap = snapshot::Cap {
+            bytes: self.opts.max_snapshot_size,
+            name: "--max-snapshot-size",
         };
+        let why_skip = snapshot::preflight(self.snap, pid, &self.opts.snapshot_dir, cap)
+            .err()
+            .map(|r| r.to_string());
         if let Some(reason) = why_skip {
             let message = format!("snapshot {role} of {comm} (pid {pid}) skipped: {reason}");
             self.progress.event(&message);
-            self.note("CaptureSkipped", &message);
+            self.note(Reason::CaptureSkipped, &message);
             self.failure.get_or_insert(Failure::Capture(message));
             self.status().phase = Phase::Failed;
             self.write_report();
@@ -900,7 +889,7 @@ impl Hunt<'_> {
                 let _ = fs::remove_file(&path);
                 let message = format!("snapshot {role} of {comm} (pid {pid}) at {at} failed: {e}");
                 self.progress.event(&message);
-                self.note("CaptureFailed", &message);
+                self.note(Reason::CaptureFailed, &message);
                 self.failure.get_or_insert(Failure::Capture(e.to_string()));
                 self.status().phase = Phase::Failed;
                 self.write_report();
@@ -908,7 +897,7 @@ impl Hunt<'_> {
             }
         };
         let _ = fs::set_permissions(&captured.path, fs::Permissions::from_mode(0o600));
-        let sha256 = report::sha256_file(&captured.path).unwrap_or_default();
+        let sha256 = snapshot::sha256_file(&captured.path).unwrap_or_default();
         let message = format!(
             "snapshot {role} of {comm} (pid {pid}) at {at}: {} file, {} of memory, process stopped {:.2}s",
             human_bytes(captured.file_bytes),
@@ -927,7 +916,7 @@ impl Hunt<'_> {
         };
         self.outcome_snapshots.push(taken.clone());
         let record = SnapshotRecord {
-            role: role.to_string(),
+            role: role.into(),
             node: self.node.clone(),
             time: Time(Timestamp::now()),
             size: to_i64(captured.file_bytes),
@@ -938,26 +927,26 @@ impl Hunt<'_> {
             container: String::new(),
             retain_until: None,
         };
-        let command = cmdline(&self.opts.proc_root, pid);
+        let command = crate::node::procs::program(&self.opts.proc_root, pid);
         let status = self.status();
-        status.snapshots.retain(|s| s.role != role.to_string());
+        status.snapshots.retain(|s| !s.is(role));
         status.snapshots.push(record);
         status.process = Some(ProcessRef {
             pid: pid as i64,
             name: comm,
             command,
         });
-        status.phase = if role == 'A' {
+        status.phase = if role == Role::A {
             Phase::Baseline
         } else {
             Phase::Analyzing
         };
         status.push_incident(Incident {
             time: Time(Timestamp::now()),
-            reason: "SnapshotTaken".into(),
+            reason: Reason::SnapshotTaken.into(),
             message,
         });
-        if role == 'A' {
+        if role == Role::A {
             self.baseline = Some(taken);
         } else {
             self.after = Some(taken);
@@ -984,9 +973,8 @@ impl Hunt<'_> {
             Err(e) => {
                 let message = e.to_string();
                 self.progress.event(&message);
-                self.note("AnalysisFailed", &message);
+                status::analysis_failed(self.status(), &message, Time(Timestamp::now()));
                 self.failure.get_or_insert(Failure::Analysis(message));
-                self.status().phase = Phase::Failed;
                 self.analysed_at = Some(Instant::now());
                 self.write_report();
             }
@@ -1038,37 +1026,7 @@ impl Hunt<'_> {
         let _ = out.flush();
         self.b_to_report = Some(crossed.elapsed());
         self.analysed_at = Some(Instant::now());
-        let now = Time(Timestamp::now());
-        let verdict = findings.verdict;
-        let summary = findings.summary.clone();
-        let status = self.status();
-        status.apply_findings(&findings);
-        status.phase = Phase::Analysed;
-        status.set_condition(
-            "Analysed",
-            true,
-            "SnapshotPairDiffed",
-            &summary,
-            now.clone(),
-        );
-        status.set_condition(
-            "LeakDetected",
-            verdict == FindingsVerdict::Leak,
-            match verdict {
-                FindingsVerdict::Leak => "Leak",
-                FindingsVerdict::NoLeak => "NoLeak",
-                FindingsVerdict::Inconclusive => "Inconclusive",
-            },
-            &summary,
-            now.clone(),
-        );
-        if verdict == FindingsVerdict::Leak {
-            status.push_incident(Incident {
-                time: now,
-                reason: "LeakDetected".into(),
-                message: summary,
-            });
-        }
+        status::analysed(self.status(), &findings, Time(Timestamp::now()));
         self.findings = Some(findings);
         self.progress.event(&format!(
             "analysed in {:.1}s after the near-limit crossing",
@@ -1090,9 +1048,9 @@ impl Hunt<'_> {
         if let Some(a) = self.baseline.take() {
             let _ = fs::remove_file(&a.path);
         }
-        self.note("BaselineReset", &message);
+        self.note(Reason::BaselineReset, &message);
         let status = self.status();
-        status.snapshots.retain(|s| s.role != "A");
+        status.snapshots.retain(|s| !s.is(Role::A));
         status.phase = Phase::Watching;
         // A capture failure earlier in this hunt no longer stands in the way of a verdict.
         if matches!(self.failure, Some(Failure::Capture(_))) {
@@ -1116,7 +1074,7 @@ impl Hunt<'_> {
                 // The pair is complete: the machine must not reset or take B again while the
                 // verdict waits for its samples.
                 machine.paired(sample.t);
-                if self.snapshot('B', target, sample) {
+                if self.snapshot(Role::B, target, sample) {
                     self.analyse(out, crossed);
                 }
             }
@@ -1224,7 +1182,13 @@ impl Hunt<'_> {
         }
         if let Some(f) = &failure {
             let now = Time(Timestamp::now());
-            status.set_condition("Analysed", false, "HuntIncomplete", &f.to_string(), now);
+            status.set_condition(
+                status::ANALYSED,
+                false,
+                "HuntIncomplete",
+                &f.to_string(),
+                now,
+            );
         }
     }
 
@@ -1278,7 +1242,7 @@ impl Hunt<'_> {
         let _ = out.flush();
     }
 
-    fn note(&mut self, reason: &str, message: &str) {
+    fn note(&mut self, reason: Reason, message: &str) {
         let status = self.status();
         status.notes.push(message.to_string());
         status.push_incident(Incident {
@@ -1290,7 +1254,7 @@ impl Hunt<'_> {
 
     fn write_report(&mut self) {
         if let Some(path) = &self.opts.report {
-            let _ = report::write_yaml(&self.report, path);
+            let _ = output::write_yaml(&self.report, path);
         }
     }
 
@@ -1396,32 +1360,8 @@ fn describe_exit(status: ExitStatus) -> String {
     }
 }
 
-/// Creates the snapshot directory 0700, or checks an existing one: snapshots hold process
-/// memory, so the directory must be ours and closed to others (a shared `/tmp` path could be
-/// planted by another user).
-pub(crate) fn prepare_snapshot_dir(dir: &Path) -> io::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
-    let meta = fs::symlink_metadata(dir)?;
-    if !meta.is_dir() || meta.uid() != nix::unistd::geteuid().as_raw() {
-        return Err(io::Error::other("not a directory owned by this user"));
-    }
-    if meta.mode() & 0o077 != 0 {
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
-    }
-    Ok(())
-}
-
 fn hostname() -> String {
     fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "localhost".into())
-}
-
-pub(crate) fn free_bytes(dir: &Path) -> Option<u64> {
-    let st = nix::sys::statvfs::statvfs(dir).ok()?;
-    Some((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
 }

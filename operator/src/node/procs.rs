@@ -76,6 +76,15 @@ pub fn cmdline(proc_root: &Path, pid: i32) -> Option<String> {
     (!text.is_empty()).then(|| text.join(" "))
 }
 
+/// The program a process runs (its argv[0], at most 256 characters), as a report records it:
+/// arguments may hold secrets (passwords, DSNs), and a report is readable by whoever may list
+/// reports.
+pub fn program(proc_root: &Path, pid: i32) -> Option<String> {
+    let raw = fs::read(proc_root.join(pid.to_string()).join("cmdline")).ok()?;
+    let first = raw.split(|b| *b == 0).next().filter(|a| !a.is_empty())?;
+    Some(String::from_utf8_lossy(first).chars().take(256).collect())
+}
+
 /// Reads every listed process that still exists.
 pub fn read_processes(proc_root: &Path, pids: &[i32]) -> Vec<ProcessMemory> {
     pids.iter()
@@ -86,6 +95,29 @@ pub fn read_processes(proc_root: &Path, pids: &[i32]) -> Vec<ProcessMemory> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn program_is_argv0_only() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("42");
+        fs::create_dir(&dir).unwrap();
+        fs::write(
+            dir.join("cmdline"),
+            b"/usr/bin/python3\0app.py\0--password=hunter2\0",
+        )
+        .unwrap();
+        assert_eq!(
+            program(root.path(), 42).as_deref(),
+            Some("/usr/bin/python3")
+        );
+        assert_eq!(
+            cmdline(root.path(), 42).as_deref(),
+            Some("/usr/bin/python3 app.py --password=hunter2")
+        );
+        fs::write(dir.join("cmdline"), b"").unwrap();
+        assert_eq!(program(root.path(), 42), None, "a kernel thread has none");
+        assert_eq!(program(root.path(), 43), None);
+    }
 
     const STATUS: &str =
         "Name:\tgunicorn\nUmask:\t0022\nState:\tS (sleeping)\nTgid:\t4242\nPid:\t4242\n\

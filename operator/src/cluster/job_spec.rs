@@ -5,6 +5,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::status::Role;
+use crate::units::{human_bytes, parse_quantity};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, EmptyDirVolumeSource, EnvVar, HostPathVolumeSource, PodSpec,
@@ -13,7 +15,6 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
-use leakhunt_analyzer::util::{human_bytes, parse_size};
 
 use crate::crd::{LeakReport, SnapshotRecord};
 
@@ -83,7 +84,7 @@ pub fn limit_of(job: &Job) -> Option<u64> {
         .containers
         .first()?;
     let q = c.resources.as_ref()?.limits.as_ref()?.get("memory")?;
-    parse_size(&q.0).ok()
+    parse_quantity(&q.0)
 }
 
 /// Whether the analyzer container of one of the Job's pods was OOM-killed.
@@ -119,8 +120,8 @@ pub fn job_name(b: &SnapshotRecord) -> String {
 
 /// The pair A, B from a report's snapshots, when both are there and on one node.
 pub fn pair(snapshots: &[SnapshotRecord]) -> Option<(&SnapshotRecord, &SnapshotRecord)> {
-    let a = snapshots.iter().find(|s| s.role == "A")?;
-    let b = snapshots.iter().find(|s| s.role == "B")?;
+    let a = snapshots.iter().find(|s| s.is(Role::A))?;
+    let b = snapshots.iter().find(|s| s.is(Role::B))?;
     (a.node == b.node && a.path.is_some() && b.path.is_some() && !b.sha256.is_empty())
         .then_some((a, b))
 }
@@ -166,7 +167,7 @@ pub fn analyzer_job(
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
-    let parse = |q: &str| parse_size(q).unwrap_or(1 << 30);
+    let parse = |q: &str| parse_quantity(q).unwrap_or(1 << 30);
     let limit = job_memory(a.size, b.size, parse(&t.memory_limit), parse(&t.memory_max));
     let request = parse(&t.memory_request).min(limit);
     let (limit_q, request_q) = (limit.to_string(), request.to_string());

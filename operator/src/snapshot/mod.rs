@@ -1,6 +1,8 @@
-//! The hunt's only door to the analyzer: capture a snapshot, estimate its size, diff a pair,
-//! print findings. Behind a trait so the hunt loop is tested with real cgroups and a recording
-//! stand-in, and the analyzer's capture and diff are called in exactly one place.
+//! The one door to capture and analysis, for the local hunt, the node agent and the analyzer
+//! Job: the snapshot directory (0700), the checks before a capture (size cap, one free-disk
+//! margin), the capture, its digest, and the diff of a pair. Behind a trait so the hunt loop is
+//! tested with real cgroups and a recording stand-in, and the analyzer's capture and diff are
+//! called in exactly one place.
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -8,6 +10,14 @@ use std::time::Duration;
 
 use leakhunt_analyzer::capture;
 use leakhunt_analyzer::findings::Findings;
+use leakhunt_analyzer::util::human_bytes;
+
+mod files;
+pub use files::{free_bytes, prepare_dir, sha256_file};
+
+/// Room a capture must leave on the snapshot filesystem: filling the disk of a node that is
+/// already short of memory would make things worse.
+pub const FREE_MARGIN: u64 = 256 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -62,7 +72,7 @@ impl Snapshotter for Analyzer {
     fn capture(&self, pid: i32, output: &Path, max_bytes: u64) -> Result<Captured> {
         let opts = capture::CaptureOptions {
             output: output.to_path_buf(),
-            // Snapshots are compressed on disk (DESIGN: security model); the analyzer reads them back.
+            // Snapshots are compressed on disk (docs/design.md: security model); the analyzer reads them back.
             compress: true,
             overwrite: false,
             max_bytes: Some(max_bytes),
@@ -90,6 +100,61 @@ impl Snapshotter for Analyzer {
 
     fn write_text(&self, findings: &Findings, out: &mut dyn Write) -> io::Result<()> {
         leakhunt_analyzer::report::write_text(findings, out)
+    }
+}
+
+/// The size cap a capture is held to, and the name the user set it by (`--max-snapshot-size`,
+/// `maxSnapshotSize`), so that a refusal names the knob.
+#[derive(Debug, Clone, Copy)]
+pub struct Cap {
+    pub bytes: u64,
+    pub name: &'static str,
+}
+
+/// Why a capture was not attempted.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    #[error("{0}")]
+    Estimate(Error),
+    #[error("snapshot directory {}: {source}", dir.display())]
+    Directory { dir: PathBuf, source: io::Error },
+    #[error("estimated size {} exceeds {} {}", human_bytes(*estimate), cap.name, human_bytes(cap.bytes))]
+    TooLarge { estimate: u64, cap: Cap },
+    #[error("estimated size {} does not fit the {} free in {} (a {} margin is kept)", human_bytes(*estimate), human_bytes(*free), dir.display(), human_bytes(FREE_MARGIN))]
+    NoRoom {
+        estimate: u64,
+        free: u64,
+        dir: PathBuf,
+    },
+}
+
+impl Refused {
+    /// A refusal by policy (size cap, disk room) rather than a fault.
+    pub fn is_skip(&self) -> bool {
+        matches!(self, Refused::TooLarge { .. } | Refused::NoRoom { .. })
+    }
+}
+
+/// The checks before a capture of `pid` into `dir`: the directory is ours and closed, the
+/// estimated size is within the cap and fits the free disk with [`FREE_MARGIN`] to spare.
+/// Returns the estimate.
+pub fn preflight(snap: &dyn Snapshotter, pid: i32, dir: &Path, cap: Cap) -> Result<u64, Refused> {
+    let estimate = snap.estimate_size(pid).map_err(Refused::Estimate)?;
+    if estimate > cap.bytes {
+        return Err(Refused::TooLarge { estimate, cap });
+    }
+    prepare_dir(dir).map_err(|source| Refused::Directory {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
+    // zstd usually shrinks a heap several times, but the raw size is the worst case.
+    match free_bytes(dir) {
+        Some(free) if estimate.saturating_add(FREE_MARGIN) > free => Err(Refused::NoRoom {
+            estimate,
+            free,
+            dir: dir.to_path_buf(),
+        }),
+        _ => Ok(estimate),
     }
 }
 

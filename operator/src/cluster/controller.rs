@@ -19,17 +19,15 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
 
-use super::job::{self, JobOutcome, JobTemplate};
+use super::job_spec::{self, JobOutcome, JobTemplate};
 use super::kills::{container_kills, memory_limit, ContainerKill};
-use super::reports::{self, is_status, new_report, now};
+use super::report_api::{self, is_status, new_report, now};
 use super::selector;
 use super::workload::{self, ApiLookup};
 use crate::alerts::{Alert, AlertConfig, AlertKind, Notifier, RateLimiter};
 use crate::crd::{Incident, LeakReport, LeakReportStatus, LeakWatch, Phase, Verdict};
 use crate::metrics::Metrics;
-
-/// The note a report gets when memory of its workload is not captured.
-pub const NOT_CAPTURED: &str = "memory is not captured";
+use crate::status::{self, Reason};
 
 #[derive(Debug, Clone)]
 pub struct OperatorConfig {
@@ -121,7 +119,7 @@ impl Context {
         namespace: &str,
         labels: &std::collections::BTreeMap<String, String>,
     ) -> AlertConfig {
-        let routing = super::agent::select_watch(watches, namespace, labels, None)
+        let routing = super::policy::select_watch(watches, namespace, labels, None)
             .and_then(|w| w.spec.alerts.as_ref());
         self.cfg.alerts.with_overrides(routing)
     }
@@ -284,14 +282,14 @@ async fn count_kills(ctx: &Context, pod: &Pod, kills: &[ContainerKill]) -> Resul
     let namespace = pod.namespace().unwrap_or_default();
     let wl = workload::resolve(&ctx.lookup, pod).await?;
     let container = kills.first().map(|k| k.container.as_str());
-    let report = reports::ensure(&ctx.client, new_report(&namespace, &wl, container)).await?;
+    let report = report_api::ensure(&ctx.client, new_report(&namespace, &wl, container)).await?;
     let api: Api<LeakReport> = Api::namespaced(ctx.client.clone(), &namespace);
     // Read once: whether the pod is captured, and where its alerts go.
     let watches = ctx.watches_in(&namespace).await;
     let captured = capture_enabled(pod, &watches);
     let limit = container.and_then(|c| memory_limit(pod, c));
     let mut counted_now: Vec<ContainerKill> = Vec::new();
-    let written = reports::update_status(&api, &report.name_any(), |s| {
+    let written = report_api::update_status(&api, &report.name_any(), |s| {
         counted_now.clear();
         for k in kills {
             if s.count_kill(&k.key, k.record(now()), k.message()) {
@@ -303,12 +301,13 @@ async fn count_kills(ctx: &Context, pod: &Pod, kills: &[ContainerKill]) -> Resul
             s.memory.limit = limit;
             changed = true;
         }
-        if !captured && !s.notes.iter().any(|n| n.starts_with(NOT_CAPTURED)) && s.snapshots.is_empty() {
-            s.notes.push(format!(
-                "{NOT_CAPTURED}: no LeakWatch selects pod {} and it lacks the annotation {}=\"true\"",
+        if !captured && !s.not_captured() && s.snapshots.is_empty() {
+            let why = format!(
+                "no LeakWatch selects pod {} and it lacks the annotation {}=\"true\"",
                 pod.name_any(),
                 workload::CAPTURE_ANNOTATION
-            ));
+            );
+            crate::status::not_captured(s, &why, now());
             changed = true;
         }
         changed
@@ -379,7 +378,7 @@ fn alert_of(
 fn capture_enabled(pod: &Pod, watches: &[LeakWatch]) -> bool {
     let ns = pod.namespace().unwrap_or_default();
     workload::capture_annotated(pod)
-        || super::agent::select_watch(watches, &ns, pod.labels(), None).is_some()
+        || super::policy::select_watch(watches, &ns, pod.labels(), None).is_some()
 }
 
 async fn report_controller(
@@ -391,11 +390,11 @@ async fn report_controller(
     Controller::new(reports, watcher::Config::default())
         .watches(
             jobs,
-            watcher::Config::default().labels(job::JOB_SELECTOR),
+            watcher::Config::default().labels(job_spec::JOB_SELECTOR),
             |job: Job| {
                 let (ns, name) = job
                     .annotations()
-                    .get(job::REPORT_ANNOTATION)?
+                    .get(job_spec::REPORT_ANNOTATION)?
                     .split_once('/')?;
                 Some(ObjectRef::<LeakReport>::new(name).within(ns))
             },
@@ -454,15 +453,15 @@ async fn analyzing(
     let namespace = report.namespace().unwrap_or_default();
     let api: Api<LeakReport> = Api::namespaced(ctx.client.clone(), &namespace);
     let name = report.name_any();
-    let Some((a, b)) = job::pair(&status.snapshots) else {
+    let Some((a, b)) = job_spec::pair(&status.snapshots) else {
         let msg = "the snapshot pair is incomplete (A and B on one node are needed)";
         mark_failed(ctx, report, None, "AnalysisFailed", msg).await?;
         return Ok(Action::await_change());
     };
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ctx.cfg.job.namespace);
-    let job_name = job::job_name(b);
+    let job_name = job_spec::job_name(b);
     let Some(existing) = jobs.get_opt(&job_name).await? else {
-        let Some(job) = job::analyzer_job(&ctx.cfg.job, report, a, b) else {
+        let Some(job) = job_spec::analyzer_job(&ctx.cfg.job, report, a, b) else {
             let msg = "the snapshot files are not in one directory inside the snapshot directory";
             mark_failed(ctx, report, Some(&b.sha256), "AnalysisFailed", msg).await?;
             return Ok(Action::await_change());
@@ -472,7 +471,7 @@ async fn analyzing(
             Err(e) if is_status(&e, 409) => {}
             Err(e) => return Err(e.into()),
         }
-        reports::update_status(&api, &name, |s| {
+        report_api::update_status(&api, &name, |s| {
             if !still_awaits(s, Some(&b.sha256)) || s.analysis_job.as_deref() == Some(&job_name) {
                 return false;
             }
@@ -489,7 +488,7 @@ async fn analyzing(
         .await?;
         return Ok(Action::requeue(Duration::from_secs(30)));
     };
-    match job::outcome(&existing) {
+    match job_spec::outcome(&existing) {
         JobOutcome::Running => Ok(Action::requeue(Duration::from_secs(30))),
         JobOutcome::Succeeded => {
             record_job_duration(ctx, &existing);
@@ -525,17 +524,18 @@ async fn analyzing(
             let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ctx.cfg.job.namespace);
             let lp = ListParams::default().labels(&format!("job-name={}", existing.name_any()));
             let oom = match pods.list(&lp).await {
-                Ok(list) => job::oom_killed(&list.items),
+                Ok(list) => job_spec::oom_killed(&list.items),
                 Err(e) => {
                     tracing::warn!(error = %e, job = %existing.name_any(), "cannot read the analyzer pods");
                     false
                 }
             };
             if oom {
-                let text = job::oom_text(job::limit_of(&existing), &ctx.cfg.job.memory_max);
+                let text =
+                    job_spec::oom_text(job_spec::limit_of(&existing), &ctx.cfg.job.memory_max);
                 mark_failed(ctx, report, Some(&b.sha256), "AnalyzerOOMKilled", &text).await?;
             } else {
-                let text = job::failure_text(&reason, &message, ctx.cfg.job.timeout);
+                let text = job_spec::failure_text(&reason, &message, ctx.cfg.job.timeout);
                 mark_failed(ctx, report, Some(&b.sha256), "AnalysisFailed", &text).await?;
             }
             Ok(Action::await_change())
@@ -568,7 +568,7 @@ fn record_job_duration(ctx: &Context, job: &Job) {
 /// whose B is `b_sha256`, or with `None` still no complete pair. The report reconciled is a
 /// cached copy; since it was read the agent may have started a new hunt with a new pair.
 fn still_awaits(s: &LeakReportStatus, b_sha256: Option<&str>) -> bool {
-    let pair = job::pair(&s.snapshots);
+    let pair = job_spec::pair(&s.snapshots);
     s.phase == Phase::Analyzing
         && match b_sha256 {
             Some(sha) => pair.is_some_and(|(_, b)| b.sha256 == sha),
@@ -588,21 +588,21 @@ async fn mark_failed(
 ) -> Result<(), Error> {
     let namespace = report.namespace().unwrap_or_default();
     let api: Api<LeakReport> = Api::namespaced(ctx.client.clone(), &namespace);
-    let written = reports::update_status(&api, &report.name_any(), |s| {
+    let written = report_api::update_status(&api, &report.name_any(), |s| {
         // Not the phase alone: the old pair's failed Job must not fail the new pair's analysis
         // (the analyzer Job checks the same before it writes).
         if !still_awaits(s, b_sha256) {
             return false;
         }
         s.phase = Phase::Failed;
-        s.set_condition("Analysed", false, reason, message, now());
+        s.set_condition(status::ANALYSED, false, reason, message, now());
         s.push_incident(Incident {
             time: now(),
             reason: reason.into(),
             message: message.into(),
         });
         // Announced right below: mark it so the Failed reconcile does not announce it again.
-        s.alerted_snapshot = last_failure(s).map(|(_, key)| key);
+        s.alerted_failure = last_failure(s).map(|(_, key)| key);
         true
     })
     .await?;
@@ -613,16 +613,21 @@ async fn mark_failed(
 }
 
 /// The failure a Failed report shows: its last failure incident, and the key that names it for
-/// the once-only alert (kept in `alertedSnapshot`).
+/// the once-only alert (kept in `alertedFailure`).
 fn last_failure(status: &LeakReportStatus) -> Option<(&Incident, String)> {
-    let incident = status.incidents.iter().rev().find(|i| {
-        matches!(
-            i.reason.as_str(),
-            "AnalysisFailed" | "CaptureFailed" | "CaptureSkipped"
-        )
-    })?;
-    let key = format!("failed:{}:{}", incident.reason, incident.time.0);
+    let incident = status
+        .incidents
+        .iter()
+        .rev()
+        .find(|i| Reason::parse(&i.reason).is_some_and(Reason::is_failure))?;
+    let key = format!("{}:{}", incident.reason, incident.time.0);
     Some((incident, key))
+}
+
+/// Whether this failure was alerted (also in the form an operator before 0.2 kept it).
+fn failure_alerted(status: &LeakReportStatus, key: &str) -> bool {
+    status.alerted_failure.as_deref() == Some(key)
+        || status.alerted_snapshot.as_deref() == Some(format!("failed:{key}").as_str())
 }
 
 /// A Failed report — the analyzer Job failed or timed out, or it wrote its own failure, or
@@ -633,16 +638,16 @@ async fn announce_failure(ctx: &Context, report: &LeakReport) -> Result<(), Erro
     let Some((_, key)) = last_failure(&status) else {
         return Ok(());
     };
-    if status.alerted_snapshot.as_deref() == Some(key.as_str()) {
+    if failure_alerted(&status, &key) {
         return Ok(());
     }
     let namespace = report.namespace().unwrap_or_default();
     let api: Api<LeakReport> = Api::namespaced(ctx.client.clone(), &namespace);
-    let written = reports::update_status(&api, &report.name_any(), |s| {
-        if s.phase != Phase::Failed || s.alerted_snapshot.as_deref() == Some(key.as_str()) {
+    let written = report_api::update_status(&api, &report.name_any(), |s| {
+        if s.phase != Phase::Failed || failure_alerted(s, &key) {
             return false;
         }
-        s.alerted_snapshot = Some(key.clone());
+        s.alerted_failure = Some(key.clone());
         true
     })
     .await?;
@@ -676,7 +681,7 @@ async fn notify_failure(ctx: &Context, report: &LeakReport) {
         ctx.event(&reference_of(report), EventType::Warning, &reason, &message)
             .await;
     }
-    let (kind, what) = if reason == "AnalysisFailed" {
+    let (kind, what) = if reason == Reason::AnalysisFailed.as_str() {
         (AlertKind::AnalysisFailed, "analysis")
     } else {
         (AlertKind::CaptureFailed, "capture")
@@ -696,7 +701,7 @@ async fn announce_worker_kills(report: &LeakReport, ctx: &Context) -> Result<(),
     let namespace = report.namespace().unwrap_or_default();
     let api: Api<LeakReport> = Api::namespaced(ctx.client.clone(), &namespace);
     let mut taken = Vec::new();
-    let written = reports::update_status(&api, &report.name_any(), |s| {
+    let written = report_api::update_status(&api, &report.name_any(), |s| {
         taken = std::mem::take(&mut s.unannounced_kills);
         !taken.is_empty()
     })
@@ -732,7 +737,7 @@ async fn analysed(
     if status.verdict != Some(Verdict::Leak) {
         return Ok(());
     }
-    let Some(b) = status.snapshots.iter().find(|s| s.role == "B") else {
+    let Some(b) = status.snapshot(crate::status::Role::B) else {
         return Ok(());
     };
     if status.alerted_snapshot.as_deref() == Some(b.sha256.as_str()) {
@@ -742,7 +747,7 @@ async fn analysed(
     let api: Api<LeakReport> = Api::namespaced(ctx.client.clone(), &namespace);
     let sha = b.sha256.clone();
     // Mark first: a crash between mark and send loses one alert, never floods on restart loops.
-    let written = reports::update_status(&api, &report.name_any(), |s| {
+    let written = report_api::update_status(&api, &report.name_any(), |s| {
         if s.alerted_snapshot.as_deref() == Some(sha.as_str()) {
             return false;
         }
@@ -807,7 +812,7 @@ async fn collect_garbage(ctx: Arc<Context>) {
         tick.tick().await;
         forget_deleted_reports(&ctx).await;
         let list = match jobs
-            .list(&ListParams::default().labels(job::JOB_SELECTOR))
+            .list(&ListParams::default().labels(job_spec::JOB_SELECTOR))
             .await
         {
             Ok(l) => l,
@@ -820,7 +825,7 @@ async fn collect_garbage(ctx: Arc<Context>) {
         for j in list.items {
             let Some((ns, name)) = j
                 .annotations()
-                .get(job::REPORT_ANNOTATION)
+                .get(job_spec::REPORT_ANNOTATION)
                 .and_then(|r| r.split_once('/'))
             else {
                 continue;
@@ -903,7 +908,7 @@ async fn update_watch(ctx: &Context, w: &LeakWatch) -> Result<(), kube::Error> {
         .await?
         .items
         .len() as i64;
-    let problems = super::agent::watch_problems(&w.spec);
+    let problems = super::policy::watch_problems(&w.spec);
     let mut status = w.status.clone().unwrap_or_default();
     let before = status.clone();
     status.matched_pods = matched;

@@ -1,0 +1,190 @@
+//! The agent's captures: started on a blocking thread when the threshold machine asks for A or
+//! B, collected on a later sample, and turned into the report's ops (or a failure, an Event and
+//! a metric).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::runtime::events::{Event, EventType};
+use kube::{Resource, ResourceExt};
+use tokio::sync::mpsc;
+
+use super::{Agent, Capture, Tracked, Write};
+use crate::cluster::policy::Policy;
+use crate::crd::{ProcessRef, SnapshotRecord};
+use crate::metrics::CaptureOutcome;
+use crate::node::{ProcessKey, Sample};
+use crate::snapshot::{self, Analyzer, Snapshotter};
+use crate::status::{Op, Reason, Role};
+
+impl Agent {
+    pub(super) fn start_capture(
+        &self,
+        id: &str,
+        t: &mut Tracked,
+        role: Role,
+        target: ProcessKey,
+        policy: &Policy,
+    ) {
+        let ns = t.pod.namespace().unwrap_or_default();
+        let dir = self.cfg.snapshot_dir.join(&ns).join(t.pod.name_any());
+        let stamp = Timestamp::now().as_millisecond();
+        // A retained snapshot carries its deadline in its name: the cleaner keeps it until then even
+        // when a later hunt has replaced its record.
+        let keep_until = policy.keep_snapshots.map(|k| {
+            Timestamp::now()
+                .as_second()
+                .saturating_add(k.as_secs() as i64)
+        });
+        let keep = keep_until.map(|u| format!(".keep-{u}")).unwrap_or_default();
+        let path = dir.join(format!("{}-{role}-{stamp}{keep}.core.zst", t.container));
+        let node = self.cfg.node_name.clone();
+        let pod = t.pod.name_any();
+        let container = t.container.clone();
+        let max = policy.max_snapshot_size;
+        let keep = policy.keep_snapshots;
+        tracing::info!(container = %id, pod = %pod, role = %role, pid = target.pid, "capturing");
+        t.capturing = Some(tokio::task::spawn_blocking(move || {
+            // The snapshot is of the memory as the capture began: the timeline is read so.
+            let began = Timestamp::now();
+            let result = capture_one(&dir, &path, target.pid, max).map(|(size, sha, took)| {
+                (
+                    SnapshotRecord {
+                        role: role.into(),
+                        node,
+                        time: Time(began),
+                        size,
+                        sha256: sha,
+                        path: Some(path.display().to_string()),
+                        pid: i64::from(target.pid),
+                        pod,
+                        container,
+                        retain_until: keep.map(|k| {
+                            Time(Timestamp::now() + SignedDuration::try_from(k).unwrap_or_default())
+                        }),
+                    },
+                    took,
+                )
+            });
+            Capture {
+                role,
+                target,
+                result,
+            }
+        }));
+    }
+
+    pub(super) async fn captured(
+        &self,
+        id: &str,
+        t: &mut Tracked,
+        done: Capture,
+        policy: &Policy,
+        writes: &mpsc::Sender<Write>,
+        sample: &Sample,
+    ) {
+        let queue = |op: Op| Write {
+            pod: t.pod.clone(),
+            container: t.container.clone(),
+            container_id: id.to_string(),
+            op,
+        };
+        let role = done.role;
+        match done.result {
+            Ok((record, took)) => {
+                self.metrics
+                    .capture(role.as_str(), took, CaptureOutcome::Ok);
+                let op = if role == Role::A {
+                    t.snapshot_a = record.path.clone().map(PathBuf::from);
+                    let name = sample
+                        .process(done.target)
+                        .map(|p| p.comm.clone())
+                        .unwrap_or_else(|| "?".into());
+                    Op::SnapshotA {
+                        process: ProcessRef {
+                            pid: i64::from(done.target.pid),
+                            name,
+                            command: crate::node::procs::program(
+                                &self.cfg.proc_root,
+                                done.target.pid,
+                            ),
+                        },
+                        record,
+                        cooldown: Duration::from_secs_f64(policy.thresholds.cooldown_secs),
+                    }
+                } else {
+                    t.snapshot_a = None;
+                    Op::SnapshotB {
+                        record,
+                        timeline: t.timeline.clone(),
+                    }
+                };
+                let _ = writes.send(queue(op)).await;
+            }
+            Err((skipped, message)) => {
+                let outcome = if skipped {
+                    CaptureOutcome::Skipped
+                } else {
+                    CaptureOutcome::Failed
+                };
+                self.metrics.capture(role.as_str(), Duration::ZERO, outcome);
+                tracing::warn!(container = %id, role = %role, %message, "capture failed");
+                t.machine.give_up(sample.t);
+                if let Some(path) = t.snapshot_a.take() {
+                    let _ = std::fs::remove_file(path);
+                }
+                let reason = Reason::capture(skipped);
+                if t.policy.as_ref().is_some_and(|p| p.events) {
+                    let ev = Event {
+                        type_: EventType::Warning,
+                        reason: reason.into(),
+                        note: Some(format!(
+                            "snapshot {role} of container {}: {message}",
+                            t.container
+                        )),
+                        action: "Capture".into(),
+                        secondary: None,
+                    };
+                    if let Err(e) = self.recorder.publish(&ev, &t.pod.object_ref(&())).await {
+                        tracing::warn!(error = %e, "event not recorded");
+                    }
+                }
+                let _ = writes
+                    .send(queue(Op::CaptureFailed {
+                        role,
+                        skipped,
+                        message,
+                    }))
+                    .await;
+            }
+        }
+    }
+}
+
+/// Captures `pid` into `path` (0600, zstd, in a 0700 directory). `Err((skipped, message))`:
+/// skipped when over the size cap or the free disk.
+fn capture_one(
+    dir: &Path,
+    path: &Path,
+    pid: i32,
+    max: u64,
+) -> Result<(i64, String, Duration), (bool, String)> {
+    let analyzer = Analyzer;
+    let cap = snapshot::Cap {
+        bytes: max,
+        name: "maxSnapshotSize",
+    };
+    snapshot::preflight(&analyzer, pid, dir, cap).map_err(|r| (r.is_skip(), r.to_string()))?;
+    let captured = analyzer
+        .capture(pid, path, max)
+        .map_err(|e| (false, e.to_string()))?;
+    let sha = snapshot::sha256_file(&captured.path)
+        .map_err(|e| (false, format!("hashing {}: {e}", path.display())))?;
+    Ok((
+        i64::try_from(captured.file_bytes).unwrap_or(i64::MAX),
+        sha,
+        captured.total,
+    ))
+}

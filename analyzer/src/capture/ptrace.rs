@@ -133,7 +133,9 @@ impl Stopped {
 
     /// A thread vanished while we stopped it: fine for a worker thread, the end for the process.
     fn gone(&mut self, tid: i32) -> Result<()> {
-        self.threads.remove(&tid);
+        if self.threads.remove(&tid).is_some() {
+            reap(Pid::from_raw(tid));
+        }
         if !process_alive(self.pid) {
             return Err(Error::ProcessExited { pid: self.pid });
         }
@@ -185,8 +187,30 @@ impl Stopped {
         for (tid, sig) in std::mem::take(&mut self.threads) {
             let t = Pid::from_raw(tid);
             if ptrace::detach(t, sig).is_err() {
-                // Gone (killed while stopped): collect its exit report so it does not linger.
-                let _ = waitpid(t, Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG));
+                reap(t);
+            }
+        }
+    }
+}
+
+/// How long a killed thread may take to finish exiting before it is left to the kernel.
+const REAP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Collects the exit report of a traced thread killed while we held it. Its exit may still be in
+/// progress when detach fails, and a traced zombie nobody reaps keeps its process's leader from
+/// being reported to the parent: a parent waiting for it would hang (seen under load, a SIGKILL
+/// landing mid-capture).
+fn reap(t: Pid) {
+    let deadline = Instant::now() + REAP_TIMEOUT;
+    while Instant::now() < deadline {
+        match waitpid(t, Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(2)),
+            Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) | Err(_) => return,
+            // A stop report on the way out: let it go on exiting (no longer ours to reap).
+            Ok(_) => {
+                if ptrace::detach(t, None).is_ok() {
+                    return;
+                }
             }
         }
     }

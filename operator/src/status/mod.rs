@@ -221,19 +221,6 @@ pub fn analysis_failed(s: &mut LeakReportStatus, message: &str, now: Time) {
     });
 }
 
-/// A capture began: the not-captured note, if any, no longer holds.
-fn forget_not_captured(s: &mut LeakReportStatus) {
-    let Some(c) = s
-        .conditions
-        .iter()
-        .find(|c| c.type_ == CAPTURED && c.reason == NOT_SELECTED)
-    else {
-        return;
-    };
-    let message = c.message.clone();
-    s.notes.retain(|n| *n != message);
-}
-
 /// A change to a report: what happened, applied by [`apply`].
 #[derive(Debug, Clone)]
 pub enum Op {
@@ -342,8 +329,8 @@ pub fn apply(
             s.timeline = None;
             s.suspects.clear();
             s.types.clear();
-            forget_not_captured(s);
-            // The notes were of the last pair.
+            // The notes were of the last pair, or said memory was not captured (the Captured
+            // condition is set anew below).
             s.notes.clear();
             s.set_condition(
                 CAPTURED,

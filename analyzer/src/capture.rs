@@ -25,6 +25,7 @@ use nix::unistd::Pid;
 
 use crate::image::{self, Mapping};
 use crate::notes::{LeakhuntNote, LEAKHUNT_NOTE_NAME, NT_LEAKHUNT_INFO};
+use crate::procfs;
 use crate::util::human_bytes;
 use plan::Region;
 
@@ -94,6 +95,20 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// Reading the process through `/proc` failed (it went away, an I/O error).
+    #[error(transparent)]
+    Image(image::Error),
+}
+
+/// A refusal to read `/proc/PID/maps` is one to stop the process as well: the capture's
+/// permission message says what both need.
+impl From<image::Error> for Error {
+    fn from(e: image::Error) -> Error {
+        match e {
+            image::Error::Permission { pid } => Error::Permission { pid },
+            e => Error::Image(e),
+        }
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -106,19 +121,6 @@ impl Error {
             source: std::io::Error::from(e),
         }
     }
-
-    fn from_image(e: image::Error, pid: i32) -> Error {
-        match e {
-            image::Error::NoSuchProcess { pid } => Error::NoSuchProcess { pid },
-            image::Error::Permission { pid } => Error::Permission { pid },
-            image::Error::Process { pid, what, source } => Error::Process { pid, what, source },
-            other => Error::Process {
-                pid,
-                what: "reading /proc".into(),
-                source: std::io::Error::other(other.to_string()),
-            },
-        }
-    }
 }
 
 /// Bytes reserved after the JSON of our note for the figures known only at the end (stop time).
@@ -127,6 +129,7 @@ const NOTE_SLACK: usize = 64;
 /// What [`capture`] would write for `pid` now, in bytes (before compression): for callers that
 /// check size caps or free disk space first.
 pub fn estimate_size(pid: i32) -> Result<u64> {
+    check_exists(pid)?;
     let task = ptrace::live_task(pid);
     let maps = task_maps(pid, task)?;
     let regions = plan::plan(task, &maps);
@@ -152,148 +155,30 @@ fn estimate(regions: &[Region], threads: usize) -> u64 {
 /// Capture process `pid` into `opts.output`.
 pub fn capture(pid: i32, opts: &CaptureOptions) -> Result<CaptureSummary> {
     let t0 = Instant::now();
-    let output = &opts.output;
-    let compress = opts.compress || output.extension().is_some_and(|e| e == "zst");
-    if !opts.overwrite && std::fs::symlink_metadata(output).is_ok() {
-        return Err(Error::OutputExists {
-            path: output.clone(),
-        });
-    }
-    if pid <= 0 || !Path::new(&format!("/proc/{pid}")).exists() {
-        return Err(Error::NoSuchProcess { pid });
-    }
-    if pid as u32 == std::process::id() {
-        // A process cannot ptrace-stop itself; say so rather than "no permission".
-        return Err(Error::Process {
-            pid,
-            what: "capturing".into(),
-            source: std::io::Error::other(
-                "a process cannot capture itself; run the capture from another process",
-            ),
-        });
-    }
-
-    // Size check before anything is stopped or written.
-    let threads_now = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|d| d.count())
-        .unwrap_or(1);
-    let task = ptrace::live_task(pid);
-    let maps = task_maps(pid, task)?;
-    let first_estimate = estimate(&plan::plan(task, &maps), threads_now);
-    check_limit(pid, first_estimate, opts.max_bytes)?;
-    let dir = match output.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let available = crate::util::free_bytes(&dir);
-    if !compress && available.is_some_and(|free| first_estimate > free) {
-        return Err(Error::DiskFull {
-            path: output.clone(),
-            needed: first_estimate,
-            available,
-        });
-    }
-    let out_err = |source| Error::Output {
-        path: output.clone(),
-        source,
-    };
-    let name = output
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "core".into());
-    // Mode 0600, nameless (or removed on drop) until complete: any early return cleans up.
-    let tmp = staging::Staging::create(&dir, &name).map_err(out_err)?;
-    // Compressing while the target is stopped would make it wait for the compressor. With room for
-    // the uncompressed core next to the output, write that first and compress once the target
-    // runs again; without, compress on the fly.
-    let staged = match available {
-        Some(free) if compress => free / 2 > first_estimate.saturating_add(64 << 20),
-        _ => false,
-    };
-    let raw = if staged {
-        Some(staging::Staging::create(&dir, &format!("{name}.raw")).map_err(out_err)?)
-    } else {
-        None
-    };
+    refuse_early(pid, opts)?;
+    let out = Output::prepare(pid, opts)?;
 
     let stopped = ptrace::Stopped::stop(pid)?;
-    let captured_at = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0);
-    // The address space cannot change any more: this is the plan that is written.
-    let task = ptrace::live_task(pid);
-    let maps = task_maps(pid, task).map_err(|e| exited_or(pid, e))?;
-    let regions = plan::plan(task, &maps);
-    let regs = stopped.registers()?;
-    check_limit(pid, estimate(&regions, regs.len()), opts.max_bytes)?;
-    let info = image::process_info(pid).map_err(|e| exited_or(pid, Error::from_image(e, pid)))?;
-    let proc_stat = read_proc_stat(pid);
-    let auxv = std::fs::read(format!("/proc/{pid}/task/{task}/auxv")).map_err(|e| {
-        exited_or(
-            pid,
-            Error::Process {
-                pid,
-                what: "reading auxv".into(),
-                source: e,
-            },
-        )
-    })?;
+    let frozen = Frozen::read(pid, &stopped, opts.max_bytes)?;
     let page = page_size();
-    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as u64;
-
     // All notes but ours are final now; ours is reserved with room for the stop time.
-    let mut notes = Vec::new();
-    for r in &regs {
-        let ts = read_thread_stat(pid, r.tid);
-        elf::note(
-            &mut notes,
-            b"CORE",
-            elf::NT_PRSTATUS,
-            &elf::prstatus(r, &proc_stat, &ts, ticks),
-        );
-        if let Some(fp) = &r.fpregs {
-            elf::note(&mut notes, b"CORE", elf::NT_PRFPREG, fp);
-        }
-    }
-    elf::note(
-        &mut notes,
-        b"CORE",
-        elf::NT_PRPSINFO,
-        &elf::prpsinfo(pid, &proc_stat),
-    );
-    elf::note(&mut notes, b"CORE", elf::NT_AUXV, &auxv);
-    elf::note(
-        &mut notes,
-        b"CORE",
-        elf::NT_FILE,
-        &elf::nt_file(&regions, page),
-    );
+    let mut notes = system_notes(pid, &frozen, page);
     let mut ours = LeakhuntNote {
         pid,
-        captured_at,
-        rss: info.rss,
-        start_time: info.start_time,
-        exe: info.exe.clone(),
+        captured_at: frozen.captured_at,
+        rss: frozen.info.rss,
+        start_time: frozen.info.start_time,
+        exe: frozen.info.exe.clone(),
         stopped_seconds: 0.0,
-        pseudo_names: pseudo_names(&maps),
+        pseudo_names: pseudo_names(&frozen.maps),
     };
     let reserved = serde_json::to_vec(&ours)
         .map(|v| v.len() + NOTE_SLACK)
         .unwrap_or(NOTE_SLACK);
     let notes_len = (notes.len() + elf::note_len(LEAKHUNT_NOTE_NAME.len(), reserved)) as u64;
-    let layout = elf::Layout::new(&regions, notes_len, page);
+    let layout = elf::Layout::new(&frozen.regions, notes_len, page);
 
-    let first = raw.as_ref().unwrap_or(&tmp);
-    let file = first.file().try_clone().map_err(out_err)?;
-    let budget = buffer_budget(layout.file_len());
-    let mut sink =
-        sink::Sink::start(file, &first.path(), compress && !staged, budget).map_err(out_err)?;
-    let headers = layout.headers(&regions, page);
-    let streamed = sink.send_bytes(headers) && stream_memory(pid, task, &regions, &mut sink)?;
+    let (mut sink, streamed) = out.stream(pid, &frozen, &layout, page)?;
     // Killed while we read: reads of a dying process can come back as zeros rather than ESRCH.
     if !stopped.intact() || !ptrace::process_alive(pid) {
         return Err(Error::ProcessExited { pid });
@@ -309,40 +194,273 @@ pub fn capture(pid: i32, opts: &CaptureOptions) -> Result<CaptureSummary> {
         elf::note(&mut notes, LEAKHUNT_NOTE_NAME, NT_LEAKHUNT_INFO, &json);
         let _ = sink.send_bytes(notes);
     }
-    if let Err(e) = sink.finish() {
-        return Err(write_error(e, output, layout.file_len(), &dir));
-    }
-    if !streamed {
-        return Err(Error::Output {
-            path: output.clone(),
-            source: std::io::Error::other("the writer stopped early"),
-        });
-    }
-    if let Some(raw) = &raw {
-        compress_file(&raw.path(), tmp.file())
-            .map_err(|e| write_error(e, output, layout.file_len(), &dir))?;
-    }
-    drop(raw);
-    let file_bytes = tmp.file().metadata().map_err(out_err)?.len();
-    // Never replaces an existing output unless asked, even one created while we captured.
-    tmp.publish(output, opts.overwrite).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::AlreadyExists {
-            Error::OutputExists {
-                path: output.clone(),
-            }
-        } else {
-            out_err(e)
-        }
-    })?;
+    let file_bytes = out.finish(sink, streamed, layout.file_len())?;
     Ok(CaptureSummary {
-        path: output.clone(),
+        path: opts.output.clone(),
         file_bytes,
-        memory_bytes: regions.iter().map(Region::file_bytes).sum(),
-        threads: regs.len(),
-        mappings: regions.len(),
+        memory_bytes: frozen.regions.iter().map(Region::file_bytes).sum(),
+        threads: frozen.regs.len(),
+        mappings: frozen.regions.len(),
         stopped: stop_time,
         total: t0.elapsed(),
     })
+}
+
+/// Refuses, before looking further, what cannot be captured: an existing output (unless asked to
+/// replace it), a PID that names no process, this process itself.
+fn refuse_early(pid: i32, opts: &CaptureOptions) -> Result<()> {
+    if !opts.overwrite && std::fs::symlink_metadata(&opts.output).is_ok() {
+        return Err(Error::OutputExists {
+            path: opts.output.clone(),
+        });
+    }
+    check_exists(pid)?;
+    if pid as u32 == std::process::id() {
+        // A process cannot ptrace-stop itself; say so rather than "no permission".
+        return Err(Error::Process {
+            pid,
+            what: "capturing".into(),
+            source: std::io::Error::other(
+                "a process cannot capture itself; run the capture from another process",
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The PID names a process in our PID namespace.
+fn check_exists(pid: i32) -> Result<()> {
+    if pid <= 0 || !Path::new(&format!("/proc/{pid}")).exists() {
+        return Err(Error::NoSuchProcess { pid });
+    }
+    Ok(())
+}
+
+/// Where a capture writes: nameless staging files next to the output, published when complete.
+struct Output<'a> {
+    path: &'a Path,
+    dir: PathBuf,
+    overwrite: bool,
+    /// The core as it is published (compressed when asked).
+    tmp: staging::Staging,
+    /// The uncompressed core, when it is compressed only after the target runs again.
+    raw: Option<staging::Staging>,
+    /// Compress while streaming (no room to stage the uncompressed core first).
+    compress_now: bool,
+}
+
+impl<'a> Output<'a> {
+    /// Checks the size cap and the free disk space against what the core would be now, before
+    /// anything is stopped or written, then creates the staging files.
+    fn prepare(pid: i32, opts: &'a CaptureOptions) -> Result<Output<'a>> {
+        let output = &opts.output;
+        let compress = opts.compress || output.extension().is_some_and(|e| e == "zst");
+        let threads_now = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|d| d.count())
+            .unwrap_or(1);
+        let task = ptrace::live_task(pid);
+        let maps = task_maps(pid, task)?;
+        let first_estimate = estimate(&plan::plan(task, &maps), threads_now);
+        check_limit(pid, first_estimate, opts.max_bytes)?;
+        let dir = match output.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let available = crate::util::free_bytes(&dir);
+        if !compress && available.is_some_and(|free| first_estimate > free) {
+            return Err(Error::DiskFull {
+                path: output.clone(),
+                needed: first_estimate,
+                available,
+            });
+        }
+        let out_err = |source| Error::Output {
+            path: output.clone(),
+            source,
+        };
+        let name = output
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "core".into());
+        // Mode 0600, nameless (or removed on drop) until complete: any early return cleans up.
+        let tmp = staging::Staging::create(&dir, &name).map_err(out_err)?;
+        // Compressing while the target is stopped would make it wait for the compressor. With room
+        // for the uncompressed core next to the output, write that first and compress once the
+        // target runs again; without, compress on the fly.
+        let staged = match available {
+            Some(free) if compress => free / 2 > first_estimate.saturating_add(64 << 20),
+            _ => false,
+        };
+        let raw = if staged {
+            Some(staging::Staging::create(&dir, &format!("{name}.raw")).map_err(out_err)?)
+        } else {
+            None
+        };
+        Ok(Output {
+            path: output,
+            dir,
+            overwrite: opts.overwrite,
+            tmp,
+            raw,
+            compress_now: compress && !staged,
+        })
+    }
+
+    fn err(&self, source: std::io::Error) -> Error {
+        Error::Output {
+            path: self.path.to_owned(),
+            source,
+        }
+    }
+
+    /// Streams the headers and the memory of the stopped target to the first staging file. The
+    /// bool is false when the writer failed (its error comes from [`Output::finish`]).
+    fn stream(
+        &self,
+        pid: i32,
+        frozen: &Frozen,
+        layout: &elf::Layout,
+        page: u64,
+    ) -> Result<(sink::Sink, bool)> {
+        let first = self.raw.as_ref().unwrap_or(&self.tmp);
+        let file = first.file().try_clone().map_err(|e| self.err(e))?;
+        let budget = buffer_budget(layout.file_len());
+        let mut sink = sink::Sink::start(file, &first.path(), self.compress_now, budget)
+            .map_err(|e| self.err(e))?;
+        let headers = layout.headers(&frozen.regions, page);
+        let streamed = sink.send_bytes(headers)
+            && stream_memory(pid, frozen.task, &frozen.regions, &mut sink)?;
+        Ok((sink, streamed))
+    }
+
+    /// Waits for the writer, compresses a staged core and publishes the result at the output
+    /// path; returns the size of the file written.
+    fn finish(self, sink: sink::Sink, streamed: bool, core_len: u64) -> Result<u64> {
+        let Output {
+            path: output,
+            dir,
+            overwrite,
+            tmp,
+            raw,
+            ..
+        } = self;
+        let out_err = |source| Error::Output {
+            path: output.to_owned(),
+            source,
+        };
+        if let Err(e) = sink.finish() {
+            return Err(write_error(e, output, core_len, &dir));
+        }
+        if !streamed {
+            return Err(out_err(std::io::Error::other("the writer stopped early")));
+        }
+        if let Some(raw) = &raw {
+            compress_file(&raw.path(), tmp.file())
+                .map_err(|e| write_error(e, output, core_len, &dir))?;
+        }
+        drop(raw);
+        let file_bytes = tmp.file().metadata().map_err(out_err)?.len();
+        // Never replaces an existing output unless asked, even one created while we captured.
+        tmp.publish(output, overwrite).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                Error::OutputExists {
+                    path: output.to_owned(),
+                }
+            } else {
+                out_err(e)
+            }
+        })?;
+        Ok(file_bytes)
+    }
+}
+
+/// What is read from the target while it is stopped: the plan that is written, the registers
+/// and what `/proc` says.
+struct Frozen {
+    captured_at: f64,
+    /// The thread through which memory is read (see [`ptrace::live_task`]).
+    task: i32,
+    maps: Vec<Mapping>,
+    regions: Vec<Region>,
+    regs: Vec<ptrace::ThreadRegs>,
+    info: image::ProcessInfo,
+    proc_stat: elf::ProcStat,
+    auxv: Vec<u8>,
+}
+
+impl Frozen {
+    /// Reads the stopped target's mappings, registers and `/proc` facts, and checks the size cap
+    /// against the plan that is written.
+    fn read(pid: i32, stopped: &ptrace::Stopped, max_bytes: Option<u64>) -> Result<Frozen> {
+        let captured_at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        // The address space cannot change any more: this is the plan that is written.
+        let task = ptrace::live_task(pid);
+        let maps = task_maps(pid, task).map_err(|e| exited_or(pid, e))?;
+        let regions = plan::plan(task, &maps);
+        let regs = stopped.registers()?;
+        check_limit(pid, estimate(&regions, regs.len()), max_bytes)?;
+        let info = image::process_info(pid).map_err(|e| exited_or(pid, e.into()))?;
+        let proc_stat = read_proc_stat(pid);
+        let auxv = std::fs::read(format!("/proc/{pid}/task/{task}/auxv")).map_err(|e| {
+            exited_or(
+                pid,
+                Error::Process {
+                    pid,
+                    what: "reading auxv".into(),
+                    source: e,
+                },
+            )
+        })?;
+        Ok(Frozen {
+            captured_at,
+            task,
+            maps,
+            regions,
+            regs,
+            info,
+            proc_stat,
+            auxv,
+        })
+    }
+}
+
+/// The notes a kernel core has: NT_PRSTATUS (+ NT_PRFPREG) per thread, NT_PRPSINFO, NT_AUXV and
+/// NT_FILE.
+fn system_notes(pid: i32, f: &Frozen, page: u64) -> Vec<u8> {
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as u64;
+    let mut notes = Vec::new();
+    for r in &f.regs {
+        let ts = read_thread_stat(pid, r.tid);
+        elf::note(
+            &mut notes,
+            b"CORE",
+            elf::NT_PRSTATUS,
+            &elf::prstatus(r, &f.proc_stat, &ts, ticks),
+        );
+        if let Some(fp) = &r.fpregs {
+            elf::note(&mut notes, b"CORE", elf::NT_PRFPREG, fp);
+        }
+    }
+    elf::note(
+        &mut notes,
+        b"CORE",
+        elf::NT_PRPSINFO,
+        &elf::prpsinfo(pid, &f.proc_stat),
+    );
+    elf::note(&mut notes, b"CORE", elf::NT_AUXV, &f.auxv);
+    elf::note(
+        &mut notes,
+        b"CORE",
+        elf::NT_FILE,
+        &elf::nt_file(&f.regions, page),
+    );
+    notes
 }
 
 /// How much memory the capture may use to buffer the target's memory ahead of the disk (the
@@ -476,7 +594,7 @@ fn read_chunk(pid: i32, target: Pid, addr: u64, buf: &mut [u8]) -> Result<()> {
 /// `/proc/PID/maps` as seen through thread `task` (see [`ptrace::live_task`]).
 fn task_maps(pid: i32, task: i32) -> Result<Vec<Mapping>> {
     if task == pid {
-        return image::read_maps(pid).map_err(|e| Error::from_image(e, pid));
+        return Ok(image::read_maps(pid)?);
     }
     match std::fs::read_to_string(format!("/proc/{pid}/task/{task}/maps")) {
         Ok(text) => Ok(image::parse_maps(&text)),
@@ -513,19 +631,13 @@ fn page_size() -> u64 {
 /// Best effort: a missing field is zero, never an error.
 fn read_proc_stat(pid: i32) -> elf::ProcStat {
     let mut p = elf::ProcStat::default();
-    if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        let f = stat_fields(&stat);
-        let num = |i: usize| {
-            f.get(i - 3)
-                .and_then(|s| s.parse::<i64>().ok())
-                .unwrap_or(0)
-        };
-        p.state = f.first().and_then(|s| s.chars().next()).unwrap_or('R');
-        p.ppid = num(4) as i32;
-        p.pgrp = num(5) as i32;
-        p.sid = num(6) as i32;
-        p.flags = num(9) as u64;
-        p.nice = num(19) as i8;
+    if let Ok(stat) = procfs::read_stat(Path::new("/proc"), pid, None) {
+        p.state = stat.state.unwrap_or('R');
+        p.ppid = stat.ppid.unwrap_or(0);
+        p.pgrp = stat.pgrp.unwrap_or(0);
+        p.sid = stat.session.unwrap_or(0);
+        p.flags = stat.flags.unwrap_or(0);
+        p.nice = stat.nice.unwrap_or(0) as i8;
     }
     if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
         let first = |key: &str| {
@@ -549,15 +661,9 @@ fn read_proc_stat(pid: i32) -> elf::ProcStat {
 /// Per-thread CPU times and signal masks for NT_PRSTATUS.
 fn read_thread_stat(pid: i32, tid: i32) -> elf::ThreadStat {
     let mut t = elf::ThreadStat::default();
-    if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")) {
-        let f = stat_fields(&stat);
-        let num = |i: usize| {
-            f.get(i - 3)
-                .and_then(|s| s.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        t.utime_ticks = num(14);
-        t.stime_ticks = num(15);
+    if let Ok(stat) = procfs::read_stat(Path::new("/proc"), pid, Some(tid)) {
+        t.utime_ticks = stat.utime.unwrap_or(0);
+        t.stime_ticks = stat.stime.unwrap_or(0);
     }
     if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")) {
         let hex = |key: &str| {
@@ -571,15 +677,6 @@ fn read_thread_stat(pid: i32, tid: i32) -> elf::ThreadStat {
         t.sighold = hex("SigBlk:");
     }
     t
-}
-
-/// Fields of a `/proc/.../stat` line after the parenthesised command name (field 3 onwards).
-fn stat_fields(stat: &str) -> Vec<&str> {
-    stat.rfind(')')
-        .and_then(|i| stat.get(i + 1..))
-        .unwrap_or("")
-        .split_whitespace()
-        .collect()
 }
 
 #[cfg(test)]
@@ -607,9 +704,9 @@ mod tests {
 
     #[test]
     fn stat_fields_survive_parentheses_in_the_command_name() {
-        let f = stat_fields("42 (a) b (c)) S 1 42 42 0 -1");
-        assert_eq!(f.first(), Some(&"S"));
-        assert_eq!(f.get(4 - 3), Some(&"1"));
+        let f = procfs::parse_stat("42 (a) b (c)) S 1 42 42 0 -1");
+        assert_eq!(f.state, Some('S'));
+        assert_eq!(f.ppid, Some(1));
     }
 
     #[test]
@@ -624,8 +721,8 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            if exe.ends_with("sleep") && stat_fields(&stat).first() == Some(&"S") {
+            let stat = procfs::read_stat(Path::new("/proc"), pid, None).unwrap_or_default();
+            if exe.ends_with("sleep") && stat.state == Some('S') {
                 break;
             }
             std::thread::sleep(Duration::from_millis(5));

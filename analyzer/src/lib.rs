@@ -7,6 +7,7 @@ pub mod budget;
 pub mod capture;
 pub mod image;
 pub mod notes;
+pub mod procfs;
 pub mod python;
 pub mod util;
 

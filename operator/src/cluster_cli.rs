@@ -219,16 +219,21 @@ fn init_logging(filter: &str) {
         .try_init();
 }
 
-fn runtime() -> Option<tokio::runtime::Runtime> {
-    match tokio::runtime::Builder::new_multi_thread()
+/// Runs a subcommand's future on a new runtime; its error is logged and printed as `what`'s.
+fn block_on(what: &str, work: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
-        Ok(rt) => Some(rt),
+        Ok(rt) => rt,
         Err(e) => {
             eprintln!("leakhunt: cannot start the async runtime: {e}");
-            None
+            return ExitCode::FAILURE;
         }
+    };
+    match rt.block_on(work) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(what, e),
     }
 }
 
@@ -275,13 +280,7 @@ fn fail(what: &str, e: anyhow::Error) -> ExitCode {
 
 pub fn operator(args: OperatorArgs) -> ExitCode {
     init_logging(&args.log);
-    let Some(rt) = runtime() else {
-        return ExitCode::FAILURE;
-    };
-    match rt.block_on(run_operator(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail("operator", e),
-    }
+    block_on("operator", run_operator(args))
 }
 
 async fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
@@ -398,13 +397,7 @@ pub fn agent(args: AgentArgs) -> ExitCode {
         eprintln!("leakhunt agent: --baseline must be below --near-limit");
         return ExitCode::from(2);
     }
-    let Some(rt) = runtime() else {
-        return ExitCode::FAILURE;
-    };
-    match rt.block_on(run_agent(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail("agent", e),
-    }
+    block_on("agent", run_agent(args))
 }
 
 async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
@@ -449,15 +442,8 @@ pub fn analyze_job(args: AnalyzeJobArgs) -> ExitCode {
         sha256_after: args.sha256_after,
         settle: args.settle,
     };
-    let Some(rt) = runtime() else {
-        return ExitCode::FAILURE;
-    };
-    let result = rt.block_on(async move {
+    block_on("analyze-job", async move {
         let client = client().await?;
         analyze_job::run(client, job).await
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail("analyze-job", e),
-    }
+    })
 }

@@ -382,19 +382,7 @@ pub fn signed_bytes(bytes: i64) -> String {
 
 /// `180KiB`, `3.2MiB`, `12B`: binary units, at most one decimal.
 pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    let name = UNITS.get(unit).copied().unwrap_or("B");
-    if unit == 0 || value >= 100.0 || (value - value.round()).abs() < 0.05 {
-        format!("{value:.0}{name}")
-    } else {
-        format!("{value:.1}{name}")
-    }
+    format!("{:#}", leakhunt_analyzer::util::Bytes(bytes))
 }
 
 /// Sets (or replaces) a condition of this type in a list, keeping its transition time when the

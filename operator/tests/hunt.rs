@@ -16,10 +16,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use leakhunt_analyzer::findings::{Findings, Verdict as FindingsVerdict};
-use leakhunt_operator::crd::{Phase, Verdict};
+use leakhunt_operator::crd::{LeakReportStatus, Phase, SnapshotRecord, Verdict};
 use leakhunt_operator::hunt::{self, Failure, HuntOptions, HuntOutcome, Levels, Target, Until};
 use leakhunt_operator::node::{Cgroup, CgroupVersion, Hierarchy, KillSource, Level};
 use leakhunt_operator::snapshot::{self, Captured, Snapshotter};
+use leakhunt_operator::status::{self, Applied, Op, Role};
 
 const ROOT: &str = "/sys/fs/cgroup";
 const MIB: u64 = 1 << 20;
@@ -333,7 +334,7 @@ fn leaker_is_oom_killed_and_named() {
     let st = report.status.unwrap();
     assert!(st.oom_kills >= 1);
     assert_eq!(
-        st.last_oom_kill.unwrap().process,
+        st.last_oom_kill.as_ref().unwrap().process,
         format!("python3 (pid {pid})")
     );
     assert_eq!(st.snapshots.len(), 2);
@@ -341,7 +342,64 @@ fn leaker_is_oom_killed_and_named() {
     for (_, path) in &taken {
         assert!(!path.exists(), "snapshot {path:?} not removed");
     }
+    assert_same_as_agent(&st, outcome.findings.as_ref().unwrap());
     assert_cgroup_gone(&opts, &h);
+}
+
+/// The hunt's report is the one the cluster builds for the same pair: the agent's ops for A and
+/// B (in pod `web-1`) and the analyzer Job's findings give the same status, but for what only a
+/// cluster or only a hunt has (the samples, the kills the controller counts, where and when).
+fn assert_same_as_agent(hunt: &LeakReportStatus, findings: &Findings) {
+    let in_pod = |role| SnapshotRecord {
+        pod: "web-1".into(),
+        container: "app".into(),
+        ..hunt.snapshot(role).unwrap().clone()
+    };
+    let (a, b) = (in_pod(Role::A), in_pod(Role::B));
+    let mut agent = LeakReportStatus::default();
+    let a_op = Op::SnapshotA {
+        record: a.clone(),
+        process: hunt.process.clone().unwrap(),
+        cooldown: Duration::from_secs(600),
+        message: String::new(),
+    };
+    let b_op = Op::SnapshotB {
+        record: b.clone(),
+        timeline: Vec::new(),
+        message: String::new(),
+    };
+    for (op, at) in [(a_op, a.time.0), (b_op, b.time.0)] {
+        assert_eq!(
+            status::apply(&op, &mut agent, "web-1", "app", at),
+            Applied::Changed
+        );
+    }
+    status::analysed(&mut agent, findings, b.time.clone());
+
+    // What differs by nature: samples, kills, places, times and sentences.
+    let comparable = |s: &LeakReportStatus| {
+        let mut s = s.clone();
+        s.memory = Default::default();
+        s.oom_kills = 0;
+        s.last_oom_kill = None;
+        s.counted_kills.clear();
+        s.notes.retain(|n| !n.starts_with("thresholds:"));
+        s.incidents.retain(|i| i.reason != "OOMKilled");
+        for i in &mut s.incidents {
+            i.time = b.time.clone();
+            i.message.clear();
+        }
+        for c in &mut s.conditions {
+            c.last_transition_time = b.time.clone();
+            c.message.clear();
+        }
+        for r in &mut s.snapshots {
+            r.pod.clear();
+            r.container.clear();
+        }
+        s
+    };
+    assert_eq!(comparable(hunt), comparable(&agent));
 }
 
 /// A container-like cgroup: a parent that forks a leaking worker and survives its OOM kill.

@@ -245,10 +245,9 @@ fn list_tasks(pid: i32) -> Result<Vec<i32>> {
 
 /// Field 3 of `/proc/PID/task/TID/stat`.
 fn task_state(pid: i32, tid: i32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
-    stat.rfind(')')
-        .and_then(|i| stat.get(i + 1..))
-        .and_then(|s| s.trim_start().chars().next())
+    crate::procfs::read_stat(std::path::Path::new("/proc"), pid, Some(tid))
+        .ok()?
+        .state
 }
 
 /// A thread through which the process's memory can be read: the main thread, unless it has

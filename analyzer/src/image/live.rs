@@ -4,7 +4,7 @@
 //! stops it first. Analysis of a live PID is for quick looks.
 
 use std::io::IoSliceMut;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::sys::uio::{process_vm_readv, RemoteIoVec};
@@ -146,22 +146,15 @@ pub fn parse_maps(text: &str) -> Vec<Mapping> {
 
 /// What `/proc` says about a process: executable, command, RSS, start time, threads.
 pub fn process_info(pid: i32) -> Result<ProcessInfo> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+    let stat = crate::procfs::read_stat(Path::new("/proc"), pid, None)
         .map_err(|e| proc_err(pid, "reading stat", e))?;
-    // The command name is in parentheses and may itself contain spaces or parentheses.
-    let after = stat.rfind(')').map(|i| &stat[i + 1..]).unwrap_or("");
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    // Fields after the comm start at field 3 (state); starttime is field 22, rss (pages) field 24.
-    let start_time = fields.get(22 - 3).and_then(|s| s.parse().ok());
-    let threads = fields.get(20 - 3).and_then(|s| s.parse().ok()).unwrap_or(1);
+    let start_time = stat.start_time;
+    let threads = stat.threads.map_or(1, |n| n as usize);
     let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
         .ok()
         .flatten()
         .unwrap_or(4096) as u64;
-    let rss = fields
-        .get(24 - 3)
-        .and_then(|s| s.parse::<u64>().ok())
-        .map(|p| p * page);
+    let rss = stat.rss_pages.map(|p| p * page);
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .ok()
         .map(|s| s.trim_end().to_owned());

@@ -30,6 +30,39 @@ pub struct PyComparison {
 }
 
 pub fn compare(before: &PyHeap, after: &PyHeap, native: &NativeGrowth) -> PyComparison {
+    let mut notes = snapshot_notes(before, after);
+    let (mut suspects, settled) = outermost(container_suspects(before, after));
+    let types = type_growth(before, after);
+    let growth = Growth::measure(before, after, native);
+    let top_container_growth = suspects.first().map(|s| s.retained_growth()).unwrap_or(0);
+    let native_suspect = growth.native_is_suspect(top_container_growth);
+    if native_suspect {
+        suspects.insert(0, growth.native_suspect());
+        suspects.truncate(MAX_SUSPECTS);
+    }
+    let (verdict, summary) = judge(
+        &mut suspects,
+        &settled,
+        &types,
+        &growth,
+        native_suspect,
+        &mut notes,
+    );
+    PyComparison {
+        runtime: Runtime {
+            kind: "cpython".into(),
+            version: Some(after.version.clone()),
+        },
+        verdict,
+        summary,
+        suspects,
+        types,
+        notes,
+    }
+}
+
+/// The notes of both heaps, and a warning when they are of two CPython versions.
+fn snapshot_notes(before: &PyHeap, after: &PyHeap) -> Vec<String> {
     let mut notes = Vec::new();
     if before.version != after.version {
         notes.push(format!(
@@ -43,10 +76,15 @@ pub fn compare(before: &PyHeap, after: &PyHeap, native: &NativeGrowth) -> PyComp
     for n in after.notes.iter().map(|n| format!("after: {n}")) {
         notes.push(n);
     }
+    notes
+}
 
-    // Containers that gained items, matched by address and type. One that no module reaches is
-    // matched by address alone, which free lists reuse (a list being built by a running frame in B
-    // lands where a small list was in A): shown, but not called a leak on this evidence.
+/// Containers that gained items, matched by address and type, largest retained growth first; the
+/// bool says no module reaches it.
+fn container_suspects(before: &PyHeap, after: &PyHeap) -> Vec<(Suspect, bool)> {
+    // One that no module reaches is matched by address alone, which free lists reuse (a list being
+    // built by a running frame in B lands where a small list was in A): shown, but not called a
+    // leak on this evidence.
     let mut suspects: Vec<(Suspect, bool)> = Vec::new();
     for (addr, c) in after.containers() {
         let tname = after.type_name(c.type_name);
@@ -86,6 +124,12 @@ pub fn compare(before: &PyHeap, after: &PyHeap, native: &NativeGrowth) -> PyComp
             .then_with(|| b.count_growth().cmp(&a.count_growth()))
             .then_with(|| a.path.cmp(&b.path))
     });
+    suspects
+}
+
+/// The outermost accumulation points, at most [`MAX_SUSPECTS`], with whether each is settled
+/// (reached from a module).
+fn outermost(suspects: Vec<(Suspect, bool)>) -> (Vec<Suspect>, Vec<bool>) {
     // A container inside a growing container grows with it: keep the outermost accumulation point
     // unless the inner one is named differently (the paths say which contains which).
     // Containers that gained less than this are noise (a temporary list of the last call).
@@ -109,9 +153,11 @@ pub fn compare(before: &PyHeap, after: &PyHeap, native: &NativeGrowth) -> PyComp
         }
     }
     let settled: Vec<bool> = kept.iter().map(|(_, anonymous)| !anonymous).collect();
-    let mut suspects: Vec<Suspect> = kept.into_iter().map(|(s, _)| s).collect();
+    (kept.into_iter().map(|(s, _)| s).collect(), settled)
+}
 
-    // Types.
+/// Per-type growth by name, the largest byte growth first, at most [`MAX_TYPES`].
+fn type_growth(before: &PyHeap, after: &PyHeap) -> Vec<TypeGrowth> {
     let mut by_name: FxHashMap<&str, TypeGrowth> = FxHashMap::default();
     for (heap, is_after) in [(before, false), (after, true)] {
         for t in heap.types() {
@@ -143,41 +189,71 @@ pub fn compare(before: &PyHeap, after: &PyHeap, native: &NativeGrowth) -> PyComp
             .then_with(|| a.name.cmp(&b.name))
     });
     types.truncate(MAX_TYPES);
+    types
+}
 
-    // Native memory not explained by Python objects.
-    let py_growth = after.total_bytes() as i64 - before.total_bytes() as i64;
-    let native_before = native.heap_before + native.anonymous_before;
-    let native_after = native.heap_after + native.anonymous_after;
-    // The caller's figure counts virtual sizes; thread stacks and (where recorded) RSS bound it.
-    let mut native_growth = native_after as i64 - native_before as i64;
-    native_growth = native_growth.min(after.native_bytes as i64 - before.native_bytes as i64);
-    if let (Some(a), Some(b)) = (before.rss, after.rss) {
-        native_growth = native_growth.min(b as i64 - a as i64);
-    }
-    let unexplained = native_growth - py_growth.max(0);
-    let top_container_growth = suspects.first().map(|s| s.retained_growth()).unwrap_or(0);
-    let native_suspect =
-        unexplained >= NATIVE_MIN_BYTES as i64 && unexplained >= 2 * top_container_growth.max(0);
-    if native_suspect {
-        suspects.insert(
-            0,
-            Suspect {
-                kind: SuspectKind::Native,
-                path: "native heap (malloc outside Python objects)".into(),
-                type_name: "native".into(),
-                count_before: 0,
-                count_after: 0,
-                retained_bytes_before: native_before,
-                retained_bytes_after: native_before.saturating_add(unexplained.max(0) as u64),
-                referrers: vec![
-                    "[heap] and anonymous mappings".into(),
-                    format!("Python objects grew by {}", human_signed(py_growth)),
-                ],
-            },
-        );
-        suspects.truncate(MAX_SUSPECTS);
+/// How much the Python objects grew, and the native memory they do not explain.
+struct Growth {
+    py: i64,
+    native_before: u64,
+    unexplained: i64,
+}
+
+impl Growth {
+    fn measure(before: &PyHeap, after: &PyHeap, native: &NativeGrowth) -> Growth {
+        let py = after.total_bytes() as i64 - before.total_bytes() as i64;
+        let native_before = native.heap_before + native.anonymous_before;
+        let native_after = native.heap_after + native.anonymous_after;
+        // The caller's figure counts virtual sizes; thread stacks and (where recorded) RSS bound it.
+        let mut native_growth = native_after as i64 - native_before as i64;
+        native_growth = native_growth.min(after.native_bytes as i64 - before.native_bytes as i64);
+        if let (Some(a), Some(b)) = (before.rss, after.rss) {
+            native_growth = native_growth.min(b as i64 - a as i64);
+        }
+        Growth {
+            py,
+            native_before,
+            unexplained: native_growth - py.max(0),
+        }
     }
 
+    /// Native growth big enough, and bigger than any container's, to be a suspect of its own.
+    fn native_is_suspect(&self, top_container_growth: i64) -> bool {
+        self.unexplained >= NATIVE_MIN_BYTES as i64
+            && self.unexplained >= 2 * top_container_growth.max(0)
+    }
+
+    fn native_suspect(&self) -> Suspect {
+        Suspect {
+            kind: SuspectKind::Native,
+            path: "native heap (malloc outside Python objects)".into(),
+            type_name: "native".into(),
+            count_before: 0,
+            count_after: 0,
+            retained_bytes_before: self.native_before,
+            retained_bytes_after: self
+                .native_before
+                .saturating_add(self.unexplained.max(0) as u64),
+            referrers: vec![
+                "[heap] and anonymous mappings".into(),
+                format!("Python objects grew by {}", human_signed(self.py)),
+            ],
+        }
+    }
+}
+
+/// The verdict and its one-line summary; drops the small suspects of a heap that did not leak,
+/// adds the growing type when no container explains the growth, and says why an unreached
+/// container is not called a leak.
+fn judge(
+    suspects: &mut Vec<Suspect>,
+    settled: &[bool],
+    types: &[TypeGrowth],
+    growth: &Growth,
+    native_suspect: bool,
+    notes: &mut Vec<String>,
+) -> (Verdict, String) {
+    let py_growth = growth.py;
     // Many items, or few big ones that hold most of what the Python heap gained.
     let leaking = |s: &Suspect| {
         s.kind == SuspectKind::Container
@@ -192,7 +268,7 @@ pub fn compare(before: &PyHeap, after: &PyHeap, native: &NativeGrowth) -> PyComp
         suspects
             .iter()
             .skip(usize::from(native_suspect))
-            .zip(&settled)
+            .zip(settled)
     };
     let leak = ranked()
         .find(|(s, settled)| **settled && leaking(s))
@@ -200,7 +276,7 @@ pub fn compare(before: &PyHeap, after: &PyHeap, native: &NativeGrowth) -> PyComp
     let unreached = ranked()
         .find(|(s, settled)| !**settled && leaking(s))
         .map(|(s, _)| s.clone());
-    let (verdict, summary) = if let Some(s) = leak.filter(|_| !native_suspect) {
+    if let Some(s) = leak.filter(|_| !native_suspect) {
         (
             Verdict::Leak,
             format!(
@@ -217,7 +293,7 @@ pub fn compare(before: &PyHeap, after: &PyHeap, native: &NativeGrowth) -> PyComp
             Verdict::Leak,
             format!(
                 "native memory grew by {} outside Python objects (Python objects: {})",
-                human_signed(unexplained),
+                human_signed(growth.unexplained),
                 human_signed(py_growth)
             ),
         )
@@ -271,17 +347,6 @@ pub fn compare(before: &PyHeap, after: &PyHeap, native: &NativeGrowth) -> PyComp
                     .unwrap_or_default()
             ),
         )
-    };
-    PyComparison {
-        runtime: Runtime {
-            kind: "cpython".into(),
-            version: Some(after.version.clone()),
-        },
-        verdict,
-        summary,
-        suspects,
-        types,
-        notes,
     }
 }
 

@@ -302,99 +302,35 @@ pub fn discover(mem: Mem<'_>) -> Result<Option<Interpreter>, Error> {
     };
     let mut notes = Vec::new();
     let heap_type_size = mem.u64(type_type + 32).unwrap_or(0);
-    let size_hint = Layout::minor_from_heap_type_size(heap_type_size);
     let debug = find_debug_offsets(mem, &data);
-
-    let (version, free_threaded) = if let Some(d) = &debug {
-        let v = Version {
-            major: ((d.version_hex >> 24) & 0xff) as u32,
-            minor: ((d.version_hex >> 16) & 0xff) as u32,
-            micro: ((d.version_hex >> 8) & 0xff) as u32,
-        };
-        (v, d.free_threaded)
-    } else {
-        let file_minor = file.as_ref().map(|f| f.1);
-        let hinted = match size_hint {
-            Some([m]) => Some(*m),
-            _ => file_minor,
-        };
-        let text =
-            find_version_text(mem, &data, hinted).or_else(|| find_version_text(mem, &data, None));
-        let v = match (text, hinted) {
-            (Some(v), _) => v,
-            (None, Some(minor)) => {
-                notes.push(format!(
-                    "the exact CPython version was not found in memory; assuming 3.{minor}.x from {}",
-                    if size_hint.is_some() { "type.__basicsize__" } else { "the library file name" }
-                ));
-                Version {
-                    major: 3,
-                    minor,
-                    micro: 0,
-                }
-            }
-            (None, None) => {
-                return Err(Error::NoInterpreter(format!(
-                    "found the `type` object at {type_type:#x} but cannot tell the CPython version (type.__basicsize__ = {heap_type_size})"
-                )))
-            }
-        };
-        (v, file.as_ref().is_some_and(|f| f.2))
+    let (version, free_threaded) = match &debug {
+        Some(d) => (
+            Version {
+                major: ((d.version_hex >> 24) & 0xff) as u32,
+                minor: ((d.version_hex >> 16) & 0xff) as u32,
+                micro: ((d.version_hex >> 8) & 0xff) as u32,
+            },
+            d.free_threaded,
+        ),
+        None => (
+            version_without_debug_offsets(
+                mem,
+                &data,
+                &file,
+                type_type,
+                heap_type_size,
+                &mut notes,
+            )?,
+            file.as_ref().is_some_and(|f| f.2),
+        ),
     };
     let layout = Layout::for_version(version, free_threaded)?;
+    cross_check(&layout, heap_type_size, version, &file, &mut notes);
 
-    // Cross-checks: the layout table against the interpreter itself.
-    if layout.heap_type_size != 0 && heap_type_size != layout.heap_type_size {
-        notes.push(format!(
-            "type.__basicsize__ is {heap_type_size}, the table for {version} says {}: results may be wrong",
-            layout.heap_type_size
-        ));
-    }
-    if let Some((path, minor, _)) = &file {
-        if *minor != version.minor {
-            notes.push(format!(
-                "{path} names 3.{minor} but the interpreter reports {version}"
-            ));
-        }
-    }
-
-    let mut sys_modules = None;
-    let mut gc_heads = Vec::new();
+    let (mut gc_heads, mut sys_modules) = (Vec::new(), None);
     if let Some(d) = &debug {
         check_debug_offsets(d, &layout, &mut notes);
-        // runtime_state.interpreters_head, interpreter_state.next / gc / imports_modules. 3.13 has
-        // `gc` at index 10; later releases may insert fields before it, so the index is confirmed
-        // by the GC lists it leads to.
-        let interp_head = d.words.get(5).copied().unwrap_or(0);
-        let next_off = d.words.get(8).copied().unwrap_or(0);
-        let first = mem.u64(d.addr + interp_head).unwrap_or(0);
-        let gc_index = [10usize, 11].into_iter().find(|&i| {
-            let off = d.words.get(i).copied().unwrap_or(0);
-            plausible(first)
-                && off < (1 << 24)
-                && (0..4)
-                    .all(|k| valid_list_head(mem, first + off + 24 + gc_head_offset(layout.gc, k)))
-        });
-        if let Some(gi) = gc_index {
-            let gc_off = d.words.get(gi).copied().unwrap_or(0);
-            let modules_off = d.words.get(gi + 1).copied().unwrap_or(0);
-            let mut interp = first;
-            let mut n = 0;
-            while plausible(interp) && n < 64 {
-                let gens = interp + gc_off + 24;
-                for k in 0..4 {
-                    let h = gens + gc_head_offset(layout.gc, k);
-                    if valid_list_head(mem, h) {
-                        gc_heads.push(h);
-                    }
-                }
-                if sys_modules.is_none() {
-                    sys_modules = mem.u64(interp + modules_off).filter(|&p| plausible(p));
-                }
-                interp = mem.u64(interp + next_off).unwrap_or(0);
-                n += 1;
-            }
-        }
+        (gc_heads, sys_modules) = gc_from_debug_offsets(mem, d, &layout);
         if gc_heads.is_empty() {
             notes.push("_Py_DebugOffsets led to no valid GC lists; scanning for them".into());
         }
@@ -420,6 +356,110 @@ pub fn discover(mem: Mem<'_>) -> Result<Option<Interpreter>, Error> {
         sys_modules,
         notes,
     }))
+}
+
+/// The version of an interpreter without `_Py_DebugOffsets` (before 3.13): its version string in
+/// memory, looked for with the minor that `type.__basicsize__` or the library's name suggests;
+/// failing that, that minor alone, with a note.
+fn version_without_debug_offsets(
+    mem: Mem<'_>,
+    data: &[(u64, u64)],
+    file: &Option<(String, u32, bool)>,
+    type_type: u64,
+    heap_type_size: u64,
+    notes: &mut Vec<String>,
+) -> Result<Version, Error> {
+    let size_hint = Layout::minor_from_heap_type_size(heap_type_size);
+    let file_minor = file.as_ref().map(|f| f.1);
+    let hinted = match size_hint {
+        Some([m]) => Some(*m),
+        _ => file_minor,
+    };
+    let text = find_version_text(mem, data, hinted).or_else(|| find_version_text(mem, data, None));
+    match (text, hinted) {
+        (Some(v), _) => Ok(v),
+        (None, Some(minor)) => {
+            notes.push(format!(
+                "the exact CPython version was not found in memory; assuming 3.{minor}.x from {}",
+                if size_hint.is_some() { "type.__basicsize__" } else { "the library file name" }
+            ));
+            Ok(Version {
+                major: 3,
+                minor,
+                micro: 0,
+            })
+        }
+        (None, None) => Err(Error::NoInterpreter(format!(
+            "found the `type` object at {type_type:#x} but cannot tell the CPython version (type.__basicsize__ = {heap_type_size})"
+        ))),
+    }
+}
+
+/// Cross-checks of the layout table against the interpreter itself; a mismatch is a note.
+fn cross_check(
+    layout: &Layout,
+    heap_type_size: u64,
+    version: Version,
+    file: &Option<(String, u32, bool)>,
+    notes: &mut Vec<String>,
+) {
+    if layout.heap_type_size != 0 && heap_type_size != layout.heap_type_size {
+        notes.push(format!(
+            "type.__basicsize__ is {heap_type_size}, the table for {version} says {}: results may be wrong",
+            layout.heap_type_size
+        ));
+    }
+    if let Some((path, minor, _)) = file {
+        if *minor != version.minor {
+            notes.push(format!(
+                "{path} names 3.{minor} but the interpreter reports {version}"
+            ));
+        }
+    }
+}
+
+/// The GC list heads of every interpreter and the first `sys.modules`, followed from
+/// `_Py_DebugOffsets`.
+fn gc_from_debug_offsets(
+    mem: Mem<'_>,
+    d: &DebugOffsets,
+    layout: &Layout,
+) -> (Vec<u64>, Option<u64>) {
+    let (mut gc_heads, mut sys_modules) = (Vec::new(), None);
+    // runtime_state.interpreters_head, interpreter_state.next / gc / imports_modules. 3.13 has
+    // `gc` at index 10; later releases may insert fields before it, so the index is confirmed
+    // by the GC lists it leads to.
+    let interp_head = d.words.get(5).copied().unwrap_or(0);
+    let next_off = d.words.get(8).copied().unwrap_or(0);
+    let first = mem.u64(d.addr + interp_head).unwrap_or(0);
+    let gc_index = [10usize, 11].into_iter().find(|&i| {
+        let off = d.words.get(i).copied().unwrap_or(0);
+        plausible(first)
+            && off < (1 << 24)
+            && (0..4).all(|k| valid_list_head(mem, first + off + 24 + gc_head_offset(layout.gc, k)))
+    });
+    let Some(gi) = gc_index else {
+        return (gc_heads, sys_modules);
+    };
+    let gc_off = d.words.get(gi).copied().unwrap_or(0);
+    let modules_off = d.words.get(gi + 1).copied().unwrap_or(0);
+    let mut interp = first;
+    let mut n = 0;
+    while plausible(interp) && n < 64 {
+        let gens = interp + gc_off + 24;
+        for k in 0..4 {
+            let h = gens + gc_head_offset(layout.gc, k);
+            if valid_list_head(mem, h) {
+                gc_heads.push(h);
+            }
+        }
+        if sys_modules.is_none() {
+            sys_modules = mem.u64(interp + modules_off).filter(|&p| plausible(p));
+        }
+        interp = mem.u64(interp + next_off).unwrap_or(0);
+        n += 1;
+    }
+    (gc_heads, sys_modules)
 }
 
 /// Compare what `_Py_DebugOffsets` says with our table; a mismatch is a note, not a failure.

@@ -100,24 +100,97 @@ pub fn retained_sizes(
         "the dominator tree",
         n,
     )?;
-    let rank = |v: u32| nonleaf.rank(v).map(|c| c as usize);
+    let mut dfs = Numbering::new(g, &nonleaf, n);
+    dfs.number_from(modules);
+    let semi = {
+        let (pstart, preds) = dfs.predecessors();
+        semi_dominators(&pstart, &preds, &dfs.parent)
+    };
+    // Immediate dominators in place of the DFS parents.
+    let idom = immediate_dominators(std::mem::take(&mut dfs.parent), &semi);
+    drop(semi);
+    let ret = dfs.retained(objs, &idom);
+    let Numbering { pre, roots, .. } = dfs;
+    Ok((Retained { nonleaf, pre, ret }, roots))
+}
 
-    // Preorder numbers by an iterative DFS over the objects with out-edges, which also finds
-    // the roots (`seen`: reached from the roots so far, leaves included).
-    let mut pre = vec![NONE; nonleaf.len()];
-    let mut parent: Vec<u32> = Vec::with_capacity(nonleaf.len() + 1);
-    parent.push(NONE);
-    let mut seen = Bits::new(n);
-    let mut roots: Vec<u32> = Vec::new();
-    let mut stack: Vec<(u32, u32, u32)> = Vec::new(); // (object, its preorder, next edge)
-    let mut dfs = |r: u32, pre: &mut Vec<u32>, parent: &mut Vec<u32>, seen: &mut Bits| {
-        let Some(c) = rank(r) else { return };
-        if pre[c] != NONE {
+/// The DFS over the objects with out-edges: preorder numbers (0 is the virtual root above the
+/// roots), each numbered object's DFS parent, and the roots in the order they were taken.
+struct Numbering<'g> {
+    g: &'g Graph,
+    nonleaf: &'g RankedSet,
+    n: usize,
+    /// Preorder number of each object with out-edges, by its rank in `nonleaf`.
+    pre: Vec<u32>,
+    /// DFS parent by preorder number.
+    parent: Vec<u32>,
+    roots: Vec<u32>,
+}
+
+impl<'g> Numbering<'g> {
+    fn new(g: &'g Graph, nonleaf: &'g RankedSet, n: usize) -> Numbering<'g> {
+        let mut parent: Vec<u32> = Vec::with_capacity(nonleaf.len() + 1);
+        parent.push(NONE);
+        Numbering {
+            g,
+            nonleaf,
+            n,
+            pre: vec![NONE; nonleaf.len()],
+            parent,
+            roots: Vec::new(),
+        }
+    }
+
+    fn rank(&self, v: u32) -> Option<usize> {
+        self.nonleaf.rank(v).map(|c| c as usize)
+    }
+
+    fn pre_of(&self, v: u32) -> u32 {
+        self.rank(v).map_or(NONE, |c| self.pre[c])
+    }
+
+    /// Numbers everything reachable from the modules, then from each object nothing references,
+    /// then from one object of each cycle not reached yet; each is a root.
+    fn number_from(&mut self, modules: &[u32]) {
+        let n = self.n;
+        // Reached from the roots so far, leaves included.
+        let mut seen = Bits::new(n);
+        let mut stack: Vec<(u32, u32, u32)> = Vec::new();
+        for &m in modules {
+            if (m as usize) < n && seen.set(m) {
+                self.roots.push(m);
+            }
+        }
+        for k in 0..self.roots.len() {
+            let m = self.roots[k];
+            self.dfs(m, &mut seen, &mut stack);
+        }
+        let mut referenced = Bits::new(n);
+        for &e in &self.g.edges {
+            referenced.set(target(e));
+        }
+        for pass in 0..2 {
+            for v in 0..n as u32 {
+                if seen.get(v) || (pass == 0 && referenced.get(v)) {
+                    continue;
+                }
+                seen.set(v);
+                self.roots.push(v);
+                self.dfs(v, &mut seen, &mut stack);
+            }
+        }
+    }
+
+    /// An iterative DFS from `r`; `stack` holds (object, its preorder, next edge).
+    fn dfs(&mut self, r: u32, seen: &mut Bits, stack: &mut Vec<(u32, u32, u32)>) {
+        let g = self.g;
+        let Some(c) = self.rank(r) else { return };
+        if self.pre[c] != NONE {
             return;
         }
-        pre[c] = parent.len() as u32;
-        parent.push(0);
-        stack.push((r, pre[c], 0));
+        self.pre[c] = self.parent.len() as u32;
+        self.parent.push(0);
+        stack.push((r, self.pre[c], 0));
         while let Some(top) = stack.last_mut() {
             let (v, pv, k) = *top;
             match g.out(v).get(k as usize) {
@@ -125,11 +198,11 @@ pub fn retained_sizes(
                     top.2 += 1;
                     let t = target(e);
                     seen.set(t);
-                    if let Some(ct) = rank(t) {
-                        if pre[ct] == NONE {
-                            pre[ct] = parent.len() as u32;
-                            parent.push(pv);
-                            stack.push((t, pre[ct], 0));
+                    if let Some(ct) = self.rank(t) {
+                        if self.pre[ct] == NONE {
+                            self.pre[ct] = self.parent.len() as u32;
+                            self.parent.push(pv);
+                            stack.push((t, self.pre[ct], 0));
                         }
                     }
                 }
@@ -138,78 +211,113 @@ pub fn retained_sizes(
                 }
             }
         }
-    };
-    for &m in modules {
-        if (m as usize) < n && seen.set(m) {
-            roots.push(m);
-        }
     }
-    for &m in &roots.clone() {
-        dfs(m, &mut pre, &mut parent, &mut seen);
-    }
-    let mut referenced = Bits::new(n);
-    for &e in &g.edges {
-        referenced.set(target(e));
-    }
-    for pass in 0..2 {
-        for v in 0..n as u32 {
-            if seen.get(v) || (pass == 0 && referenced.get(v)) {
-                continue;
-            }
-            seen.set(v);
-            roots.push(v);
-            dfs(v, &mut pre, &mut parent, &mut seen);
-        }
-    }
-    drop((seen, referenced));
-    let roots_ref = &roots;
-    let m = parent.len();
-    let pre_of = |v: u32| rank(v).map_or(NONE, |c| pre[c]);
 
-    // Every edge the DFS saw, with the virtual root (preorder 0) above the roots:
-    // `f(preorder of the source, target id)`.
-    let each_edge = |f: &mut dyn FnMut(u32, u32)| {
-        for &r in roots_ref {
+    /// Every edge the DFS saw, with the virtual root (preorder 0) above the roots:
+    /// `f(preorder of the source, target id)`.
+    fn each_edge(&self, f: &mut dyn FnMut(u32, u32)) {
+        for &r in &self.roots {
             f(0, r);
         }
-        for v in 0..n as u32 {
-            let pv = pre_of(v);
+        for v in 0..self.n as u32 {
+            let pv = self.pre_of(v);
             if pv == NONE {
                 continue;
             }
-            for &e in g.out(v) {
+            for &e in self.g.out(v) {
                 f(pv, target(e));
             }
         }
-    };
-
-    // Predecessors by preorder number (CSR), the virtual root's edges included.
-    let mut pstart = vec![0u32; m + 1];
-    each_edge(&mut |_, t| {
-        let pt = pre_of(t);
-        if pt != NONE {
-            pstart[pt as usize + 1] += 1;
-        }
-    });
-    for i in 0..m {
-        pstart[i + 1] += pstart[i];
     }
-    let mut preds = vec![0u32; pstart[m] as usize];
-    // Fill with `pstart[v]` as v's cursor, which leaves it at v's end; then shift back.
-    each_edge(&mut |u, t| {
-        let pt = pre_of(t);
-        if pt != NONE {
-            let slot = &mut pstart[pt as usize];
-            preds[*slot as usize] = u;
-            *slot += 1;
-        }
-    });
-    for v in (1..m).rev() {
-        pstart[v] = pstart[v - 1];
-    }
-    pstart[0] = 0;
 
-    // Semi-dominators with link/eval (path compression).
+    /// Predecessors by preorder number in CSR form, `(starts, predecessors)`, the virtual root's
+    /// edges included.
+    fn predecessors(&self) -> (Vec<u32>, Vec<u32>) {
+        let m = self.parent.len();
+        let mut pstart = vec![0u32; m + 1];
+        self.each_edge(&mut |_, t| {
+            let pt = self.pre_of(t);
+            if pt != NONE {
+                pstart[pt as usize + 1] += 1;
+            }
+        });
+        for i in 0..m {
+            pstart[i + 1] += pstart[i];
+        }
+        let mut preds = vec![0u32; pstart[m] as usize];
+        // Fill with `pstart[v]` as v's cursor, which leaves it at v's end; then shift back.
+        self.each_edge(&mut |u, t| {
+            let pt = self.pre_of(t);
+            if pt != NONE {
+                let slot = &mut pstart[pt as usize];
+                preds[*slot as usize] = u;
+                *slot += 1;
+            }
+        });
+        for v in (1..m).rev() {
+            pstart[v] = pstart[v - 1];
+        }
+        pstart[0] = 0;
+        (pstart, preds)
+    }
+
+    /// Retained bytes by preorder number: each numbered object's own size, the leaves folded into
+    /// their dominator, then children added to their immediate dominators.
+    fn retained(&self, objs: &Objects, idom: &[u32]) -> Vec<u64> {
+        let (n, m) = (self.n, idom.len());
+        let mut ret = vec![0u64; m];
+        for v in 0..n as u32 {
+            let pv = self.pre_of(v);
+            if pv != NONE {
+                ret[pv as usize] = objs.retainable(v);
+            }
+        }
+        // Leaves: a leaf with one referrer is dominated by it; one with several by their nearest
+        // common dominator.
+        let mut once = Bits::new(n);
+        let mut twice = Bits::new(n);
+        let is_leaf = |t: u32| (t as usize) < n && self.rank(t).is_none();
+        self.each_edge(&mut |_, t| {
+            if is_leaf(t) && !once.set(t) {
+                twice.set(t);
+            }
+        });
+        let mut shared: Vec<(u32, u32)> = Vec::new();
+        self.each_edge(&mut |pu, t| {
+            if !is_leaf(t) {
+                return;
+            }
+            if twice.get(t) {
+                shared.push((t, pu));
+            } else {
+                ret[pu as usize] = ret[pu as usize].saturating_add(objs.retainable(t));
+            }
+        });
+        drop((once, twice));
+        shared.sort_unstable();
+        for group in shared.chunk_by(|a, b| a.0 == b.0) {
+            let mut d = group[0].1;
+            for &(_, pu) in &group[1..] {
+                d = nca(idom, d, pu);
+            }
+            ret[d as usize] = ret[d as usize].saturating_add(objs.retainable(group[0].0));
+        }
+        drop(shared);
+
+        // Children before parents: higher preorder numbers first.
+        for i in (1..m).rev() {
+            let d = idom[i];
+            if d != NONE && (d as usize) < m {
+                ret[d as usize] = ret[d as usize].saturating_add(ret[i]);
+            }
+        }
+        ret
+    }
+}
+
+/// Semi-dominators by preorder number, with link/eval (path compression).
+fn semi_dominators(pstart: &[u32], preds: &[u32], parent: &[u32]) -> Vec<u32> {
+    let m = parent.len();
     let mut semi: Vec<u32> = (0..m as u32).collect();
     let mut label: Vec<u32> = semi.clone();
     let mut ancestor = vec![NONE; m];
@@ -224,66 +332,19 @@ pub fn retained_sizes(
         }
         ancestor[i] = parent[i];
     }
-    drop((preds, pstart, label, ancestor, path));
+    semi
+}
 
-    // Immediate dominators (semi-NCA), in place of the DFS parents: idom[i] < i always.
-    let mut idom = parent;
-    for i in 1..m {
+/// Immediate dominators (semi-NCA) from the DFS parents, in place: idom[i] < i always.
+fn immediate_dominators(mut idom: Vec<u32>, semi: &[u32]) -> Vec<u32> {
+    for i in 1..idom.len() {
         let mut j = idom[i];
         while j != NONE && j > semi[i] {
             j = idom[j as usize];
         }
         idom[i] = j;
     }
-    drop(semi);
-
-    let mut ret = vec![0u64; m];
-    for v in 0..n as u32 {
-        let pv = pre_of(v);
-        if pv != NONE {
-            ret[pv as usize] = objs.retainable(v);
-        }
-    }
-    // Leaves: a leaf with one referrer is dominated by it; one with several by their nearest
-    // common dominator.
-    let mut once = Bits::new(n);
-    let mut twice = Bits::new(n);
-    let is_leaf = |t: u32| (t as usize) < n && rank(t).is_none();
-    each_edge(&mut |_, t| {
-        if is_leaf(t) && !once.set(t) {
-            twice.set(t);
-        }
-    });
-    let mut shared: Vec<(u32, u32)> = Vec::new();
-    each_edge(&mut |pu, t| {
-        if !is_leaf(t) {
-            return;
-        }
-        if twice.get(t) {
-            shared.push((t, pu));
-        } else {
-            ret[pu as usize] = ret[pu as usize].saturating_add(objs.retainable(t));
-        }
-    });
-    drop((once, twice));
-    shared.sort_unstable();
-    for group in shared.chunk_by(|a, b| a.0 == b.0) {
-        let mut d = group[0].1;
-        for &(_, pu) in &group[1..] {
-            d = nca(&idom, d, pu);
-        }
-        ret[d as usize] = ret[d as usize].saturating_add(objs.retainable(group[0].0));
-    }
-    drop(shared);
-
-    // Children before parents: higher preorder numbers first.
-    for i in (1..m).rev() {
-        let d = idom[i];
-        if d != NONE && (d as usize) < m {
-            ret[d as usize] = ret[d as usize].saturating_add(ret[i]);
-        }
-    }
-    Ok((Retained { nonleaf, pre, ret }, roots))
+    idom
 }
 
 /// Nearest common ancestor in the dominator tree (dominators have smaller preorder numbers).

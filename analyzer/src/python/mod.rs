@@ -257,13 +257,44 @@ pub fn load(image: &dyn MemoryImage) -> Result<Option<PyHeap>> {
     let walk = Walker::new(mem, interp.layout, interp.type_type).run(&interp.gc_heads, &extra)?;
     notes.extend(damage_notes(&walk.damage));
 
-    // Roots: modules, `__main__` first, then by name.
+    let modules = module_roots(mem, &interp.layout, &walk);
+    let module_idx: Vec<u32> = modules.iter().map(|m| m.1).collect();
+    let n = walk.objs.len();
+    let (retained, roots) = graph::retained_sizes(&walk.graph, &walk.objs, &module_idx)?;
+    let (types, total) = census_by_type(&walk);
+    let type_names: Vec<String> = walk.types.iter().map(|t| t.name.clone()).collect();
+    let (mut containers, to_name) = collect_containers(&walk, &retained);
+    drop(retained);
+    let tree = graph::bfs(&walk.graph, n, &roots, module_idx.len());
+    let mut namer = naming::Namer::new(mem, &interp.layout, &walk, &tree, &modules);
+    for (_, i) in to_name {
+        let named = namer.name(i);
+        if let Some(c) = walk.objs.addr(i).and_then(|a| containers.get_mut(&a)) {
+            c.named = Some(Box::new(named));
+        }
+    }
+    Ok(Some(PyHeap {
+        version: interp.version_text,
+        notes,
+        type_names,
+        types,
+        containers,
+        objects: n as u64,
+        bytes: total,
+        native_bytes: native_bytes(image),
+        rss: image.info().rss,
+    }))
+}
+
+/// The roots for naming and retained sizes: the modules with their names, `__main__` first, then
+/// by name.
+fn module_roots(mem: Mem<'_>, layout: &layout::Layout, walk: &walk::Walk) -> Vec<(String, u32)> {
     let mut modules: Vec<(String, u32)> = (0..walk.objs.len() as u32)
         .filter(|&i| walk.kind(i) == Kind::Module)
         .map(|i| {
             let addr = walk.objs.addr(i).unwrap_or(0);
             (
-                naming::module_name(mem, &interp.layout, addr).unwrap_or_default(),
+                naming::module_name(mem, layout, addr).unwrap_or_default(),
                 i,
             )
         })
@@ -276,11 +307,12 @@ pub fn load(image: &dyn MemoryImage) -> Result<Option<PyHeap>> {
             &b.0,
         ))
     });
-    let module_idx: Vec<u32> = modules.iter().map(|m| m.1).collect();
-    let n = walk.objs.len();
-    let (retained, roots) = graph::retained_sizes(&walk.graph, &walk.objs, &module_idx)?;
+    modules
+}
 
-    // Census by type (an untrusted object counts with the size its type guarantees).
+/// The census by type, merged by name, and the total bytes (an untrusted object counts with the
+/// size its type guarantees).
+fn census_by_type(walk: &walk::Walk) -> (Vec<TypeCount>, u64) {
     let mut types: Vec<TypeCount> = walk
         .types
         .iter()
@@ -291,7 +323,7 @@ pub fn load(image: &dyn MemoryImage) -> Result<Option<PyHeap>> {
         })
         .collect();
     let mut total = 0u64;
-    for i in 0..n as u32 {
+    for i in 0..walk.objs.len() as u32 {
         let size = walk.objs.size(i);
         if let Some(t) = walk.objs.ty(i).and_then(|t| types.get_mut(t as usize)) {
             t.count += 1;
@@ -299,14 +331,19 @@ pub fn load(image: &dyn MemoryImage) -> Result<Option<PyHeap>> {
         }
         total += size;
     }
-    let type_names: Vec<String> = walk.types.iter().map(|t| t.name.clone()).collect();
-    let types = merge_types(types);
+    (merge_types(types), total)
+}
 
-    // Containers, the larger ones named.
+/// Every container by address, and the ones to name by path, `(retained, object)`, in the order
+/// they are named.
+fn collect_containers(
+    walk: &walk::Walk,
+    retained: &graph::Retained,
+) -> (FxHashMap<u64, Container>, Vec<(u64, u32)>) {
     let mut containers: FxHashMap<u64, Container> = FxHashMap::default();
     let mut to_name: Vec<(u64, u32)> = Vec::new();
     let mut by_retained: Vec<(u64, u32)> = Vec::new();
-    for i in 0..n as u32 {
+    for i in 0..walk.objs.len() as u32 {
         if !walk.kind(i).is_container() {
             continue;
         }
@@ -333,7 +370,6 @@ pub fn load(image: &dyn MemoryImage) -> Result<Option<PyHeap>> {
             }
         }
     }
-    drop(retained);
     // The largest containers by retained size are named whatever their length (the census lists
     // them), then the longer ones, largest first.
     let largest_first = |v: &mut Vec<(u64, u32)>, keep: usize| {
@@ -343,25 +379,7 @@ pub fn load(image: &dyn MemoryImage) -> Result<Option<PyHeap>> {
     largest_first(&mut by_retained, CENSUS_CONTAINERS);
     largest_first(&mut to_name, MAX_NAMED);
     to_name.extend(by_retained);
-    let tree = graph::bfs(&walk.graph, n, &roots, module_idx.len());
-    let mut namer = naming::Namer::new(mem, &interp.layout, &walk, &tree, &modules);
-    for (_, i) in to_name {
-        let named = namer.name(i);
-        if let Some(c) = walk.objs.addr(i).and_then(|a| containers.get_mut(&a)) {
-            c.named = Some(Box::new(named));
-        }
-    }
-    Ok(Some(PyHeap {
-        version: interp.version_text,
-        notes,
-        type_names,
-        types,
-        containers,
-        objects: n as u64,
-        bytes: total,
-        native_bytes: native_bytes(image),
-        rss: image.info().rss,
-    }))
+    (containers, to_name)
 }
 
 /// Sizes of single objects, for the tests that hold them against CPython's own `sys.getsizeof`.

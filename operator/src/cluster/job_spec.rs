@@ -167,6 +167,45 @@ pub fn analyzer_job(
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
+    let container = analyzer_container(t, &report_ref, a, b, &dir);
+    let mut annotations = BTreeMap::new();
+    annotations.insert(REPORT_ANNOTATION.to_string(), report_ref);
+    Some(Job {
+        metadata: ObjectMeta {
+            name: Some(job_name(b)),
+            namespace: Some(t.namespace.clone()),
+            labels: Some(labels.clone()),
+            annotations: Some(annotations),
+            owner_references: t.owner.clone().map(|o| vec![o]),
+            ..Default::default()
+        },
+        spec: Some(JobSpec {
+            // A failed analysis of the same bytes fails again; the report says why instead.
+            backoff_limit: Some(0),
+            active_deadline_seconds: Some(t.timeout.as_secs().max(1) as i64),
+            ttl_seconds_after_finished: Some(t.ttl.as_secs().min(i32::MAX as u64) as i32),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..Default::default()
+                }),
+                spec: Some(analyzer_pod(t, container, &b.node, &dir)),
+            },
+            ..Default::default()
+        }),
+        status: None,
+    })
+}
+
+/// The analyzer container: its arguments, a memory limit sized to the pair, the pair's
+/// directory read-only, and no privilege beyond reading root's files.
+fn analyzer_container(
+    t: &JobTemplate,
+    report_ref: &str,
+    a: &SnapshotRecord,
+    b: &SnapshotRecord,
+    dir: &str,
+) -> Container {
     let parse = |q: &str| parse_quantity(q).unwrap_or(1 << 30);
     let limit = job_memory(a.size, b.size, parse(&t.memory_limit), parse(&t.memory_max));
     let request = parse(&t.memory_request).min(limit);
@@ -180,7 +219,7 @@ pub fn analyzer_job(
     let args = vec![
         "analyze-job".to_string(),
         "--report".into(),
-        report_ref.clone(),
+        report_ref.to_string(),
         "--before".into(),
         a.path.clone().unwrap_or_default(),
         "--after".into(),
@@ -192,7 +231,7 @@ pub fn analyzer_job(
         "--memory-budget".into(),
         job_budget(limit).to_string(),
     ];
-    let container = Container {
+    Container {
         name: "analyzer".into(),
         image: Some(t.image.clone()),
         image_pull_policy: Some(t.image_pull_policy.clone()),
@@ -219,7 +258,7 @@ pub fn analyzer_job(
         volume_mounts: Some(vec![
             VolumeMount {
                 name: "snapshots".into(),
-                mount_path: dir.clone(),
+                mount_path: dir.to_string(),
                 read_only: Some(true),
                 ..Default::default()
             },
@@ -242,60 +281,38 @@ pub fn analyzer_job(
             ..Default::default()
         }),
         ..Default::default()
-    };
-    let mut annotations = BTreeMap::new();
-    annotations.insert(REPORT_ANNOTATION.to_string(), report_ref);
-    Some(Job {
-        metadata: ObjectMeta {
-            name: Some(job_name(b)),
-            namespace: Some(t.namespace.clone()),
-            labels: Some(labels.clone()),
-            annotations: Some(annotations),
-            owner_references: t.owner.clone().map(|o| vec![o]),
+    }
+}
+
+/// The analyzer's pod: on the node that holds the snapshots, which are mounted from the host.
+fn analyzer_pod(t: &JobTemplate, container: Container, node: &str, dir: &str) -> PodSpec {
+    PodSpec {
+        restart_policy: Some("Never".into()),
+        service_account_name: Some(t.service_account.clone()),
+        // The snapshots exist only on this node.
+        node_name: Some(node.to_string()),
+        tolerations: Some(vec![Toleration {
+            operator: Some("Exists".into()),
             ..Default::default()
-        },
-        spec: Some(JobSpec {
-            // A failed analysis of the same bytes fails again; the report says why instead.
-            backoff_limit: Some(0),
-            active_deadline_seconds: Some(t.timeout.as_secs().max(1) as i64),
-            ttl_seconds_after_finished: Some(t.ttl.as_secs().min(i32::MAX as u64) as i32),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels),
-                    ..Default::default()
+        }]),
+        containers: vec![container],
+        volumes: Some(vec![
+            Volume {
+                name: "snapshots".into(),
+                host_path: Some(HostPathVolumeSource {
+                    path: dir.to_string(),
+                    type_: Some("Directory".into()),
                 }),
-                spec: Some(PodSpec {
-                    restart_policy: Some("Never".into()),
-                    service_account_name: Some(t.service_account.clone()),
-                    // The snapshots exist only on this node.
-                    node_name: Some(b.node.clone()),
-                    tolerations: Some(vec![Toleration {
-                        operator: Some("Exists".into()),
-                        ..Default::default()
-                    }]),
-                    containers: vec![container],
-                    volumes: Some(vec![
-                        Volume {
-                            name: "snapshots".into(),
-                            host_path: Some(HostPathVolumeSource {
-                                path: dir.clone(),
-                                type_: Some("Directory".into()),
-                            }),
-                            ..Default::default()
-                        },
-                        Volume {
-                            name: "scratch".into(),
-                            empty_dir: Some(EmptyDirVolumeSource::default()),
-                            ..Default::default()
-                        },
-                    ]),
-                    ..Default::default()
-                }),
+                ..Default::default()
             },
-            ..Default::default()
-        }),
-        status: None,
-    })
+            Volume {
+                name: "scratch".into(),
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..Default::default()
+            },
+        ]),
+        ..Default::default()
+    }
 }
 
 /// How a finished Job ended, from its conditions.

@@ -45,10 +45,7 @@ pub fn parse_process(pid: i32, status: &str, stat: &str) -> Option<ProcessMemory
             _ => {}
         }
     }
-    // comm may hold spaces and parentheses: fields start after the last ')'.
-    let after_comm = stat.get(stat.rfind(')')? + 1..)?;
-    // Field 3 (state) is the first after comm; starttime is field 22.
-    let start_ticks = after_comm.split_whitespace().nth(22 - 3)?.parse().ok()?;
+    let start_ticks = leakhunt_analyzer::procfs::parse_stat(stat).start_time?;
     Some(ProcessMemory {
         key: ProcessKey { pid, start_ticks },
         ppid: ppid?,

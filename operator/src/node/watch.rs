@@ -9,6 +9,7 @@ use super::cgroup::{Cgroup, CgroupMemory, Result};
 use super::growth::GrowthWindow;
 use super::oom::{OomKill, OomWatch};
 use super::procs::{read_processes, ProcessKey, ProcessMemory};
+use super::threshold::Observation;
 
 /// What one sample saw.
 #[derive(Debug, Clone)]
@@ -34,6 +35,24 @@ impl Sample {
 
     pub fn process(&self, key: ProcessKey) -> Option<&ProcessMemory> {
         self.processes.iter().find(|p| p.key == key)
+    }
+
+    /// What the threshold machine weighs of this sample; `alive` is [`Sample::alive`], and
+    /// `process_rss` the RSS the levels are read on where there is no limit.
+    pub fn observation<'a>(
+        &self,
+        alive: &'a [ProcessKey],
+        process_rss: Option<u64>,
+    ) -> Observation<'a> {
+        Observation {
+            now: self.t,
+            working_set: self.memory.working_set(),
+            limit: self.memory.limit,
+            oom_killed: !self.kills.is_empty(),
+            alive,
+            grower: self.grower,
+            process_rss,
+        }
     }
 }
 

@@ -14,9 +14,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use leakhunt_analyzer::findings::{self, Findings};
 
-use crate::crd::{
-    human_bytes, Incident, LeakReportStatus, MemorySample, Phase, ProcessRef, SnapshotRecord,
-};
+use crate::crd::{Incident, LeakReportStatus, MemorySample, Phase, ProcessRef, SnapshotRecord};
 
 /// A hunt that started this long ago and never got its B no longer blocks other pods.
 pub const CLAIM_STALE: Duration = Duration::from_secs(1800);
@@ -188,16 +186,12 @@ pub fn analysed(s: &mut LeakReportStatus, f: &Findings, now: Time) {
             s.notes.push(n.clone());
         }
     }
-    s.push_incident(Incident {
-        time: now,
-        reason: if leak {
-            Reason::LeakDetected
-        } else {
-            Reason::Analysed
-        }
-        .into(),
-        message: summary,
-    });
+    let reason = if leak {
+        Reason::LeakDetected
+    } else {
+        Reason::Analysed
+    };
+    incident(s, reason, &summary, now);
 }
 
 /// The diff of a pair failed: phase `Failed`, the `Analysed` condition false, a note and an
@@ -211,14 +205,8 @@ pub fn analysis_failed(s: &mut LeakReportStatus, message: &str, now: Time) {
         message,
         now.clone(),
     );
-    if s.notes.len() < MAX_NOTES {
-        s.notes.push(message.to_string());
-    }
-    s.push_incident(Incident {
-        time: now,
-        reason: Reason::AnalysisFailed.into(),
-        message: message.to_string(),
-    });
+    note(s, message);
+    incident(s, Reason::AnalysisFailed, message, now);
 }
 
 /// A change to a report: what happened, applied by [`apply`].
@@ -236,18 +224,23 @@ pub enum Op {
         record: SnapshotRecord,
         process: ProcessRef,
         cooldown: Duration,
+        /// The incident's sentence: the caller knows what is worth saying (where, how large).
+        message: String,
     },
     SnapshotB {
         record: SnapshotRecord,
         /// The container's working set a sample per interval up to B: the timeline the
         /// analyzer Job weighs the diff against (the periodic samples are too sparse for it).
         timeline: Vec<MemorySample>,
+        /// The incident's sentence.
+        message: String,
     },
     /// Snapshot A is void (its process is gone, or an OOM kill came between).
     Reset { message: String },
     CaptureFailed {
         role: Role,
         skipped: bool,
+        /// The whole sentence, naming what was captured: condition, note and incident.
         message: String,
     },
     /// A process killed in a container that lives on: counted here, announced by the operator.
@@ -264,7 +257,8 @@ pub enum Applied {
     Refused,
 }
 
-/// Applies one op to a status: the agent's status building, pure and unit-tested.
+/// Applies one op to a status: the status building of the agent and the hunt (which passes
+/// no pod), pure and unit-tested.
 pub fn apply(
     op: &Op,
     s: &mut LeakReportStatus,
@@ -272,7 +266,7 @@ pub fn apply(
     container: &str,
     now: Timestamp,
 ) -> Applied {
-    let t = Time(now);
+    let at = Place { pod, container };
     match op {
         Op::Sample {
             time,
@@ -300,145 +294,219 @@ pub fn apply(
             record,
             process,
             cooldown,
-        } => {
-            // One hunt per workload at a time, and none within the cooldown of the last pair:
-            // per-container state restarts with every container, the report does not.
-            let age = |role: Role| {
-                s.snapshot(role)
-                    .map(|r| now.duration_since(r.time.0).as_secs_f64())
-            };
-            let a_other_pod = s.snapshots.iter().any(|r| r.is(Role::A) && r.pod != pod);
-            let stale = CLAIM_STALE.as_secs_f64();
-            let claimed_by_other = match s.phase {
-                Phase::Baseline => a_other_pod && age(Role::A).is_some_and(|a| a < stale),
-                Phase::Analyzing => age(Role::B).is_some_and(|b| b < stale),
-                _ => false,
-            };
-            let in_cooldown = matches!(s.phase, Phase::Analysed | Phase::Failed)
-                && age(Role::B).is_some_and(|b| b < cooldown.as_secs_f64());
-            if claimed_by_other || in_cooldown {
-                return Applied::Refused;
-            }
-            s.phase = Phase::Baseline;
-            s.snapshots = vec![record.clone()];
-            s.process = Some(process.clone());
-            s.analysis_job = None;
-            s.verdict = None;
-            s.summary = None;
-            s.growth = None;
-            s.timeline = None;
-            s.suspects.clear();
-            s.types.clear();
-            // The notes were of the last pair, or said memory was not captured (the Captured
-            // condition is set anew below).
-            s.notes.clear();
-            s.set_condition(
-                CAPTURED,
-                false,
-                "Baseline",
-                &format!(
-                    "snapshot A of {} taken; waiting for the near-limit threshold",
-                    process.name
-                ),
-                t.clone(),
-            );
-            s.push_incident(Incident {
-                time: t,
-                reason: Reason::SnapshotTaken.into(),
-                message: format!(
-                    "snapshot A of {} (pid {}) in {pod}/{container}: {}",
-                    process.name,
-                    process.pid,
-                    human_bytes(record.size.max(0) as u64)
-                ),
-            });
-            Applied::Changed
-        }
-        Op::SnapshotB { record, timeline } => {
-            let ours = s.phase == Phase::Baseline
-                && s.snapshots
-                    .iter()
-                    .any(|r| r.is(Role::A) && r.pod == record.pod && r.pid == record.pid);
-            if !ours {
-                return Applied::Refused;
-            }
-            s.snapshots.retain(|r| r.is(Role::A));
-            s.snapshots.push(record.clone());
-            s.phase = Phase::Analyzing;
-            // This container's sparse samples give way to its dense timeline, thinned to the bound.
-            s.memory
-                .samples
-                .retain(|m| !(m.pod == pod && m.container == container));
-            for m in timeline {
-                s.push_sample(m.clone());
-            }
-            s.set_condition(
-                CAPTURED,
-                true,
-                "PairTaken",
-                "snapshots A and B taken",
-                t.clone(),
-            );
-            s.push_incident(Incident {
-                time: t,
-                reason: Reason::SnapshotTaken.into(),
-                message: format!(
-                    "snapshot B of pid {} in {pod}/{container} near the limit: {}",
-                    record.pid,
-                    human_bytes(record.size.max(0) as u64)
-                ),
-            });
-            Applied::Changed
-        }
-        Op::Reset { message } => {
-            if s.phase != Phase::Baseline || !s.snapshots.iter().any(|r| r.pod == pod) {
-                return Applied::Unchanged;
-            }
-            s.phase = Phase::Watching;
-            s.snapshots.clear();
-            s.set_condition(CAPTURED, false, "BaselineVoid", message, t.clone());
-            s.push_incident(Incident {
-                time: t,
-                reason: Reason::CaptureSkipped.into(),
-                message: message.clone(),
-            });
-            Applied::Changed
-        }
+            message,
+        } => snapshot_a(s, at, record, process, *cooldown, message, now),
+        Op::SnapshotB {
+            record,
+            timeline,
+            message,
+        } => snapshot_b(s, at, record, timeline, message, now),
+        Op::Reset { message } => reset(s, at, message, now),
         Op::CaptureFailed {
             role,
             skipped,
             message,
-        } => {
-            let reason = Reason::capture(*skipped);
-            if *role == Role::B && s.phase == Phase::Baseline {
-                s.phase = Phase::Failed;
-            }
-            s.set_condition(CAPTURED, false, reason.as_str(), message, t.clone());
-            s.push_incident(Incident {
-                time: t,
-                reason: reason.into(),
-                message: format!("snapshot {role} of {pod}/{container}: {message}"),
-            });
-            Applied::Changed
+        } => capture_failed(s, at, *role, *skipped, message, now),
+        Op::WorkerKill { key, process } => worker_kill(s, at, key, process, now),
+    }
+}
+
+/// The pod and container an op comes from.
+#[derive(Debug, Clone, Copy)]
+struct Place<'a> {
+    pod: &'a str,
+    container: &'a str,
+}
+
+/// Snapshot A, unless another pod of the workload holds the report or its last pair is within
+/// the cooldown.
+fn snapshot_a(
+    s: &mut LeakReportStatus,
+    at: Place,
+    record: &SnapshotRecord,
+    process: &ProcessRef,
+    cooldown: Duration,
+    message: &str,
+    now: Timestamp,
+) -> Applied {
+    let pod = at.pod;
+    let t = Time(now);
+    // One hunt per workload at a time, and none within the cooldown of the last pair:
+    // per-container state restarts with every container, the report does not.
+    let age = |role: Role| {
+        s.snapshot(role)
+            .map(|r| now.duration_since(r.time.0).as_secs_f64())
+    };
+    let a_other_pod = s.snapshots.iter().any(|r| r.is(Role::A) && r.pod != pod);
+    let stale = CLAIM_STALE.as_secs_f64();
+    let claimed_by_other = match s.phase {
+        Phase::Baseline => a_other_pod && age(Role::A).is_some_and(|a| a < stale),
+        Phase::Analyzing => age(Role::B).is_some_and(|b| b < stale),
+        _ => false,
+    };
+    let in_cooldown = matches!(s.phase, Phase::Analysed | Phase::Failed)
+        && age(Role::B).is_some_and(|b| b < cooldown.as_secs_f64());
+    if claimed_by_other || in_cooldown {
+        return Applied::Refused;
+    }
+    s.phase = Phase::Baseline;
+    s.snapshots = vec![record.clone()];
+    s.process = Some(process.clone());
+    s.analysis_job = None;
+    s.verdict = None;
+    s.summary = None;
+    s.growth = None;
+    s.timeline = None;
+    s.suspects.clear();
+    s.types.clear();
+    if matches!(s.phase, Phase::Analysed | Phase::Failed) {
+        // A pair after a finished one: the notes were of that one.
+        s.notes.clear();
+    } else {
+        // The hunt's own notes (thresholds, a void A) stay; not the not-captured one, whose
+        // condition is set anew below.
+        forget_not_captured(s);
+    }
+    s.set_condition(
+        CAPTURED,
+        false,
+        "Baseline",
+        &format!(
+            "snapshot A of {} taken; waiting for the near-limit threshold",
+            process.name
+        ),
+        t.clone(),
+    );
+    incident(s, Reason::SnapshotTaken, message, t);
+    Applied::Changed
+}
+
+/// Drops the note that mirrors a `NotSelected` condition.
+fn forget_not_captured(s: &mut LeakReportStatus) {
+    let mirrored = s
+        .conditions
+        .iter()
+        .find(|c| c.type_ == CAPTURED && c.reason == NOT_SELECTED)
+        .map(|c| c.message.clone());
+    if let Some(m) = mirrored {
+        s.notes.retain(|n| *n != m);
+    }
+}
+
+/// Adds an incident.
+fn incident(s: &mut LeakReportStatus, reason: Reason, message: &str, time: Time) {
+    s.push_incident(Incident {
+        time,
+        reason: reason.into(),
+        message: message.to_string(),
+    });
+}
+
+/// Adds a note once, within the bound.
+fn note(s: &mut LeakReportStatus, message: &str) {
+    if s.notes.len() < MAX_NOTES && !s.notes.iter().any(|n| n == message) {
+        s.notes.push(message.to_string());
+    }
+}
+
+/// Snapshot B of the process whose A the report holds.
+fn snapshot_b(
+    s: &mut LeakReportStatus,
+    at: Place,
+    record: &SnapshotRecord,
+    timeline: &[MemorySample],
+    message: &str,
+    now: Timestamp,
+) -> Applied {
+    let Place { pod, container } = at;
+    let t = Time(now);
+    let ours = s.phase == Phase::Baseline
+        && s.snapshots
+            .iter()
+            .any(|r| r.is(Role::A) && r.pod == record.pod && r.pid == record.pid);
+    if !ours {
+        return Applied::Refused;
+    }
+    s.snapshots.retain(|r| r.is(Role::A));
+    s.snapshots.push(record.clone());
+    s.phase = Phase::Analyzing;
+    // This container's sparse samples give way to its dense timeline, thinned to the bound.
+    // (The hunt has none: its samples are already dense.)
+    if !timeline.is_empty() {
+        s.memory
+            .samples
+            .retain(|m| !(m.pod == pod && m.container == container));
+        for m in timeline {
+            s.push_sample(m.clone());
         }
-        Op::WorkerKill { key, process } => {
-            let record = crate::crd::OomKillRecord {
-                pod: pod.into(),
-                container: container.into(),
-                process: process.clone(),
-                time: t,
-            };
-            if s.count_kill(key, record.clone(), record.worker_message()) {
-                crate::crd::push_bounded(
-                    &mut s.unannounced_kills,
-                    record,
-                    crate::crd::MAX_INCIDENTS,
-                );
-                Applied::Changed
-            } else {
-                Applied::Unchanged
-            }
-        }
+    }
+    s.set_condition(
+        CAPTURED,
+        true,
+        "PairTaken",
+        "snapshots A and B taken",
+        t.clone(),
+    );
+    incident(s, Reason::SnapshotTaken, message, t);
+    Applied::Changed
+}
+
+/// Snapshot A of this pod is void.
+fn reset(s: &mut LeakReportStatus, at: Place, message: &str, now: Timestamp) -> Applied {
+    let pod = at.pod;
+    let t = Time(now);
+    if s.phase != Phase::Baseline || !s.snapshots.iter().any(|r| r.pod == pod) {
+        return Applied::Unchanged;
+    }
+    s.phase = Phase::Watching;
+    s.snapshots.clear();
+    s.set_condition(CAPTURED, false, "BaselineVoid", message, t.clone());
+    note(s, message);
+    incident(s, Reason::BaselineReset, message, t);
+    Applied::Changed
+}
+
+/// A capture that failed or was refused.
+fn capture_failed(
+    s: &mut LeakReportStatus,
+    _at: Place,
+    role: Role,
+    skipped: bool,
+    message: &str,
+    now: Timestamp,
+) -> Applied {
+    let t = Time(now);
+    let reason = Reason::capture(skipped);
+    if role == Role::B && s.phase == Phase::Baseline {
+        s.phase = Phase::Failed;
+    }
+    s.set_condition(CAPTURED, false, reason.as_str(), message, t.clone());
+    note(s, message);
+    incident(s, reason, message, t);
+    Applied::Changed
+}
+
+/// A worker killed in a container that lives on, counted once.
+fn worker_kill(
+    s: &mut LeakReportStatus,
+    at: Place,
+    key: &str,
+    process: &str,
+    now: Timestamp,
+) -> Applied {
+    let Place { pod, container } = at;
+    let t = Time(now);
+    let record = crate::crd::OomKillRecord {
+        pod: pod.into(),
+        container: container.into(),
+        process: process.to_string(),
+        time: t,
+    };
+    if s.count_kill(key, record.clone(), record.worker_message()) {
+        crate::crd::push_bounded(&mut s.unannounced_kills, record, crate::crd::MAX_INCIDENTS);
+        Applied::Changed
+    } else {
+        Applied::Unchanged
     }
 }
 
@@ -470,6 +538,7 @@ mod tests {
                 command: None,
             },
             cooldown: Duration::from_secs(600),
+            message: format!("snapshot A of python3 (pid 7) in {pod}/app: 1MiB"),
         }
     }
 
@@ -496,6 +565,7 @@ mod tests {
         let other_b = Op::SnapshotB {
             record: record("B", "web-1", 8, 120),
             timeline: Vec::new(),
+            message: "snapshot B".into(),
         };
         assert_eq!(
             apply(&other_b, &mut s, "web-1", "app", at(120)),
@@ -529,6 +599,7 @@ mod tests {
         let b = Op::SnapshotB {
             record: record("B", "web-1", 7, 130),
             timeline: dense,
+            message: "snapshot B".into(),
         };
         assert_eq!(apply(&b, &mut s, "web-1", "app", at(130)), Applied::Changed);
         assert_eq!(s.phase, Phase::Analyzing);

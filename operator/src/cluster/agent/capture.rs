@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use super::{Agent, Capture, Tracked, Write};
 use crate::cluster::policy::Policy;
-use crate::crd::{ProcessRef, SnapshotRecord};
+use crate::crd::{human_bytes, ProcessRef, SnapshotRecord};
 use crate::metrics::CaptureOutcome;
 use crate::node::{ProcessKey, Sample};
 use crate::snapshot::{self, Analyzer, Snapshotter};
@@ -102,6 +102,13 @@ impl Agent {
                         .process(done.target)
                         .map(|p| p.comm.clone())
                         .unwrap_or_else(|| "?".into());
+                    let message = format!(
+                        "snapshot A of {name} (pid {}) in {}/{}: {}",
+                        done.target.pid,
+                        t.pod.name_any(),
+                        t.container,
+                        human_bytes(record.size.max(0) as u64)
+                    );
                     Op::SnapshotA {
                         process: ProcessRef {
                             pid: i64::from(done.target.pid),
@@ -113,12 +120,21 @@ impl Agent {
                         },
                         record,
                         cooldown: Duration::from_secs_f64(policy.thresholds.cooldown_secs),
+                        message,
                     }
                 } else {
                     t.snapshot_a = None;
+                    let message = format!(
+                        "snapshot B of pid {} in {}/{} near the limit: {}",
+                        record.pid,
+                        t.pod.name_any(),
+                        t.container,
+                        human_bytes(record.size.max(0) as u64)
+                    );
                     Op::SnapshotB {
                         record,
                         timeline: t.timeline.clone(),
+                        message,
                     }
                 };
                 let _ = writes.send(queue(op)).await;
@@ -155,7 +171,11 @@ impl Agent {
                     .send(queue(Op::CaptureFailed {
                         role,
                         skipped,
-                        message,
+                        message: format!(
+                            "snapshot {role} of {}/{}: {message}",
+                            t.pod.name_any(),
+                            t.container
+                        ),
                     }))
                     .await;
             }

@@ -31,7 +31,7 @@ use tokio::sync::mpsc;
 use super::policy::{policy_for, Policy};
 use crate::crd::{LeakWatch, MemorySample, SnapshotRecord};
 use crate::metrics::Metrics;
-use crate::node::threshold::{Action, Observation};
+use crate::node::threshold::Action;
 use crate::node::{
     kubelet, CgroupWatcher, Hierarchy, ProcessKey, Sample, ThresholdMachine, Thresholds,
 };
@@ -369,64 +369,11 @@ impl Agent {
         writes: &mpsc::Sender<Write>,
         hunt_blocked: bool,
     ) {
-        let queue = |op: Op| Write {
-            pod: t.pod.clone(),
-            container: t.container.clone(),
-            container_id: id.to_string(),
-            op,
-        };
         // Kills of processes in a container that lives on (workers): the container's own death
         // is the kubelet's to report, and the operator counts it from the pod status.
-        let now: Vec<i32> = sample.processes.iter().map(|p| p.key.pid).collect();
-        if !sample.kills.is_empty() {
-            // With memory.oom.group (cgroup v2, set by recent kubelets) the kernel kills the
-            // whole container at once: never a worker's kill.
-            let oom_group = std::fs::read_to_string(t.watcher.cgroup.dir.join("memory.oom.group"))
-                .is_ok_and(|v| v.trim() == "1");
-            let victims: Vec<i32> = sample.kills.iter().filter_map(|k| k.pid).collect();
-            let total = sample.memory.oom_kills;
-            let n = sample.kills.len() as u64;
-            for (i, kill) in sample.kills.iter().enumerate() {
-                // The cgroup's own counter numbers its kills: unique even when the victim was
-                // too short-lived to be named.
-                let key = format!(
-                    "{}/{}/{id}/oom-{}",
-                    t.pod.uid().unwrap_or_default(),
-                    t.container,
-                    total.saturating_sub(n - 1 - i as u64)
-                );
-                t.suspected_kills.push(Suspect {
-                    key,
-                    kill: kill.clone(),
-                    listed: now.clone(),
-                    victims: victims.clone(),
-                    oom_group,
-                    waited: 0,
-                });
-            }
-        }
-        let mut undecided = Vec::new();
-        for mut s in std::mem::take(&mut t.suspected_kills) {
-            match judge(&s, Some(&now)) {
-                Judgement::Worker => {
-                    let process = s.kill.process_label();
-                    tracing::info!(pod = %t.pod.name_any(), container = %t.container, %process, "worker process OOM-killed; the container lives on");
-                    // Awaited, not tried: this op is the kill's only record.
-                    let _ = writes
-                        .send(queue(Op::WorkerKill {
-                            key: s.key,
-                            process,
-                        }))
-                        .await;
-                }
-                Judgement::Container => {}
-                Judgement::Undecided => {
-                    s.waited += 1;
-                    undecided.push(s);
-                }
-            }
-        }
-        t.suspected_kills = undecided;
+        let listed: Vec<i32> = sample.processes.iter().map(|p| p.key.pid).collect();
+        suspect_kills(id, t, sample, &listed);
+        judge_suspects(id, t, &listed, writes).await;
         let Some(policy) = t.policy.clone() else {
             return;
         };
@@ -436,7 +383,7 @@ impl Agent {
             .is_none_or(|w| w.elapsed() >= self.cfg.report_interval)
         {
             t.last_write = Some(Instant::now());
-            let _ = writes.try_send(queue(sample_op(sample)));
+            let _ = writes.try_send(write_of(id, t, sample_op(sample)));
         }
 
         // A capture in flight: collect it when done; no new decision meanwhile.
@@ -451,24 +398,30 @@ impl Agent {
             self.captured(id, t, done, &policy, writes, sample).await;
             return;
         }
+        self.decide(id, t, sample, &policy, writes, hunt_blocked);
+    }
+
+    /// What the threshold machine calls for at this sample: a capture of A or B started, or A
+    /// voided.
+    fn decide(
+        &self,
+        id: &str,
+        t: &mut Tracked,
+        sample: &Sample,
+        policy: &Policy,
+        writes: &mpsc::Sender<Write>,
+        hunt_blocked: bool,
+    ) {
         let alive = sample.alive();
-        let obs = Observation {
-            now: sample.t,
-            working_set: sample.memory.working_set(),
-            limit: sample.memory.limit,
-            oom_killed: !sample.kills.is_empty(),
-            alive: &alive,
-            grower: sample.grower,
-            // Containers are hunted at shares of their limit only.
-            process_rss: None,
-        };
+        // Containers are hunted at shares of their limit only: no process RSS.
+        let obs = sample.observation(&alive, None);
         match t.machine.observe(&obs) {
             Some(Action::SnapshotA { .. }) if hunt_blocked => t.machine.give_up(sample.t),
             Some(Action::SnapshotA { target }) => {
-                self.start_capture(id, t, Role::A, target, &policy)
+                self.start_capture(id, t, Role::A, target, policy)
             }
             Some(Action::SnapshotB { target }) => {
-                self.start_capture(id, t, Role::B, target, &policy)
+                self.start_capture(id, t, Role::B, target, policy)
             }
             Some(Action::Reset { target, reason }) => {
                 if let Some(path) = t.snapshot_a.take() {
@@ -484,11 +437,80 @@ impl Agent {
                             "an OOM kill happened in the container",
                     }
                 );
-                let _ = writes.try_send(queue(Op::Reset { message }));
+                let _ = writes.try_send(write_of(id, t, Op::Reset { message }));
             }
             None => {}
         }
     }
+}
+
+/// An op of this container for the writer.
+fn write_of(id: &str, t: &Tracked, op: Op) -> Write {
+    Write {
+        pod: t.pod.clone(),
+        container: t.container.clone(),
+        container_id: id.to_string(),
+        op,
+    }
+}
+
+/// The sample's kills become suspects: whether each was a worker's (the container lives on) is
+/// judged once the process list has had time to show it.
+fn suspect_kills(id: &str, t: &mut Tracked, sample: &Sample, listed: &[i32]) {
+    if sample.kills.is_empty() {
+        return;
+    }
+    // With memory.oom.group (cgroup v2, set by recent kubelets) the kernel kills the whole
+    // container at once: never a worker's kill.
+    let oom_group = std::fs::read_to_string(t.watcher.cgroup.dir.join("memory.oom.group"))
+        .is_ok_and(|v| v.trim() == "1");
+    let victims: Vec<i32> = sample.kills.iter().filter_map(|k| k.pid).collect();
+    let total = sample.memory.oom_kills;
+    let n = sample.kills.len() as u64;
+    for (i, kill) in sample.kills.iter().enumerate() {
+        // The cgroup's own counter numbers its kills: unique even when the victim was too
+        // short-lived to be named.
+        let key = format!(
+            "{}/{}/{id}/oom-{}",
+            t.pod.uid().unwrap_or_default(),
+            t.container,
+            total.saturating_sub(n - 1 - i as u64)
+        );
+        t.suspected_kills.push(Suspect {
+            key,
+            kill: kill.clone(),
+            listed: listed.to_vec(),
+            victims: victims.clone(),
+            oom_group,
+            waited: 0,
+        });
+    }
+}
+
+/// Judges the suspected kills against the processes listed now: a worker's kill is written,
+/// the container's own left to the kubelet, the rest wait another sample.
+async fn judge_suspects(id: &str, t: &mut Tracked, listed: &[i32], writes: &mpsc::Sender<Write>) {
+    let mut undecided = Vec::new();
+    for mut s in std::mem::take(&mut t.suspected_kills) {
+        match judge(&s, Some(listed)) {
+            Judgement::Worker => {
+                let process = s.kill.process_label();
+                tracing::info!(pod = %t.pod.name_any(), container = %t.container, %process, "worker process OOM-killed; the container lives on");
+                // Awaited, not tried: this op is the kill's only record.
+                let op = Op::WorkerKill {
+                    key: s.key,
+                    process,
+                };
+                let _ = writes.send(write_of(id, t, op)).await;
+            }
+            Judgement::Container => {}
+            Judgement::Undecided => {
+                s.waited += 1;
+                undecided.push(s);
+            }
+        }
+    }
+    t.suspected_kills = undecided;
 }
 
 fn sample_op(sample: &Sample) -> Op {

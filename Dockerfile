@@ -1,7 +1,11 @@
 # The single leakhunt image: `leakhunt operator`, `leakhunt agent` and `leakhunt analyze-job` (charts/leakhunt).
 #   docker build -t leakhunt:0.1.0 .
+# The base images, as build arguments so that a machine without a registry can name local ones
+# (tests/node/images/build.sh does).
+ARG RUST_IMAGE=rust:1.89-bookworm
+ARG RUNTIME_IMAGE=debian:bookworm-slim
 # Build stage: the whole workspace is needed (Cargo resolves every member), only leakhunt-operator is built.
-FROM rust:1.89-bookworm AS build
+FROM ${RUST_IMAGE} AS build
 WORKDIR /src
 COPY . .
 # Cache mounts keep the registry and target dir between builds; the binary is copied out of the cached
@@ -12,7 +16,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     && install -D -m 0755 target/release/leakhunt /out/leakhunt
 
 # Runtime: glibc and the CA certificates the webhook and Alertmanager clients trust (rustls, native roots).
-FROM debian:bookworm-slim
+FROM ${RUNTIME_IMAGE}
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/*

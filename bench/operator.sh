@@ -120,7 +120,7 @@ start_operator() {
 
 LOAD_BEFORE=$(uptime | sed 's/.*load average: //')
 log "state in $DIR; leakhunt=$LEAKHUNT_BIN nodesim=$NODESIM_BIN; load average $LOAD_BEFORE"
-tests/testenv.sh up "$DIR" >"$DIR/testenv-up.out" 2>&1 || { cat "$DIR/testenv-up.out" >&2; die "test environment did not start"; }
+TESTENV_NODE=nodesim tests/testenv.sh up "$DIR" >"$DIR/testenv-up.out" 2>&1 || { cat "$DIR/testenv-up.out" >&2; die "test environment did not start"; }
 export KUBECONFIG=$DIR/admin.kubeconfig
 log "$(grep '^testenv: control plane' "$DIR/testenv-up.out")"
 kubectl apply -f crds/leakhunt.dev.yaml >/dev/null

@@ -1,4 +1,5 @@
-# Test control plane (tests/kube-testenv), node simulator (tests/nodesim), kubectl/helm, smoke test.
+# Test control plane (tests/kube-testenv), the real node (tests/node: kubelet, containerd, runc) and its
+# images, the node simulator (tests/nodesim), kubectl/helm, smoke and end-to-end tests.
 # Included by the root Makefile. Go downloads and builds are cached outside the repo, like Cargo's.
 LEAKHUNT_CACHE ?= $(HOME)/.cache/leakhunt
 TOOLS_BIN ?= $(LEAKHUNT_CACHE)/tools/bin
@@ -15,6 +16,8 @@ KUBE_MINOR := $(word 2,$(subst ., ,$(KUBE_VERSION)))
 KUBE_LDFLAGS := $(foreach p,k8s.io/component-base/version k8s.io/client-go/pkg/version,\
   -X $(p).gitVersion=$(KUBE_VERSION) -X $(p).gitMajor=1 -X $(p).gitMinor=$(KUBE_MINOR) -X $(p).gitTreeState=clean)
 KUBE_TESTENV_SRC := $(wildcard tests/kube-testenv/*.go) tests/kube-testenv/go.mod tests/kube-testenv/go.sum
+# Rebuilt when its sources' content changes, not their mtime: another checkout may share the cache.
+KUBE_TESTENV_STAMP := $(TOOLS_BIN)/.kube-testenv-$(shell cat $(KUBE_TESTENV_SRC) | cksum | cut -d' ' -f1)
 NODESIM_BIN := $(CARGO_TARGET_DIR)/release/nodesim
 # What nodesim runs for the `leakhunt:*` image (tests/nodesim/images.yaml).
 LEAKHUNT_BIN ?= $(CARGO_TARGET_DIR)/release/leakhunt
@@ -22,14 +25,48 @@ export LEAKHUNT_BIN
 # Where `make testenv-up` keeps its state (etcd data, kubeconfig, logs, pids).
 TESTENV_DIR ?= $(LEAKHUNT_CACHE)/testenv
 
-.PHONY: tools alertmanager nodesim testenv-up testenv-down smoke e2e
+.PHONY: tools alertmanager nodesim node-tools node-images image testenv-up testenv-down smoke e2e
 
-tools: $(TOOLS_BIN)/kube-testenv $(TOOLS_BIN)/kubectl $(TOOLS_BIN)/helm $(TOOLS_BIN)/alertmanager
+# The real node's programs, built from their Go modules: containerd 2 (the 1.36 kubelet needs 2.x;
+# Debian bookworm has 1.6), runc (bookworm's 1.1 cannot run containerd 2's specs), and the kubelet
+# of the control plane's Kubernetes version (tests/node/go.mod). The CNI plugins are Debian's.
+CONTAINERD_VERSION ?= v2.4.2
+RUNC_VERSION ?= v1.5.3
+NODE_BIN ?= $(LEAKHUNT_CACHE)/tools/node
+export NODE_BIN
+NODE_IMAGES ?= $(LEAKHUNT_CACHE)/images/oci
+export NODE_IMAGES
+node-tools: $(NODE_BIN)/kubelet $(NODE_BIN)/.containerd-$(CONTAINERD_VERSION) $(NODE_BIN)/.runc-$(RUNC_VERSION)
+$(NODE_BIN)/kubelet: tests/node/go.mod tests/node/go.sum
+	@mkdir -p $(NODE_BIN)
+	cd tests/node && $(TESTENV_GO) build -ldflags '$(KUBE_LDFLAGS)' -o $@ k8s.io/kubernetes/cmd/kubelet
+$(NODE_BIN)/.containerd-$(CONTAINERD_VERSION):
+	@mkdir -p $(NODE_BIN)
+	GOBIN=$(NODE_BIN) $(TESTENV_GO) install -tags no_btrfs,no_devmapper,no_zfs \
+	  $(foreach c,containerd containerd-shim-runc-v2 ctr,github.com/containerd/containerd/v2/cmd/$(c)@$(CONTAINERD_VERSION))
+	@rm -f $(NODE_BIN)/.containerd-* && touch $@
+$(NODE_BIN)/.runc-$(RUNC_VERSION):
+	@mkdir -p $(NODE_BIN)
+	GOBIN=$(NODE_BIN) $(TESTENV_GO) install -tags seccomp github.com/opencontainers/runc@$(RUNC_VERSION)
+	@rm -f $(NODE_BIN)/.runc-* && touch $@
 
-$(TOOLS_BIN)/kube-testenv: $(KUBE_TESTENV_SRC)
+# The images the real node's tests run (sandbox, busybox, Python with Flask and uWSGI, kubectl), as
+# oci-archives in NODE_IMAGES; `make image` adds leakhunt's own. The script skips an image whose inputs
+# are unchanged.
+node-images: $(TOOLS_BIN)/kubectl
+	tests/node/images/build.sh pause busybox python kubectl
+
+# The leakhunt image alone, built from the Dockerfile by buildah.
+image:
+	tests/node/images/build.sh leakhunt
+
+tools: $(KUBE_TESTENV_STAMP) $(TOOLS_BIN)/kubectl $(TOOLS_BIN)/helm $(TOOLS_BIN)/alertmanager
+
+$(KUBE_TESTENV_STAMP): $(KUBE_TESTENV_SRC)
 	@mkdir -p $(TOOLS_BIN)
 	@command -v $(GO) >/dev/null || { echo "testenv: Go is required to build kube-testenv (see .ci/install)" >&2; exit 1; }
-	cd tests/kube-testenv && $(TESTENV_GO) test -c -ldflags '$(KUBE_LDFLAGS)' -o $@ .
+	cd tests/kube-testenv && $(TESTENV_GO) test -c -ldflags '$(KUBE_LDFLAGS)' -o $(TOOLS_BIN)/kube-testenv .
+	@rm -f $(TOOLS_BIN)/.kube-testenv-* && touch $@
 
 $(TOOLS_BIN)/kubectl: tests/kube-testenv/go.mod tests/kube-testenv/go.sum
 	@mkdir -p $(TOOLS_BIN)
@@ -66,19 +103,22 @@ $(TOOLS_BIN)/.alertmanager-$(ALERTMANAGER_VERSION):
 nodesim:
 	$(CARGO) build --release -p leakhunt-nodesim
 
-# Starts the control plane and one simulated node in the background; prints how to use them.
-testenv-up: tools nodesim
+# Starts the control plane and one real node in the background; prints how to use them.
+# (TESTENV_NODE=nodesim starts the simulator instead.)
+TESTENV_NODE ?= real
+export TESTENV_NODE
+testenv-up: tools $(if $(filter real,$(TESTENV_NODE)),node-tools node-images,nodesim)
 	@NODESIM_BIN=$(NODESIM_BIN) tests/testenv.sh up $(TESTENV_DIR)
 
 testenv-down:
 	@tests/testenv.sh down $(TESTENV_DIR)
 
-# The issue-5 smoke test: real OOM kill, Job, DaemonSet, RBAC, helm — against the real apiserver.
-smoke: tools nodesim
-	NODESIM_BIN=$(NODESIM_BIN) tests/smoke/smoke.sh
+# The smoke test on the real node: real OOM kill, Job, DaemonSet, RBAC, helm, logs, exec, probes.
+smoke: tools node-tools node-images
+	tests/smoke/smoke.sh
 
 # The issue-6 end-to-end test: helm install charts/leakhunt, the leaky Flask Deployment with a LeakWatch,
 # snapshots, the analyzer Job, real OOM kills, webhook + Alertmanager alerts, RBAC, cleanup.
 e2e: tools nodesim
 	$(CARGO) build --release -p leakhunt-operator
-	NODESIM_BIN=$(NODESIM_BIN) tests/e2e/e2e.sh
+	TESTENV_NODE=nodesim NODESIM_BIN=$(NODESIM_BIN) tests/e2e/e2e.sh

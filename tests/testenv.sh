@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
 # Starts and stops the test environment: kube-testenv (etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler in one process) and one nodesim node.
+# kube-scheduler in one process) and one node: a real one (TESTENV_NODE=real: containerd, runc and a
+# kubelet, tests/node/node.sh) or the simulator (TESTENV_NODE=nodesim, the default for now).
 #
 #   tests/testenv.sh up DIR     start both in the background, state under DIR; prints `export KUBECONFIG=...`
 #   tests/testenv.sh down DIR   stop both (SIGTERM, then SIGKILL), remove every process and cgroup left
 #
-# Needs kube-testenv and kubectl on PATH (make tools), NODESIM_BIN (make nodesim), root and a writable
-# memory cgroup hierarchy. A missing prerequisite is an error, never a skip.
+# Needs kube-testenv and kubectl on PATH (make tools), root and a writable memory cgroup hierarchy; for
+# nodesim NODESIM_BIN (make nodesim), for a real node its binaries and images (make node-tools
+# node-images). A missing prerequisite is an error, never a skip. DIR/cgroup-root names the node's
+# memory cgroup directory, under which pods' cgroups are.
+TESTENV_NODE=${TESTENV_NODE:-nodesim}
 set -euo pipefail
+# shellcheck source=tests/procs.sh
+. "$(dirname "$0")/procs.sh"
 
 die() { echo "testenv: $*" >&2; exit 1; }
 
@@ -52,24 +58,6 @@ sweep_cgroups() {
   echo "testenv: warning: could not remove cgroup $root" >&2
 }
 
-stop_pid() {
-  local pidfile=$1 name=$2
-  [ -f "$pidfile" ] || return 0
-  local pid
-  pid=$(cat "$pidfile")
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-    if kill -0 "$pid" 2>/dev/null; then
-      echo "testenv: $name did not stop in 20s, killing" >&2
-      kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
-    fi
-  fi
-  # Its process group (setsid made the pid the group leader) must be gone too.
-  kill -KILL -- "-$pid" 2>/dev/null || true
-  rm -f "$pidfile"
-}
-
 up() {
   local dir=$1
   mkdir -p "$dir"
@@ -77,7 +65,12 @@ up() {
   local id
   id=$(printf '%s' "$dir" | cksum | cut -d' ' -f1)
   local cgroot=${NODESIM_CGROUP_ROOT:-$(cgroup_default_root "$id")}
-  check_prereqs "$cgroot"
+  if [ "$TESTENV_NODE" = real ]; then
+    command -v kube-testenv >/dev/null || die "kube-testenv not on PATH (run: make tools)"
+    command -v kubectl >/dev/null || die "kubectl not on PATH (run: make tools)"
+  else
+    check_prereqs "$cgroot"
+  fi
   for p in kube-testenv nodesim; do
     if [ -f "$dir/$p.pid" ] && kill -0 "$(cat "$dir/$p.pid")" 2>/dev/null; then
       die "$p is already running for $dir (tests/testenv.sh down $dir)"
@@ -101,6 +94,22 @@ up() {
   [ -f "$dir/ready" ] || { tail -40 "$dir/kube-testenv.log" >&2; die "kube-testenv not ready after 180s"; }
   local t1
   t1=$(date +%s.%N)
+  echo "$TESTENV_NODE" >"$dir/node-kind"
+  if [ "$TESTENV_NODE" = real ]; then
+    "$(dirname "$0")/node/node.sh" up "$dir" "$kubeconfig" || die "the node did not start (logs: $dir/node/logs)"
+    local noderoot
+    noderoot=$(cat "$dir/node/cgroup-root")
+    if [ -f /sys/fs/cgroup/memory/memory.limit_in_bytes ]; then
+      echo "/sys/fs/cgroup/memory$noderoot" >"$dir/cgroup-root"
+    else
+      echo "/sys/fs/cgroup$noderoot" >"$dir/cgroup-root"
+    fi
+    awk -v a="$t0" -v b="$t1" -v c="$(date +%s.%N)" \
+      'BEGIN { printf "testenv: control plane ready in %.1fs, node Ready in %.1fs (total %.1fs)\n", b-a, c-b, c-a }'
+    echo "testenv: logs in $dir/kube-testenv.log and $dir/node/logs"
+    echo "export KUBECONFIG=$kubeconfig"
+    return
+  fi
 
   setsid "$NODESIM_BIN" --kubeconfig "$kubeconfig" --node-name "${NODESIM_NODE:-nodesim}" \
     --cgroup-root "$cgroot" --state-dir "$dir/node" ${NODESIM_ARGS:-} \
@@ -127,9 +136,13 @@ down() {
   local dir=$1
   [ -d "$dir" ] || return 0
   dir=$(cd "$dir" && pwd)
-  stop_pid "$dir/nodesim.pid" nodesim
-  if [ -f "$dir/cgroup-root" ]; then
-    sweep_cgroups "$(cat "$dir/cgroup-root")"
+  if [ "$(cat "$dir/node-kind" 2>/dev/null)" = real ]; then
+    "$(dirname "$0")/node/node.sh" down "$dir" || true
+  else
+    stop_pid "$dir/nodesim.pid" nodesim
+    if [ -f "$dir/cgroup-root" ]; then
+      sweep_cgroups "$(cat "$dir/cgroup-root")"
+    fi
   fi
   stop_pid "$dir/kube-testenv.pid" kube-testenv
   echo "testenv: stopped ($dir)"

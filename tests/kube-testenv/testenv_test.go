@@ -1,6 +1,6 @@
 // Package kubetestenv runs a real Kubernetes control plane in one process for leakhunt's end-to-end tests:
 // embedded etcd, kube-apiserver, kube-controller-manager and kube-scheduler, all built from the
-// k8s.io/kubernetes Go module. There is no kubelet: tests/nodesim plays the node.
+// k8s.io/kubernetes Go module. The node is tests/node (a real kubelet with containerd) or tests/nodesim.
 //
 // The upstream test-server entry points (cmd/*/app/testing) take a *testing.T, so this is a Go test binary
 // (`go test -c -o kube-testenv`) with one test that starts everything, writes an admin kubeconfig, prints a
@@ -11,11 +11,16 @@ package kubetestenv
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
+	"math/big"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -88,12 +93,22 @@ func TestKubeTestenv(t *testing.T) {
 	// kube-apiserver: RBAC as in a normal cluster (the test server defaults to AlwaysAllow), the default
 	// admission chain (ServiceAccount, NamespaceLifecycle, ...); the test server already configures a
 	// service-account signing key and issuer, so the TokenRequest API works.
+	// The apiserver's client certificate for kubelets (logs, exec, port-forward); a real node's
+	// kubelet trusts its CA (pki/kubelet-client-ca.crt) and authorizes it as system:masters.
+	kubeletClient, err := writeKubeletClientCert(filepath.Join(dir, "pki"))
+	if err != nil {
+		t.Fatalf("kubelet client certificate: %v", err)
+	}
 	api, err := apiserver.StartTestServer(t, apiserver.NewDefaultTestServerOptions(), []string{
+		"--kubelet-client-certificate=" + kubeletClient.cert,
+		"--kubelet-client-key=" + kubeletClient.key,
 		"--authorization-mode=Node,RBAC",
 		"--advertise-address=127.0.0.1",
 		"--allow-privileged=true",
 		// The only address is loopback, which the kubernetes Service endpoints may not use.
 		"--endpoint-reconciler-type=none",
+		// A node's name is no DNS name here: reach kubelets (logs, exec) at the address they report.
+		"--kubelet-preferred-address-types=InternalIP",
 	}, storage)
 	if err != nil {
 		t.Fatalf("kube-apiserver: %v", err)
@@ -177,6 +192,69 @@ func writeServingCA(bundle, dst string) error {
 		return errors.New("no certificate in " + bundle)
 	}
 	return os.WriteFile(dst, ca, 0o644)
+}
+
+type certFiles struct{ cert, key string }
+
+// writeKubeletClientCert makes a CA (kubelet-client-ca.crt) and a client certificate it signed
+// (apiserver-kubelet-client.{crt,key}, group system:masters) in dir.
+func writeKubeletClientCert(dir string) (certFiles, error) {
+	files := certFiles{
+		cert: filepath.Join(dir, "apiserver-kubelet-client.crt"),
+		key:  filepath.Join(dir, "apiserver-kubelet-client.key"),
+	}
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return files, err
+	}
+	now := time.Now()
+	caTmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "kube-testenv-kubelet-client-ca"},
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.AddDate(1, 0, 0),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		return files, err
+	}
+	caCert, err := x509.ParseCertificate(caDER)
+	if err != nil {
+		return files, err
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return files, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2),
+		Subject:      pkix.Name{CommonName: "kube-apiserver-kubelet-client", Organization: []string{"system:masters"}},
+		NotBefore:    now.Add(-time.Hour),
+		NotAfter:     now.AddDate(1, 0, 0),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
+	if err != nil {
+		return files, err
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return files, err
+	}
+	for path, block := range map[string]*pem.Block{
+		filepath.Join(dir, "kubelet-client-ca.crt"): {Type: "CERTIFICATE", Bytes: caDER},
+		files.cert: {Type: "CERTIFICATE", Bytes: der},
+		files.key:  {Type: "EC PRIVATE KEY", Bytes: keyDER},
+	} {
+		if err := os.WriteFile(path, pem.EncodeToMemory(block), 0o600); err != nil {
+			return files, err
+		}
+	}
+	return files, nil
 }
 
 func writeKubeconfig(path, server, caFile, token string) error {

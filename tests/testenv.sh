@@ -97,13 +97,7 @@ up() {
   echo "$TESTENV_NODE" >"$dir/node-kind"
   if [ "$TESTENV_NODE" = real ]; then
     "$(dirname "$0")/node/node.sh" up "$dir" "$kubeconfig" || die "the node did not start (logs: $dir/node/logs)"
-    local noderoot
-    noderoot=$(cat "$dir/node/cgroup-root")
-    if [ -f /sys/fs/cgroup/memory/memory.limit_in_bytes ]; then
-      echo "/sys/fs/cgroup/memory$noderoot" >"$dir/cgroup-root"
-    else
-      echo "/sys/fs/cgroup$noderoot" >"$dir/cgroup-root"
-    fi
+    cp "$dir/node/memory-cgroup" "$dir/cgroup-root"
     awk -v a="$t0" -v b="$t1" -v c="$(date +%s.%N)" \
       'BEGIN { printf "testenv: control plane ready in %.1fs, node Ready in %.1fs (total %.1fs)\n", b-a, c-b, c-a }'
     echo "testenv: logs in $dir/kube-testenv.log and $dir/node/logs"

@@ -260,6 +260,8 @@ up() {
   [ -f "$KUBELET_CLIENT_CA" ] || die "no $KUBELET_CLIENT_CA: the control plane's CA for its kubelet client certificate"
   write_configs "$dir" "$kubeconfig" "$root" "$br"
   echo "$root" >"$dir/cgroup-root"
+  # Where the pods' memory cgroups are, for the tests that read them.
+  if cgroup_v2; then echo "/sys/fs/cgroup$root"; else echo "/sys/fs/cgroup/memory$root"; fi >"$dir/memory-cgroup"
   make_cgroups "$root"
   local t0
   t0=$(date +%s.%N)

@@ -27,7 +27,12 @@ unit: alertmanager
 	# fuzzer builds them: a release build wraps an overflow silently.
 	$(CARGO) test -p leakhunt-analyzer --lib --test fuzz_regressions --test python
 
-test: lint unit chart-check smoke e2e
+test: lint unit chart-check smoke vm-smoke e2e
+
+# Fuzz the core reader and the CPython walker (nightly; cargo-fuzz installed on first use),
+# FUZZ_SECONDS per target (default 120).
+fuzz:
+	analyzer/fuzz/run.sh
 
 # The whole hunt on this host: the leaky Flask example under a memory limit, snapshotted,
 # analysed and OOM-killed (needs root for the memory cgroup; Python venv set up on first run).

@@ -21,6 +21,9 @@
 # Everything started is stopped on exit, failure or Ctrl-C. About 4 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+SUITE=bench
+# shellcheck source=tests/lib.sh
+. tests/lib.sh   # hog_deployment; this script's own wait_for below replaces lib's
 ROOT=$(pwd)
 T_START=$SECONDS
 
@@ -139,31 +142,7 @@ python3 bench/oom_latency.py bench-oom app=hog deployment-hog "$KILLS" 240 >"$DI
 WATCHER=$!
 PIDS+=("$WATCHER")
 sleep 2   # both watches connected before the first kill can happen
-kubectl -n bench-oom apply -f - >/dev/null <<'YAML'
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: hog}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: hog}}
-  template:
-    metadata: {labels: {app: hog}}
-    spec:
-      containers:
-        - name: hog
-          image: python:3.12-slim
-          command: ["python3", "-c"]
-          args:
-            - |
-              import time
-              chunks = []
-              while True:
-                  chunks.append(b"x" * (4 << 20))
-                  time.sleep(0.02)
-          resources:
-            requests: {memory: 32Mi}
-            limits: {memory: 64Mi}
-YAML
+hog_deployment python:3.12-slim | kubectl -n bench-oom apply -f - >/dev/null
 wait "$WATCHER" || { cat "$DIR/oom.out" >&2; die "OOM latency: no result (operator log: $DIR/operator-a.log)"; }
 forget "$WATCHER"
 sed 's/^/  /' "$DIR/oom.out" | grep -v RESULT >&2

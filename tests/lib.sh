@@ -1,7 +1,7 @@
 # Shared by the shell tests against the test environment (tests/smoke/smoke.sh, tests/e2e/e2e.sh):
 # source it after setting SUITE (the name every line is prefixed with). Provides the counters,
-# `check NAME COMMAND...`, `wait_for DESCRIPTION SECONDS COMMAND...`, `fail_now MESSAGE`, `free_ports N`
-# and `summary` (the last lines, and the suite's exit status).
+# `check NAME COMMAND...`, `wait_for DESCRIPTION SECONDS COMMAND...`, `fail_now MESSAGE`, `free_ports N`,
+# `hog_deployment IMAGE` and `summary` (the last lines, and the suite's exit status).
 T0=$(date +%s)
 PASSED=0
 FAILED=0
@@ -15,6 +15,37 @@ free_ports() {
 held = [socket.socket() for _ in range(int(sys.argv[1]))]
 for s in held: s.bind(("127.0.0.1", 0))
 print(*(s.getsockname()[1] for s in held))' "$1"
+}
+
+# hog_deployment IMAGE: the YAML of Deployment `hog`, whose Python container allocates 4 MiB every
+# 20 ms (touched pages: really charged to its cgroup) until the kernel OOM-kills it at its 64Mi limit.
+hog_deployment() {
+  cat <<YAML
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: hog}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: hog}}
+  template:
+    metadata: {labels: {app: hog}}
+    spec:
+      containers:
+        - name: hog
+          image: $1
+          imagePullPolicy: IfNotPresent
+          command: ["python3", "-c"]
+          args:
+            - |
+              import time
+              chunks = []
+              while True:
+                  chunks.append(b"x" * (4 << 20))
+                  time.sleep(0.02)
+          resources:
+            requests: {memory: 32Mi}
+            limits: {memory: 64Mi}
+YAML
 }
 
 # wait_for DESCRIPTION SECONDS COMMAND...: polls until COMMAND succeeds.

@@ -25,7 +25,7 @@ export LEAKHUNT_BIN
 # Where `make testenv-up` keeps its state (etcd data, kubeconfig, logs, pids).
 TESTENV_DIR ?= $(LEAKHUNT_CACHE)/testenv
 
-.PHONY: tools alertmanager nodesim node-tools node-images image testenv-up testenv-down smoke e2e
+.PHONY: tools alertmanager nodesim node-tools node-images image testenv-up testenv-down smoke vm-smoke e2e
 
 # The real node's programs, built from their Go modules: containerd 2 (the 1.36 kubelet needs 2.x;
 # Debian bookworm has 1.6), runc (bookworm's 1.1 cannot run containerd 2's specs), and the kubelet
@@ -116,6 +116,11 @@ testenv-down:
 # The smoke test on the real node: real OOM kill, Job, DaemonSet, RBAC, helm, logs, exec, probes.
 smoke: tools node-tools node-images
 	tests/smoke/smoke.sh
+
+# The cgroup v2 node in a VM (tests/node/vm.sh): cgroup v2, an OOM kill by the guest's kernel, systemd
+# slices with memory.oom.group 1, logs and exec. The guest's disk is built once and cached.
+vm-smoke: tools node-tools node-images
+	tests/node/vm-smoke.sh
 
 # The issue-6 end-to-end test: helm install charts/leakhunt, the leaky Flask Deployment with a LeakWatch,
 # snapshots, the analyzer Job, real OOM kills, webhook + Alertmanager alerts, RBAC, cleanup.

@@ -65,7 +65,7 @@ up() {
   local id
   id=$(printf '%s' "$dir" | cksum | cut -d' ' -f1)
   local cgroot=${NODESIM_CGROUP_ROOT:-$(cgroup_default_root "$id")}
-  if [ "$TESTENV_NODE" = real ]; then
+  if [ "$TESTENV_NODE" = real ] || [ "$TESTENV_NODE" = vm ]; then
     command -v kube-testenv >/dev/null || die "kube-testenv not on PATH (run: make tools)"
     command -v kubectl >/dev/null || die "kubectl not on PATH (run: make tools)"
   else
@@ -95,6 +95,14 @@ up() {
   local t1
   t1=$(date +%s.%N)
   echo "$TESTENV_NODE" >"$dir/node-kind"
+  if [ "$TESTENV_NODE" = vm ]; then
+    "$(dirname "$0")/node/vm.sh" up "$dir" "$kubeconfig" || die "the VM node did not start (logs: $dir/vm/logs)"
+    awk -v a="$t0" -v b="$t1" -v c="$(date +%s.%N)" \
+      'BEGIN { printf "testenv: control plane ready in %.1fs, VM node Ready in %.1fs (total %.1fs)\n", b-a, c-b, c-a }'
+    echo "testenv: logs in $dir/kube-testenv.log and $dir/vm/logs"
+    echo "export KUBECONFIG=$kubeconfig"
+    return
+  fi
   if [ "$TESTENV_NODE" = real ]; then
     "$(dirname "$0")/node/node.sh" up "$dir" "$kubeconfig" || die "the node did not start (logs: $dir/node/logs)"
     cp "$dir/node/memory-cgroup" "$dir/cgroup-root"
@@ -105,7 +113,10 @@ up() {
     return
   fi
 
+  # The image map of this tree, not the one baked into the binary: a shared build cache may hold a
+  # nodesim built from another clone.
   setsid "$NODESIM_BIN" --kubeconfig "$kubeconfig" --node-name "${NODESIM_NODE:-nodesim}" \
+    --images "$(cd "$(dirname "$0")" && pwd)/nodesim/images.yaml" \
     --cgroup-root "$cgroot" --state-dir "$dir/node" ${NODESIM_ARGS:-} \
     >"$dir/nodesim.log" 2>&1 </dev/null &
   echo $! >"$dir/nodesim.pid"
@@ -130,8 +141,12 @@ down() {
   local dir=$1
   [ -d "$dir" ] || return 0
   dir=$(cd "$dir" && pwd)
-  if [ "$(cat "$dir/node-kind" 2>/dev/null)" = real ]; then
+  local kind
+  kind=$(cat "$dir/node-kind" 2>/dev/null || true)
+  if [ "$kind" = real ]; then
     "$(dirname "$0")/node/node.sh" down "$dir" || true
+  elif [ "$kind" = vm ]; then
+    "$(dirname "$0")/node/vm.sh" down "$dir" || true
   else
     stop_pid "$dir/nodesim.pid" nodesim
     if [ -f "$dir/cgroup-root" ]; then

@@ -607,3 +607,124 @@ fn corrupted_core_gives_partial_results() {
         }
     }
 }
+
+/// The `python_heap` fuzz target's entry on real cores (oldest and newest CPython) with
+/// deterministic patch sets, random words and plausible pointers: it must come back every time.
+/// `make fuzz` runs the same entry under libFuzzer for longer.
+#[test]
+fn fuzz_entry_walks_patched_heaps() {
+    use leakhunt_analyzer::fuzzing::{memory_ranges, python_heap, PythonSeed};
+    let all = interpreters();
+    let picks = [all.first(), all.last()];
+    for (version, py) in picks.into_iter().flatten() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // leakhunt's own capture: self-contained, so the fuzz entry needs no files of this host.
+        let (_, a, _) = snapshots(py, "nested", 300, dir.path())
+            .into_iter()
+            .find(|p| p.0 == "capture")
+            .expect("a capture pair");
+        let data = std::fs::read(&a).expect("read core");
+        assert!(
+            !memory_ranges(&data).is_empty(),
+            "CPython {version}: no writable segments"
+        );
+        let seed = PythonSeed::new(data).expect("a CPython seed core");
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        for round in 0..64u64 {
+            let mut patches = Vec::new();
+            for _ in 0..(1 + round * 10) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let word = if round % 3 == 0 {
+                    x
+                } else {
+                    (x & 0x0000_7fff_ffff_fff8) | 0x7f00_0000_0000
+                };
+                patches.extend_from_slice(&(x as u32).to_le_bytes());
+                patches.extend_from_slice(&word.to_le_bytes());
+            }
+            python_heap(&seed, &patches);
+        }
+    }
+}
+
+/// A snapshot taken while the garbage collector runs: gdb stops the process in `visit_decref`,
+/// inside a collection, where the collected generation's `_gc_prev` fields hold reference counts
+/// instead of links, and takes a core there. It must be walked like one taken a moment before.
+#[test]
+fn snapshot_taken_during_a_collection_is_walked() {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    for_each_version("snapshot during a collection", |_version, py, dir| {
+        let mut w = Workload::start(Command::new(py).arg(workload("shapes.py")).arg("nested"));
+        w.send("step 2000");
+        let before = gcore(w.pid(), dir, "before");
+        let mid = dir.join("mid-gc.core");
+        let mut gdb = Command::new("gdb")
+            .args(["-p", &w.pid().to_string(), "-batch", "-nx"])
+            .args(["-ex", "set pagination off", "-ex", "break visit_decref"])
+            .args([
+                "-ex",
+                "continue",
+                "-ex",
+                &format!("gcore {}", mid.display()),
+            ])
+            .args(["-ex", "delete", "-ex", "detach"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("gdb: {e}"))?;
+        // Once gdb has attached and let the process run again (traced, not stopped), make it
+        // allocate: a young-generation collection comes within a few hundred allocations.
+        let status = format!("/proc/{}/status", w.pid());
+        let running_traced = || {
+            let s = std::fs::read_to_string(&status).unwrap_or_default();
+            let field = |k: &str| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix(k))
+                    .map(|v| v.trim().to_owned())
+                    .unwrap_or_default()
+            };
+            field("TracerPid:") != "0" && !field("State:").starts_with('t')
+        };
+        let t0 = std::time::Instant::now();
+        while !running_traced() {
+            if t0.elapsed() > std::time::Duration::from_secs(60) {
+                let _ = gdb.kill();
+                return Err("gdb did not attach and continue in 60 s".into());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        w.send_nowait("step 2000");
+        let out = gdb.stdout.take().ok_or("gdb stdout")?;
+        let said: Vec<String> = std::io::BufReader::new(out)
+            .lines()
+            .map_while(Result::ok)
+            .collect();
+        let status = gdb.wait().map_err(|e| format!("gdb: {e}"))?;
+        if !status.success() || !mid.exists() {
+            return Err(format!("gdb took no core in a collection: {said:?}"));
+        }
+        let reply = w.read_line();
+        if !reply.starts_with("ok") {
+            return Err(format!("workload said {reply:?} after the collection"));
+        }
+        let objects = |path: &Path| -> Result<u64, String> {
+            let img = CoreFile::open(path, None).map_err(|e| e.to_string())?;
+            match python::load(&img) {
+                Ok(Some(h)) => Ok(h.census().objects),
+                Ok(None) => Err(format!("{}: no CPython", path.display())),
+                Err(e) => Err(format!("{}: {e}", path.display())),
+            }
+        };
+        let (earlier, during) = (objects(&before)?, objects(&mid)?);
+        eprintln!("objects before {earlier}, during a collection {during}");
+        if during * 10 < earlier * 9 {
+            return Err(format!(
+                "{during} objects walked during a collection, {earlier} before it"
+            ));
+        }
+        Ok(())
+    });
+}

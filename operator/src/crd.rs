@@ -333,6 +333,10 @@ pub struct SnapshotRecord {
     pub time: Time,
     /// File size in bytes.
     pub size: i64,
+    /// Bytes of process memory the snapshot holds, uncompressed: what the analysis maps, and what the
+    /// analyzer Job is sized from (the file is compressed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<i64>,
     /// SHA-256 of the file, hex.
     pub sha256: String,
     /// Path of the file on the node (gone once analysed, unless retained).

@@ -194,6 +194,7 @@ fn snapshot(role: &str, sha256: &str) -> SnapshotRecord {
         node: "node-1".into(),
         time: Time(Timestamp::now()),
         size: 1 << 20,
+        memory: Some(8 << 20),
         sha256: sha256.into(),
         path: Some(format!(
             "/var/lib/leakhunt/snapshots/shop/{REPORT}/{role}.core.zst"

@@ -252,30 +252,7 @@ check_rbac() {
 check "RBAC: least privilege per component" check_rbac
 
 check_unwatched() {
-  kubectl -n $NS apply -f - >/dev/null <<'YAML'
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: hog}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: hog}}
-  template:
-    metadata: {labels: {app: hog}}
-    spec:
-      containers:
-        - name: hog
-          image: python:3.12-slim
-          command: ["python3", "-c"]
-          args:
-            - |
-              import time
-              chunks = []
-              while True:
-                  chunks.append(b"x" * (4 << 20))
-                  time.sleep(0.05)
-          resources:
-            limits: {memory: 64Mi}
-YAML
+  hog_deployment python:3.12-slim | kubectl -n $NS apply -f - >/dev/null
   hog() { kubectl -n $NS get leakreport deployment-hog -o jsonpath="$1"; }
   wait_for "report for the unwatched hog with a kill" 120 sh -c "[ \"\$(kubectl -n $NS get leakreport deployment-hog -o jsonpath='{.status.oomKills}')\" -ge 1 ]" || return 1
   echo "  hog: oomKills $(hog '{.status.oomKills}'), phase $(hog '{.status.phase}'), snapshots [$(hog '{.status.snapshots[*].role}')]"
@@ -364,6 +341,73 @@ YAML
   kubectl -n $NS delete leakwatch elsewhere >/dev/null
 }
 check "a LeakWatch cannot route alerts outside the allowed URL prefixes" check_leakwatch_urls
+
+check_big_pair() {
+  # A pair bigger than the analyzer Job's default limit (1Gi): the operator sizes the Job from the
+  # memory the snapshots hold (uncompressed: the files are zstd, and a heap of small objects shrinks
+  # to a tenth), 1.5 × that plus 128Mi within analyzer.maxMemory; the CPython analysis fits in it.
+  kubectl -n $NS create configmap big-heap --from-file=grow.py=tests/workloads/grow.py >/dev/null || return 1
+  kubectl -n $NS apply -f - >/dev/null <<'YAML' || return 1
+apiVersion: leakhunt.dev/v1alpha1
+kind: LeakWatch
+metadata: {name: big-heap}
+spec:
+  selector: {matchLabels: {app: big-heap}}
+  thresholds: {baseline: 50, nearLimit: 85}
+  cooldown: 2h
+  maxSnapshotSize: 2Gi
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: big-heap}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: big-heap}}
+  template:
+    metadata: {labels: {app: big-heap}}
+    spec:
+      containers:
+        - name: app
+          image: python:3.12-slim
+          command: ["python3", "/app/grow.py"]
+          env:
+            - {name: TARGET_MIB, value: "1150"}
+            - {name: MIB_PER_SECOND, value: "40"}
+          resources:
+            requests: {memory: 1280Mi}
+            limits: {memory: 1280Mi}
+          volumeMounts:
+            - {name: app, mountPath: /app}
+      volumes:
+        - name: app
+          configMap: {name: big-heap}
+YAML
+  local big=deployment-big-heap
+  big_report() { kubectl -n $NS get leakreport $big -o jsonpath="$1"; }
+  wait_for "big-heap phase Analysed" 300 sh -c "[ \"\$(kubectl -n $NS get leakreport $big -o jsonpath='{.status.phase}')\" = Analysed ]" \
+    || { echo "  phase: $(big_report '{.status.phase}') $(big_report '{.status.conditions[*].message}')"; return 1; }
+  local sizes limit
+  sizes=$(big_report '{.status.snapshots[*].memory}')
+  limit=$(kubectl -n $LH get jobs -o json | python3 -c '
+import json, sys
+units = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30}
+for j in json.load(sys.stdin)["items"]:
+    if j["metadata"].get("annotations", {}).get("leakhunt.dev/report") == sys.argv[1]:
+        q = j["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"]
+        n = q.rstrip("KMGi")
+        print(int(float(n) * units.get(q[len(n):], 1)))' "$NS/$big")
+  echo "  snapshots hold $sizes bytes (files: $(big_report '{.status.snapshots[*].size}')); analyzer Job memory limit: $((limit >> 20)) MiB; verdict $(big_report '{.status.verdict}')"
+  echo "  summary: $(big_report '{.status.summary}')"
+  local pair=0 s
+  for s in $sizes; do pair=$((pair + s)); done
+  [ "$pair" -gt $((1 << 30)) ] || { echo "  the pair is not bigger than 1Gi"; return 1; }
+  [ "${limit:-0}" -ge "$pair" ] || return 1
+  # The Python heap was walked, not only the generic census: the list that grew is named.
+  case "$(big_report '{.status.suspects[0].path}')" in *__main__.data) ;; *) echo "  top suspect: $(big_report '{.status.suspects[0].path}'); notes: $(big_report '{.status.notes}')"; return 1 ;; esac
+  kubectl -n $NS delete deployment big-heap --wait=true >/dev/null
+  kubectl -n $NS delete leakwatch big-heap >/dev/null
+}
+check "a snapshot pair bigger than the analyzer's default limit gets a Job sized for it, analysed" check_big_pair
 
 check_delete_workload() {
   kubectl -n $NS delete deployment leaky-flask --wait=true >/dev/null || return 1

@@ -148,6 +148,9 @@ state = "$dir/containerd/state"
   # This machine withholds CAP_SYS_RESOURCE: no score below containerd's own (the kubelet asks
   # -998 for sandboxes, -997 for Guaranteed pods).
   restrict_oom_score_adj = true
+  # Pod network namespaces under this node's state directory, not /run/netns (shared with every
+  # other node of the machine): `down` removes what is under the node's directory.
+  netns_mounts_under_state_dir = true
   [plugins."io.containerd.cri.v1.runtime".containerd]
     default_runtime_name = "runc"
     [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
@@ -322,16 +325,12 @@ down() {
   # the containers.
   stop_pid "$dir/containerd.pid" containerd
   [ -f "$dir/cgroup-root" ] && sweep_cgroups "$(cat "$dir/cgroup-root")"
-  # Mounts left by the kubelet (volumes) and containerd (rootfs, shm), deepest first.
+  # Mounts left by the kubelet (volumes) and containerd (rootfs, shm, pod network namespaces),
+  # deepest first.
   local m
   while IFS= read -r m; do
     umount -l "$m" 2>/dev/null || true
   done < <(awk -v d="$dir/" 'index($5, d) == 1 {print $5}' /proc/self/mountinfo | sort -r)
-  # Pod network namespaces containerd bound under /run/netns.
-  for m in /run/netns/cni-*; do
-    [ -e "$m" ] || continue
-    grep -q "$m" /proc/self/mountinfo && { umount "$m" 2>/dev/null || true; rm -f "$m"; }
-  done
   local br chain
   br=$(bridge_name "$top"); chain=$(chain_name "$top")
   ip link del "$br" 2>/dev/null || true

@@ -58,32 +58,7 @@ kubectl create namespace $NS >/dev/null
 wait_for "default ServiceAccount in $NS" 60 kubectl -n $NS get serviceaccount default || fail_now "no default ServiceAccount"
 
 # --- 1. OOM kill --------------------------------------------------------------------------------------
-kubectl -n $NS apply -f - >/dev/null <<YAML
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: hog}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: hog}}
-  template:
-    metadata: {labels: {app: hog}}
-    spec:
-      containers:
-        - name: hog
-          image: $PY_IMAGE
-          imagePullPolicy: Never
-          command: ["python3", "-c"]
-          args:
-            - |
-              import time
-              chunks = []
-              while True:
-                  chunks.append(b"x" * (4 << 20))  # touched pages: really charged to the cgroup
-                  time.sleep(0.02)
-          resources:
-            requests: {memory: 32Mi}
-            limits: {memory: 64Mi}
-YAML
+hog_deployment "$PY_IMAGE" | kubectl -n $NS apply -f - >/dev/null
 
 hog_pod() { kubectl -n $NS get pod -l app=hog -o jsonpath='{.items[0].metadata.name}'; }
 restarts() { kubectl -n $NS get pod "$(hog_pod)" -o jsonpath='{.status.containerStatuses[0].restartCount}'; }

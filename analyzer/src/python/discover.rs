@@ -211,20 +211,30 @@ fn parse_version_prefix(b: &[u8]) -> Option<Version> {
     })
 }
 
-/// A `PyGC_Head` that heads a well-formed circular list (possibly empty).
+/// A `PyGC_Head` that heads a well-formed circular list (possibly empty). While a collection runs,
+/// the objects of the generations it collects hold reference counts in `_gc_prev` (with the
+/// PREV_MASK_COLLECTING bit, 2) instead of links, and unreachable ones carry
+/// NEXT_MASK_UNREACHABLE (1) in `_gc_next`: the head's own links and the forward chain still hold,
+/// and a snapshot taken then (a big heap's full collection lasts a second) must still be read.
 fn valid_list_head(mem: Mem<'_>, h: u64) -> bool {
     let (Some(next), Some(prev)) = (mem.u64(h), mem.u64(h + 8)) else {
         return false;
     };
-    let prev = prev & !3;
+    let (next, prev) = (next & !1, prev & !3);
     if next == h || prev == h {
         return next == h && prev == h;
     }
     if !plausible(next) || !plausible(prev) {
         return false;
     }
-    mem.u64(next + 8).map(|p| p & !3) == Some(h) && mem.u64(prev) == Some(h)
+    let back = mem.u64(next + 8);
+    let first_linked = back.is_some_and(|p| p & !3 == h || p & COLLECTING != 0);
+    first_linked && mem.u64(prev).map(|n| n & !1) == Some(h)
 }
+
+/// `_PyGC_PREV_MASK_COLLECTING`: this object's `_gc_prev` holds its reference count while it is
+/// collected.
+const COLLECTING: u64 = 2;
 
 /// Generation list heads: scan for the GC state's self-describing layout.
 fn find_gc_heads(mem: Mem<'_>, regions: &[(u64, u64)], kind: GcGenerations) -> Vec<u64> {

@@ -9,6 +9,7 @@
 //! that is half the objects or fewer, in arrays of 4 bytes per object each.
 
 use std::collections::VecDeque;
+use std::rc::Rc;
 
 use super::table::{target, Bits, Graph, Objects, RankedSet};
 use crate::budget::{self, OverBudget};
@@ -53,7 +54,7 @@ pub fn bfs(g: &Graph, n: usize, roots: &[u32], modules: usize) -> Vec<u32> {
 /// Retained sizes: for every object, the retainable sizes of the objects it dominates (itself
 /// included), with a virtual root whose children are the roots.
 pub struct Retained {
-    nonleaf: RankedSet,
+    nonleaf: Rc<RankedSet>,
     /// Preorder number of each object with out-edges, by its rank in `nonleaf`.
     pre: Vec<u32>,
     /// Retained bytes by preorder number (0 is the virtual root).
@@ -94,7 +95,7 @@ pub fn retained_sizes(
     modules: &[u32],
 ) -> Result<(Retained, Vec<u32>), OverBudget> {
     let n = objs.len();
-    let nonleaf = RankedSet::new(n, |v| !g.is_leaf(v));
+    let nonleaf = Rc::clone(&g.rows);
     budget::reserve(
         dominator_bytes(nonleaf.len(), g.edges.len()),
         "the dominator tree",
@@ -386,14 +387,14 @@ fn eval(v: u32, ancestor: &mut [u32], label: &mut [u32], semi: &[u32], path: &mu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::python::table::{pack, EdgeKind};
+    use crate::python::table::{pack, EdgeKind, Rows};
 
     /// A graph of objects of size 16 each with the given edges.
     fn graph(n: usize, edges: &[(u32, u32)]) -> (Graph, Objects) {
-        let mut g = Graph::default();
+        let mut g = Rows::default();
         let mut objs = Objects::default();
         for v in 0..n as u32 {
-            g.starts.push(g.edges.len() as u32);
+            g.next_row();
             g.edges.extend(
                 edges
                     .iter()
@@ -403,8 +404,7 @@ mod tests {
             let i = objs.push(0x1000 + 16 * u64::from(v), 0);
             objs.set_size(i, 16, true);
         }
-        g.starts.push(g.edges.len() as u32);
-        (g, objs)
+        (g.finish(n), objs)
     }
 
     fn all(g: &Graph, o: &Objects, modules: &[u32]) -> Vec<u64> {

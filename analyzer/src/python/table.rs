@@ -2,8 +2,12 @@
 //! objects as a struct of arrays with dense ids, edges stored once (target and label in one
 //! word), and an address index that costs a few bytes per object instead of a hash-map entry.
 //!
-//! A 7.5-million-object heap costs about 24 bytes per object here plus 4 per edge; the hash map
-//! this replaces cost more than that on its own.
+//! Once the walk is done, only the objects that reference others (usually fewer than half: str,
+//! int and float reference nothing) keep a row of edges and an item count, numbered by their rank
+//! in one shared set. A 7.5-million-object heap then costs about 18 bytes per object plus 4 per
+//! edge; the hash map this replaces cost more than that on its own.
+
+use std::rc::Rc;
 
 use rustc_hash::FxHashMap;
 
@@ -79,8 +83,13 @@ pub struct Objects {
     pub addr: Vec<u64>,
     size: Vec<u32>,
     pub ty: Vec<u32>,
-    /// Items of a container (list, dict, set, deque, tuple); 0 for others.
-    pub items: Vec<u32>,
+    /// Items of a container (list, dict, set, deque, tuple); 0 for others. By id during the
+    /// walk; after [`Objects::keep_items_of`], by rank in `ranked`.
+    items: Vec<u32>,
+    ranked: Option<Rc<RankedSet>>,
+    /// After `keep_items_of`: the counts of objects outside `ranked` that have items (a
+    /// container whose items could not be read as objects), by id.
+    stray_items: FxHashMap<u32, u32>,
 }
 
 impl Objects {
@@ -134,7 +143,36 @@ impl Objects {
     }
 
     pub fn items(&self, i: u32) -> u64 {
-        self.items.get(i as usize).map_or(0, |&n| u64::from(n))
+        let n = match &self.ranked {
+            None => self.items.get(i as usize).copied(),
+            Some(set) => match set.rank(i) {
+                Some(c) => self.items.get(c as usize).copied(),
+                None => self.stray_items.get(&i).copied(),
+            },
+        };
+        n.map_or(0, u64::from)
+    }
+
+    /// Keep item counts only for the members of `set` (the objects with edges: a container's
+    /// items are its edges) and the few others that have one, and give back the rest.
+    pub fn keep_items_of(&mut self, set: Rc<RankedSet>) {
+        if self.ranked.is_some() {
+            return;
+        }
+        let mut kept = 0usize;
+        for v in 0..self.items.len() {
+            let n = self.items[v];
+            if set.contains(v as u32) {
+                // kept <= v: the slot written was read already.
+                self.items[kept] = n;
+                kept += 1;
+            } else if n > 0 {
+                self.stray_items.insert(v as u32, n);
+            }
+        }
+        self.items.truncate(kept);
+        self.items.shrink_to_fit();
+        self.ranked = Some(set);
     }
 
     pub fn ty(&self, i: u32) -> Option<u32> {
@@ -149,19 +187,67 @@ impl Objects {
     pub fn heap_bytes(&self) -> usize {
         self.addr.capacity() * 8
             + (self.size.capacity() + self.ty.capacity() + self.items.capacity()) * 4
+            + self.stray_items.capacity() * 12
     }
 }
 
-/// References in compressed sparse rows: the edges of object `v` are
-/// `edges[starts[v]..starts[v + 1]]`.
+/// References as the walk finds them: a row of edges per object, in id order; the edges of
+/// object `v` are `edges[starts[v]..starts[v + 1]]`.
 #[derive(Debug, Default)]
-pub struct Graph {
+pub struct Rows {
     pub starts: Vec<u32>,
     pub edges: Vec<u32>,
 }
 
+impl Rows {
+    /// Start the row of the next object.
+    pub fn next_row(&mut self) {
+        self.starts.push(self.edges.len() as u32);
+    }
+
+    pub fn heap_bytes(&self) -> usize {
+        (self.starts.capacity() + self.edges.capacity()) * 4
+    }
+
+    /// The graph over `n` objects, keeping rows only for the objects that have edges.
+    pub fn finish(mut self, n: usize) -> Graph {
+        let end = self.edges.len() as u32;
+        self.starts.truncate(n);
+        self.starts.resize(n + 1, end);
+        let starts = &self.starts;
+        let rows = RankedSet::new(n, |v| starts[v as usize + 1] > starts[v as usize]);
+        let mut kept = 0usize;
+        for v in 0..n {
+            if rows.contains(v as u32) {
+                // kept <= v: only slots already read are overwritten.
+                self.starts[kept] = self.starts[v];
+                kept += 1;
+            }
+        }
+        self.starts[kept] = end;
+        self.starts.truncate(kept + 1);
+        self.starts.shrink_to_fit();
+        self.edges.shrink_to_fit();
+        Graph {
+            rows: Rc::new(rows),
+            starts: self.starts,
+            edges: self.edges,
+        }
+    }
+}
+
+/// References in compressed sparse rows over the objects that have any: the edges of the object
+/// of rank `c` in `rows` are `edges[starts[c]..starts[c + 1]]`.
+#[derive(Debug)]
+pub struct Graph {
+    /// The objects with out-edges, numbered densely.
+    pub rows: Rc<RankedSet>,
+    starts: Vec<u32>,
+    pub edges: Vec<u32>,
+}
+
 impl Graph {
-    /// Edge words of `v` (empty for an id out of range).
+    /// Edge words of `v` (empty for a leaf or an id out of range).
     pub fn out(&self, v: u32) -> &[u32] {
         let (s, e) = self.range(v);
         self.edges.get(s..e).unwrap_or(&[])
@@ -169,29 +255,25 @@ impl Graph {
 
     /// Positions of `v`'s edges in `edges`.
     pub fn range(&self, v: u32) -> (usize, usize) {
-        let s = self.starts.get(v as usize).copied().unwrap_or(0) as usize;
-        let e = self.starts.get(v as usize + 1).copied().unwrap_or(0) as usize;
+        let Some(c) = self.rows.rank(v) else {
+            return (0, 0);
+        };
+        let s = self.starts.get(c as usize).copied().unwrap_or(0) as usize;
+        let e = self.starts.get(c as usize + 1).copied().unwrap_or(0) as usize;
         (s, e.max(s))
     }
 
     /// The object whose edge is at position `pos`.
     pub fn source_of(&self, pos: usize) -> Option<u32> {
-        // The last object whose edges start at or before `pos`: of objects with equal starts, the
-        // one after the empty ranges, whose range holds `pos` unless `pos` is past every edge.
-        let v = self
+        if pos >= self.edges.len() {
+            return None;
+        }
+        // Rows are never empty: the last one starting at or before `pos` holds it.
+        let c = self
             .starts
             .partition_point(|&s| s as usize <= pos)
             .checked_sub(1)?;
-        (v + 1 < self.starts.len()).then_some(v as u32)
-    }
-
-    pub fn is_leaf(&self, v: u32) -> bool {
-        let (s, e) = self.range(v);
-        s == e
-    }
-
-    pub fn heap_bytes(&self) -> usize {
-        (self.starts.capacity() + self.edges.capacity()) * 4
+        self.rows.select(c as u32)
     }
 }
 
@@ -309,6 +391,7 @@ impl AddrIndex {
 }
 
 /// A set of object ids with constant-time rank: which objects have out-edges, numbered densely.
+#[derive(Debug)]
 pub struct RankedSet {
     bits: Vec<u64>,
     /// Members before each 64-bit word.
@@ -341,6 +424,25 @@ impl RankedSet {
 
     pub fn len(&self) -> usize {
         self.count as usize
+    }
+
+    pub fn contains(&self, v: u32) -> bool {
+        self.bits
+            .get((v >> 6) as usize)
+            .is_some_and(|w| w >> (v & 63) & 1 == 1)
+    }
+
+    /// The member of rank `c` (the inverse of `rank`).
+    pub fn select(&self, c: u32) -> Option<u32> {
+        if c >= self.count {
+            return None;
+        }
+        let w = self.before.partition_point(|&b| b <= c).checked_sub(1)?;
+        let mut word = *self.bits.get(w)?;
+        for _ in 0..c - self.before.get(w)? {
+            word &= word.wrapping_sub(1);
+        }
+        (word != 0).then(|| (w * 64) as u32 + word.trailing_zeros())
     }
 
     /// Dense number of member `v` (its rank among the members).
@@ -436,15 +538,49 @@ mod tests {
     #[test]
     fn source_of_an_edge_position() {
         // 0: 2 edges, 1: none, 2: 1 edge, 3: none.
-        let g = Graph {
-            starts: vec![0, 2, 2, 3, 3],
+        let g = Rows {
+            starts: vec![0, 2, 2, 3],
             edges: vec![1, 2, 3],
-        };
+        }
+        .finish(4);
         assert_eq!(g.source_of(0), Some(0));
         assert_eq!(g.source_of(1), Some(0));
         assert_eq!(g.source_of(2), Some(2));
         assert_eq!(g.source_of(3), None);
-        assert!(g.is_leaf(1) && !g.is_leaf(2));
+        let leaf = |v| !g.rows.contains(v);
+        assert!(leaf(1) && !leaf(2) && leaf(3) && leaf(9));
+        assert_eq!(
+            (g.out(0), g.out(1), g.out(2)),
+            (&[1, 2][..], &[][..], &[3][..])
+        );
+        assert_eq!(g.range(2), (2, 3));
+    }
+
+    #[test]
+    fn select_inverts_rank() {
+        let s = RankedSet::new(1000, |v| v % 7 == 3 || v == 64 || v == 999);
+        for v in 0..1000 {
+            if let Some(c) = s.rank(v) {
+                assert_eq!(s.select(c), Some(v));
+            }
+        }
+        assert_eq!(s.select(s.len() as u32), None);
+    }
+
+    #[test]
+    fn item_counts_survive_keeping_only_rows() {
+        let mut o = Objects::default();
+        for v in 0..200u32 {
+            let i = o.push(0x1000 + 8 * u64::from(v), 0);
+            o.set_items(i, u64::from(v % 5));
+        }
+        let before: Vec<u64> = (0..200).map(|v| o.items(v)).collect();
+        // Members: most with items; 7 and 12 (items 2) are not: they stay as strays.
+        let set = RankedSet::new(200, |v| v % 5 != 0 && v != 7 && v != 12);
+        o.keep_items_of(Rc::new(set));
+        let after: Vec<u64> = (0..200).map(|v| o.items(v)).collect();
+        assert_eq!(before, after);
+        assert_eq!(o.stray_items.len(), 2);
     }
 
     #[test]

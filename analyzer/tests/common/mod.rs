@@ -64,6 +64,12 @@ impl Workload {
         line.trim_end().to_owned()
     }
 
+    /// Send a command without waiting for its reply (read it with `read_line`).
+    pub fn send_nowait(&mut self, cmd: &str) {
+        writeln!(self.stdin, "{cmd}").expect("write to workload");
+        self.stdin.flush().expect("flush");
+    }
+
     /// Send a command and wait for its "ok"; returns the reply.
     pub fn send(&mut self, cmd: &str) -> String {
         writeln!(self.stdin, "{cmd}").expect("write to workload");

@@ -198,6 +198,7 @@ mod tests {
             node: "n".into(),
             time: at(secs),
             size: 1,
+            memory: None,
             sha256: String::new(),
             path: None,
             pid: 7,

@@ -186,6 +186,7 @@ impl Hunt<'_> {
             node: self.node.clone(),
             time: Time(Timestamp::now()),
             size: to_i64(captured.file_bytes),
+            memory: Some(to_i64(captured.memory_bytes)),
             sha256,
             path: Some(captured.path.display().to_string()),
             pid: pid as i64,

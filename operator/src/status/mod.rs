@@ -118,6 +118,12 @@ impl SnapshotRecord {
     pub fn is(&self, role: Role) -> bool {
         self.role == role.as_str()
     }
+
+    /// Bytes the analysis maps: the uncompressed memory when recorded (a record written before
+    /// `memory` existed has only its file size, a lower bound).
+    pub fn analysed_bytes(&self) -> i64 {
+        self.memory.unwrap_or(self.size).max(self.size)
+    }
 }
 
 impl Incident {
@@ -520,6 +526,7 @@ mod tests {
             node: "n1".into(),
             time: Time(Timestamp::from_second(secs).unwrap()),
             size: 1 << 20,
+            memory: None,
             sha256: format!("{role}{pod}"),
             path: Some(format!("/s/{pod}-{role}")),
             pid,

@@ -19,7 +19,7 @@ pub use self::dict::{read_ascii, read_dict};
 use super::layout::Layout;
 use super::mem::{le64, plausible, Mem};
 pub use super::table::MAX_OBJECTS;
-use super::table::{pack, AddrIndex, EdgeKind, Graph, Objects, MAX_EDGES};
+use super::table::{pack, AddrIndex, EdgeKind, Graph, Objects, Rows, MAX_EDGES};
 use crate::budget::{self, OverBudget};
 
 /// Cap on items read from one container.
@@ -126,7 +126,7 @@ pub struct Walker<'a> {
     last_type: Option<(u64, u32)>,
     objs: Objects,
     index: AddrIndex,
-    graph: Graph,
+    graph: Rows,
     shared_keys: FxHashMap<u64, Rc<[u64]>>,
     damage: Damage,
     scratch: Vec<(u64, u64)>,
@@ -194,7 +194,7 @@ impl<'a> Walker<'a> {
             last_type: None,
             objs: Objects::default(),
             index: AddrIndex::default(),
-            graph: Graph::default(),
+            graph: Rows::default(),
             shared_keys: FxHashMap::default(),
             damage: Damage::default(),
             scratch: Vec::new(),
@@ -216,7 +216,7 @@ impl<'a> Walker<'a> {
         }
         let mut next = 0usize;
         while next < self.objs.len() {
-            self.graph.starts.push(self.graph.edges.len() as u32);
+            self.graph.next_row();
             self.parse(next as u32);
             next += 1;
             if self.graph.edges.len() > MAX_EDGES {
@@ -230,24 +230,22 @@ impl<'a> Walker<'a> {
                 budget::check(ahead, held, "walking the heap", self.objs.len())?;
             }
         }
-        while self.graph.starts.len() <= self.objs.len() {
-            self.graph.starts.push(self.graph.edges.len() as u32);
-        }
         // The address index is only needed while objects are being found.
         drop(self.index);
-        self.graph.starts.shrink_to_fit();
-        self.graph.edges.shrink_to_fit();
+        let graph = self.graph.finish(self.objs.len());
+        let mut objs = self.objs;
+        objs.keep_items_of(Rc::clone(&graph.rows));
         Ok(Walk {
             types: self.types,
-            objs: self.objs,
-            graph: self.graph,
+            objs,
+            graph,
             damage: self.damage,
         })
     }
 
     fn walk_gc_list(&mut self, head: u64) {
         // Forward along _gc_next; if the chain breaks, recover the rest backward along _gc_prev.
-        let mut cur = self.rd_u64(head).unwrap_or(0);
+        let mut cur = self.rd_u64(head).map_or(0, |n| n & !1);
         let mut steps = 0usize;
         let mut broken = false;
         while cur != head {
@@ -263,8 +261,9 @@ impl<'a> Walker<'a> {
             if self.intern(cur + 16).is_none() {
                 self.damage.gc_bad_objects += 1;
             }
+            // NEXT_MASK_UNREACHABLE is set on objects a running collection found unreachable.
             match self.rd_u64(cur) {
-                Some(n) => cur = n,
+                Some(n) => cur = n & !1,
                 None => {
                     broken = true;
                     break;

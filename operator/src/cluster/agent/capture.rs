@@ -49,14 +49,15 @@ impl Agent {
         t.capturing = Some(tokio::task::spawn_blocking(move || {
             // The snapshot is of the memory as the capture began: the timeline is read so.
             let began = Timestamp::now();
-            let result = capture_one(&dir, &path, target.pid, max).map(|(size, sha, took)| {
+            let result = capture_one(&dir, &path, target.pid, max).map(|w| {
                 (
                     SnapshotRecord {
                         role: role.into(),
                         node,
                         time: Time(began),
-                        size,
-                        sha256: sha,
+                        size: w.size,
+                        memory: Some(w.memory),
+                        sha256: w.sha256,
                         path: Some(path.display().to_string()),
                         pid: i64::from(target.pid),
                         pod,
@@ -65,7 +66,7 @@ impl Agent {
                             Time(Timestamp::now() + SignedDuration::try_from(k).unwrap_or_default())
                         }),
                     },
-                    took,
+                    w.took,
                 )
             });
             Capture {
@@ -185,12 +186,16 @@ impl Agent {
 
 /// Captures `pid` into `path` (0600, zstd, in a 0700 directory). `Err((skipped, message))`:
 /// skipped when over the size cap or the free disk.
-fn capture_one(
-    dir: &Path,
-    path: &Path,
-    pid: i32,
-    max: u64,
-) -> Result<(i64, String, Duration), (bool, String)> {
+/// A snapshot file as the agent records it.
+struct Written {
+    size: i64,
+    /// Process memory it holds, uncompressed.
+    memory: i64,
+    sha256: String,
+    took: Duration,
+}
+
+fn capture_one(dir: &Path, path: &Path, pid: i32, max: u64) -> Result<Written, (bool, String)> {
     let analyzer = Analyzer;
     let cap = snapshot::Cap {
         bytes: max,
@@ -202,9 +207,11 @@ fn capture_one(
         .map_err(|e| (false, e.to_string()))?;
     let sha = snapshot::sha256_file(&captured.path)
         .map_err(|e| (false, format!("hashing {}: {e}", path.display())))?;
-    Ok((
-        i64::try_from(captured.file_bytes).unwrap_or(i64::MAX),
-        sha,
-        captured.total,
-    ))
+    let bytes = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    Ok(Written {
+        size: bytes(captured.file_bytes),
+        memory: bytes(captured.memory_bytes),
+        sha256: sha,
+        took: captured.total,
+    })
 }

@@ -4,7 +4,8 @@ A metrics endpoint wraps its downstream calls in a Profiler whose timings are ap
 *class attribute*: `Profiler.results` is shared by every request and never emptied, so the
 process grows with traffic until the kernel's OOM killer ends it. Nothing else is wrong with it.
 
-Run: python app.py  (PORT=8000 by default, loopback only).
+Run: python app.py  (PORT=8000 by default; loopback only unless HOST says otherwise, as in a pod,
+whose address is its own network namespace's).
 """
 
 import os
@@ -67,4 +68,4 @@ if __name__ == "__main__":
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     flask.cli.show_server_banner = lambda *args, **kwargs: None
-    app.run(host="127.0.0.1", port=int(os.environ.get("PORT", "8000")), threaded=True)
+    app.run(host=os.environ.get("HOST", "127.0.0.1"), port=int(os.environ.get("PORT", "8000")), threaded=True)

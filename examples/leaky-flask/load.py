@@ -1,8 +1,9 @@
-"""A bounded loopback load loop for the leaky Flask example.
+"""A bounded load loop for the leaky Flask example.
 
-Sends GET /metrics/<app> to 127.0.0.1:PORT from a few threads until --requests have been sent,
+Sends GET /metrics/<app> to HOST:PORT from a few threads until --requests have been sent,
 --seconds have passed, or the server has been unreachable for --give-up seconds (it was
-OOM-killed and the hunt is over). Loopback only, by construction.
+OOM-killed and the hunt is over). HOST is 127.0.0.1 by default; --host names a pod's address on
+a test node of this machine (its bridge), never anything off the machine.
 """
 
 import argparse
@@ -14,6 +15,7 @@ import time
 
 def main():
     p = argparse.ArgumentParser()
+    p.add_argument("--host", default="127.0.0.1", help="the server's address (a pod's IP)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--threads", type=int, default=4)
     p.add_argument("--requests", type=int, default=2_000_000)
@@ -37,7 +39,7 @@ def main():
                 state["sent"] += 1
             i += 1
             try:
-                conn = http.client.HTTPConnection("127.0.0.1", args.port, timeout=5)
+                conn = http.client.HTTPConnection(args.host, args.port, timeout=5)
                 conn.request("GET", "/metrics/app-%d-%d" % (n, i % 1000))
                 conn.getresponse().read()
                 conn.close()

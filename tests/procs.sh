@@ -11,7 +11,7 @@ stop_pid() {
     kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
     if kill -0 "$pid" 2>/dev/null; then
-      echo "$name did not stop in 20s, killing" >&2
+      echo "$(basename "$0" .sh): $name did not stop in 20s, killing" >&2
       kill -KILL "$pid" 2>/dev/null || true
     fi
   fi

@@ -6,6 +6,11 @@ use std::time::Duration;
 use leakhunt_analyzer::util::number_and_unit;
 pub use leakhunt_analyzer::util::{human_bytes, parse_size};
 
+/// A byte size or count as the CRDs store it (`i64`), saturating.
+pub fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
 /// `1s`, `500ms`, `2m`, `1h`, or plain seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let (value, unit) = number_and_unit(text, "a duration", "1s")?;

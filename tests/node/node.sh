@@ -19,6 +19,8 @@
 set -euo pipefail
 # shellcheck source=tests/procs.sh
 . "$(dirname "$0")/../procs.sh"
+# shellcheck source=tests/node/host.sh
+. "$(dirname "$0")/host.sh"
 
 die() { echo "node: $*" >&2; exit 1; }
 
@@ -33,8 +35,6 @@ CNI_PLUGINS=${CNI_PLUGINS:-/usr/lib/cni}
 RUNC=${RUNC:-$NODE_BIN/runc}
 
 # A short name per state directory: bridges and chains have length limits.
-node_id() { printf '%s' "$1" | cksum | cut -d' ' -f1 | cut -c1-6; }
-
 cgroup_v2() { [ "$(stat -fc %T /sys/fs/cgroup)" = cgroup2fs ]; }
 
 # The v1 controllers the kubelet and runc use, each mounted on its own here, and the hybrid
@@ -59,20 +59,15 @@ check_prereqs() {
   # The pod range must be ours alone: no other interface may hold an address in it.
   local br
   br=$(bridge_name "$STATE")
-  ip -o -4 addr show | awk -v br="$br" '$2 != br {print $4}' | python3 -c '
-import ipaddress, sys
-pods = ipaddress.ip_network(sys.argv[1])
-clash = [a for a in sys.stdin.read().split() if ipaddress.ip_interface(a).network.overlaps(pods)]
-sys.exit(f"the pod range {pods} overlaps {clash} on this machine (set NODE_POD_CIDR)" if clash else 0)
-' "$POD_CIDR" || die "pod range in use"
+  addresses_free "$br" NODE_POD_CIDR "$POD_CIDR" || die "pod range in use"
 }
 
-bridge_name() { echo "lhbr$(node_id "$1")"; }
-chain_name() { echo "LEAKHUNT-NODE-$(node_id "$1")"; }
+bridge_name() { echo "lhbr$(state_id "$1")"; }
+chain_name() { echo "LEAKHUNT-NODE-$(state_id "$1")"; }
 
 # The node's cgroup subtree: the kubelet's cgroupRoot, and where containerd and the kubelet
 # themselves run.
-cgroup_root() { echo "/leakhunt-node-$(node_id "$1")"; }
+cgroup_root() { echo "/leakhunt-node-$(state_id "$1")"; }
 
 make_cgroups() {
   local root=$1 c
@@ -226,9 +221,6 @@ EOF
   cp "$kubeconfig" "$dir/kubelet/kubeconfig"
 }
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 
 # The `kubernetes` Service's address and the API server's: pods reach the one at the other.
 api_dnat() {

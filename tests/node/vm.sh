@@ -23,6 +23,8 @@
 set -euo pipefail
 
 die() { echo "vm: $*" >&2; exit 1; }
+# shellcheck source=tests/node/host.sh
+. "$(dirname "$0")/host.sh"
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 LEAKHUNT_CACHE=${LEAKHUNT_CACHE:-$HOME/.cache/leakhunt}
@@ -100,24 +102,14 @@ image() {
   echo "$out"
 }
 
-vm_id() { printf '%s' "$1" | cksum | cut -d' ' -f1 | cut -c1-6; }
-dummy_name() { echo "lhvm$(vm_id "$1")"; }
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
+dummy_name() { echo "lhvm$(state_id "$1")"; }
 
 check_prereqs() {
   [ "$(id -u)" = 0 ] || die "the VM node runs as root (a dummy interface on the host)"
   command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 missing (Debian package qemu-system-x86; .ci/install)"
   command -v socat >/dev/null || die "socat missing (Debian package; .ci/install)"
   local dummy=$1
-  ip -o -4 addr show | awk -v d="$dummy" '$2 != d {print $4}' | python3 -c '
-import ipaddress, sys
-ours = [ipaddress.ip_network(n) for n in sys.argv[1:]]
-clash = [a for a in sys.stdin.read().split() if any(ipaddress.ip_interface(a).network.overlaps(n) for n in ours)]
-sys.exit(f"{ours} overlap {clash} on this machine (set VM_NODE_IP / VM_POD_CIDR)" if clash else 0)
-' "$VM_NODE_IP/32" "$VM_POD_CIDR" || die "address in use"
+  addresses_free "$dummy" "VM_NODE_IP / VM_POD_CIDR" "$VM_NODE_IP/32" "$VM_POD_CIDR" || die "address in use"
 }
 
 up() {

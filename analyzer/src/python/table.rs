@@ -393,7 +393,7 @@ impl AddrIndex {
 /// A set of object ids with constant-time rank: which objects have out-edges, numbered densely.
 #[derive(Debug)]
 pub struct RankedSet {
-    bits: Vec<u64>,
+    bits: Bits,
     /// Members before each 64-bit word.
     before: Vec<u32>,
     count: u32,
@@ -416,7 +416,7 @@ impl RankedSet {
             count += word.count_ones();
         }
         RankedSet {
-            bits,
+            bits: Bits(bits),
             before,
             count,
         }
@@ -427,9 +427,7 @@ impl RankedSet {
     }
 
     pub fn contains(&self, v: u32) -> bool {
-        self.bits
-            .get((v >> 6) as usize)
-            .is_some_and(|w| w >> (v & 63) & 1 == 1)
+        self.bits.get(v)
     }
 
     /// The member of rank `c` (the inverse of `rank`).
@@ -438,7 +436,7 @@ impl RankedSet {
             return None;
         }
         let w = self.before.partition_point(|&b| b <= c).checked_sub(1)?;
-        let mut word = *self.bits.get(w)?;
+        let mut word = *self.bits.0.get(w)?;
         for _ in 0..c - self.before.get(w)? {
             word &= word.wrapping_sub(1);
         }
@@ -448,7 +446,7 @@ impl RankedSet {
     /// Dense number of member `v` (its rank among the members).
     pub fn rank(&self, v: u32) -> Option<u32> {
         let (w, b) = ((v >> 6) as usize, v & 63);
-        let word = *self.bits.get(w)?;
+        let word = *self.bits.0.get(w)?;
         (word >> b & 1 == 1).then(|| {
             self.before.get(w).copied().unwrap_or(0) + (word & ((1u64 << b) - 1)).count_ones()
         })
@@ -456,6 +454,7 @@ impl RankedSet {
 }
 
 /// A plain bit set over object ids.
+#[derive(Debug)]
 pub struct Bits(Vec<u64>);
 
 impl Bits {

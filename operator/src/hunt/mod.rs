@@ -29,6 +29,7 @@ use crate::node::threshold::{Action, Level, State, ThresholdMachine, Thresholds}
 use crate::node::{CgroupWatcher, OomKill, Sample};
 use crate::snapshot::{self, Snapshotter};
 use crate::status::{self, Role};
+use crate::units::to_i64;
 use progress::Progress;
 use target::{describe_exit, hostname, reap_within, wait_for_first_sample, Launched};
 
@@ -738,8 +739,4 @@ fn human_secs(secs: f64) -> String {
     } else {
         format!("{:.0}m", secs / 60.0)
     }
-}
-
-fn to_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
 }

@@ -12,7 +12,7 @@ use leakhunt_analyzer::findings::Verdict as FindingsVerdict;
 use leakhunt_analyzer::timeline::{self, Point, Trend};
 
 use super::{
-    output, to_i64, Failure, Hunt, Judging, KillEvent, SnapshotTaken, HISTORY_POINTS, SETTLE_SLACK,
+    output, Failure, Hunt, Judging, KillEvent, SnapshotTaken, HISTORY_POINTS, SETTLE_SLACK,
 };
 use crate::crd::{human_bytes, Incident, MemorySample, Phase, ProcessRef, SnapshotRecord};
 use crate::node::procs::ProcessKey;
@@ -20,6 +20,7 @@ use crate::node::threshold::{ResetReason, State, ThresholdMachine};
 use crate::node::{KillSource, Sample};
 use crate::snapshot;
 use crate::status::{self, Op, Reason, Role};
+use crate::units::to_i64;
 
 impl Hunt<'_> {
     pub(super) fn record_sample(&mut self, sample: &Sample) {

@@ -10,10 +10,7 @@ use crate::crd::{
     OomKillRecord, ReportSuspect, ReportType, MAX_ALL_SAMPLES, MAX_COUNTED_KILLS, MAX_INCIDENTS,
     MAX_SAMPLES, MAX_SUSPECTS, MAX_TYPES,
 };
-
-fn to_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
+use crate::units::to_i64;
 
 impl LeakReportStatus {
     /// Appends an incident, dropping the oldest beyond the bound.

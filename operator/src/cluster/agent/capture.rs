@@ -18,6 +18,7 @@ use crate::metrics::CaptureOutcome;
 use crate::node::{ProcessKey, Sample};
 use crate::snapshot::{self, Analyzer, Snapshotter};
 use crate::status::{Op, Reason, Role};
+use crate::units::to_i64;
 
 impl Agent {
     pub(super) fn start_capture(
@@ -184,8 +185,6 @@ impl Agent {
     }
 }
 
-/// Captures `pid` into `path` (0600, zstd, in a 0700 directory). `Err((skipped, message))`:
-/// skipped when over the size cap or the free disk.
 /// A snapshot file as the agent records it.
 struct Written {
     size: i64,
@@ -195,6 +194,8 @@ struct Written {
     took: Duration,
 }
 
+/// Captures `pid` into `path` (0600, zstd, in a 0700 directory). `Err((skipped, message))`:
+/// skipped when over the size cap or the free disk.
 fn capture_one(dir: &Path, path: &Path, pid: i32, max: u64) -> Result<Written, (bool, String)> {
     let analyzer = Analyzer;
     let cap = snapshot::Cap {
@@ -207,10 +208,9 @@ fn capture_one(dir: &Path, path: &Path, pid: i32, max: u64) -> Result<Written, (
         .map_err(|e| (false, e.to_string()))?;
     let sha = snapshot::sha256_file(&captured.path)
         .map_err(|e| (false, format!("hashing {}: {e}", path.display())))?;
-    let bytes = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
     Ok(Written {
-        size: bytes(captured.file_bytes),
-        memory: bytes(captured.memory_bytes),
+        size: to_i64(captured.file_bytes),
+        memory: to_i64(captured.memory_bytes),
         sha256: sha,
         took: captured.total,
     })

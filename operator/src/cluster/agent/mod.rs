@@ -37,6 +37,7 @@ use crate::node::{
 };
 use crate::snapshot;
 use crate::status::{Op, Role};
+use crate::units::to_i64;
 use cleaner::clean_snapshots;
 use suspect::{judge, Judgement, Suspect};
 use writer::writer;
@@ -349,7 +350,7 @@ impl Agent {
                 &mut t.timeline,
                 MemorySample {
                     time: Time(Timestamp::now()),
-                    working_set: i64::try_from(sample.memory.working_set()).unwrap_or(i64::MAX),
+                    working_set: to_i64(sample.memory.working_set()),
                     pod: t.pod.name_any(),
                     container: t.container.clone(),
                 },
@@ -516,7 +517,7 @@ async fn judge_suspects(id: &str, t: &mut Tracked, listed: &[i32], writes: &mpsc
 fn sample_op(sample: &Sample) -> Op {
     Op::Sample {
         time: Timestamp::now(),
-        working_set: i64::try_from(sample.memory.working_set()).unwrap_or(i64::MAX),
+        working_set: to_i64(sample.memory.working_set()),
         limit: sample.memory.limit.and_then(|l| i64::try_from(l).ok()),
         growth_per_sec: sample.growth_per_sec,
         seconds_to_oom: sample.seconds_to_oom,

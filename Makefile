@@ -5,7 +5,7 @@ export CARGO_TARGET_DIR
 CARGO ?= cargo
 BIN := $(CARGO_TARGET_DIR)/release
 
-.PHONY: all build test lint fmt unit bench fuzz clean demo crds chart-check
+.PHONY: all build test lint fmt unit bench fuzz clean demo demo-cluster crds chart-check
 
 all: build
 
@@ -39,6 +39,12 @@ fuzz:
 demo:
 	$(CARGO) build --release -p leakhunt-operator
 	LEAKHUNT=$(BIN)/leakhunt examples/demo.sh
+
+# The cluster user's main job on a test cluster on this host (real kube-apiserver, kubelet, containerd):
+# helm install charts/leakhunt with the image built from the Dockerfile, the leaky Flask service with a
+# LeakWatch, load, the LeakReport. The cluster stays up (make testenv-down TESTENV_DIR=... tears it down).
+demo-cluster: tools node-tools node-images image
+	examples/demo-cluster.sh
 
 # Regenerate the committed CRDs from the Rust types (a test fails when they drift), and the chart's copy
 # (chart-check fails when it differs).

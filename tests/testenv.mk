@@ -1,5 +1,5 @@
-# Test control plane (tests/kube-testenv), the real node (tests/node: kubelet, containerd, runc) and its
-# images, the node simulator (tests/nodesim), kubectl/helm, smoke and end-to-end tests.
+# Test control plane (tests/kube-testenv), the real nodes (tests/node: kubelet, containerd, runc, on this
+# machine and in a cgroup v2 VM) and their images, kubectl/helm, smoke and end-to-end tests.
 # Included by the root Makefile. Go downloads and builds are cached outside the repo, like Cargo's.
 LEAKHUNT_CACHE ?= $(HOME)/.cache/leakhunt
 TOOLS_BIN ?= $(LEAKHUNT_CACHE)/tools/bin
@@ -18,14 +18,13 @@ KUBE_LDFLAGS := $(foreach p,k8s.io/component-base/version k8s.io/client-go/pkg/v
 KUBE_TESTENV_SRC := $(wildcard tests/kube-testenv/*.go) tests/kube-testenv/go.mod tests/kube-testenv/go.sum
 # Rebuilt when its sources' content changes, not their mtime: another checkout may share the cache.
 KUBE_TESTENV_STAMP := $(TOOLS_BIN)/.kube-testenv-$(shell cat $(KUBE_TESTENV_SRC) | cksum | cut -d' ' -f1)
-NODESIM_BIN := $(CARGO_TARGET_DIR)/release/nodesim
-# What nodesim runs for the `leakhunt:*` image (tests/nodesim/images.yaml).
+# The local build, for what the e2e runs outside the cluster (two operator processes for leader election).
 LEAKHUNT_BIN ?= $(CARGO_TARGET_DIR)/release/leakhunt
 export LEAKHUNT_BIN
 # Where `make testenv-up` keeps its state (etcd data, kubeconfig, logs, pids).
 TESTENV_DIR ?= $(LEAKHUNT_CACHE)/testenv
 
-.PHONY: tools alertmanager nodesim node-tools node-images image testenv-up testenv-down smoke vm-smoke e2e
+.PHONY: tools alertmanager node-tools node-images image testenv-up testenv-down smoke vm-smoke e2e
 
 # The real node's programs, built from their Go modules: containerd 2 (the 1.36 kubelet needs 2.x;
 # Debian bookworm has 1.6), runc (bookworm's 1.1 cannot run containerd 2's specs), and the kubelet
@@ -100,15 +99,12 @@ $(TOOLS_BIN)/.alertmanager-$(ALERTMANAGER_VERSION):
 	  -o $(TOOLS_BIN)/alertmanager ./cmd/alertmanager
 	@rm -f $(TOOLS_BIN)/.alertmanager-* && touch $@
 
-nodesim:
-	$(CARGO) build --release -p leakhunt-nodesim
-
 # Starts the control plane and one real node in the background; prints how to use them.
-# (TESTENV_NODE=nodesim starts the simulator instead.)
+# (TESTENV_NODE=vm starts the cgroup v2 VM node instead.)
 TESTENV_NODE ?= real
 export TESTENV_NODE
-testenv-up: tools $(if $(filter real,$(TESTENV_NODE)),node-tools node-images,nodesim)
-	@NODESIM_BIN=$(NODESIM_BIN) tests/testenv.sh up $(TESTENV_DIR)
+testenv-up: tools node-tools node-images image
+	@tests/testenv.sh up $(TESTENV_DIR)
 
 testenv-down:
 	@tests/testenv.sh down $(TESTENV_DIR)
@@ -122,8 +118,9 @@ smoke: tools node-tools node-images
 vm-smoke: tools node-tools node-images
 	tests/node/vm-smoke.sh
 
-# The issue-6 end-to-end test: helm install charts/leakhunt, the leaky Flask Deployment with a LeakWatch,
-# snapshots, the analyzer Job, real OOM kills, webhook + Alertmanager alerts, RBAC, cleanup.
-e2e: tools nodesim
+# The end-to-end test on the real node: helm install charts/leakhunt with the image built from the
+# Dockerfile, the leaky Flask Deployment with a LeakWatch, snapshots, the analyzer Job, real OOM kills,
+# webhook + Alertmanager alerts, RBAC, cleanup. (The leader-election check runs the binary locally.)
+e2e: tools node-tools node-images image
 	$(CARGO) build --release -p leakhunt-operator
-	TESTENV_NODE=nodesim NODESIM_BIN=$(NODESIM_BIN) tests/e2e/e2e.sh
+	tests/e2e/e2e.sh

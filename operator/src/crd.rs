@@ -203,6 +203,9 @@ pub const MAX_COUNTED_KILLS: usize = 200;
 pub struct ProcessRef {
     /// Process ID on the node.
     pub pid: i64,
+    /// Process ID the container sees (its own PID namespace), when it differs from the node's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_pid: Option<i64>,
     /// Process name (the kernel's comm).
     pub name: String,
     /// The command line, when it could be read.

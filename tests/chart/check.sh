@@ -210,9 +210,9 @@ check(agent["args"] == ["agent"], "agent: runs `leakhunt agent`")
 check(ds["tolerations"] == [{"operator": "Exists"}], "agent: tolerates every taint by default")
 mounts = {m["name"]: m for m in agent["volumeMounts"]}
 vols = {v["name"]: v for v in ds["volumes"]}
-check(mounts["cgroup"].get("readOnly") is True
-      and mounts["cgroup"]["mountPath"] == vols["cgroup"]["hostPath"]["path"] == "/sys/fs/cgroup",
-      "agent: host cgroup tree mounted read-only at the same path")
+check(mounts["cgroup"].get("readOnly") is True and vols["cgroup"]["hostPath"]["path"] == "/sys/fs/cgroup"
+      and mounts["cgroup"]["mountPath"] == "/host/cgroup" == env_of(agent)["LEAKHUNT_CGROUP_ROOT"]["value"],
+      "agent: host cgroup tree mounted read-only at /host/cgroup, not over the container's /sys/fs/cgroup")
 check(not mounts["snapshots"].get("readOnly")
       and vols["snapshots"]["hostPath"] == {"path": "/var/lib/leakhunt/snapshots", "type": "DirectoryOrCreate"},
       "agent: snapshot hostPath, DirectoryOrCreate, writable")

@@ -1,6 +1,6 @@
 // Package kubetestenv runs a real Kubernetes control plane in one process for leakhunt's end-to-end tests:
 // embedded etcd, kube-apiserver, kube-controller-manager and kube-scheduler, all built from the
-// k8s.io/kubernetes Go module. The node is tests/node (a real kubelet with containerd) or tests/nodesim.
+// k8s.io/kubernetes Go module. The node is tests/node (a real kubelet with containerd and runc).
 //
 // The upstream test-server entry points (cmd/*/app/testing) take a *testing.T, so this is a Go test binary
 // (`go test -c -o kube-testenv`) with one test that starts everything, writes an admin kubeconfig, prints a

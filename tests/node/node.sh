@@ -7,6 +7,9 @@
 #                                          wait for the Node to be Ready
 #   tests/node/node.sh down DIR            stop both, remove every pod process, mount, network
 #                                          interface, iptables rule and cgroup the node made
+#   tests/node/node.sh restart DIR containerd|kubelet
+#                                          stop one and start it again as `up` did (the pods' shims
+#                                          and containers live on, as on a real node)
 #
 # Binaries: NODE_BIN (default ~/.cache/leakhunt/tools/node: containerd, containerd-shim-runc-v2,
 # ctr, kubelet; `make node-tools`), runc and the CNI plugins from Debian (.ci/install). Images
@@ -29,6 +32,7 @@ NODE_NAME=${NODE_NAME:-node-1}
 # The pod range and the bridge's address in it (the pods' way to the host).
 POD_CIDR=${NODE_POD_CIDR:-10.213.0.0/24}
 BRIDGE_IP=${NODE_BRIDGE_IP:-10.213.0.1}
+# Pods the kubelet admits (NODE_MAX_PODS; a benchmark runs 100): within the /24 pod range.
 CNI_PLUGINS=${CNI_PLUGINS:-/usr/lib/cni}
 # runc built from its module (make node-tools): Debian bookworm's 1.1 cannot run containerd 2's
 # specs.
@@ -144,7 +148,7 @@ state = "$dir/containerd/state"
   # -998 for sandboxes, -997 for Guaranteed pods).
   restrict_oom_score_adj = true
   # Pod network namespaces under this node's state directory, not /run/netns (shared with every
-  # other node of the machine): `down` removes what is under the node's directory.
+  # other node of the machine): node.sh down removes what is under the node's directory.
   netns_mounts_under_state_dir = true
   [plugins."io.containerd.cri.v1.runtime".containerd]
     default_runtime_name = "runc"
@@ -212,7 +216,7 @@ evictionHard:
   memory.available: 200Mi
   nodefs.available: 2%
   imagefs.available: 2%
-maxPods: 60
+maxPods: ${NODE_MAX_PODS:-60}
 podCIDR: $POD_CIDR
 resolvConf: /etc/resolv.conf
 serializeImagePulls: false
@@ -267,24 +271,9 @@ up() {
   ip link set "$br" up
   api_dnat "$chain" "$br" "$kubeconfig"
 
-  PATH=$NODE_BIN:$PATH setsid "$NODE_BIN/containerd" --config "$dir/containerd/config.toml" \
-    >"$dir/logs/containerd.log" 2>&1 </dev/null &
-  echo $! >"$dir/containerd.pid"
-  enter_cgroup "$root" "$(cat "$dir/containerd.pid")"
-  local sock=$dir/containerd/containerd.sock
-  for _ in $(seq 1 150); do
-    [ -S "$sock" ] && "$NODE_BIN/ctr" --address "$sock" version >/dev/null 2>&1 && break
-    kill -0 "$(cat "$dir/containerd.pid")" 2>/dev/null || { tail -30 "$dir/logs/containerd.log" >&2; die "containerd exited"; }
-    sleep 0.2
-  done
-  import_images "$sock"
-
-  PATH=$NODE_BIN:$PATH setsid "$NODE_BIN/kubelet" --config "$dir/kubelet/config.yaml" \
-    --kubeconfig "$dir/kubelet/kubeconfig" --root-dir "$dir/kubelet/root" \
-    --cert-dir "$dir/kubelet/pki" --hostname-override "$NODE_NAME" --node-ip "$BRIDGE_IP" \
-    -v="${KUBELET_VERBOSITY:-1}" >"$dir/logs/kubelet.log" 2>&1 </dev/null &
-  echo $! >"$dir/kubelet.pid"
-  enter_cgroup "$root" "$(cat "$dir/kubelet.pid")"
+  start_containerd "$dir" "$root"
+  import_images "$dir/containerd/containerd.sock"
+  start_kubelet "$dir" "$root"
   for _ in $(seq 1 300); do
     KUBECONFIG=$kubeconfig "$KUBECTL" get node "$NODE_NAME" >/dev/null 2>&1 && break
     kill -0 "$(cat "$dir/kubelet.pid")" 2>/dev/null || { tail -40 "$dir/logs/kubelet.log" >&2; die "kubelet exited (log: $dir/logs/kubelet.log)"; }
@@ -294,6 +283,48 @@ up() {
     || { tail -40 "$dir/logs/kubelet.log" >&2; die "node $NODE_NAME not Ready (log: $dir/logs/kubelet.log)"; }
   awk -v a="$t0" -v b="$(date +%s.%N)" -v n="$NODE_NAME" \
     'BEGIN { printf "node: %s Ready in %.1fs (containerd + kubelet)\n", n, b-a }'
+}
+
+# start_containerd DIR ROOT: containerd in the node's cgroup, serving once this returns.
+start_containerd() {
+  local dir=$1 root=$2
+  PATH=$NODE_BIN:$PATH setsid "$NODE_BIN/containerd" --config "$dir/containerd/config.toml" \
+    >>"$dir/logs/containerd.log" 2>&1 </dev/null &
+  echo $! >"$dir/containerd.pid"
+  enter_cgroup "$root" "$(cat "$dir/containerd.pid")"
+  local sock=$dir/containerd/containerd.sock
+  for _ in $(seq 1 150); do
+    [ -S "$sock" ] && "$NODE_BIN/ctr" --address "$sock" version >/dev/null 2>&1 && return 0
+    kill -0 "$(cat "$dir/containerd.pid")" 2>/dev/null || { tail -30 "$dir/logs/containerd.log" >&2; die "containerd exited"; }
+    sleep 0.2
+  done
+  die "containerd did not serve on $sock in 30s"
+}
+
+# start_kubelet DIR ROOT: the kubelet in the node's cgroup (its config, certificates and pods'
+# state under DIR survive a restart).
+start_kubelet() {
+  local dir=$1 root=$2
+  PATH=$NODE_BIN:$PATH setsid "$NODE_BIN/kubelet" --config "$dir/kubelet/config.yaml" \
+    --kubeconfig "$dir/kubelet/kubeconfig" --root-dir "$dir/kubelet/root" \
+    --cert-dir "$dir/kubelet/pki" --hostname-override "$NODE_NAME" --node-ip "$BRIDGE_IP" \
+    -v="${KUBELET_VERBOSITY:-1}" >>"$dir/logs/kubelet.log" 2>&1 </dev/null &
+  echo $! >"$dir/kubelet.pid"
+  enter_cgroup "$root" "$(cat "$dir/kubelet.pid")"
+}
+
+restart() {
+  local top=$1 what=$2
+  [ -f "$top/node/cgroup-root" ] || die "no node in $top"
+  top=$(cd "$top" && pwd)
+  local dir=$top/node root
+  root=$(cat "$dir/cgroup-root")
+  case "$what" in
+    containerd) stop_pid "$dir/containerd.pid" containerd; start_containerd "$dir" "$root" ;;
+    kubelet) stop_pid "$dir/kubelet.pid" kubelet; start_kubelet "$dir" "$root" ;;
+    *) die "restart what? containerd or kubelet, not $what" ;;
+  esac
+  echo "node: $what restarted (pid $(cat "$dir/$what.pid"))"
 }
 
 # Every oci-archive in NODE_IMAGES into containerd's Kubernetes namespace.
@@ -335,5 +366,6 @@ down() {
 case "${1:-}" in
   up) up "${2:?usage: node.sh up DIR KUBECONFIG}" "${3:?usage: node.sh up DIR KUBECONFIG}" ;;
   down) down "${2:?usage: node.sh down DIR}" ;;
-  *) die "usage: node.sh up DIR KUBECONFIG | down DIR" ;;
+  restart) restart "${2:?usage: node.sh restart DIR containerd|kubelet}" "${3:?usage: node.sh restart DIR containerd|kubelet}" ;;
+  *) die "usage: node.sh up DIR KUBECONFIG | down DIR | restart DIR containerd|kubelet" ;;
 esac

@@ -197,6 +197,8 @@ impl Hunt<'_> {
         };
         let process = ProcessRef {
             pid: pid as i64,
+            container_pid: crate::node::procs::container_pid(&self.opts.proc_root, pid)
+                .map(i64::from),
             name: comm,
             command: crate::node::procs::program(&self.opts.proc_root, pid),
         };

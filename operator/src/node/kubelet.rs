@@ -170,12 +170,100 @@ fn parse_systemd(rest: &[&str]) -> Option<PodCgroup> {
     })
 }
 
-/// Every container cgroup of the kubelet's pods under a memory hierarchy (both drivers), for
-/// the agent's sampling loop. Pod-level cgroups and the pause/sandbox layout are returned only
-/// when they hold a container directory below them.
+/// How deep below the hierarchy root `kubepods` may sit: at the top on most nodes, below the
+/// kubelet's `cgroupRoot` (one or two levels) where one is set.
+const ROOT_DEPTH: usize = 3;
+
+/// The cgroups where the kubelet's pods start (`kubepods`, `kubepods.slice`) under a memory
+/// hierarchy, relative to it, found by a shallow search: the top, or below a kubelet
+/// `cgroupRoot` — which the agent need not be told.
+pub fn pod_roots(hierarchy: &super::cgroup::Hierarchy) -> Vec<String> {
+    let mut roots = Vec::new();
+    let mut level = vec![String::new()];
+    for _ in 0..ROOT_DEPTH {
+        let mut next = Vec::new();
+        for rel in level {
+            let Ok(entries) = std::fs::read_dir(hierarchy.path.join(&rel)) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    continue;
+                }
+                let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                    continue;
+                };
+                let child = if rel.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{rel}/{name}")
+                };
+                match name.as_str() {
+                    "kubepods" | "kubepods.slice" => roots.push(child),
+                    _ => next.push(child),
+                }
+            }
+        }
+        level = next;
+    }
+    roots.sort();
+    roots
+}
+
+/// The kubelet's pod cgroups under a memory hierarchy, for the agent's sampling loop. The roots
+/// are searched again now and then: the kubelet may create them after the agent starts, and a
+/// search every pass would list every cgroup near the top each second.
+#[derive(Debug)]
+pub struct PodCgroups {
+    pub hierarchy: super::cgroup::Hierarchy,
+    roots: Vec<String>,
+    searched: Option<std::time::Instant>,
+    every: std::time::Duration,
+}
+
+impl PodCgroups {
+    pub fn new(hierarchy: super::cgroup::Hierarchy, every: std::time::Duration) -> PodCgroups {
+        PodCgroups {
+            hierarchy,
+            roots: Vec::new(),
+            searched: None,
+            every,
+        }
+    }
+
+    /// Every container cgroup under the roots, searching for the roots first when none is known
+    /// or the last search is older than `every`.
+    pub fn discover(&mut self) -> Vec<(PodCgroup, super::cgroup::Cgroup)> {
+        if self.roots.is_empty() || self.searched.is_none_or(|t| t.elapsed() >= self.every) {
+            let roots = pod_roots(&self.hierarchy);
+            if roots != self.roots || self.searched.is_none() {
+                let hierarchy = self.hierarchy.path.display();
+                if roots.is_empty() {
+                    tracing::warn!(%hierarchy, "no kubelet pod cgroups (kubepods, kubepods.slice) under the cgroup root yet");
+                } else {
+                    tracing::info!(%hierarchy, ?roots, "kubelet pod cgroups found");
+                }
+            }
+            self.roots = roots;
+            self.searched = Some(std::time::Instant::now());
+        }
+        discover_under(&self.hierarchy, &self.roots)
+    }
+}
+
+/// Every container cgroup of the kubelet's pods under a memory hierarchy (both drivers, any pod
+/// root), for the agent's sampling loop. Pod-level cgroups and the pause/sandbox layout are
+/// returned only when they hold a container directory below them.
 pub fn discover(hierarchy: &super::cgroup::Hierarchy) -> Vec<(PodCgroup, super::cgroup::Cgroup)> {
+    discover_under(hierarchy, &pod_roots(hierarchy))
+}
+
+fn discover_under(
+    hierarchy: &super::cgroup::Hierarchy,
+    roots: &[String],
+) -> Vec<(PodCgroup, super::cgroup::Cgroup)> {
     let mut found = Vec::new();
-    for top in ["kubepods", "kubepods.slice"] {
+    for top in roots {
         walk(&hierarchy.path.join(top), top, 0, hierarchy, &mut found);
     }
     found.sort_by(|a, b| a.1.relative.cmp(&b.1.relative));
@@ -317,6 +405,55 @@ mod tests {
                 UID.replace('-', "_")
             )
         );
+    }
+
+    #[test]
+    fn finds_pods_below_a_kubelet_cgroup_root() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("cgroup.controllers"), "memory\n").unwrap();
+        let h = crate::node::cgroup::Hierarchy::detect(tmp.path()).unwrap();
+        for dir in [
+            format!("node-a/kubepods/burstable/pod{UID}/{CID}"),
+            format!("nodes/b/kubepods/pod{UID}/abc"),
+            // Too deep to be a kubelet's.
+            format!("a/b/c/kubepods/pod{UID}/deep"),
+            format!("kubepods/pod{UID}/top"),
+            "system.slice/sshd.service".to_string(),
+        ] {
+            std::fs::create_dir_all(tmp.path().join(dir)).unwrap();
+        }
+        assert_eq!(
+            pod_roots(&h),
+            ["kubepods", "node-a/kubepods", "nodes/b/kubepods"]
+        );
+        let mut pods = PodCgroups::new(h, std::time::Duration::from_secs(3600));
+        let ids: Vec<String> = pods
+            .discover()
+            .iter()
+            .map(|(p, cg)| {
+                format!(
+                    "{} {}",
+                    p.container_id.as_deref().unwrap_or("-"),
+                    cg.relative
+                )
+            })
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                format!("top /kubepods/pod{UID}/top"),
+                format!("{CID} /node-a/kubepods/burstable/pod{UID}/{CID}"),
+                format!("abc /nodes/b/kubepods/pod{UID}/abc"),
+            ]
+        );
+        // A kubelet that starts later is found although the last search is recent: none was known.
+        let late = tempfile::tempdir().unwrap();
+        std::fs::write(late.path().join("cgroup.controllers"), "memory\n").unwrap();
+        let h = crate::node::cgroup::Hierarchy::detect(late.path()).unwrap();
+        let mut pods = PodCgroups::new(h, std::time::Duration::from_secs(3600));
+        assert!(pods.discover().is_empty());
+        std::fs::create_dir_all(late.path().join(format!("kubepods/pod{UID}/abc"))).unwrap();
+        assert_eq!(pods.discover().len(), 1);
     }
 
     #[test]

@@ -54,6 +54,29 @@ pub fn parse_process(pid: i32, status: &str, stat: &str) -> Option<ProcessMemory
     })
 }
 
+/// The PID a process has in its own PID namespace (the innermost of `NSpid:` in its status),
+/// when that is not the PID it has where it is read from: a container's process seen by a node
+/// agent with the host PID namespace.
+pub fn parse_container_pid(status: &str) -> Option<i32> {
+    let line = status.lines().find_map(|l| l.strip_prefix("NSpid:"))?;
+    let pids: Vec<i32> = line
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    match pids.as_slice() {
+        [outer, .., inner] if outer != inner => Some(*inner),
+        _ => None,
+    }
+}
+
+/// [`parse_container_pid`] of a process under `proc_root`; `None` if it is gone or shares the
+/// reader's PID namespace.
+pub fn container_pid(proc_root: &Path, pid: i32) -> Option<i32> {
+    let status = fs::read_to_string(proc_root.join(pid.to_string()).join("status")).ok()?;
+    parse_container_pid(&status)
+}
+
 /// Reads one process under `proc_root` (normally `/proc`); `None` if it is gone.
 pub fn read_process(proc_root: &Path, pid: i32) -> Option<ProcessMemory> {
     let dir = proc_root.join(pid.to_string());
@@ -92,6 +115,23 @@ pub fn read_processes(proc_root: &Path, pids: &[i32]) -> Vec<ProcessMemory> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn container_pid_is_the_innermost_namespace_pid() {
+        let status =
+            |nspid: &str| format!("Name:\tpython3\nPid:\t4242\nNSpid:\t{nspid}\nPPid:\t1\n");
+        assert_eq!(parse_container_pid(&status("4242\t1")), Some(1));
+        assert_eq!(parse_container_pid(&status("4242\t310\t7")), Some(7));
+        assert_eq!(parse_container_pid(&status("4242")), None, "same namespace");
+        assert_eq!(parse_container_pid(&status("4242\tx")), None);
+        assert_eq!(
+            parse_container_pid("Name:\tpython3\n"),
+            None,
+            "kernel without NSpid"
+        );
+        let me = std::process::id() as i32;
+        assert_eq!(container_pid(Path::new("/proc"), me), None);
+    }
 
     #[test]
     fn program_is_argv0_only() {

@@ -243,6 +243,10 @@ pub enum Op {
     },
     /// Snapshot A is void (its process is gone, or an OOM kill came between).
     Reset { message: String },
+    /// The agent of `node` started at `started` and tracks this container afresh: a snapshot A of
+    /// it taken there before then has lost its hunt (the agent keeps none across restarts) and is
+    /// void, with that reason.
+    AgentStarted { node: String, started: Timestamp },
     CaptureFailed {
         role: Role,
         skipped: bool,
@@ -308,6 +312,7 @@ pub fn apply(
             message,
         } => snapshot_b(s, at, record, timeline, message, now),
         Op::Reset { message } => reset(s, at, message, now),
+        Op::AgentStarted { node, started } => agent_started(s, at, node, *started, now),
         Op::CaptureFailed {
             role,
             skipped,
@@ -472,6 +477,32 @@ fn reset(s: &mut LeakReportStatus, at: Place, message: &str, now: Timestamp) -> 
     Applied::Changed
 }
 
+/// Voids a snapshot A of this container that an earlier agent of `node` took.
+fn agent_started(
+    s: &mut LeakReportStatus,
+    at: Place,
+    node: &str,
+    started: Timestamp,
+    now: Timestamp,
+) -> Applied {
+    let orphan = s.phase == Phase::Baseline
+        && s.snapshots.iter().any(|r| {
+            r.is(Role::A)
+                && r.node == node
+                && r.pod == at.pod
+                && r.container == at.container
+                && r.time.0 < started
+        });
+    if !orphan {
+        return Applied::Unchanged;
+    }
+    let message = format!(
+        "snapshot A of {}/{} is void: the agent on node {node} restarted before snapshot B; hunting starts over",
+        at.pod, at.container
+    );
+    reset(s, at, &message, now)
+}
+
 /// A capture that failed or was refused.
 fn capture_failed(
     s: &mut LeakReportStatus,
@@ -541,6 +572,7 @@ mod tests {
             record: record("A", pod, 7, secs),
             process: ProcessRef {
                 pid: 7,
+                container_pid: None,
                 name: "python3".into(),
                 command: None,
             },
@@ -684,6 +716,34 @@ mod tests {
         apply(&fail, &mut s, "web-1", "app", at(210));
         assert_eq!(s.phase, Phase::Failed);
         assert_eq!(s.incidents.last().unwrap().reason, "CaptureSkipped");
+        // An agent that restarts voids the A its predecessor took, and only that one.
+        apply(&a_op("web-1", 300), &mut s, "web-1", "app", at(300));
+        let started = |secs| Op::AgentStarted {
+            node: "n1".into(),
+            started: at(secs),
+        };
+        assert_eq!(
+            apply(&started(299), &mut s, "web-1", "app", at(301)),
+            Applied::Unchanged,
+            "taken by this agent"
+        );
+        assert_eq!(
+            apply(&started(400), &mut s, "web-1", "sidecar", at(401)),
+            Applied::Unchanged,
+            "another container's"
+        );
+        assert_eq!(
+            apply(&started(400), &mut s, "web-1", "app", at(401)),
+            Applied::Changed
+        );
+        assert_eq!(s.phase, Phase::Watching);
+        assert!(s.snapshots.is_empty());
+        assert!(s
+            .incidents
+            .last()
+            .unwrap()
+            .message
+            .contains("restarted before snapshot B"));
         let kill = Op::WorkerKill {
             key: "u/app/c/pid-9".into(),
             process: "python3 (pid 9)".into(),

@@ -172,7 +172,13 @@ image_leakhunt() {
   # The chart's appVersion: the tag `helm install charts/leakhunt` asks for.
   version=$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' charts/leakhunt/Chart.yaml)
   [ -n "$version" ] || die "no appVersion in charts/leakhunt/Chart.yaml"
-  stamp="$(git -C "$ROOT" ls-files -s | sha256sum | cut -c1-16) $(git -C "$ROOT" diff HEAD | sha256sum | cut -c1-16) $base_key $rust_key"
+  # What the binary is built from (a test or chart edit does not rebuild it): committed, changed and
+  # new files.
+  local src=(Dockerfile Cargo.toml Cargo.lock analyzer operator)
+  stamp="$(git -C "$ROOT" ls-files -s -- "${src[@]}" | sha256sum | cut -c1-16)"
+  stamp+=" $(git -C "$ROOT" diff HEAD -- "${src[@]}" | sha256sum | cut -c1-16)"
+  stamp+=" $(git -C "$ROOT" ls-files -o --exclude-standard -z -- "${src[@]}" | (cd "$ROOT" && xargs -0r sha256sum) | sha256sum | cut -c1-16)"
+  stamp+=" $base_key $rust_key"
   fresh leakhunt "$stamp" && return
   local t0
   t0=$(date +%s)
@@ -182,6 +188,9 @@ image_leakhunt() {
     -t leakhunt.local/leakhunt:"$version" -f Dockerfile . >&2
   log "Dockerfile built in $(( $(date +%s) - t0 ))s"
   done_image leakhunt leakhunt.local/leakhunt:"$version" "$stamp"
+  # The previous build's images, untagged now: with vfs storage each holds a full copy of its layers
+  # (over 1 GB), and the next build starts again from the sources' layer anyway.
+  "${BUILDAH[@]}" rmi --prune >/dev/null 2>&1 || true
 }
 
 images=("$@")

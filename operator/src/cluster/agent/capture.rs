@@ -104,9 +104,11 @@ impl Agent {
                         .process(done.target)
                         .map(|p| p.comm.clone())
                         .unwrap_or_else(|| "?".into());
+                    let container_pid =
+                        crate::node::procs::container_pid(&self.cfg.proc_root, done.target.pid);
                     let message = format!(
-                        "snapshot A of {name} (pid {}) in {}/{}: {}",
-                        done.target.pid,
+                        "snapshot A of {name} ({}) in {}/{}: {}",
+                        pid_label(done.target.pid, container_pid),
                         t.pod.name_any(),
                         t.container,
                         human_bytes(record.size.max(0) as u64)
@@ -114,6 +116,7 @@ impl Agent {
                     Op::SnapshotA {
                         process: ProcessRef {
                             pid: i64::from(done.target.pid),
+                            container_pid: container_pid.map(i64::from),
                             name,
                             command: crate::node::procs::program(
                                 &self.cfg.proc_root,
@@ -182,6 +185,14 @@ impl Agent {
                     .await;
             }
         }
+    }
+}
+
+/// `pid 1 in the container, 4242 on the node`, or `pid 4242` where the two are one.
+fn pid_label(node_pid: i32, container_pid: Option<i32>) -> String {
+    match container_pid {
+        Some(c) => format!("pid {c} in the container, {node_pid} on the node"),
+        None => format!("pid {node_pid}"),
     }
 }
 

@@ -61,6 +61,9 @@ pub struct AgentConfig {
     pub kernel_log: Option<PathBuf>,
 }
 
+/// How often the kubelet's pod cgroup roots are searched for again once found.
+const POD_ROOTS_SEARCH: Duration = Duration::from_secs(60);
+
 /// After a refused snapshot A, the pod's containers do not capture again for this long.
 const REFUSAL_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -115,6 +118,8 @@ pub struct Agent {
     cfg: AgentConfig,
     metrics: Metrics,
     recorder: Recorder,
+    /// A snapshot A this node took before then belongs to an earlier agent: its hunt is lost.
+    started: Timestamp,
 }
 
 impl Agent {
@@ -138,6 +143,7 @@ impl Agent {
             client,
             cfg,
             metrics,
+            started: Timestamp::now(),
         }
     }
 
@@ -205,6 +211,7 @@ impl Agent {
         let mut shutdown = std::pin::pin!(shutdown);
         let mut first = true;
         let mut blocked: HashMap<String, Instant> = HashMap::new();
+        let mut pod_cgroups = kubelet::PodCgroups::new(hierarchy, POD_ROOTS_SEARCH);
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
@@ -229,7 +236,7 @@ impl Agent {
             }
             blocked.retain(|_, until| *until > Instant::now());
             self.pass(
-                &hierarchy,
+                &mut pod_cgroups,
                 &pods,
                 &watches,
                 &mut tracked,
@@ -251,7 +258,7 @@ impl Agent {
     /// One sampling pass over every container cgroup on the node.
     async fn pass(
         &self,
-        hierarchy: &Hierarchy,
+        pod_cgroups: &mut kubelet::PodCgroups,
         pods: &Store<Pod>,
         watches: &Store<LeakWatch>,
         tracked: &mut HashMap<String, Tracked>,
@@ -260,7 +267,7 @@ impl Agent {
     ) {
         let by_container = containers_on_node(&pods.state());
         let watch_list = watches.state();
-        let cgroups = kubelet::discover(hierarchy);
+        let cgroups = pod_cgroups.discover();
         let present: HashSet<String> = cgroups
             .iter()
             .filter_map(|(p, _)| p.container_id.clone())
@@ -312,6 +319,7 @@ impl Agent {
             let Some((pod, container)) = by_container.get(&id) else {
                 continue;
             };
+            let fresh = !tracked.contains_key(&id);
             let t = tracked.entry(id.clone()).or_insert_with(|| Tracked {
                 pod: pod.clone(),
                 container: container.clone(),
@@ -337,6 +345,13 @@ impl Agent {
                     t.machine.thresholds = p.thresholds;
                 }
                 t.policy = policy;
+            }
+            if fresh && t.policy.is_some() {
+                let op = Op::AgentStarted {
+                    node: self.cfg.node_name.clone(),
+                    started: self.started,
+                };
+                let _ = writes.send(write_of(&id, t, op)).await;
             }
             let sample = match t.watcher.sample() {
                 Ok(s) => s,

@@ -55,7 +55,7 @@ crds:
 clean:
 	$(CARGO) clean
 
-# Test control plane, node simulator, kubectl/helm and the smoke test.
+# Test control plane, real nodes (this machine and a cgroup v2 VM), kubectl/helm, smoke and e2e tests.
 include tests/testenv.mk
 
 # The Helm chart without a cluster: CRDs in sync with crds/, lint, RBAC and security facts, schema rejections.

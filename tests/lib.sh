@@ -1,7 +1,8 @@
 # Shared by the shell tests against the test environment (tests/smoke/smoke.sh, tests/e2e/e2e.sh):
 # source it after setting SUITE (the name every line is prefixed with). Provides the counters,
 # `check NAME COMMAND...`, `wait_for DESCRIPTION SECONDS COMMAND...`, `fail_now MESSAGE`, `free_ports N`,
-# `hog_deployment IMAGE` and `summary` (the last lines, and the suite's exit status).
+# `hog_deployment IMAGE`, `worker_deployment NAME LIMIT THEN`, `grow_configmap NAMESPACE`,
+# `grow_deployment NAME TARGET_MIB MIB_PER_SECOND LIMIT` and `summary` (the last lines, and the suite's exit status).
 T0=$(date +%s)
 PASSED=0
 FAILED=0
@@ -45,6 +46,87 @@ spec:
           resources:
             requests: {memory: 32Mi}
             limits: {memory: 64Mi}
+YAML
+}
+
+# python_deployment NAME CONTAINER: the head of Deployment NAME's YAML, up to the image of its one
+# Python container; the caller writes the rest of the container.
+python_deployment() {
+  cat <<YAML
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: $1}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: $1}}
+  template:
+    metadata: {labels: {app: $1}}
+    spec:
+      containers:
+        - name: $2
+          image: leakhunt.local/python:3-flask
+YAML
+}
+
+# worker_deployment NAME LIMIT THEN: the YAML of Deployment NAME, a pre-fork server in miniature: a
+# Python parent whose worker process grows 2 MiB every 0.25 s until the kernel kills it at LIMIT. THEN
+# is what the parent does once its worker is gone: `respawn` (another worker, for ever), `sleep`, or
+# `exit` (exit 0 after 8 s). With `sleep` and `exit` a marker in an emptyDir makes the restarted
+# container only sleep: one kill in all.
+worker_deployment() {
+  python_deployment "$1" server
+  cat <<YAML
+          command: ["python3", "-c"]
+          args:
+            - |
+              import os, subprocess, sys, time
+              then = "$3"
+              if then != "respawn" and os.path.exists("/state/done"):
+                  time.sleep(3600)
+              open("/state/done", "w").close()
+              worker = "import time\\nx = []\\nwhile True:\\n    x.append(b'x' * (2 << 20))\\n    time.sleep(0.25)\\n"
+              while True:
+                  print("worker exit", subprocess.run([sys.executable, "-c", worker]).returncode, flush=True)
+                  if then != "respawn":
+                      break
+                  time.sleep(1)
+              if then == "exit":
+                  time.sleep(8)
+                  sys.exit(0)
+              time.sleep(3600)
+          resources:
+            limits: {memory: $2}
+          volumeMounts:
+            - {name: state, mountPath: /state}
+      volumes:
+        - {name: state, emptyDir: {}}
+YAML
+}
+
+# grow_configmap NAMESPACE: ConfigMap `grow` holding tests/workloads/grow.py, unless it is there.
+grow_configmap() {
+  kubectl -n "$1" get configmap grow >/dev/null 2>&1 \
+    || kubectl -n "$1" create configmap grow --from-file=grow.py=tests/workloads/grow.py >/dev/null
+}
+
+# grow_deployment NAME TARGET_MIB MIB_PER_SECOND LIMIT: the YAML of Deployment NAME whose Python
+# container runs grow.py (ConfigMap `grow`): records grown at MIB_PER_SECOND up to TARGET_MIB, then
+# held; LIMIT is its memory request and limit.
+grow_deployment() {
+  python_deployment "$1" app
+  cat <<YAML
+          command: ["python3", "/app/grow.py"]
+          env:
+            - {name: TARGET_MIB, value: "$2"}
+            - {name: MIB_PER_SECOND, value: "$3"}
+          resources:
+            requests: {memory: $4}
+            limits: {memory: $4}
+          volumeMounts:
+            - {name: app, mountPath: /app}
+      volumes:
+        - name: app
+          configMap: {name: grow}
 YAML
 }
 

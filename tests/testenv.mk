@@ -114,8 +114,9 @@ smoke: tools node-tools node-images
 	tests/smoke/smoke.sh
 
 # The cgroup v2 node in a VM (tests/node/vm.sh): cgroup v2, an OOM kill by the guest's kernel, systemd
-# slices with memory.oom.group 1, logs and exec. The guest's disk is built once and cached.
-vm-smoke: tools node-tools node-images
+# slices with memory.oom.group 1, logs and exec; then leakhunt from the chart on it: a whole-container
+# kill naming its worker, a leak captured and analysed. The guest's disk is built once and cached.
+vm-smoke: tools node-tools node-images image
 	tests/node/vm-smoke.sh
 
 # The end-to-end test on the real node: helm install charts/leakhunt with the image built from the

@@ -7,7 +7,7 @@
 #                                          wait for the Node to be Ready
 #   tests/node/node.sh down DIR            stop both, remove every pod process, mount, network
 #                                          interface, iptables rule and cgroup the node made
-#   tests/node/node.sh restart DIR containerd|kubelet
+#   tests/node/node.sh restart DIR containerd|kubelet|node   (node: both stopped, then both started)
 #                                          stop one and start it again as `up` did (the pods' shims
 #                                          and containers live on, as on a real node)
 #
@@ -322,7 +322,15 @@ restart() {
   case "$what" in
     containerd) stop_pid "$dir/containerd.pid" containerd; start_containerd "$dir" "$root" ;;
     kubelet) stop_pid "$dir/kubelet.pid" kubelet; start_kubelet "$dir" "$root" ;;
-    *) die "restart what? containerd or kubelet, not $what" ;;
+    node)
+      stop_pid "$dir/kubelet.pid" kubelet
+      stop_pid "$dir/containerd.pid" containerd
+      start_containerd "$dir" "$root"
+      start_kubelet "$dir" "$root"
+      echo "node: kubelet and containerd stopped and started again (pids $(cat "$dir/kubelet.pid"), $(cat "$dir/containerd.pid"))"
+      return
+      ;;
+    *) die "restart what? containerd, kubelet or node, not $what" ;;
   esac
   echo "node: $what restarted (pid $(cat "$dir/$what.pid"))"
 }
@@ -366,6 +374,6 @@ down() {
 case "${1:-}" in
   up) up "${2:?usage: node.sh up DIR KUBECONFIG}" "${3:?usage: node.sh up DIR KUBECONFIG}" ;;
   down) down "${2:?usage: node.sh down DIR}" ;;
-  restart) restart "${2:?usage: node.sh restart DIR containerd|kubelet}" "${3:?usage: node.sh restart DIR containerd|kubelet}" ;;
-  *) die "usage: node.sh up DIR KUBECONFIG | down DIR | restart DIR containerd|kubelet" ;;
+  restart) restart "${2:?usage: node.sh restart DIR containerd|kubelet|node}" "${3:?usage: node.sh restart DIR containerd|kubelet|node}" ;;
+  *) die "usage: node.sh up DIR KUBECONFIG | down DIR | restart DIR containerd|kubelet|node" ;;
 esac

@@ -7,7 +7,16 @@
 #   3. container cgroups sit under systemd slices (kubepods.slice/kubepods-burstable.slice/
 #      kubepods-burstable-pod<uid>.slice/cri-containerd-<id>.scope) with memory.max the limit and
 #      memory.oom.group 1 (the kubelet's default on cgroup v2: an OOM kill takes the whole container);
-#   4. kubectl logs and exec reach the guest's kubelet.
+#   4. kubectl logs and exec reach the guest's kubelet;
+# then leakhunt, installed from the chart with its image built from the Dockerfile:
+#   5. operator and agent Ready on the guest, the agent finding pods under the systemd slices
+#      without being told the cgroup driver;
+#   6. a pre-fork server whose worker grows past the limit: the kernel kills the whole container
+#      (memory.oom.group), the kill is counted once, and the report names the worker that grew;
+#   7. with singleProcessOOMKill (the kubelet reconfigured): only the worker dies; when the main
+#      process then exits 0, containerd says OOMKilled, and the one kill is counted once;
+#   8. a leaking pod captured (A, B), its pair analysed by the analyzer Job on the guest, the report
+#      naming the growing object and the process by its PID in the container.
 # Everything it starts is stopped on success, failure or Ctrl-C. Prints "vm-smoke: N passed, M failed".
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -17,6 +26,9 @@ SUITE=vm-smoke
 # shellcheck source=tests/lib.sh
 . tests/lib.sh
 export TESTENV_NODE=vm
+# What the guest imports: the tests' workloads and leakhunt's own image.
+export VM_IMAGES="pause busybox python leakhunt"
+LH=leakhunt
 PY_IMAGE=leakhunt.local/python:3-flask
 BB_IMAGE=leakhunt.local/busybox:1
 
@@ -26,6 +38,8 @@ cleanup() {
   if [ "$FAILED" -gt 0 ] || [ "$rc" -ne 0 ]; then
     echo "--- diagnostics ---"
     kubectl get nodes,pods -A -o wide 2>&1 | tail -20
+    kubectl get leakreports -A -o yaml 2>&1 | grep -E 'message|phase|path' | tail -20
+    kubectl -n $LH logs daemonset/leakhunt-agent --tail=30 2>&1
     echo "--- guest console (tail) ---"; tail -40 "$DIR/vm/logs/console.log" 2>/dev/null
     echo "--- kube-testenv.log (errors) ---"; grep -E '^E[0-9]{4}' "$DIR/kube-testenv.log" 2>/dev/null | tail -10
   fi
@@ -36,7 +50,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'echo "vm-smoke: interrupted" >&2; exit 130' INT TERM
 
-for tool in kube-testenv kubectl qemu-system-x86_64 socat mkfs.ext4 python3; do
+for tool in kube-testenv kubectl helm qemu-system-x86_64 socat mkfs.ext4 python3; do
   command -v "$tool" >/dev/null || fail_now "missing prerequisite: $tool (run make tools / .ci/install)"
 done
 
@@ -136,5 +150,109 @@ check_logs_exec() {
   case "$pid1" in "sleep 3600 ") ;; *) return 1 ;; esac
 }
 check "kubectl logs and exec reach the guest's kubelet" check_logs_exec
+
+# --- leakhunt on the cgroup v2 node ---------------------------------------------------------------------
+# The hog's OOM loop has made its point; the emulated CPUs are for what follows.
+kubectl -n $NS delete deployment hog --wait=false >/dev/null
+kubectl -n $NS delete pod sleeper --wait=false >/dev/null
+
+check_lh_install() {
+  helm install leakhunt charts/leakhunt -n $LH --create-namespace --wait --timeout 600s \
+    --set image.repository=leakhunt.local/leakhunt >/dev/null || return 1
+  local on
+  on=$(kubectl -n $LH get pods -o jsonpath='{range .items[*]}{.metadata.labels.app\.kubernetes\.io/component}@{.spec.nodeName} {end}')
+  echo "  $on(chart defaults but the image)"
+  [ "$(kubectl -n $LH get pods -l app.kubernetes.io/component=agent -o jsonpath='{.items[0].spec.nodeName}')" = "$NODE" ]
+}
+check "helm install on the cgroup v2 node: operator and agent Ready" check_lh_install
+
+check_group_kill() {
+  # A pre-fork server in miniature whose worker grows past the limit. With memory.oom.group the kernel
+  # kills the parent too: the container is OOMKilled (exit 137), and only the agent can say which
+  # process grew.
+  worker_deployment prefork 96Mi sleep | kubectl -n $NS apply -f - >/dev/null || return 1
+  pf() { kubectl -n $NS get leakreport deployment-prefork -o jsonpath="$1" 2>/dev/null; }
+  wait_for "the worker's growth to kill the container" 300 sh -c "[ \"\$(kubectl -n $NS get pods -l app=prefork -o jsonpath='{.items[0].status.containerStatuses[0].restartCount}')\" -ge 1 ]" || return 1
+  local last
+  last=$(kubectl -n $NS get pods -l app=prefork -o jsonpath='{.items[0].status.containerStatuses[0].lastState.terminated.reason} exit {.items[0].status.containerStatuses[0].lastState.terminated.exitCode}')
+  echo "  the pod status says: $last"
+  [ "$last" = "OOMKilled exit 137" ] || return 1
+  wait_for "the report naming the worker" 90 sh -c "kubectl -n $NS get leakreport deployment-prefork -o jsonpath='{.status.incidents[*].message}' | grep -q 'memory.oom.group is set'" \
+    || { echo "  incidents: $(pf '{.status.incidents[*].message}')"; return 1; }
+  echo "  $(pf '{.status.incidents[?(@.reason=="OOMKilled")].message}' | grep -o 'the kernel killed.*')"
+  pf '{.status.incidents[*].message}' | grep -Eq 'the worker that grew was python3 \(pid [0-9]+\), [0-9.]+MiB when last sampled' || return 1
+  sleep 5
+  echo "  oomKills $(pf '{.status.oomKills}'), container restarts $(kubectl -n $NS get pods -l app=prefork -o jsonpath='{.items[0].status.containerStatuses[0].restartCount}')"
+  [ "$(pf '{.status.oomKills}')" = 1 ] || return 1
+  kubectl -n $NS delete deployment prefork --wait=false >/dev/null
+}
+check "a worker's growth kills the whole container (memory.oom.group): counted once, the worker named" check_group_kill
+
+check_single_process() {
+  # The kubelet's second configuration: singleProcessOOMKill true (written into the guest's kubelet
+  # config by the privileged pod, which then stops the kubelet for systemd to start again). runc no longer sets memory.oom.group:
+  # only the worker dies and the container lives on; when its main process then exits 0, containerd
+  # still says OOMKilled (kubernetes issue 104454). One kill, counted once: the agent's.
+  # hostPID: /proc/1/root is the guest's root; systemd restarts the killed kubelet (Restart=always).
+  # The exec itself goes through the kubelet: it ends with it, so its status says nothing.
+  local before
+  before=$(guest pidof kubelet) || return 1
+  guest sh -c 'c=/proc/1/root/etc/kubernetes/kubelet.yaml; grep -q "^singleProcessOOMKill:" $c || echo "singleProcessOOMKill: true" >>$c; kill $(pidof kubelet)' >/dev/null 2>&1 || true
+  wait_for "the kubelet restarted" 120 sh -c "p=\$(kubectl -n $NS exec inspect -- pidof kubelet 2>/dev/null) && [ -n \"\$p\" ] && [ \"\$p\" != '$before' ]" || return 1
+  wait_for "node Ready with singleProcessOOMKill" 180 kubectl wait --for=condition=Ready "node/$NODE" --timeout=10s || return 1
+  guest grep -q '^singleProcessOOMKill: true' /proc/1/root/etc/kubernetes/kubelet.yaml || return 1
+  worker_deployment single 96Mi exit | kubectl -n $NS apply -f - >/dev/null || return 1
+  sp() { kubectl -n $NS get leakreport deployment-single -o jsonpath="$1" 2>/dev/null; }
+  wait_for "single Running" 180 sh -c "[ -n \"\$(kubectl -n $NS get pods -l app=single -o jsonpath='{.items[0].status.containerStatuses[0].containerID}')\" ]" || return 1
+  local uid id group
+  uid=$(kubectl -n $NS get pods -l app=single -o jsonpath='{.items[0].metadata.uid}')
+  id=$(kubectl -n $NS get pods -l app=single -o jsonpath='{.items[0].status.containerStatuses[0].containerID}')
+  id=${id#containerd://}
+  group=$(guest cat "/host-cgroup/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod${uid//-/_}.slice/cri-containerd-$id.scope/memory.oom.group") || return 1
+  echo "  memory.oom.group of the container: $group"
+  [ "$group" = 0 ] || return 1
+  wait_for "the container's clean exit after its worker's kill" 300 sh -c "[ \"\$(kubectl -n $NS get pods -l app=single -o jsonpath='{.items[0].status.containerStatuses[0].restartCount}')\" -ge 1 ]" || return 1
+  local last
+  last=$(kubectl -n $NS get pods -l app=single -o jsonpath='{.items[0].status.containerStatuses[0].lastState.terminated.reason} exit {.items[0].status.containerStatuses[0].lastState.terminated.exitCode}')
+  echo "  worker: $(kubectl -n $NS logs deploy/single --previous 2>/dev/null | tail -1); the pod status says: $last"
+  [ "$last" = "OOMKilled exit 0" ] || return 1
+  sleep 5
+  echo "  oomKills $(sp '{.status.oomKills}'): $(sp '{.status.incidents[?(@.reason=="OOMKilled")].message}')"
+  [ "$(sp '{.status.oomKills}')" = 1 ] || return 1
+  sp '{.status.incidents[*].message}' | grep -q 'worker process python3 (pid [0-9]*) in container server of pod .* the container lives on' || return 1
+  kubectl -n $NS delete deployment single --wait=false >/dev/null
+}
+check "singleProcessOOMKill: only the worker dies, counted once though containerd calls the exit OOMKilled" check_single_process
+
+check_v2_leak() {
+  grow_configmap $NS || return 1
+  { cat <<'YAML'
+apiVersion: leakhunt.dev/v1alpha1
+kind: LeakWatch
+metadata: {name: grower}
+spec:
+  selector: {matchLabels: {app: grower}}
+  thresholds: {baseline: 50, nearLimit: 85}
+  cooldown: 2h
+YAML
+    echo ---
+    grow_deployment grower 176 4 192Mi
+  } | kubectl -n $NS apply -f - >/dev/null || return 1
+  g() { kubectl -n $NS get leakreport deployment-grower -o jsonpath="$1" 2>/dev/null; }
+  local t=$SECONDS
+  wait_for "the grower's pair analysed" 900 sh -c "kubectl -n $NS get leakreport deployment-grower -o jsonpath='{.status.phase}' | grep -qx 'Analysed\|Failed'" \
+    || { echo "  phase $(g '{.status.phase}'): $(g '{.status.incidents[*].message}')"; return 1; }
+  echo "  $(g '{.status.phase}') in $((SECONDS - t)) s: $(g '{.status.summary}')"
+  echo "  snapshots on $(g '{.status.snapshots[*].node}'); process $(g '{.status.process.name}') pid $(g '{.status.process.containerPid}') in the container, $(g '{.status.process.pid}') on the node"
+  [ "$(g '{.status.phase}')" = Analysed ] || return 1
+  case "$(g '{.status.suspects[0].path}')" in *__main__.data) ;; *) return 1 ;; esac
+  [ "$(g '{.status.snapshots[0].node}')" = "$NODE" ] && [ "$(g '{.status.process.containerPid}')" = 1 ] || return 1
+  # The Job ran on the guest, where the pair is.
+  local job_node
+  job_node=$(kubectl -n $LH get pods -l job-name -o jsonpath='{.items[0].spec.nodeName}')
+  echo "  analyzer Job pod on $job_node"
+  [ "$job_node" = "$NODE" ]
+}
+check "a leak on the cgroup v2 node: captured, analysed on the guest, the growing object named" check_v2_leak
 
 summary

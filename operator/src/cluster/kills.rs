@@ -38,8 +38,12 @@ impl ContainerKill {
     }
 }
 
+/// An OOM kill of the container itself. containerd marks a container `OOMKilled` when any of its
+/// processes was OOM-killed, even when its main process later exits by itself (kubernetes issue
+/// 104454): such a status with a normal exit code (0–127, no signal) is a worker's kill, which the
+/// node agent counts from the cgroup's counter, and counting it here too would count it twice.
 fn is_oom(t: &ContainerStateTerminated) -> bool {
-    t.reason.as_deref() == Some("OOMKilled")
+    t.reason.as_deref() == Some("OOMKilled") && !(0..128).contains(&t.exit_code)
 }
 
 /// Every OOM kill a pod's status shows (current and last state of every container, init
@@ -106,10 +110,14 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     fn terminated(reason: &str, id: &str, secs: i64) -> ContainerState {
+        exited(reason, 137, id, secs)
+    }
+
+    fn exited(reason: &str, exit_code: i32, id: &str, secs: i64) -> ContainerState {
         ContainerState {
             terminated: Some(ContainerStateTerminated {
                 reason: Some(reason.into()),
-                exit_code: 137,
+                exit_code,
                 container_id: Some(id.into()),
                 finished_at: Some(Time(
                     k8s_openapi::jiff::Timestamp::from_second(secs).unwrap(),
@@ -184,6 +192,29 @@ mod tests {
         )]);
         assert!(container_kills(&p).is_empty());
         assert!(container_kills(&Pod::default()).is_empty());
+    }
+
+    #[test]
+    fn oom_killed_with_a_normal_exit_was_a_workers_kill() {
+        // A worker was OOM-killed, then the main process exited 0 or 1: containerd still says
+        // OOMKilled. The agent counted the worker; the container's own exit is no kill.
+        for code in [0, 1, 127] {
+            let p = pod(vec![status(
+                None,
+                Some(exited("OOMKilled", code, "sim://a", 10)),
+                1,
+            )]);
+            assert!(container_kills(&p).is_empty(), "exit {code}");
+        }
+        // Killed by a signal (137 = SIGKILL; -1 from runtimes that do not know) is the container's.
+        for code in [137, 143, -1] {
+            let p = pod(vec![status(
+                None,
+                Some(exited("OOMKilled", code, "sim://a", 10)),
+                1,
+            )]);
+            assert_eq!(container_kills(&p).len(), 1, "exit {code}");
+        }
     }
 
     #[test]

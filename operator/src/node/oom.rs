@@ -192,6 +192,25 @@ impl OomWatch {
         }
     }
 
+    /// The kills the kernel log has named since the last sample, with their RSS as last sampled:
+    /// for a cgroup that is gone before a sample could see its counter rise (a whole-container
+    /// kill removes it within milliseconds).
+    pub fn logged_kills(&mut self) -> Vec<OomKill> {
+        if let Some(log) = self.kernel_log.as_mut() {
+            let records = log.drain();
+            self.feed_kernel_records(&records);
+        }
+        let mut kills = std::mem::take(&mut self.named);
+        for k in &mut kills {
+            k.last_rss = self
+                .previous
+                .iter()
+                .find(|p| Some(p.key.pid) == k.pid)
+                .map(|p| p.rss);
+        }
+        kills
+    }
+
     /// One sample: the counter now and the processes now. Returns the kills since the last call.
     pub fn update(&mut self, count: u64, now: &[ProcessMemory]) -> Vec<OomKill> {
         if let Some(log) = self.kernel_log.as_mut() {
@@ -321,6 +340,21 @@ mod tests {
         assert_eq!(kills[0].source, KillSource::KernelLog);
         assert_eq!(kills[0].last_rss, Some(90));
         assert_eq!(kills[0].process_label(), "python3 (pid 20199)");
+    }
+
+    #[test]
+    fn a_kill_the_counter_never_showed_is_named_from_the_log() {
+        // A group kill: the cgroup is gone before a sample reads its counter again.
+        let mut w = OomWatch::new("/lh/hunt-1", None);
+        let before = [proc_(10, "gunicorn", 10), proc_(20199, "python3", 90)];
+        w.update(0, &before);
+        // The other victims of a group kill have their own "Killed process" line, no summary.
+        let other = KILLED.replace("20199 (python3)", "10 (gunicorn)");
+        w.feed_kernel_records(&[SUMMARY.into(), KILLED.into(), other]);
+        let kills = w.logged_kills();
+        assert_eq!(kills.len(), 1);
+        assert_eq!((kills[0].pid, kills[0].last_rss), (Some(20199), Some(90)));
+        assert!(w.logged_kills().is_empty(), "named once");
     }
 
     #[test]

@@ -100,6 +100,11 @@ impl CgroupWatcher {
         self.oom.reads_kernel_log()
     }
 
+    /// Kills the kernel log named since the last sample (see [`OomWatch::logged_kills`]).
+    pub fn logged_kills(&mut self) -> Vec<OomKill> {
+        self.oom.logged_kills()
+    }
+
     /// Forgets growth history (after an OOM kill the old slope means nothing).
     pub fn reset_growth(&mut self) {
         self.working_set.clear();

@@ -255,6 +255,10 @@ pub enum Op {
     },
     /// A process killed in a container that lives on: counted here, announced by the operator.
     WorkerKill { key: String, process: String },
+    /// The kernel killed every process of the container at once (`memory.oom.group`, the
+    /// kubelet's default on cgroup v2) when `process`, one of several, grew past the limit. The
+    /// kill itself is counted from the pod status; this says whose growth it was.
+    GroupKill { process: String },
 }
 
 /// What applying an op did.
@@ -319,6 +323,7 @@ pub fn apply(
             message,
         } => capture_failed(s, at, *role, *skipped, message, now),
         Op::WorkerKill { key, process } => worker_kill(s, at, key, process, now),
+        Op::GroupKill { process } => group_kill(s, at, process, now),
     }
 }
 
@@ -545,6 +550,20 @@ fn worker_kill(
     } else {
         Applied::Unchanged
     }
+}
+
+/// Whose growth a whole-container OOM kill was, said once (the writer may send it again).
+fn group_kill(s: &mut LeakReportStatus, at: Place, process: &str, now: Timestamp) -> Applied {
+    let Place { pod, container } = at;
+    let message = format!(
+        "the kernel killed the whole container {container} of pod {pod} because memory.oom.group \
+         is set; the worker that grew was {process}"
+    );
+    if s.incidents.iter().any(|i| i.message == message) {
+        return Applied::Unchanged;
+    }
+    incident(s, Reason::OomKilled, &message, Time(now));
+    Applied::Changed
 }
 
 #[cfg(test)]
@@ -778,6 +797,27 @@ mod tests {
             s.unannounced_kills.last().unwrap().process,
             "python3 (pid 129)"
         );
+    }
+
+    #[test]
+    fn a_group_kill_names_the_worker_once_and_counts_nothing() {
+        let mut s = LeakReportStatus::default();
+        let op = Op::GroupKill {
+            process: "gunicorn (pid 41), 180MiB when last sampled".into(),
+        };
+        assert_eq!(apply(&op, &mut s, "web-1", "app", at(10)), Applied::Changed);
+        assert_eq!(
+            apply(&op, &mut s, "web-1", "app", at(11)),
+            Applied::Unchanged
+        );
+        assert_eq!(s.incidents.len(), 1);
+        assert_eq!(
+            s.incidents[0].message,
+            "the kernel killed the whole container app of pod web-1 because memory.oom.group is set; \
+             the worker that grew was gunicorn (pid 41), 180MiB when last sampled"
+        );
+        // The kill is the kubelet's to report and the pod status's to count.
+        assert_eq!((s.oom_kills, s.unannounced_kills.len()), (0, 0));
     }
 
     #[test]

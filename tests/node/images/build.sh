@@ -160,7 +160,9 @@ image_leakhunt() {
     tar -C "$toolchain" --exclude=share/doc --exclude=lib/rustlib/src --exclude='lib/rustlib/*/analysis' \
       -cf "$WORK/toolchain.tar" bin lib
     "${BUILDAH[@]}" copy "$c" "$cas" /etc/ssl/certs/ca-certificates.crt >/dev/null
-    "${BUILDAH[@]}" run "$c" mkdir -p /usr/local/rust /usr/local/cargo
+    # chroot isolation, as for the build: the OCI runtime refuses this host's hybrid cgroup layout
+    # ("cgroups in hybrid mode not supported").
+    "${BUILDAH[@]}" run --isolation chroot "$c" mkdir -p /usr/local/rust /usr/local/cargo
     "${BUILDAH[@]}" add "$c" "$WORK/toolchain.tar" /usr/local/rust >/dev/null
     rm -f "$WORK/toolchain.tar"
     "${BUILDAH[@]}" config --env CARGO_HOME=/usr/local/cargo \

@@ -10,6 +10,7 @@
 
 mod capture;
 mod cleaner;
+mod group;
 mod suspect;
 mod writer;
 
@@ -33,7 +34,8 @@ use crate::crd::{LeakWatch, MemorySample, SnapshotRecord};
 use crate::metrics::Metrics;
 use crate::node::threshold::Action;
 use crate::node::{
-    kubelet, CgroupWatcher, Hierarchy, ProcessKey, Sample, ThresholdMachine, Thresholds,
+    kubelet, CgroupWatcher, Hierarchy, ProcessKey, ProcessMemory, Sample, ThresholdMachine,
+    Thresholds,
 };
 use crate::snapshot;
 use crate::status::{Op, Role};
@@ -107,6 +109,23 @@ struct Tracked {
     suspected_kills: Vec<Suspect>,
     /// Every sample's working set, thinned as it grows; sent with snapshot B.
     timeline: Vec<MemorySample>,
+    /// `memory.oom.group` of the cgroup, read at the first sample that lists a process (runc
+    /// writes it before the container's process starts).
+    oom_group: Option<bool>,
+    /// Processes the previous sample listed, and the largest of them: whether a group kill took
+    /// workers, and which one the kernel chose.
+    listed_before: usize,
+    largest: Option<ProcessMemory>,
+    /// Whether the container's group kill has been said.
+    group_kill_told: bool,
+}
+
+/// The containers of this node the agent samples, and those just gone whose group kill waits
+/// for the pod status.
+#[derive(Default)]
+struct Seen {
+    tracked: HashMap<String, Tracked>,
+    group_kills: Vec<group::Candidate>,
 }
 
 /// Points in a container's timeline kept by the agent (a sample a second: the last two
@@ -205,7 +224,7 @@ impl Agent {
             pods.clone(),
         ));
 
-        let mut tracked: HashMap<String, Tracked> = HashMap::new();
+        let mut seen = Seen::default();
         let mut tick = tokio::time::interval(self.cfg.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut shutdown = std::pin::pin!(shutdown);
@@ -227,7 +246,7 @@ impl Agent {
                         let _ = std::fs::remove_file(&path);
                         // The pod's next containers need not capture just to be refused again.
                         blocked.insert(pod_uid, Instant::now() + REFUSAL_BACKOFF);
-                        if let Some(t) = tracked.get_mut(&container_id) {
+                        if let Some(t) = seen.tracked.get_mut(&container_id) {
                             t.machine.give_up(t.last_t);
                             t.snapshot_a = None;
                         }
@@ -239,7 +258,7 @@ impl Agent {
                 &mut pod_cgroups,
                 &pods,
                 &watches,
-                &mut tracked,
+                &mut seen,
                 &write_tx,
                 &blocked,
             )
@@ -261,10 +280,14 @@ impl Agent {
         pod_cgroups: &mut kubelet::PodCgroups,
         pods: &Store<Pod>,
         watches: &Store<LeakWatch>,
-        tracked: &mut HashMap<String, Tracked>,
+        seen: &mut Seen,
         writes: &mpsc::Sender<Write>,
         blocked: &HashMap<String, Instant>,
     ) {
+        let Seen {
+            tracked,
+            group_kills: candidates,
+        } = seen;
         let by_container = containers_on_node(&pods.state());
         let watch_list = watches.state();
         let cgroups = pod_cgroups.discover();
@@ -291,6 +314,22 @@ impl Agent {
                         });
                     }
                 }
+                // A whole-container kill removes the cgroup within milliseconds, often before a
+                // sample saw its counter rise: the pod status will say whether it was one.
+                if t.oom_group == Some(true) && !t.group_kill_told {
+                    let kills = t.watcher.logged_kills();
+                    if let Some(process) =
+                        group::victim(kills.first(), t.largest.as_ref(), t.listed_before)
+                    {
+                        candidates.push(group::Candidate {
+                            pod: t.pod.clone(),
+                            container: t.container.clone(),
+                            container_id: id.clone(),
+                            process,
+                            until: Instant::now() + group::WAIT,
+                        });
+                    }
+                }
                 if let Some(path) = t.snapshot_a.take() {
                     let _ = std::fs::remove_file(path);
                     gone.push(Write {
@@ -310,6 +349,24 @@ impl Agent {
             keep
         });
         for w in gone {
+            let _ = writes.send(w).await;
+        }
+        let all_pods = pods.state();
+        let mut confirmed = Vec::new();
+        candidates.retain_mut(|c| {
+            if group::oom_killed(&all_pods, &c.container_id) {
+                confirmed.push(Write {
+                    pod: c.pod.clone(),
+                    container: std::mem::take(&mut c.container),
+                    container_id: std::mem::take(&mut c.container_id),
+                    op: group::op(std::mem::take(&mut c.process)),
+                });
+                false
+            } else {
+                c.until > Instant::now()
+            }
+        });
+        for w in confirmed {
             let _ = writes.send(w).await;
         }
         for (pod_cgroup, cgroup) in cgroups {
@@ -337,6 +394,10 @@ impl Agent {
                 snapshot_a: None,
                 last_t: 0.0,
                 timeline: Vec::new(),
+                oom_group: None,
+                listed_before: 0,
+                largest: None,
+                group_kill_told: false,
             });
             t.pod = pod.clone();
             let policy = policy_for(pod, container, &watch_list, &self.defaults());
@@ -388,7 +449,15 @@ impl Agent {
         // Kills of processes in a container that lives on (workers): the container's own death
         // is the kubelet's to report, and the operator counts it from the pod status.
         let listed: Vec<i32> = sample.processes.iter().map(|p| p.key.pid).collect();
+        if t.oom_group.is_none() && !listed.is_empty() {
+            t.oom_group = Some(read_oom_group(&t.watcher.cgroup.dir));
+        }
         suspect_kills(id, t, sample, &listed);
+        if let Some(op) = group_kill_of(t, sample) {
+            let _ = writes.send(write_of(id, t, op)).await;
+        }
+        t.listed_before = listed.len();
+        t.largest = sample.processes.iter().max_by_key(|p| p.rss).cloned();
         judge_suspects(id, t, &listed, writes).await;
         let Some(policy) = t.policy.clone() else {
             return;
@@ -460,6 +529,20 @@ impl Agent {
     }
 }
 
+fn read_oom_group(dir: &std::path::Path) -> bool {
+    std::fs::read_to_string(dir.join("memory.oom.group")).is_ok_and(|v| v.trim() == "1")
+}
+
+/// A sample that saw the whole container killed: said once.
+fn group_kill_of(t: &mut Tracked, sample: &Sample) -> Option<Op> {
+    if t.oom_group != Some(true) || t.group_kill_told || sample.kills.is_empty() {
+        return None;
+    }
+    let process = group::victim(sample.kills.first(), t.largest.as_ref(), t.listed_before)?;
+    t.group_kill_told = true;
+    Some(group::op(process))
+}
+
 /// An op of this container for the writer.
 fn write_of(id: &str, t: &Tracked, op: Op) -> Write {
     Write {
@@ -478,8 +561,7 @@ fn suspect_kills(id: &str, t: &mut Tracked, sample: &Sample, listed: &[i32]) {
     }
     // With memory.oom.group (cgroup v2, set by recent kubelets) the kernel kills the whole
     // container at once: never a worker's kill.
-    let oom_group = std::fs::read_to_string(t.watcher.cgroup.dir.join("memory.oom.group"))
-        .is_ok_and(|v| v.trim() == "1");
+    let oom_group = t.oom_group == Some(true);
     let victims: Vec<i32> = sample.kills.iter().filter_map(|k| k.pid).collect();
     let total = sample.memory.oom_kills;
     let n = sample.kills.len() as u64;

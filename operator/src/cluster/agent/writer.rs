@@ -53,9 +53,10 @@ pub(super) async fn writer(
         let pod_name = w.pod.name_any();
         let mut outcome = Applied::Unchanged;
         let mut result = Ok(None);
-        // A worker kill's op is its only record: an API error is retried for about half a
-        // minute. (Samples come again anyway; capture ops keep their order.)
-        let attempts = if matches!(w.op, Op::WorkerKill { .. }) {
+        // A worker kill's op is its only record (a group kill's too: the agent says it once): an
+        // API error is retried for about half a minute. (Samples come again anyway; capture ops
+        // keep their order.)
+        let attempts = if matches!(w.op, Op::WorkerKill { .. } | Op::GroupKill { .. }) {
             5
         } else {
             1

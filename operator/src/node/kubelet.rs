@@ -251,13 +251,8 @@ impl PodCgroups {
     }
 }
 
-/// Every container cgroup of the kubelet's pods under a memory hierarchy (both drivers, any pod
-/// root), for the agent's sampling loop. Pod-level cgroups and the pause/sandbox layout are
-/// returned only when they hold a container directory below them.
-pub fn discover(hierarchy: &super::cgroup::Hierarchy) -> Vec<(PodCgroup, super::cgroup::Cgroup)> {
-    discover_under(hierarchy, &pod_roots(hierarchy))
-}
-
+/// Every container cgroup of the kubelet's pods below `roots` (both drivers). Pod-level cgroups and
+/// the pause/sandbox layout are returned only when they hold a container directory below them.
 fn discover_under(
     hierarchy: &super::cgroup::Hierarchy,
     roots: &[String],
@@ -471,7 +466,7 @@ mod tests {
         ] {
             std::fs::create_dir_all(tmp.path().join(dir)).unwrap();
         }
-        let found = discover(&h);
+        let found = PodCgroups::new(h.clone(), std::time::Duration::from_secs(3600)).discover();
         let ids: Vec<(QosClass, Option<&str>)> = found
             .iter()
             .map(|(p, _)| (p.qos, p.container_id.as_deref()))

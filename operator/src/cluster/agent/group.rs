@@ -12,18 +12,16 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 
+use super::Write;
 use crate::node::{OomKill, ProcessMemory};
-use crate::status::Op;
 
 /// How long a vanished container waits for the kubelet to report how it ended.
 pub(super) const WAIT: Duration = Duration::from_secs(60);
 
-/// A container gone with several processes in it, its kill not yet confirmed by the pod status.
+/// A container gone with several processes in it: its `GroupKill` op, written once the pod status
+/// confirms the kill, dropped at `until`.
 pub(super) struct Candidate {
-    pub(super) pod: Arc<Pod>,
-    pub(super) container: String,
-    pub(super) container_id: String,
-    pub(super) process: String,
+    pub(super) write: Write,
     pub(super) until: Instant,
 }
 
@@ -52,10 +50,6 @@ pub(super) fn victim(
         ),
         None => label,
     })
-}
-
-pub(super) fn op(process: String) -> Op {
-    Op::GroupKill { process }
 }
 
 /// Whether the pod status shows container instance `id` terminated as `OOMKilled`.

@@ -322,10 +322,7 @@ impl Agent {
                         group::victim(kills.first(), t.largest.as_ref(), t.listed_before)
                     {
                         candidates.push(group::Candidate {
-                            pod: t.pod.clone(),
-                            container: t.container.clone(),
-                            container_id: id.clone(),
-                            process,
+                            write: write_of(id, t, Op::GroupKill { process }),
                             until: Instant::now() + group::WAIT,
                         });
                     }
@@ -352,22 +349,12 @@ impl Agent {
             let _ = writes.send(w).await;
         }
         let all_pods = pods.state();
-        let mut confirmed = Vec::new();
-        candidates.retain_mut(|c| {
-            if group::oom_killed(&all_pods, &c.container_id) {
-                confirmed.push(Write {
-                    pod: c.pod.clone(),
-                    container: std::mem::take(&mut c.container),
-                    container_id: std::mem::take(&mut c.container_id),
-                    op: group::op(std::mem::take(&mut c.process)),
-                });
-                false
-            } else {
-                c.until > Instant::now()
-            }
-        });
-        for w in confirmed {
-            let _ = writes.send(w).await;
+        let confirmed: Vec<group::Candidate> = candidates
+            .extract_if(.., |c| group::oom_killed(&all_pods, &c.write.container_id))
+            .collect();
+        candidates.retain(|c| c.until > Instant::now());
+        for c in confirmed {
+            let _ = writes.send(c.write).await;
         }
         for (pod_cgroup, cgroup) in cgroups {
             let Some(id) = pod_cgroup.container_id.clone() else {
@@ -540,7 +527,7 @@ fn group_kill_of(t: &mut Tracked, sample: &Sample) -> Option<Op> {
     }
     let process = group::victim(sample.kills.first(), t.largest.as_ref(), t.listed_before)?;
     t.group_kill_told = true;
-    Some(group::op(process))
+    Some(Op::GroupKill { process })
 }
 
 /// An op of this container for the writer.

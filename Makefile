@@ -1,5 +1,7 @@
 # leakhunt — build, test, demo.
 # Build caches live outside the repo so CI reuses them; everything still builds from empty caches.
+# Tests read CARGO_MANIFEST_DIR at run time, not env!(): cargo does not rebuild a binary of this
+# shared target dir for a clone at another path, so a compiled-in path may name a deleted checkout.
 CARGO_TARGET_DIR ?= $(HOME)/.cache/leakhunt/target
 export CARGO_TARGET_DIR
 CARGO ?= cargo

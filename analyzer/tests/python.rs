@@ -55,7 +55,7 @@ fn interpreters() -> Vec<(String, PathBuf)> {
 }
 
 fn workload(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    std::path::PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo"))
         .join("../tests/workloads")
         .join(name)
 }

@@ -637,7 +637,8 @@ mod tests {
     #[test]
     fn crds_are_current() {
         let path =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/leakhunt.dev.yaml");
+            std::path::PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo"))
+                .join("../crds/leakhunt.dev.yaml");
         let generated = crd_yaml().unwrap();
         if std::env::var_os("LEAKHUNT_UPDATE_CRDS").is_some() {
             std::fs::write(&path, &generated).unwrap();

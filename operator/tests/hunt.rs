@@ -767,7 +767,9 @@ fn gunicorn_workers_leak_master_does_not() {
     let Some(h) = hierarchy() else { return };
     let venv = venv();
     let port = free_port();
-    let app_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/leaky-flask");
+    let app_dir =
+        std::path::PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo"))
+            .join("../examples/leaky-flask");
     let (mut opts, _tmp) = options(
         "gunicorn",
         Target::Command(vec![
@@ -908,7 +910,9 @@ fn command_pid(outcome: &HuntOutcome) -> Option<i32> {
 }
 
 fn venv() -> PathBuf {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/setup-venv.sh");
+    let script =
+        std::path::PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo"))
+            .join("../examples/setup-venv.sh");
     let out = Command::new("bash")
         .arg(script)
         .output()

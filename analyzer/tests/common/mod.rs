@@ -8,9 +8,10 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
 /// Compile `tests/programs/NAME` (C or C++) into `dir`.
 pub fn compile(name: &str, dir: &Path) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/programs")
-        .join(name);
+    let src =
+        std::path::PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo"))
+            .join("tests/programs")
+            .join(name);
     let out = dir.join(name.rsplit_once('.').map(|(b, _)| b).unwrap_or(name));
     let cc = if name.ends_with(".cpp") { "g++" } else { "gcc" };
     let status = Command::new(cc)

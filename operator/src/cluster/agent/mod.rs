@@ -41,7 +41,7 @@ use crate::snapshot;
 use crate::status::{Op, Role};
 use crate::units::to_i64;
 use cleaner::clean_snapshots;
-use suspect::{judge, Judgement, Suspect};
+use suspect::{judge, name_departed, Judgement, Suspect};
 use writer::writer;
 
 #[derive(Debug, Clone)]
@@ -439,7 +439,7 @@ impl Agent {
         if t.oom_group.is_none() && !listed.is_empty() {
             t.oom_group = Some(read_oom_group(&t.watcher.cgroup.dir));
         }
-        suspect_kills(id, t, sample, &listed);
+        suspect_kills(id, t, sample);
         if let Some(op) = group_kill_of(t, sample) {
             let _ = writes.send(write_of(id, t, op)).await;
         }
@@ -542,7 +542,7 @@ fn write_of(id: &str, t: &Tracked, op: Op) -> Write {
 
 /// The sample's kills become suspects: whether each was a worker's (the container lives on) is
 /// judged once the process list has had time to show it.
-fn suspect_kills(id: &str, t: &mut Tracked, sample: &Sample, listed: &[i32]) {
+fn suspect_kills(id: &str, t: &mut Tracked, sample: &Sample) {
     if sample.kills.is_empty() {
         return;
     }
@@ -564,7 +564,7 @@ fn suspect_kills(id: &str, t: &mut Tracked, sample: &Sample, listed: &[i32]) {
         t.suspected_kills.push(Suspect {
             key,
             kill: kill.clone(),
-            listed: listed.to_vec(),
+            listed: sample.processes.clone(),
             victims: victims.clone(),
             oom_group,
             waited: 0,
@@ -579,6 +579,7 @@ async fn judge_suspects(id: &str, t: &mut Tracked, listed: &[i32], writes: &mpsc
     for mut s in std::mem::take(&mut t.suspected_kills) {
         match judge(&s, Some(listed)) {
             Judgement::Worker => {
+                name_departed(&mut s, listed);
                 let process = s.kill.process_label();
                 tracing::info!(pod = %t.pod.name_any(), container = %t.container, %process, "worker process OOM-killed; the container lives on");
                 // Awaited, not tried: this op is the kill's only record.

@@ -2,7 +2,7 @@
 //! the container's own (the kubelet reports that one, and the controller counts it from the pod
 //! status). A killed process stays listed while it exits, so a kill is judged over samples.
 
-use crate::node::OomKill;
+use crate::node::{KillSource, OomKill, ProcessMemory};
 
 /// An OOM kill in a container, until it is judged a worker's (counted by the agent) or the
 /// container's own (the kubelet reports that one, and the operator counts it from the pod status).
@@ -10,8 +10,8 @@ use crate::node::OomKill;
 pub(super) struct Suspect {
     pub(super) key: String,
     pub(super) kill: OomKill,
-    /// PIDs listed in the sample that saw the kill.
-    pub(super) listed: Vec<i32>,
+    /// The processes listed in the sample that saw the kill.
+    pub(super) listed: Vec<ProcessMemory>,
     /// The named victims of that sample's kills.
     pub(super) victims: Vec<i32>,
     /// The cgroup kills as a group (`memory.oom.group`).
@@ -39,7 +39,7 @@ pub(super) fn judge(s: &Suspect, now: Option<&[i32]>) -> Judgement {
     }
     let Some(now) = now else {
         // Gone before a later sample: a named victim with others beside it was a worker.
-        let others = s.listed.iter().any(|p| !s.victims.contains(p));
+        let others = s.listed.iter().any(|p| !s.victims.contains(&p.key.pid));
         return if s.kill.pid.is_some() && others {
             Judgement::Worker
         } else {
@@ -49,7 +49,7 @@ pub(super) fn judge(s: &Suspect, now: Option<&[i32]>) -> Judgement {
     let victim_gone = match s.kill.pid {
         Some(pid) => !now.contains(&pid),
         // Unnamed: some process of the kill's sample has gone since.
-        None => s.listed.iter().any(|p| !now.contains(p)),
+        None => s.listed.iter().any(|p| !now.contains(&p.key.pid)),
     };
     if !victim_gone && s.waited < SUSPECT_SAMPLES {
         return Judgement::Undecided;
@@ -64,9 +64,74 @@ pub(super) fn judge(s: &Suspect, now: Option<&[i32]>) -> Judgement {
     }
 }
 
+/// Names an unnamed victim once it has left: the largest process of the kill's sample that is no
+/// longer listed (the OOM killer picks the largest). The kill's sample often still lists the
+/// victim while it exits, so the counter's own sample cannot tell which process it was.
+pub(super) fn name_departed(s: &mut Suspect, now: &[i32]) {
+    if s.kill.pid.is_some() {
+        return;
+    }
+    if let Some(p) = s
+        .listed
+        .iter()
+        .filter(|p| !now.contains(&p.key.pid))
+        .max_by_key(|p| p.rss)
+    {
+        s.kill.pid = Some(p.key.pid);
+        s.kill.comm = Some(p.comm.clone());
+        s.kill.last_rss = Some(p.rss);
+        s.kill.source = KillSource::Disappeared;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn process(pid: i32, comm: &str, rss: u64) -> ProcessMemory {
+        ProcessMemory {
+            key: crate::node::ProcessKey {
+                pid,
+                start_ticks: 1,
+            },
+            ppid: 1,
+            comm: comm.into(),
+            rss,
+        }
+    }
+
+    #[test]
+    fn an_unnamed_victim_is_named_once_it_has_left() {
+        // The counter's sample still listed the exiting worker (7) beside its master (1) and
+        // a helper (8): the one that left by the next sample was the victim.
+        let mut s = Suspect {
+            key: "k".into(),
+            kill: OomKill {
+                pid: None,
+                comm: None,
+                kernel_usec: None,
+                last_rss: None,
+                source: KillSource::Unknown,
+            },
+            listed: vec![
+                process(1, "gunicorn", 30 << 20),
+                process(7, "worker", 90 << 20),
+                process(8, "helper", 1 << 20),
+            ],
+            victims: Vec::new(),
+            oom_group: false,
+            waited: 0,
+        };
+        name_departed(&mut s, &[1, 7, 8]);
+        assert_eq!(s.kill.pid, None, "nobody has left yet");
+        name_departed(&mut s, &[1, 8]);
+        assert_eq!(s.kill.process_label(), "worker (pid 7)");
+        assert_eq!(s.kill.last_rss, Some(90 << 20));
+        assert_eq!(s.kill.source, KillSource::Disappeared);
+        // A name once given stays, whatever leaves later.
+        name_departed(&mut s, &[8]);
+        assert_eq!(s.kill.pid, Some(7));
+    }
 
     #[test]
     fn a_kill_is_a_workers_only_if_another_process_lives_on() {
@@ -80,7 +145,7 @@ mod tests {
                 last_rss: None,
                 source: crate::node::KillSource::KernelLog,
             },
-            listed: listed.to_vec(),
+            listed: listed.iter().map(|&p| process(p, "python3", 0)).collect(),
             victims: victims.to_vec(),
             oom_group: false,
             waited: 0,

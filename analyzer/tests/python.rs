@@ -268,6 +268,68 @@ fn leak_defaultdict() {
     leak_shape("defaultdict", "__main__.BY_USER", 1000, true);
 }
 
+/// Weak references own nothing: the container that holds the objects strongly is the suspect and
+/// retains them; the one of weak references to them (logging's `_handlerList`, a
+/// `WeakValueDictionary`, a `WeakSet`, a list of `weakref.ref` to objects with a `__weakref__`
+/// slot) retains only its weak references.
+fn weak_holder_retains_nothing(scenario: &str, strong: &str, weak: &str) {
+    const N: u32 = 2000;
+    for_each_version(scenario, |_, py, dir| {
+        for (producer, a, b) in snapshots(py, scenario, N, dir) {
+            let (_, c) = diff(&a, &b);
+            let find = |path: &str| c.suspects.iter().find(|x| x.path == path);
+            let (Some(s), Some(w)) = (find(strong), find(weak)) else {
+                return Err(format!(
+                    "{producer}: {strong} and {weak} both expected\n{}",
+                    describe(&c)
+                ));
+            };
+            let per_item = |x: &leakhunt_analyzer::findings::Suspect| {
+                x.retained_growth() / x.count_growth().max(1)
+            };
+            // What the strong holder retains includes the objects themselves (each over 150
+            // bytes here); the weak one's share of them is nothing.
+            if c.suspects[0].path != strong
+                || c.verdict != Verdict::Leak
+                || per_item(s) < 150
+                || w.retained_growth() >= s.retained_growth()
+            {
+                return Err(format!(
+                    "{producer}: {strong} should lead and retain the objects ({} B an item), {weak} only its weak references ({} B an item)\n{}",
+                    per_item(s),
+                    per_item(w),
+                    describe(&c)
+                ));
+            }
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn weak_references_never_retain_logging_handlers() {
+    weak_holder_retains_nothing(
+        "logging_handlers",
+        "__main__.LOG.handlers",
+        "logging._handlerList",
+    );
+}
+
+#[test]
+fn weak_references_never_retain_weak_value_dictionary() {
+    weak_holder_retains_nothing("weak_values", "__main__.HELD", "__main__.BY_ID.data");
+}
+
+#[test]
+fn weak_references_never_retain_weak_set() {
+    weak_holder_retains_nothing("weak_set", "__main__.HELD", "__main__.LIVE.data");
+}
+
+#[test]
+fn weak_references_never_retain_weakref_slots() {
+    weak_holder_retains_nothing("weakref_slots", "__main__.HELD", "__main__.REFS");
+}
+
 fn no_leak(scenario: &str) {
     for_each_version(scenario, |_, py, dir| {
         for (producer, a, b) in snapshots(py, scenario, 2000, dir) {

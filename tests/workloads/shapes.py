@@ -6,7 +6,10 @@ and later steps reply from inside a function that holds a list it is building, u
 """
 import collections
 import functools
+import io
+import logging
 import sys
+import weakref
 
 
 class Service:
@@ -24,6 +27,31 @@ REGISTRY = {"sessions": {}, "config": {"debug": False}}
 EVENTS = collections.deque()
 BY_USER = collections.defaultdict(list)
 WORK = []
+LOG = logging.getLogger("svc")
+
+
+class Item:
+    """Something both held and weakly indexed."""
+
+    def __init__(self, i):
+        self.i = i
+        self.payload = [i, float(i), "item-%d" % i]
+
+
+class Slotted:
+    """Weakly referenceable through its `__weakref__` slot."""
+
+    __slots__ = ("__weakref__", "i", "payload")
+
+    def __init__(self, i):
+        self.i = i
+        self.payload = [i, float(i)]
+
+
+HELD = []
+BY_ID = weakref.WeakValueDictionary()
+LIVE = weakref.WeakSet()
+REFS = []
 
 
 @functools.lru_cache(maxsize=None)
@@ -68,6 +96,22 @@ def iteration(scenario, i):
             WORK.clear()
         tmp = {"k%d" % k: float(k) for k in range(16)}
         del tmp
+    elif scenario == "logging_handlers":
+        # A handler added on every request: logging also keeps a weak reference to each one
+        # (logging._handlerList), which owns nothing.
+        LOG.addHandler(logging.StreamHandler(io.StringIO()))
+    elif scenario == "weak_values":
+        item = Item(i)
+        HELD.append(item)
+        BY_ID[i] = item
+    elif scenario == "weak_set":
+        item = Item(i)
+        HELD.append(item)
+        LIVE.add(item)
+    elif scenario == "weakref_slots":
+        obj = Slotted(i)
+        HELD.append(obj)
+        REFS.append(weakref.ref(obj))
     elif scenario == "in_progress":
         pass  # the work is hold(), called by main
     elif scenario == "native":

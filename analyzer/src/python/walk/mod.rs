@@ -56,6 +56,8 @@ pub enum Kind {
     Frame,
     /// `re.Match`: `ob_size` is twice its `groups` field.
     Match,
+    /// `weakref.ref` and the proxies: the referent is not owned, only the callback is.
+    WeakRef,
 }
 
 impl Kind {
@@ -79,6 +81,8 @@ pub struct Shape {
     pub itemsize: u64,
     pub flags: u64,
     pub dictoffset: i64,
+    /// `tp_weaklistoffset`: the object's list of weak references to it, which it does not own.
+    pub weaklistoffset: i64,
     pub heap: bool,
     pub cached_keys: u64,
     /// `tp_basicsize` of the nearest static (C) base: heap-type slots live beyond it.
@@ -341,8 +345,9 @@ impl<'a> Walker<'a> {
         self.pedge(value, kind);
     }
 
-    /// Words in `[from, to)` of the object that point to objects.
-    fn conservative(&mut self, o: u64, from: u64, to: u64) {
+    /// Words in `[from, to)` of the object that point to objects, but the word at offset `skip`
+    /// (the object's weak-reference list: the weak references to it are not its own).
+    fn conservative(&mut self, o: u64, from: u64, to: u64, skip: i64) {
         if to <= from {
             return;
         }
@@ -350,7 +355,10 @@ impl<'a> Walker<'a> {
         let Some(ws) = self.rd_words(o + from, n) else {
             return;
         };
-        for w in ws.iter() {
+        for (k, w) in ws.iter().enumerate() {
+            if skip > 0 && from + 8 * k as u64 == skip as u64 {
+                continue;
+            }
             if w != o && plausible(w) && self.mem.readable(w) {
                 self.edge(w, EdgeKind::None);
             }

@@ -119,7 +119,7 @@ impl<'a> Walker<'a> {
             Kind::Module => {
                 let d = self.rd_u64(a + 16).unwrap_or(0);
                 self.pedge(d, EdgeKind::Attrs);
-                self.conservative(a, 24, s.static_base_size);
+                self.conservative(a, 24, s.static_base_size, s.weaklistoffset);
             }
             Kind::Cell => {
                 let c = self.rd_u64(a + 16).unwrap_or(0);
@@ -138,12 +138,21 @@ impl<'a> Walker<'a> {
                     z.trusted = false;
                     z.inline = s.basicsize;
                 }
-                self.conservative(a, 24, 48);
+                self.conservative(a, 24, 48, s.weaklistoffset);
             }
             Kind::Function | Kind::Other | Kind::Generator | Kind::Frame => {
                 let end = z.inline.min(MAX_SCAN_WORDS * 8);
                 if z.gc || s.kind == Kind::Function {
-                    self.conservative(a, 16, end);
+                    self.conservative(a, 16, end, s.weaklistoffset);
+                }
+            }
+            Kind::WeakRef => {
+                // PyObject_HEAD, wr_object (not owned), wr_callback, hash, wr_prev, wr_next (the
+                // referent's other weak references): only the callback is an owning reference.
+                // A subclass's slots (weakref.KeyedRef's key) are scanned with every heap type's.
+                let callback = self.rd_u64(a + 24).unwrap_or(0);
+                if callback != 0 {
+                    self.pedge(callback, EdgeKind::None);
                 }
             }
             Kind::Instance => {}
@@ -197,7 +206,7 @@ impl<'a> Walker<'a> {
         }
         self.scratch = entries;
         // defaultdict's default_factory, OrderedDict's instance dict, ...
-        self.conservative(a, 48, s.static_base_size);
+        self.conservative(a, 48, s.static_base_size, s.weaklistoffset);
     }
 
     /// A set's keys and its hash table when not the small inline one.
@@ -265,7 +274,7 @@ impl<'a> Walker<'a> {
         if tp_dict != 0 {
             self.edge(tp_dict, EdgeKind::Attrs);
         }
-        self.conservative(a, 24, end);
+        self.conservative(a, 24, end, s.weaklistoffset);
         z.scan_slots = false;
     }
 
@@ -285,7 +294,7 @@ impl<'a> Walker<'a> {
             Some(slots) => z.inline = s.basicsize + slots * 8,
             None => z.trusted = false,
         }
-        self.conservative(a, 16, z.inline.min(MAX_SCAN_WORDS * 8));
+        self.conservative(a, 16, z.inline.min(MAX_SCAN_WORDS * 8), s.weaklistoffset);
     }
 
     /// What every heap type adds (instance attributes, slots), the check that the block lies in
@@ -295,9 +304,9 @@ impl<'a> Walker<'a> {
         if s.heap {
             z.extra = z.extra.saturating_add(self.instance_dict(a, s, ob_size));
             if z.scan_slots && s.kind != Kind::Instance {
-                self.conservative(a, s.static_base_size, s.basicsize);
+                self.conservative(a, s.static_base_size, s.basicsize, s.weaklistoffset);
             } else if z.scan_slots {
-                self.conservative(a, 16, s.basicsize);
+                self.conservative(a, 16, s.basicsize, s.weaklistoffset);
             }
         }
         // What the object's block claims must lie in its memory.

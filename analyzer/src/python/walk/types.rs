@@ -60,6 +60,7 @@ impl<'a> Walker<'a> {
         let itemsize = word(&b, l.tp_itemsize);
         let tflags = word(&b, l.tp_flags);
         let dictoffset = word(&b, l.tp_dictoffset) as i64;
+        let weaklistoffset = word(&b, l.tp_weaklistoffset) as i64;
         let tp_dict = word(&b, l.tp_dict);
         drop(b);
         if !(16..=(1 << 20)).contains(&basicsize) || itemsize > (1 << 16) {
@@ -94,6 +95,7 @@ impl<'a> Walker<'a> {
                 itemsize,
                 flags: tflags,
                 dictoffset,
+                weaklistoffset,
                 heap,
                 cached_keys,
                 static_base_size: base_size.min(basicsize),
@@ -130,6 +132,13 @@ impl<'a> Walker<'a> {
                 "generator" | "coroutine" | "async_generator" => Some(Kind::Generator),
                 "frame" => Some(Kind::Frame),
                 "re.Match" | "_sre.SRE_Match" => Some(Kind::Match),
+                // 3.11+ names, then the older ones.
+                "weakref.ReferenceType"
+                | "weakref.ProxyType"
+                | "weakref.CallableProxyType"
+                | "weakref"
+                | "weakproxy"
+                | "weakcallableproxy" => Some(Kind::WeakRef),
                 "dict" | "list" | "tuple" | "str" | "int" | "bytes" | "type" => Some(Kind::Other),
                 _ => None,
             };

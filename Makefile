@@ -7,7 +7,7 @@ export CARGO_TARGET_DIR
 CARGO ?= cargo
 BIN := $(CARGO_TARGET_DIR)/release
 
-.PHONY: all build test lint fmt unit bench fuzz clean demo demo-cluster crds chart-check
+.PHONY: all build test lint fmt unit bench fuzz clean demo demo-cluster crds chart-check pyroot
 
 all: build
 
@@ -23,13 +23,18 @@ fmt:
 
 # Unit and integration tests: real processes, real cores, gdb and pystack as consumers, a real
 # Alertmanager (built by tests/testenv.mk) as the alerts' receiver.
-unit: alertmanager
+unit: alertmanager pyroot
 	$(CARGO) test --workspace --release
 	# Fuzz regressions and the walks of real heaps again with overflow checks on (debug), as the
 	# fuzzer builds them: a release build wraps an overflow silently.
 	$(CARGO) test -p leakhunt-analyzer --lib --test fuzz_regressions --test python
 
 test: lint unit chart-check smoke vm-smoke e2e
+
+# Debian testing's CPython 3.14 and 3.15 with Flask in a root filesystem (mmdebstrap, cached), where
+# the analyzer's tests run them chrooted.
+pyroot:
+	tests/workloads/pyroot.sh >/dev/null
 
 # Fuzz the core reader and the CPython walker (nightly; cargo-fuzz installed on first use),
 # FUZZ_SECONDS per target (default 120).

@@ -1,5 +1,7 @@
-//! CPython heap forensics against real interpreters: every installed CPython 3.8–3.14 (found under
-//! `$PYENV_ROOT/versions`), real workloads, snapshots from gcore, diffs asserted on the named path.
+//! CPython heap forensics against real interpreters: every installed CPython 3.8–3.13 (found under
+//! `$PYENV_ROOT/versions`) and Debian testing's 3.14 and 3.15 (run chrooted in the root filesystem
+//! `tests/workloads/pyroot.sh` makes), real workloads, snapshots from gcore and from leakhunt's
+//! capture, diffs asserted on the named path.
 
 // Tests and their helpers may unwrap: a panic is the failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -17,8 +19,101 @@ use leakhunt_analyzer::findings::{NativeGrowth, SuspectKind, Verdict};
 use leakhunt_analyzer::python::{self, PyComparison, PyHeap};
 use leakhunt_analyzer::{CoreFile, MemoryImage};
 
-/// Every CPython 3.8+ installed with pyenv: (version, interpreter path). Fails loudly when none.
-fn interpreters() -> Vec<(String, PathBuf)> {
+/// A CPython to test against: pyenv's, run from this host, or Debian's, run chrooted into its root
+/// filesystem as a container's process is (its libraries are not this host's).
+struct Python {
+    version: String,
+    exe: PathBuf,
+    root: Option<PathBuf>,
+    /// The interpreter that has Flask: a venv of pyenv's, Debian's own (python3-flask).
+    flask: PathBuf,
+    /// Its binary has symbols (pyenv's builds): a debugger can stop it in a given function.
+    symbols: bool,
+}
+
+impl Python {
+    /// `python WORKLOAD` (a file of tests/workloads), chrooted when the interpreter is.
+    fn run(&self, name: &str) -> Command {
+        self.run_with(&self.exe, name)
+    }
+
+    /// The same with the interpreter that has Flask.
+    fn run_flask(&self, name: &str) -> Command {
+        self.run_with(&self.flask, name)
+    }
+
+    fn run_with(&self, exe: &Path, name: &str) -> Command {
+        match &self.root {
+            None => {
+                let mut c = Command::new(exe);
+                c.arg(workload(name));
+                c
+            }
+            Some(root) => {
+                let mut c = Command::new("chroot");
+                c.arg(root).arg(exe).arg(workloads_in(root).join(name));
+                c
+            }
+        }
+    }
+}
+
+/// Debian's root filesystem with python3.14 and python3.15 (`tests/workloads/pyroot.sh`, which
+/// `make unit` runs first).
+fn pyroot() -> PathBuf {
+    std::env::var_os("LEAKHUNT_PYROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                .join(".cache/leakhunt/pyroot/testing")
+        })
+}
+
+/// The workloads, copied into `root` once per content (as the root sees them): a directory named
+/// by their hash, so concurrent test processes and old copies never clash.
+fn workloads_in(root: &Path) -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let src = workload("");
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&src)
+            .expect("tests/workloads")
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "py"))
+            .collect();
+        files.sort();
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for f in &files {
+            for b in std::fs::read(f)
+                .expect("workload")
+                .iter()
+                .chain(f.as_os_str().as_encoded_bytes())
+            {
+                hash = (hash ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+            }
+        }
+        let inside = PathBuf::from(format!("/leakhunt-workloads/{hash:016x}"));
+        let dir = root.join(inside.strip_prefix("/").expect("absolute"));
+        if !dir.join(".complete").exists() {
+            let tmp = root.join(format!("leakhunt-workloads/.tmp-{}", std::process::id()));
+            std::fs::create_dir_all(&tmp).expect("workload copy");
+            for f in &files {
+                std::fs::copy(f, tmp.join(f.file_name().expect("name"))).expect("copy workload");
+            }
+            std::fs::write(tmp.join(".complete"), b"").expect("mark copy");
+            // Another process may have finished first: its copy is the same.
+            if std::fs::rename(&tmp, &dir).is_err() {
+                let _ = std::fs::remove_dir_all(&tmp);
+            }
+        }
+        inside
+    })
+    .clone()
+}
+
+/// Every CPython to test: pyenv's 3.8+ and Debian's 3.14 and 3.15. Fails loudly when the root
+/// filesystem is missing or none of pyenv's is installed.
+fn interpreters() -> Vec<Python> {
     let root = std::env::var_os("PYENV_ROOT")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".pyenv"))
@@ -33,24 +128,56 @@ fn interpreters() -> Vec<(String, PathBuf)> {
         let Ok(minor) = minor.parse::<u32>() else {
             continue;
         };
-        if !(8..=14).contains(&minor) || v.contains('t') {
+        if !(8..=15).contains(&minor) || v.contains('t') {
             continue;
         }
         let py = e.path().join(format!("bin/python3.{minor}"));
         if py.exists() {
-            out.push((v, py));
+            out.push(Python {
+                flask: venv_python(&v),
+                version: v,
+                exe: py,
+                root: None,
+                symbols: true,
+            });
         }
     }
-    out.sort_by_key(|(v, _)| {
-        v.split('.')
-            .map(|p| p.parse::<u32>().unwrap_or(0))
-            .collect::<Vec<_>>()
-    });
     assert!(
         !out.is_empty(),
-        "no CPython 3.8–3.14 under {}: install one with pyenv (tests/workloads/setup-venvs.sh expects them there)",
+        "no CPython 3.8+ under {}: install one with pyenv (tests/workloads/setup-venvs.sh expects them there)",
         root.display()
     );
+    let debian = pyroot();
+    for minor in [14, 15] {
+        let exe = PathBuf::from(format!("/usr/bin/python3.{minor}"));
+        let version = Command::new("chroot")
+            .arg(&debian)
+            .arg(&exe)
+            .args(["-c", "import platform; print(platform.python_version())"])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+        let Some(version) = version else {
+            panic!(
+                "no python3.{minor} in {}: run tests/workloads/pyroot.sh (make unit does)",
+                debian.display()
+            );
+        };
+        out.push(Python {
+            version,
+            flask: exe.clone(),
+            exe,
+            root: Some(debian.clone()),
+            symbols: false,
+        });
+    }
+    out.sort_by_key(|p| {
+        p.version
+            .split('.')
+            .map(|x| x.parse::<u32>().unwrap_or(0))
+            .collect::<Vec<_>>()
+    });
     out
 }
 
@@ -146,11 +273,20 @@ fn describe(c: &PyComparison) -> String {
 }
 
 /// Runs `check` for every interpreter, collecting failures so one version does not hide another.
-fn for_each_version(what: &str, check: impl Fn(&str, &Path, &Path) -> Result<(), String>) {
+fn for_each_version(what: &str, check: impl Fn(&str, &Python, &Path) -> Result<(), String>) {
+    for_each_of(interpreters(), what, check)
+}
+
+fn for_each_of(
+    pythons: Vec<Python>,
+    what: &str,
+    check: impl Fn(&str, &Python, &Path) -> Result<(), String>,
+) {
     let mut failures = Vec::new();
     let mut ran = Vec::new();
-    for (version, py) in interpreters() {
+    for py in pythons {
         let dir = tempfile::tempdir().expect("tempdir");
+        let version = py.version.clone();
         match check(&version, &py, dir.path()) {
             Ok(()) => ran.push(version),
             Err(e) => failures.push(format!("CPython {version}: {e}")),
@@ -196,8 +332,8 @@ fn pairs(a: Vec<PathBuf>, b: Vec<PathBuf>) -> Pairs {
 }
 
 /// Start `shapes.py SCENARIO`, warm it up, snapshot, run `n` iterations, snapshot again.
-fn snapshots(py: &Path, scenario: &str, n: u32, dir: &Path) -> Pairs {
-    let mut w = Workload::start(Command::new(py).arg(workload("shapes.py")).arg(scenario));
+fn snapshots(py: &Python, scenario: &str, n: u32, dir: &Path) -> Pairs {
+    let mut w = Workload::start(py.run("shapes.py").arg(scenario));
     w.send(&format!("step {n}"));
     let a = snap(w.pid(), dir, "a");
     w.send(&format!("step {n}"));
@@ -404,15 +540,14 @@ fn native_malloc_growth_is_a_native_suspect() {
 #[test]
 fn seed_leaky_flask() {
     const REQUESTS: u32 = 300;
-    for_each_version("leaky_flask", |version, _, dir| {
-        let py = venv_python(version);
-        if !py.exists() {
+    for_each_version("leaky_flask", |_, py, dir| {
+        if py.root.is_none() && !py.flask.exists() {
             return Err(format!(
                 "no venv at {}: run tests/workloads/setup-venvs.sh",
-                py.display()
+                py.flask.display()
             ));
         }
-        let mut w = Workload::start(Command::new(&py).arg(workload("leaky_flask.py")));
+        let mut w = Workload::start(&mut py.run_flask("leaky_flask.py"));
         let port = port_of(&mut w)?;
         let get = |i: u32| -> Result<(), String> {
             let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
@@ -492,7 +627,7 @@ fn port_of(w: &mut Workload) -> Result<u16, String> {
 #[test]
 fn object_sizes_match_cpython() {
     for_each_version("object sizes", |version, py, dir| {
-        let mut w = Workload::start(Command::new(py).arg(workload("sizes.py")));
+        let mut w = Workload::start(&mut py.run("sizes.py"));
         let mut expected = Vec::new();
         loop {
             let line = w.read_line();
@@ -571,7 +706,8 @@ fn non_python_process_is_none() {
 /// Overwrite random words of the Python heap in a core: partial results and notes, no panic.
 #[test]
 fn corrupted_core_gives_partial_results() {
-    let (version, py) = interpreters().pop().expect("an interpreter");
+    let py = interpreters().pop().expect("an interpreter");
+    let version = py.version.clone();
     let dir = tempfile::tempdir().expect("tempdir");
     let (_, a, _) = snapshots(&py, "module_dict", 2000, dir.path())
         .into_iter()
@@ -678,7 +814,8 @@ fn fuzz_entry_walks_patched_heaps() {
     use leakhunt_analyzer::fuzzing::{memory_ranges, python_heap, PythonSeed};
     let all = interpreters();
     let picks = [all.first(), all.last()];
-    for (version, py) in picks.into_iter().flatten() {
+    for py in picks.into_iter().flatten() {
+        let version = &py.version;
         let dir = tempfile::tempdir().expect("tempdir");
         // leakhunt's own capture: self-contained, so the fuzz entry needs no files of this host.
         let (_, a, _) = snapshots(py, "nested", 300, dir.path())
@@ -718,75 +855,82 @@ fn fuzz_entry_walks_patched_heaps() {
 fn snapshot_taken_during_a_collection_is_walked() {
     use std::io::BufRead;
     use std::process::Stdio;
-    for_each_version("snapshot during a collection", |_version, py, dir| {
-        let mut w = Workload::start(Command::new(py).arg(workload("shapes.py")).arg("nested"));
-        w.send("step 2000");
-        let before = gcore(w.pid(), dir, "before");
-        let mid = dir.join("mid-gc.core");
-        let mut gdb = Command::new("gdb")
-            .args(["-p", &w.pid().to_string(), "-batch", "-nx"])
-            .args(["-ex", "set pagination off", "-ex", "break visit_decref"])
-            .args([
-                "-ex",
-                "continue",
-                "-ex",
-                &format!("gcore {}", mid.display()),
-            ])
-            .args(["-ex", "delete", "-ex", "detach"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("gdb: {e}"))?;
-        // Once gdb has attached and let the process run again (traced, not stopped), make it
-        // allocate: a young-generation collection comes within a few hundred allocations.
-        let status = format!("/proc/{}/status", w.pid());
-        let running_traced = || {
-            let s = std::fs::read_to_string(&status).unwrap_or_default();
-            let field = |k: &str| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix(k))
-                    .map(|v| v.trim().to_owned())
-                    .unwrap_or_default()
+    // gdb stops the interpreter in `visit_decref`, a static function: only builds with symbols
+    // (pyenv's; Debian's binaries are stripped) can be stopped there.
+    let with_symbols = interpreters().into_iter().filter(|p| p.symbols).collect();
+    for_each_of(
+        with_symbols,
+        "snapshot during a collection",
+        |_version, py, dir| {
+            let mut w = Workload::start(py.run("shapes.py").arg("nested"));
+            w.send("step 2000");
+            let before = gcore(w.pid(), dir, "before");
+            let mid = dir.join("mid-gc.core");
+            let mut gdb = Command::new("gdb")
+                .args(["-p", &w.pid().to_string(), "-batch", "-nx"])
+                .args(["-ex", "set pagination off", "-ex", "break visit_decref"])
+                .args([
+                    "-ex",
+                    "continue",
+                    "-ex",
+                    &format!("gcore {}", mid.display()),
+                ])
+                .args(["-ex", "delete", "-ex", "detach"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("gdb: {e}"))?;
+            // Once gdb has attached and let the process run again (traced, not stopped), make it
+            // allocate: a young-generation collection comes within a few hundred allocations.
+            let status = format!("/proc/{}/status", w.pid());
+            let running_traced = || {
+                let s = std::fs::read_to_string(&status).unwrap_or_default();
+                let field = |k: &str| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix(k))
+                        .map(|v| v.trim().to_owned())
+                        .unwrap_or_default()
+                };
+                field("TracerPid:") != "0" && !field("State:").starts_with('t')
             };
-            field("TracerPid:") != "0" && !field("State:").starts_with('t')
-        };
-        let t0 = std::time::Instant::now();
-        while !running_traced() {
-            if t0.elapsed() > std::time::Duration::from_secs(60) {
-                let _ = gdb.kill();
-                return Err("gdb did not attach and continue in 60 s".into());
+            let t0 = std::time::Instant::now();
+            while !running_traced() {
+                if t0.elapsed() > std::time::Duration::from_secs(60) {
+                    let _ = gdb.kill();
+                    return Err("gdb did not attach and continue in 60 s".into());
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
             }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        w.send_nowait("step 2000");
-        let out = gdb.stdout.take().ok_or("gdb stdout")?;
-        let said: Vec<String> = std::io::BufReader::new(out)
-            .lines()
-            .map_while(Result::ok)
-            .collect();
-        let status = gdb.wait().map_err(|e| format!("gdb: {e}"))?;
-        if !status.success() || !mid.exists() {
-            return Err(format!("gdb took no core in a collection: {said:?}"));
-        }
-        let reply = w.read_line();
-        if !reply.starts_with("ok") {
-            return Err(format!("workload said {reply:?} after the collection"));
-        }
-        let objects = |path: &Path| -> Result<u64, String> {
-            let img = CoreFile::open(path, None).map_err(|e| e.to_string())?;
-            match python::load(&img) {
-                Ok(Some(h)) => Ok(h.census().objects),
-                Ok(None) => Err(format!("{}: no CPython", path.display())),
-                Err(e) => Err(format!("{}: {e}", path.display())),
+            w.send_nowait("step 2000");
+            let out = gdb.stdout.take().ok_or("gdb stdout")?;
+            let said: Vec<String> = std::io::BufReader::new(out)
+                .lines()
+                .map_while(Result::ok)
+                .collect();
+            let status = gdb.wait().map_err(|e| format!("gdb: {e}"))?;
+            if !status.success() || !mid.exists() {
+                return Err(format!("gdb took no core in a collection: {said:?}"));
             }
-        };
-        let (earlier, during) = (objects(&before)?, objects(&mid)?);
-        eprintln!("objects before {earlier}, during a collection {during}");
-        if during * 10 < earlier * 9 {
-            return Err(format!(
-                "{during} objects walked during a collection, {earlier} before it"
-            ));
-        }
-        Ok(())
-    });
+            let reply = w.read_line();
+            if !reply.starts_with("ok") {
+                return Err(format!("workload said {reply:?} after the collection"));
+            }
+            let objects = |path: &Path| -> Result<u64, String> {
+                let img = CoreFile::open(path, None).map_err(|e| e.to_string())?;
+                match python::load(&img) {
+                    Ok(Some(h)) => Ok(h.census().objects),
+                    Ok(None) => Err(format!("{}: no CPython", path.display())),
+                    Err(e) => Err(format!("{}: {e}", path.display())),
+                }
+            };
+            let (earlier, during) = (objects(&before)?, objects(&mid)?);
+            eprintln!("objects before {earlier}, during a collection {during}");
+            if during * 10 < earlier * 9 {
+                return Err(format!(
+                    "{during} objects walked during a collection, {earlier} before it"
+                ));
+            }
+            Ok(())
+        },
+    );
 }

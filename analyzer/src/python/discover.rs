@@ -18,7 +18,7 @@ const MAX_REGION: u64 = 1 << 30;
 /// What the discovery found.
 #[derive(Debug, Clone)]
 pub struct Interpreter {
-    pub version: Version,
+    /// The version as `sys.version` begins (`3.14.8`).
     pub version_text: String,
     pub layout: Layout,
     /// Address of `PyType_Type`.
@@ -358,7 +358,6 @@ pub fn discover(mem: Mem<'_>) -> Result<Option<Interpreter>, Error> {
     }
     let version_text = version.to_string();
     Ok(Some(Interpreter {
-        version,
         version_text,
         layout,
         type_type,
@@ -437,16 +436,21 @@ fn gc_from_debug_offsets(
 ) -> (Vec<u64>, Option<u64>) {
     let (mut gc_heads, mut sys_modules) = (Vec::new(), None);
     // runtime_state.interpreters_head, interpreter_state.next / gc / imports_modules. 3.13 has
-    // `gc` at index 10; later releases may insert fields before it, so the index is confirmed
-    // by the GC lists it leads to.
+    // `gc` at index 10, 3.14 at 11, and later releases may insert fields before it: the index is
+    // the first that leads to GC lists, and `imports_modules` after it counts only if it is a dict.
     let interp_head = d.words.get(5).copied().unwrap_or(0);
     let next_off = d.words.get(8).copied().unwrap_or(0);
     let first = mem.u64(d.addr + interp_head).unwrap_or(0);
-    let gc_index = [10usize, 11].into_iter().find(|&i| {
+    let gc_index = (10usize..24).find(|&i| {
         let off = d.words.get(i).copied().unwrap_or(0);
         plausible(first)
             && off < (1 << 24)
-            && (0..4).all(|k| valid_list_head(mem, first + off + 24 + gc_head_offset(layout.gc, k)))
+            && (0..4).all(|k| {
+                valid_list_head(
+                    mem,
+                    first + off + layout.gc_generations + gc_head_offset(layout.gc, k),
+                )
+            })
     });
     let Some(gi) = gc_index else {
         return (gc_heads, sys_modules);
@@ -456,7 +460,7 @@ fn gc_from_debug_offsets(
     let mut interp = first;
     let mut n = 0;
     while plausible(interp) && n < 64 {
-        let gens = interp + gc_off + 24;
+        let gens = interp + gc_off + layout.gc_generations;
         for k in 0..4 {
             let h = gens + gc_head_offset(layout.gc, k);
             if valid_list_head(mem, h) {
@@ -464,12 +468,20 @@ fn gc_from_debug_offsets(
             }
         }
         if sys_modules.is_none() {
-            sys_modules = mem.u64(interp + modules_off).filter(|&p| plausible(p));
+            sys_modules = mem
+                .u64(interp + modules_off)
+                .filter(|&p| plausible(p) && type_name(mem, p, layout).as_deref() == Some("dict"));
         }
         interp = mem.u64(interp + next_off).unwrap_or(0);
         n += 1;
     }
     (gc_heads, sys_modules)
+}
+
+/// The `tp_name` of the object at `o`'s type.
+fn type_name(mem: Mem<'_>, o: u64, layout: &Layout) -> Option<String> {
+    let t = mem.u64(o + 8).filter(|&t| plausible(t))?;
+    mem.cstr(mem.u64(t + layout.tp_name)?, 64)
 }
 
 /// Compare what `_Py_DebugOffsets` says with our table; a mismatch is a note, not a failure.

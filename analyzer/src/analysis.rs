@@ -94,15 +94,35 @@ pub fn analyze_image(image: &dyn MemoryImage, sysroot: Option<&Path>) -> Result<
 
 /// Diff two snapshot files of one process.
 pub fn diff_paths(before: &Path, after: &Path, sysroot: Option<&Path>) -> Result<Findings> {
+    diff_paths_traced(before, after, sysroot, 0)
+}
+
+/// The same, where an allocation tracer started after A used `tracer_bytes` of native memory
+/// at B: left out of the native growth, said in a note.
+pub fn diff_paths_traced(
+    before: &Path,
+    after: &Path,
+    sysroot: Option<&Path>,
+    tracer_bytes: u64,
+) -> Result<Findings> {
     let a = CoreFile::open(before, sysroot)?;
     let b = CoreFile::open(after, sysroot)?;
-    diff_images(&a, &b, sysroot)
+    diff_images_traced(&a, &b, sysroot, tracer_bytes)
 }
 
 pub fn diff_images(
     before: &dyn MemoryImage,
     after: &dyn MemoryImage,
     sysroot: Option<&Path>,
+) -> Result<Findings> {
+    diff_images_traced(before, after, sysroot, 0)
+}
+
+fn diff_images_traced(
+    before: &dyn MemoryImage,
+    after: &dyn MemoryImage,
+    sysroot: Option<&Path>,
+    tracer_bytes: u64,
 ) -> Result<Findings> {
     check_same_process(before.info(), after.info())?;
     let (ca, cb) = std::thread::scope(|s| {
@@ -113,6 +133,13 @@ pub fn diff_images(
     // Running the census again after a panic would only panic again: surface the first one.
     let ca = ca.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
     let mut findings = diff_census(&ca, &cb);
+    findings.native.tracer_after = tracer_bytes;
+    if tracer_bytes > 0 {
+        findings.notes.push(format!(
+            "tracemalloc (allocation sites) ran between the snapshots and used {} at B, more with its mallocs' overhead: native memory growth is its as much as the process's, and is not judged",
+            human_bytes(tracer_bytes)
+        ));
+    }
     runtime::refine(&mut findings, before, after)?;
     Ok(findings)
 }
@@ -144,6 +171,7 @@ pub fn diff_census(a: &Census, b: &Census) -> Findings {
         heap_after: b.native.heap,
         anonymous_before: a.native.anonymous,
         anonymous_after: b.native.anonymous,
+        tracer_after: 0,
     };
     let mut notes = Vec::new();
     for n in a.notes.iter().chain(&b.notes) {
@@ -220,6 +248,8 @@ pub fn diff_census(a: &Census, b: &Census) -> Findings {
             retained_bytes_before: 0,
             retained_bytes_after: 0,
             referrers: Vec::new(),
+            address: None,
+            allocation_sites: Vec::new(),
         });
     }
     let native_leak = native_growth >= NATIVE_LEAK_BYTES
@@ -281,6 +311,8 @@ pub fn native_suspect(n: &NativeGrowth) -> Suspect {
         retained_bytes_before: n.heap_before + n.anonymous_before,
         retained_bytes_after: n.heap_after + n.anonymous_after,
         referrers: Vec::new(),
+        address: None,
+        allocation_sites: Vec::new(),
     }
 }
 

@@ -75,6 +75,25 @@ pub struct Suspect {
     /// The chain from a root to the object, outermost first.
     #[serde(default)]
     pub referrers: Vec<String>,
+    /// Where the object is in the process (CPython objects do not move): what asks the live
+    /// process about it later finds it by this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<u64>,
+    /// Where its growth was allocated (CPython 3.14+ with allocation sites on), largest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allocation_sites: Vec<AllocationSite>,
+}
+
+/// A group of a container's new items and the place that allocated them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AllocationSite {
+    /// Most recent frame first: `app.py:12 in Profiler.end`, then its callers.
+    pub frames: Vec<String>,
+    pub count: u64,
+    pub bytes: u64,
+    /// Of the container's growth between the snapshots, in percent.
+    pub percent_of_growth: u32,
 }
 
 impl Suspect {
@@ -84,6 +103,23 @@ impl Suspect {
 
     pub fn retained_growth(&self) -> i64 {
         self.retained_bytes_after as i64 - self.retained_bytes_before as i64
+    }
+}
+
+impl std::fmt::Display for AllocationSite {
+    /// `items allocated at app.py:12 in Profiler.end (96 % of the growth), called from …`
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let at = self.frames.first().map(String::as_str).unwrap_or("?");
+        write!(
+            f,
+            "items allocated at {at} ({} % of the growth",
+            self.percent_of_growth
+        )?;
+        if let Some(caller) = self.frames.get(1) {
+            write!(f, "), called from {caller}")
+        } else {
+            write!(f, ")")
+        }
     }
 }
 
@@ -116,6 +152,10 @@ pub struct NativeGrowth {
     pub heap_after: u64,
     pub anonymous_before: u64,
     pub anonymous_after: u64,
+    /// Native bytes at B that an allocation tracer leakhunt started after A uses (tracemalloc,
+    /// for allocation sites): growth of the tracer's, not the process's own.
+    #[serde(default)]
+    pub tracer_after: u64,
 }
 
 /// Which process the snapshots are of.

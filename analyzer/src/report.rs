@@ -71,6 +71,9 @@ pub fn write_text(f: &Findings, out: &mut dyn Write) -> io::Result<()> {
             if !s.referrers.is_empty() {
                 writeln!(out, "    held by: {}", s.referrers.join(" → "))?;
             }
+            for site in &s.allocation_sites {
+                writeln!(out, "    {site}")?;
+            }
         }
     }
     let grew: Vec<String> = f

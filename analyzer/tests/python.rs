@@ -250,6 +250,7 @@ fn diff(a: &Path, b: &Path) -> (PyHeap, PyComparison) {
         heap_after: nb.0,
         anonymous_before: na.1,
         anonymous_after: nb.1,
+        tracer_after: 0,
     };
     let cmp = python::compare(&ha, &hb, &native);
     (hb, cmp)
@@ -464,6 +465,201 @@ fn weak_references_never_retain_weak_set() {
 #[test]
 fn weak_references_never_retain_weakref_slots() {
     weak_holder_retains_nothing("weakref_slots", "__main__.HELD", "__main__.REFS");
+}
+
+/// The interpreters that have PEP 768 remote execution.
+fn with_remote_exec() -> Vec<Python> {
+    let v: Vec<Python> = interpreters()
+        .into_iter()
+        .filter(|p| {
+            p.version
+                .split('.')
+                .nth(1)
+                .and_then(|m| m.parse::<u32>().ok())
+                >= Some(14)
+        })
+        .collect();
+    assert!(
+        !v.is_empty(),
+        "no CPython 3.14+ to test allocation sites on"
+    );
+    v
+}
+
+/// Runs `f` while the workload, blocked reading its stdin, is woken by a line: its main thread
+/// runs a remote script only when it runs Python code again.
+fn while_woken<T: Send + 'static>(w: &mut Workload, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let t = std::thread::spawn(f);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    w.send("step 0");
+    t.join().expect("remote script thread")
+}
+
+/// The line of tests/workloads/shapes.py that holds `text`.
+fn shapes_line(text: &str) -> usize {
+    std::fs::read_to_string(workload("shapes.py"))
+        .expect("shapes.py")
+        .lines()
+        .position(|l| l.contains(text))
+        .expect("line in shapes.py")
+        + 1
+}
+
+/// Allocation sites (CPython 3.14+): tracemalloc started in the target at A through its
+/// remote-execution hook; after the diff, the suspect's new items grouped by where they were
+/// allocated — the line that appends to `service.history` — and tracing stopped again. The
+/// target runs as another user (nobody) to prove the script reaches it.
+#[test]
+fn allocation_sites_name_the_line_that_allocated_the_growth() {
+    use leakhunt_analyzer::python::remote;
+    let line = shapes_line("service.history.append(");
+    for_each_of(with_remote_exec(), "allocation sites", |_, py, dir| {
+        let mut cmd = py.run("shapes.py");
+        if let Some(root) = &py.root {
+            // The same interpreter as nobody: chroot's --userspec, before the program.
+            cmd = Command::new("chroot");
+            cmd.arg("--userspec=65534:65534")
+                .arg(root)
+                .arg(&py.exe)
+                .arg(workloads_in(root).join("shapes.py"));
+        }
+        let mut w = Workload::start(cmd.arg("instance_attr"));
+        w.send("step 500");
+        let r = remote::open(w.pid()).map_err(|e| e.to_string())?;
+        let r2 = r.clone();
+        let tracing = while_woken(&mut w, move || {
+            remote::start_tracing(&r2, 4, remote::DEFAULT_TIMEOUT)
+        })
+        .map_err(|e| e.to_string())?;
+        if !tracing.started || tracing.frames != 4 {
+            return Err(format!("tracing not started as asked: {tracing:?}"));
+        }
+        let a = common::capture(w.pid(), dir, "a");
+        w.send("step 1000");
+        let b = common::capture(w.pid(), dir, "b");
+        let (_, c) = diff(&a, &b);
+        let top = c.suspects.first().ok_or_else(|| describe(&c))?;
+        let address = top.address.ok_or("the suspect has no address")?;
+        let r3 = r.clone();
+        let sites = while_woken(&mut w, move || {
+            remote::allocation_sites(&r3, address, true, remote::DEFAULT_TIMEOUT)
+        })
+        .map_err(|e| e.to_string())?;
+        let first = sites
+            .sites
+            .first()
+            .ok_or_else(|| format!("no sites: {sites:?}"))?;
+        let want = format!("shapes.py:{line} in iteration");
+        // Not quite all 1000: a tuple reused from CPython's free list is no new allocation.
+        if top.path != "__main__.service.history"
+            || sites.items != 1500
+            || sites.traced < 900
+            || sites.traced > 1000
+            || first.frames.first() != Some(&want)
+            || first.count != sites.traced
+            || sites.tracemalloc_memory == 0
+        {
+            return Err(format!(
+                "expected about 1000 of 1500 items at {want}: {sites:?}"
+            ));
+        }
+        // Stopped afterwards: starting it again finds it off.
+        let r4 = r.clone();
+        let again = while_woken(&mut w, move || {
+            remote::start_tracing(&r4, 1, remote::DEFAULT_TIMEOUT)
+        })
+        .map_err(|e| e.to_string())?;
+        if !again.started {
+            return Err("tracemalloc was left running".into());
+        }
+        let r5 = r.clone();
+        while_woken(&mut w, move || {
+            remote::stop_tracing(&r5, &again, remote::DEFAULT_TIMEOUT)
+        })
+        .map_err(|e| e.to_string())?;
+        // Nothing left in the target's /tmp (of nobody's: other tests share this root's /tmp).
+        use std::os::unix::fs::MetadataExt;
+        let left: Vec<_> = std::fs::read_dir(format!("/proc/{}/root/tmp", w.pid()))
+            .map_err(|e| e.to_string())?
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("leakhunt-"))
+            .filter(|e| e.metadata().is_ok_and(|m| m.uid() == 65534))
+            .collect();
+        if !left.is_empty() {
+            return Err(format!("left behind: {left:?}"));
+        }
+        Ok(())
+    });
+}
+
+/// What cannot run a script says why in one line, and nothing is written to the target: remote
+/// debugging disabled, a CPython before 3.14, a target that exits before its script runs.
+#[test]
+fn allocation_sites_refusals_are_clear() {
+    use leakhunt_analyzer::python::remote;
+    for_each_of(
+        with_remote_exec(),
+        "remote debugging disabled",
+        |_, py, _| {
+            let w = Workload::start(
+                py.run("shapes.py")
+                    .env("PYTHON_DISABLE_REMOTE_DEBUG", "1")
+                    .arg("module_dict"),
+            );
+            match remote::open(w.pid()) {
+                Err(e @ remote::Error::Disabled { .. }) => {
+                    eprintln!("{e}");
+                    Ok(())
+                }
+                other => Err(format!("expected a refusal, got {other:?}")),
+            }
+        },
+    );
+    let old: Vec<Python> = interpreters()
+        .into_iter()
+        .filter(|p| {
+            p.root.is_none() && (p.version.starts_with("3.13.") || p.version.starts_with("3.11."))
+        })
+        .collect();
+    for_each_of(old, "CPython before 3.14", |version, py, _| {
+        let w = Workload::start(py.run("shapes.py").arg("module_dict"));
+        let e = remote::open(w.pid())
+            .err()
+            .ok_or("a CPython before 3.14 accepted")?;
+        let text = e.to_string();
+        eprintln!("{text}");
+        let named = text.contains(version) || text.contains("no CPython 3.14+");
+        if !text.contains("3.14+") || !named {
+            return Err(format!("unclear: {text}"));
+        }
+        Ok(())
+    });
+    for_each_of(with_remote_exec(), "target exits first", |_, py, _| {
+        let mut w = Workload::start(py.run("shapes.py").arg("module_dict"));
+        let r = remote::open(w.pid()).map_err(|e| e.to_string())?;
+        let t = std::thread::spawn(move || remote::start_tracing(&r, 4, remote::DEFAULT_TIMEOUT));
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        // It exits before it runs Python code again: "quit" ends it without another step.
+        w.send_nowait("quit");
+        let t0 = std::time::Instant::now();
+        let result = t.join().expect("thread");
+        let _ = w.read_line();
+        match result {
+            // Said at once, not after the whole timeout.
+            Err(e @ remote::Error::Process { .. })
+                if t0.elapsed() < remote::DEFAULT_TIMEOUT / 2 =>
+            {
+                eprintln!("{e}");
+                Ok(())
+            }
+            // It may run the script on its way out (finalization runs Python code).
+            Ok(t) => {
+                eprintln!("ran on exit: {t:?}");
+                Ok(())
+            }
+            Err(e) => Err(format!("unclear or late: {e}")),
+        }
+    });
 }
 
 fn no_leak(scenario: &str) {

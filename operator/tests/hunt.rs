@@ -199,6 +199,7 @@ fn options(name: &str, target: Target, limit: Option<u64>) -> (HuntOptions, temp
         until: Until::Oom,
         duration: Some(Duration::from_secs(60)),
         progress: false,
+        allocation_sites: false,
     };
     (opts, tmp)
 }
@@ -1178,4 +1179,105 @@ fn pid_that_exits_before_b_says_what_was_captured() {
         "{:?}",
         st.notes
     );
+}
+
+/// Debian testing's root filesystem with CPython 3.14 (`make pyroot`).
+fn pyroot() -> PathBuf {
+    std::env::var_os("LEAKHUNT_PYROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                .join(".cache/leakhunt/pyroot/testing")
+        })
+}
+
+/// `--allocation-sites` on the seed's Flask service under CPython 3.14 (chrooted into Debian's
+/// root, as a container's process): tracemalloc from snapshot A on, and the report names the
+/// line that builds the tuples `Profiler.end` appends to `Profiler.results`; the verdict is
+/// still the container's, not the native memory tracemalloc's own traces take.
+#[test]
+fn allocation_sites_name_the_line_that_builds_the_leaked_items() {
+    let _serial = serial();
+    let Some(_h) = hierarchy() else { return };
+    let root = pyroot();
+    assert!(
+        root.join("usr/bin/python3.14").exists(),
+        "no CPython 3.14 in {}: run make pyroot",
+        root.display()
+    );
+    let app_dir = format!("tmp/leakhunt-hunt-test-{}", std::process::id());
+    std::fs::create_dir_all(root.join(&app_dir)).unwrap();
+    let app = root.join(&app_dir).join("app.py");
+    let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo"));
+    std::fs::copy(manifest.join("../examples/leaky-flask/app.py"), &app).unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    // Small requests (4 laps each) from one client: a leak slow enough for tracing to be safe.
+    let (mut opts, _tmp) = options(
+        "sites",
+        Target::Command(vec![
+            "env".into(),
+            format!("PORT={port}"),
+            "PROFILER_LAPS=4".into(),
+            "chroot".into(),
+            root.display().to_string(),
+            "python3.14".into(),
+            format!("/{app_dir}/app.py"),
+        ]),
+        Some(128 * MIB),
+    );
+    opts.allocation_sites = true;
+    opts.until = Until::Report;
+    opts.duration = Some(Duration::from_secs(240));
+    let mut load = Command::new("python3")
+        .arg(manifest.join("../examples/leaky-flask/load.py"))
+        .args([
+            "--port",
+            &port.to_string(),
+            "--threads",
+            "1",
+            "--seconds",
+            "300",
+        ])
+        .args(["--give-up", "10", "--start-timeout", "60"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("load.py");
+    let (outcome, text) = run(&opts, &snapshot::Analyzer);
+    let _ = load.kill();
+    let _ = load.wait();
+    let _ = std::fs::remove_dir_all(root.join(&app_dir));
+    let findings = outcome.findings.as_ref().expect("findings");
+    assert_eq!(findings.verdict, FindingsVerdict::Leak, "{text}");
+    let top = &findings.suspects[0];
+    assert!(top.path.ends_with("Profiler.results"), "{text}");
+    let site = top.allocation_sites.first().expect("an allocation site");
+    let appends = std::fs::read_to_string(manifest.join("../examples/leaky-flask/app.py"))
+        .unwrap()
+        .lines()
+        .position(|l| l.trim_start().starts_with("timing = ("))
+        .map(|i| i + 1)
+        .expect("the line of app.py that builds a timing");
+    assert!(
+        site.frames[0].starts_with(&format!("app.py:{appends} in "))
+            && site.percent_of_growth >= 90,
+        "{site:?}\n{text}"
+    );
+    assert!(
+        text.contains(&format!("items allocated at app.py:{appends} in ")),
+        "{text}"
+    );
+    assert!(
+        findings
+            .notes
+            .iter()
+            .any(|n| n.contains("tracemalloc used")),
+        "{:?}",
+        findings.notes
+    );
+    let yaml = std::fs::read_to_string(opts.report.as_ref().unwrap()).unwrap();
+    assert!(yaml.contains("allocationSites:"), "{yaml}");
 }

@@ -32,7 +32,7 @@ pub struct Interpreter {
 
 /// Memory regions that can hold interpreter statics: writable mappings of ELF files and the
 /// anonymous mapping right after each (its `.bss`).
-fn data_regions(maps: &[Mapping]) -> Vec<(u64, u64)> {
+pub(super) fn data_regions(maps: &[Mapping]) -> Vec<(u64, u64)> {
     let mut out = Vec::new();
     for (i, m) in maps.iter().enumerate() {
         if !m.perms.write || !m.perms.read || !m.is_file_backed() {
@@ -123,14 +123,14 @@ fn find_type_type(mem: Mem<'_>, regions: &[(u64, u64)]) -> Option<u64> {
 }
 
 /// `_Py_DebugOffsets` (3.13+): starts `_PyRuntime` with the cookie "xdebugpy".
-struct DebugOffsets {
-    addr: u64,
-    version_hex: u64,
-    free_threaded: bool,
-    words: Vec<u64>,
+pub(super) struct DebugOffsets {
+    pub(super) addr: u64,
+    pub(super) version_hex: u64,
+    pub(super) free_threaded: bool,
+    pub(super) words: Vec<u64>,
 }
 
-fn find_debug_offsets(mem: Mem<'_>, regions: &[(u64, u64)]) -> Option<DebugOffsets> {
+pub(super) fn find_debug_offsets(mem: Mem<'_>, regions: &[(u64, u64)]) -> Option<DebugOffsets> {
     let mut found = None;
     for &(s, e) in regions {
         scan(mem, s, e, &mut |base, b| {

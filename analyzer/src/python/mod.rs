@@ -12,6 +12,7 @@ mod integrate;
 pub mod layout;
 mod mem;
 mod naming;
+pub mod remote;
 mod table;
 mod walk;
 

@@ -73,6 +73,11 @@ pub struct HuntArgs {
     /// No progress line on stderr.
     #[arg(long, short)]
     pub quiet: bool,
+    /// CPython 3.14+: name where the leak's objects were allocated. Runs leakhunt's own fixed
+    /// scripts in the target (PEP 768 remote execution): tracemalloc from snapshot A until the
+    /// report, which costs the target memory and time meanwhile. Off by default.
+    #[arg(long)]
+    pub allocation_sites: bool,
     /// The command to run (after `--`).
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -122,6 +127,7 @@ impl HuntArgs {
             until: self.until,
             duration: self.duration,
             progress: !self.quiet,
+            allocation_sites: self.allocation_sites,
         })
     }
 }

@@ -10,6 +10,7 @@ pub mod cli;
 mod finish;
 pub mod output;
 mod progress;
+mod sites;
 mod steps;
 mod target;
 
@@ -144,6 +145,8 @@ pub struct HuntOptions {
     pub until: Until,
     pub duration: Option<Duration>,
     pub progress: bool,
+    /// CPython 3.14+: run leakhunt's tracemalloc scripts in the target from A on (PEP 768).
+    pub allocation_sites: bool,
 }
 
 /// Errors before hunting could start: nothing was captured, no report is written.
@@ -271,6 +274,9 @@ struct Hunt<'a> {
     /// Seconds since the epoch at the watcher's zero: the timeline runs on the monotonic
     /// clock (a clock step must not fake a plateau), labelled with wall time.
     clock0: f64,
+    /// `--allocation-sites`: tracemalloc in the target, and what it said before the verdict.
+    tracer: sites::Tracer,
+    site_notes: Vec<String>,
 }
 
 /// Findings of a snapshot pair, before the timeline has had its say.
@@ -395,6 +401,7 @@ impl Watch {
         started: Instant,
     ) -> Flow {
         hunt.record_sample(sample);
+        hunt.poll_tracer();
         if !sample.kills.is_empty() {
             // A kill while a step was being watched ends the watching: judge with what there is.
             hunt.conclude(out, true);
@@ -530,6 +537,8 @@ impl Watch {
             }
         }
         hunt.conclude(out, true);
+        // No verdict came to read the sites for: the target is left as it was.
+        hunt.tracer.stop();
         if self.interrupted {
             hunt.failure.get_or_insert(Failure::Interrupted);
         } else if let Some(child) = launched.child.0.as_mut() {
@@ -645,6 +654,8 @@ impl<'a> Hunt<'a> {
             history: Vec::new(),
             judging: None,
             clock0: Timestamp::now().as_millisecond() as f64 / 1e3 - first.t,
+            tracer: sites::Tracer::Off,
+            site_notes: Vec::new(),
             progress: Progress {
                 enabled: opts.progress,
                 tty: io::stderr().is_terminal(),

@@ -12,7 +12,7 @@ use leakhunt_analyzer::findings::Verdict as FindingsVerdict;
 use leakhunt_analyzer::timeline::{self, Point, Trend};
 
 use super::{
-    output, Failure, Hunt, Judging, KillEvent, SnapshotTaken, HISTORY_POINTS, SETTLE_SLACK,
+    output, sites, Failure, Hunt, Judging, KillEvent, SnapshotTaken, HISTORY_POINTS, SETTLE_SLACK,
 };
 use crate::crd::{human_bytes, Incident, MemorySample, Phase, ProcessRef, SnapshotRecord};
 use crate::node::procs::ProcessKey;
@@ -217,6 +217,9 @@ impl Hunt<'_> {
             },
         };
         self.apply(&op);
+        if role == Role::A && self.opts.allocation_sites {
+            self.start_tracer(pid, sample, ws);
+        }
         if role == Role::A {
             self.baseline = Some(taken);
         } else {
@@ -230,7 +233,12 @@ impl Hunt<'_> {
         let (Some(a), Some(b)) = (self.baseline.clone(), self.after.clone()) else {
             return;
         };
-        match self.snap.diff(&a.path, &b.path) {
+        let (tracer_bytes, said) = self.tracer.memory_at_b();
+        if let Some(m) = said {
+            self.progress.event(&m);
+            self.site_notes.push(m);
+        }
+        match self.snap.diff_traced(&a.path, &b.path, tracer_bytes) {
             Ok(findings) => {
                 self.judging = Some(Judging {
                     findings,
@@ -285,6 +293,11 @@ impl Hunt<'_> {
             return;
         };
         timeline::apply(&mut findings, trend);
+        let said = self.tracer.finish(&mut findings);
+        for m in &said {
+            self.progress.event(m);
+        }
+        findings.notes.extend(self.site_notes.drain(..).chain(said));
         let _ = writeln!(
             out,
             "\nleakhunt report: {} (pid {}), snapshot A at {} and B at {}",
@@ -306,6 +319,32 @@ impl Hunt<'_> {
         self.write_report();
     }
 
+    /// `--allocation-sites` at snapshot A: tracemalloc started in the target, unless it would
+    /// reach B too soon for that to be safe.
+    fn start_tracer(&mut self, pid: i32, sample: &Sample, ws: u64) {
+        use crate::node::threshold::Level;
+        let near = match self.thresholds.near_limit {
+            Some(Level::Share(s)) => self.limit.map(|l| (l as f64 * s) as u64),
+            Some(Level::Bytes(b)) => Some(b),
+            Some(Level::Growth { bytes, of_a }) => Some(ws + bytes.max((ws as f64 * of_a) as u64)),
+            None => None,
+        };
+        if let Some(why) = sites::too_close(near, self.limit, sample.growth_per_sec) {
+            self.progress.event(&why);
+            self.site_notes.push(why);
+            return;
+        }
+        self.tracer = sites::Tracer::start(pid);
+    }
+
+    /// What starting tracemalloc came to, once it is known.
+    pub(super) fn poll_tracer(&mut self) {
+        if let Some(m) = self.tracer.poll(false) {
+            self.progress.event(&m);
+            self.site_notes.push(m);
+        }
+    }
+
     pub(super) fn void_baseline(&mut self, target: ProcessKey, reason: ResetReason) {
         let why = match reason {
             ResetReason::TargetGone => "the process is gone (killed or restarted)",
@@ -319,6 +358,9 @@ impl Hunt<'_> {
         if let Some(a) = self.baseline.take() {
             let _ = fs::remove_file(&a.path);
         }
+        // Stopped in the background: a target that runs no Python code must not stall sampling.
+        let mut tracer = std::mem::replace(&mut self.tracer, sites::Tracer::Off);
+        std::thread::spawn(move || tracer.stop());
         self.apply(&Op::Reset { message });
         // A capture failure earlier in this hunt no longer stands in the way of a verdict.
         if matches!(self.failure, Some(Failure::Capture(_))) {

@@ -53,6 +53,12 @@ pub trait Snapshotter {
     fn capture(&self, pid: i32, output: &Path, max_bytes: u64) -> Result<Captured>;
     /// Findings between two snapshots of one process.
     fn diff(&self, before: &Path, after: &Path) -> Result<Findings>;
+    /// The same, where an allocation tracer started after A used `tracer_bytes` of native
+    /// memory at B (left out of the native growth).
+    fn diff_traced(&self, before: &Path, after: &Path, tracer_bytes: u64) -> Result<Findings> {
+        let _ = tracer_bytes;
+        self.diff(before, after)
+    }
     /// The findings as a terminal report.
     fn write_text(&self, findings: &Findings, out: &mut dyn Write) -> io::Result<()>;
 }
@@ -91,11 +97,17 @@ impl Snapshotter for Analyzer {
     }
 
     fn diff(&self, before: &Path, after: &Path) -> Result<Findings> {
-        leakhunt_analyzer::analysis::diff_paths(before, after, None).map_err(|e| Error::Diff {
-            before: before.to_path_buf(),
-            after: after.to_path_buf(),
-            message: error_chain(&e),
-        })
+        self.diff_traced(before, after, 0)
+    }
+
+    fn diff_traced(&self, before: &Path, after: &Path, tracer_bytes: u64) -> Result<Findings> {
+        leakhunt_analyzer::analysis::diff_paths_traced(before, after, None, tracer_bytes).map_err(
+            |e| Error::Diff {
+                before: before.to_path_buf(),
+                after: after.to_path_buf(),
+                message: error_chain(&e),
+            },
+        )
     }
 
     fn write_text(&self, findings: &Findings, out: &mut dyn Write) -> io::Result<()> {

@@ -226,9 +226,8 @@ impl Remote {
         dir.write("script.py", source.as_bytes())?;
         self.request(&script.to_string_lossy())?;
         let t0 = Instant::now();
-        let host_out = dir.host.join("out.json");
         loop {
-            if let Ok(text) = std::fs::read_to_string(&host_out) {
+            if let Some(text) = dir.read("out.json") {
                 return parse_result(self.pid, text);
             }
             if !alive(self.pid) {
@@ -283,14 +282,36 @@ fn py_str(s: &str) -> String {
 }
 
 /// The script's directory under the target's `/tmp`: 0700, the target's user's, removed on drop.
+///
+/// The target owns its `/tmp` and what is in this directory, and an absolute symlink met below
+/// `/proc/PID/root` resolves against *this* process's root: every step is therefore taken through
+/// a directory descriptor opened with `O_NOFOLLOW` (`/proc/self/fd/N/name`), and files are created
+/// exclusively and read without following links, at most 1 MiB.
 struct Scratch {
     pid: i32,
-    /// As this process reaches it (`/proc/PID/root/tmp/...`).
-    host: PathBuf,
+    /// The target's `/tmp`, and this directory in it.
+    tmp: std::fs::File,
+    dir: std::fs::File,
+    name: String,
     /// As the target sees it.
     inside: PathBuf,
     uid: u32,
     gid: u32,
+}
+
+/// Most a script's output may be.
+const MAX_OUTPUT: u64 = 1 << 20;
+
+fn at(dir: &std::fs::File, name: &str) -> PathBuf {
+    use std::os::fd::AsRawFd;
+    PathBuf::from(format!("/proc/self/fd/{}/{name}", dir.as_raw_fd()))
+}
+
+fn open_dir(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(path)
 }
 
 impl Scratch {
@@ -307,53 +328,82 @@ impl Scratch {
                 .and_then(|v| v.parse::<u32>().ok())
         };
         let (uid, gid) = (id("Uid:").unwrap_or(0), id("Gid:").unwrap_or(0));
+        let tmp = open_dir(&PathBuf::from(format!("/proc/{pid}/root/tmp"))).map_err(|e| {
+            err(format!(
+                "its /tmp (a directory, not a link) cannot be opened: {e}"
+            ))
+        })?;
         let mut nonce = [0u8; 8];
         getrandom(&mut nonce);
         let name = format!("leakhunt-{}", hex(&nonce));
         let inside = PathBuf::from("/tmp").join(&name);
-        let host = PathBuf::from(format!("/proc/{pid}/root/tmp")).join(&name);
         std::fs::DirBuilder::new()
             .mode(0o700)
-            .create(&host)
+            .create(at(&tmp, &name))
             .map_err(|e| err(format!("creating {}: {e}", inside.display())))?;
-        let dir = Scratch {
+        let dir = match open_dir(&at(&tmp, &name)) {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = std::fs::remove_dir(at(&tmp, &name));
+                return Err(err(format!("opening {}: {e}", inside.display())));
+            }
+        };
+        let scratch = Scratch {
             pid,
-            host,
+            tmp,
+            dir,
+            name,
             inside,
             uid,
             gid,
         };
-        std::os::unix::fs::chown(&dir.host, Some(uid), Some(gid))
-            .map_err(|e| err(format!("giving {} to uid {uid}: {e}", dir.inside.display())))?;
-        Ok(dir)
+        std::os::unix::fs::fchown(&scratch.dir, Some(uid), Some(gid)).map_err(|e| {
+            err(format!(
+                "giving {} to uid {uid}: {e}",
+                scratch.inside.display()
+            ))
+        })?;
+        Ok(scratch)
     }
 
     fn write(&self, name: &str, bytes: &[u8]) -> Result<()> {
         use std::io::Write;
-        let path = self.host.join(name);
+        let err = |e: std::io::Error| Error::Process {
+            pid: self.pid,
+            what: format!("writing {}/{name}: {e}", self.inside.display()),
+        };
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(&path)
-            .and_then(|mut f| f.write_all(bytes).map(|_| f))
-            .map_err(|e| Error::Process {
-                pid: self.pid,
-                what: format!("writing {}: {e}", path.display()),
-            })?;
-        let _ = f.flush();
-        std::os::unix::fs::chown(&path, Some(self.uid), Some(self.gid)).map_err(|e| {
-            Error::Process {
-                pid: self.pid,
-                what: format!("chown {}: {e}", path.display()),
-            }
-        })
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(at(&self.dir, name))
+            .map_err(err)?;
+        f.write_all(bytes).map_err(err)?;
+        std::os::unix::fs::fchown(&f, Some(self.uid), Some(self.gid)).map_err(err)
+    }
+
+    /// The file `name` once it is there (not a link), at most [`MAX_OUTPUT`] bytes of it.
+    fn read(&self, name: &str) -> Option<String> {
+        use std::io::Read;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(at(&self.dir, name))
+            .ok()?;
+        let mut text = String::new();
+        f.take(MAX_OUTPUT).read_to_string(&mut text).ok()?;
+        Some(text)
     }
 }
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.host);
+        for f in ["script.py", "out.json", "out.json.tmp"] {
+            let _ = std::fs::remove_file(at(&self.dir, f));
+        }
+        // Anything else the target put there stays with it (the directory is then its to remove).
+        let _ = std::fs::remove_dir(at(&self.tmp, &self.name));
     }
 }
 
@@ -563,6 +613,35 @@ mod tests {
         let mut other = vec![0u64; 100];
         other[40] = 512;
         assert_eq!(debugger_support(&other), None);
+    }
+
+    #[test]
+    fn a_linked_directory_or_output_is_not_followed() {
+        // What a hostile target could plant in its /tmp: a link to a directory of this host, and
+        // an output that is a link to a file of this host.
+        let host = tempfile::tempdir().unwrap();
+        let theirs = tempfile::tempdir().unwrap();
+        std::fs::write(host.path().join("secret"), b"{\"tracemallocMemory\": 1}").unwrap();
+        std::os::unix::fs::symlink(host.path(), theirs.path().join("tmp")).unwrap();
+        assert!(open_dir(&theirs.path().join("tmp")).is_err());
+        let dir = open_dir(theirs.path()).unwrap();
+        std::os::unix::fs::symlink(host.path().join("secret"), theirs.path().join("out.json"))
+            .unwrap();
+        let scratch = Scratch {
+            pid: 0,
+            tmp: open_dir(theirs.path()).unwrap(),
+            dir,
+            name: "unused".into(),
+            inside: PathBuf::from("/tmp/unused"),
+            uid: 0,
+            gid: 0,
+        };
+        assert_eq!(scratch.read("out.json"), None, "followed a link");
+        // Nor is a script written through one.
+        std::os::unix::fs::symlink(host.path().join("planted"), theirs.path().join("script.py"))
+            .unwrap();
+        assert!(scratch.write("script.py", b"x").is_err());
+        assert!(!host.path().join("planted").exists());
     }
 
     #[test]

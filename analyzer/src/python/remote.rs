@@ -517,58 +517,115 @@ pub struct Sites {
     pub sites: Vec<Site>,
     /// What `tracemalloc` itself used at the end, charged to the target.
     pub tracemalloc_memory: u64,
+    /// How the container was found: `address` (checked against the target's own maps), or
+    /// `gc` (a scan of every object, where the target has no `/proc`).
+    #[serde(default)]
+    pub found_by: String,
 }
 
+// Runs near the target's memory limit, so it allocates little: the container is found at its
+// address (checked to be mapped and to hold an object of a container type first; `gc.get_objects()`
+// — a list of every object — only where `/proc` is missing), its items are walked in place, and
+// function names come from the source's syntax tree, parsed for the few frames shown.
 const SITES: &str = r#"
-import collections, gc, json, os, sys, tracemalloc, types
+import ast, collections, ctypes, gc, json, os, struct, sys, tracemalloc
 OUT = @OUT@
 ADDR = @ADDR@
 STOP = @STOP@
-def _where(frames, funcs):
+_KINDS = (list, dict, set, frozenset, collections.deque)
+def _subtypes():
+    seen, todo = set(), list(_KINDS)
+    while todo:
+        t = todo.pop()
+        if id(t) not in seen:
+            seen.add(id(t))
+            todo.extend(type.__subclasses__(t))
+    return seen
+def _mapped(addr, size):
+    with open("/proc/self/maps") as f:
+        for line in f:
+            parts = line.split()
+            lo, hi = (int(x, 16) for x in parts[0].split("-"))
+            if lo <= addr and addr + size <= hi:
+                return parts[1].startswith("r")
+    return False
+def _find():
+    try:
+        mapped = _mapped(ADDR, 16)
+    except OSError:
+        mapped = None
+    if mapped is None:
+        for o in gc.get_objects():
+            if id(o) == ADDR:
+                return o, "gc"
+        return None, "gc"
+    if not mapped:
+        return None, "address"
+    refcnt, typ = struct.unpack("qQ", ctypes.string_at(ADDR, 16))
+    if refcnt == 0 or typ not in _subtypes():
+        return None, "address"
+    return ctypes.cast(ADDR, ctypes.py_object).value, "address"
+_defs = {}
+def _qualname(filename, lineno):
+    if filename not in _defs:
+        found = []
+        try:
+            with open(filename, "rb") as f:
+                tree = ast.parse(f.read())
+            def walk(node, prefix):
+                for child in ast.iter_child_nodes(node):
+                    if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                        name = prefix + child.name
+                        if not isinstance(child, ast.ClassDef):
+                            found.append((child.lineno, child.end_lineno or child.lineno, name))
+                        walk(child, name + ("." if isinstance(child, ast.ClassDef) else ".<locals>."))
+                    else:
+                        walk(child, prefix)
+            walk(tree, "")
+        except (OSError, SyntaxError, ValueError):
+            pass
+        _defs[filename] = found
+    best = None
+    for lo, hi, name in _defs[filename]:
+        if lo <= lineno <= hi and (best is None or lo >= best[0]):
+            best = (lo, name)
+    return best[1] if best else None
+def _where(frames):
     out = []
     for fr in reversed(frames):
-        name = None
-        best = -1
-        for co in funcs.get(fr.filename, ()):
-            if best < co.co_firstlineno <= fr.lineno and any(l == fr.lineno for _, _, l in co.co_lines()):
-                best, name = co.co_firstlineno, co.co_qualname
+        name = _qualname(fr.filename, fr.lineno)
         out.append("%s:%d%s" % (os.path.basename(fr.filename), fr.lineno, " in " + name if name else ""))
     return out
 def _run():
     if not tracemalloc.is_tracing():
         return {"error": "tracemalloc is not running (stopped since snapshot A?)"}
-    target = None
-    funcs = collections.defaultdict(list)
-    for o in gc.get_objects():
-        if id(o) == ADDR:
-            target = o
-        elif type(o) is types.FunctionType:
-            funcs[o.__code__.co_filename].append(o.__code__)
+    target, how = _find()
     if target is None:
-        return {"error": "the suspect is gone (no object at its address any more)"}
-    if isinstance(target, dict):
-        items = list(target.values())
-    elif isinstance(target, (list, tuple, set, frozenset, collections.deque)):
-        items = list(target)
-    else:
+        return {"error": "the suspect is gone (no container at its address any more)"}
+    if not isinstance(target, _KINDS):
         return {"error": "the suspect is a %s, not a container" % type(target).__name__}
+    items = target.values() if isinstance(target, dict) else target
     groups = {}
-    traced = 0
-    for it in items:
-        tb = tracemalloc.get_object_traceback(it)
-        if tb is None:
-            continue
-        traced += 1
-        key = tuple((f.filename, f.lineno) for f in tb)
-        g = groups.get(key)
-        if g is None:
-            g = groups[key] = [tb, 0, 0]
-        g[1] += 1
-        g[2] += sys.getsizeof(it)
+    n = traced = 0
+    try:
+        for it in items:
+            n += 1
+            tb = tracemalloc.get_object_traceback(it)
+            if tb is None:
+                continue
+            traced += 1
+            key = tuple((f.filename, f.lineno) for f in tb)
+            g = groups.get(key)
+            if g is None:
+                g = groups[key] = [tb, 0, 0]
+            g[1] += 1
+            g[2] += sys.getsizeof(it)
+    except RuntimeError:
+        pass  # another thread changed its size: what was counted stands
     top = sorted(groups.values(), key=lambda g: -g[1])[:5]
     memory = tracemalloc.get_tracemalloc_memory()
-    return {"items": len(items), "traced": traced, "tracemallocMemory": memory,
-            "sites": [{"frames": _where(tb, funcs), "count": n, "bytes": b} for tb, n, b in top]}
+    return {"items": n, "traced": traced, "tracemallocMemory": memory, "foundBy": how,
+            "sites": [{"frames": _where(tb), "count": c, "bytes": b} for tb, c, b in top]}
 try:
     _r = _run()
 except Exception as _e:

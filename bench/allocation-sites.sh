@@ -2,18 +2,20 @@
 # Benchmark: what tracemalloc (what --allocation-sites starts at snapshot A) costs the seed's Flask
 # service under CPython 3.14 (Debian's, chrooted; make pyroot): requests per second from one client
 # and memory per request, untraced and traced (4 frames, as leakhunt starts it), in the same run,
-# ROUNDS fresh processes each (default 3), medians. Tracing is started in the process through
-# CPython's own sys.remote_exec, so the figure is tracemalloc's cost alone.
+# ROUNDS fresh processes each (default 3), medians. Tracing is started as the hunt starts it
+# (analyzer/examples/trace_start.rs: remote::start_tracing, 4 frames).
 # Usage: bench/allocation-sites.sh [SECONDS per phase, default 15]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER=${1:-15}
 ROUNDS=${ROUNDS:-3}
 ROOT=$(tests/workloads/pyroot.sh)
+: "${CARGO_TARGET_DIR:=$HOME/.cache/leakhunt/target}"
+cargo build --release -q -p leakhunt-analyzer --example trace_start
+TRACE_START=$CARGO_TARGET_DIR/release/examples/trace_start
 dir=tmp/leakhunt-bench-$$
 mkdir -p "$ROOT/$dir"
 cp examples/leaky-flask/app.py "$ROOT/$dir/app.py"
-printf 'import tracemalloc\ntracemalloc.start(4)\nopen("/%s/started", "w").close()\n' "$dir" >"$ROOT/$dir/start.py"
 pid=
 trap '[ -n "$pid" ] && kill $pid 2>/dev/null; rm -rf "${ROOT:?}/$dir"' EXIT
 
@@ -30,9 +32,7 @@ phase() {
   python3 examples/leaky-flask/load.py --port "$port" --threads 1 --seconds 3 2>/dev/null  # warm-up
   if [ "$traced" = 1 ]; then
     rm -f "$ROOT/$dir/started"
-    chroot "$ROOT" python3.14 -c "import sys; sys.remote_exec($pid, '/$dir/start.py')"
-    python3 examples/leaky-flask/load.py --port "$port" --threads 1 --seconds 1 2>/dev/null
-    [ -f "$ROOT/$dir/started" ] || { echo "tracemalloc did not start" >&2; exit 1; }
+    "$TRACE_START" "$pid" 4 >/dev/null
   fi
   local before after answered
   before=$(rss_kib $pid)

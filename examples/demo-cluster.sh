@@ -36,44 +36,7 @@ say "deploying the leaky Flask service with a LeakWatch"
 kubectl create namespace $NS --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 kubectl -n $NS create configmap leaky-flask --from-file=app.py=examples/leaky-flask/app.py \
   --dry-run=client -o yaml | kubectl apply -f - >/dev/null
-kubectl -n $NS apply -f - >/dev/null <<'YAML'
-apiVersion: leakhunt.dev/v1alpha1
-kind: LeakWatch
-metadata: {name: leaky-flask}
-spec:
-  selector: {matchLabels: {app: leaky-flask}}
-  thresholds: {baseline: 50, nearLimit: 85}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: leaky-flask}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: leaky-flask}}
-  template:
-    metadata: {labels: {app: leaky-flask}}
-    spec:
-      containers:
-        - name: app
-          image: leakhunt.local/python:3-flask
-          imagePullPolicy: Never
-          command: ["python3", "/app/app.py"]
-          env:
-            - {name: HOST, value: "0.0.0.0"}   # the pod's own address, on the node's bridge
-            - {name: PORT, value: "8000"}
-            - {name: PROFILER_LAPS, value: "100"}
-          resources:
-            requests: {memory: 160Mi}
-            limits: {memory: 160Mi}
-          readinessProbe:
-            tcpSocket: {port: 8000}
-            periodSeconds: 2
-          volumeMounts:
-            - {name: app, mountPath: /app}
-      volumes:
-        - name: app
-          configMap: {name: leaky-flask}
-YAML
+kubectl -n $NS apply -f examples/leaky-flask/leakwatch.yaml >/dev/null
 kubectl -n $NS rollout status deployment/leaky-flask --timeout=120s >&2 || die "the service did not start"
 IP=$(kubectl -n $NS get pod -l app=leaky-flask -o jsonpath='{.items[0].status.podIP}')
 

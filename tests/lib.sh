@@ -2,7 +2,8 @@
 # source it after setting SUITE (the name every line is prefixed with). Provides the counters,
 # `check NAME COMMAND...`, `wait_for DESCRIPTION SECONDS COMMAND...`, `fail_now MESSAGE`, `free_ports N`,
 # `hog_deployment IMAGE`, `worker_deployment NAME LIMIT THEN`, `grow_configmap NAMESPACE`,
-# `grow_deployment NAME TARGET_MIB MIB_PER_SECOND LIMIT` and `summary` (the last lines, and the suite's exit status).
+# `grow_deployment NAME TARGET_MIB MIB_PER_SECOND LIMIT`, `leakwatch NAME`, `on_node NODE` and `summary`
+# (the last lines, and the suite's exit status).
 T0=$(date +%s)
 PASSED=0
 FAILED=0
@@ -129,6 +130,23 @@ grow_deployment() {
           configMap: {name: grow}
 YAML
 }
+
+# leakwatch NAME: the YAML of LeakWatch NAME for the pods labelled app=NAME: snapshot A at 50 %, B
+# at 85 %, one hunt (cooldown 2h: no check needs a second pair, and a slow run must not start one).
+leakwatch() {
+  cat <<YAML
+apiVersion: leakhunt.dev/v1alpha1
+kind: LeakWatch
+metadata: {name: $1}
+spec:
+  selector: {matchLabels: {app: $1}}
+  thresholds: {baseline: 50, nearLimit: 85}
+  cooldown: 2h
+YAML
+}
+
+# on_node NODE: a Deployment's YAML (stdin) with its pods pinned to NODE.
+on_node() { sed "s|^    spec:\$|    spec:\n      nodeSelector: {kubernetes.io/hostname: $1}|"; }
 
 # wait_for DESCRIPTION SECONDS COMMAND...: polls until COMMAND succeeds.
 wait_for() {

@@ -109,45 +109,10 @@ check "helm install: operator and agent Ready, with their own ServiceAccounts" c
 # --- the leaky service -----------------------------------------------------------------------------------
 kubectl create namespace $NS >/dev/null
 kubectl -n $NS create configmap leaky-flask --from-file=app.py=examples/leaky-flask/app.py >/dev/null
-kubectl -n $NS apply -f - >/dev/null <<YAML
-apiVersion: leakhunt.dev/v1alpha1
-kind: LeakWatch
-metadata: {name: leaky-flask}
-spec:
-  selector: {matchLabels: {app: leaky-flask}}
-  thresholds: {baseline: 50, nearLimit: 85}
-  cooldown: 2h   # one hunt: no check needs a second pair, and a slow run must not start one
-  maxSnapshotSize: 512Mi
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: leaky-flask}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: leaky-flask}}
-  template:
-    metadata: {labels: {app: leaky-flask}}
-    spec:
-      containers:
-        - name: app
-          image: $PY_IMAGE
-          command: ["python3", "/app/app.py"]
-          env:
-            - {name: HOST, value: "0.0.0.0"}
-            - {name: PORT, value: "8000"}
-            - {name: PROFILER_LAPS, value: "100"}
-          resources:
-            requests: {memory: 160Mi}
-            limits: {memory: 160Mi}
-          readinessProbe:
-            tcpSocket: {port: 8000}
-            periodSeconds: 2
-          volumeMounts:
-            - {name: app, mountPath: /app}
-      volumes:
-        - name: app
-          configMap: {name: leaky-flask}
-YAML
+# The user's example manifest, unchanged but for two LeakWatch settings: one hunt (no check needs a
+# second pair, and a slow run must not start one) and a smaller snapshot cap.
+kubectl -n $NS apply -f examples/leaky-flask/leakwatch.yaml >/dev/null
+kubectl -n $NS patch leakwatch leaky-flask --type merge -p '{"spec": {"cooldown": "2h", "maxSnapshotSize": "512Mi"}}' >/dev/null
 # Load at the pod's address, whichever pod it is: a restarted container keeps its pod (and address).
 kubectl -n $NS rollout status deployment/leaky-flask --timeout=120s >/dev/null || fail_now "the leaky service did not start"
 APP_IP=$(kubectl -n $NS get pods -l app=leaky-flask -o jsonpath='{.items[0].status.podIP}')
@@ -497,15 +462,7 @@ PY
   local sampler=$!
   PIDS+=($sampler)
   sleep 1
-  kubectl -n $NS apply -f - >/dev/null <<'YAML' || return 1
-apiVersion: leakhunt.dev/v1alpha1
-kind: LeakWatch
-metadata: {name: still}
-spec:
-  selector: {matchLabels: {app: still}}
-  thresholds: {baseline: 50, nearLimit: 85}
-  cooldown: 2h
-YAML
+  leakwatch still | kubectl -n $NS apply -f - >/dev/null || return 1
   local still=deployment-still
   wait_for "snapshot A of the still process" 90 sh -c "kubectl -n $NS get leakreport $still -o jsonpath='{.status.snapshots[0].role}' | grep -q A" || return 1
   sleep 2
@@ -566,15 +523,7 @@ open(out, "w").write("still traced or stopped: %s\n" % status()["State"]); sys.e
 PY
   local watcher=$!
   PIDS+=($watcher)
-  kubectl -n $NS apply -f - >/dev/null <<'YAML' || return 1
-apiVersion: leakhunt.dev/v1alpha1
-kind: LeakWatch
-metadata: {name: victim}
-spec:
-  selector: {matchLabels: {app: victim}}
-  thresholds: {baseline: 50, nearLimit: 85}
-  cooldown: 2h
-YAML
+  leakwatch victim | kubectl -n $NS apply -f - >/dev/null || return 1
   wait "$watcher"; local rc=$?
   echo "  agent $ag SIGKILLed with pid $target traced for snapshot A; the target: $(cat "$DIR/victim.out")"
   [ "$rc" = 0 ] || return 1
@@ -614,15 +563,7 @@ check_node_restarts() {
   # During a hunt (A taken, B to come), containerd, then the kubelet, then both (the node's services
   # stopped and started again) are restarted: the containers live on (their shims do), the agent
   # keeps sampling, B is taken and the pair analysed.
-  { cat <<'YAML'
-apiVersion: leakhunt.dev/v1alpha1
-kind: LeakWatch
-metadata: {name: slow}
-spec:
-  selector: {matchLabels: {app: slow}}
-  thresholds: {baseline: 50, nearLimit: 85}
-  cooldown: 2h
-YAML
+  { leakwatch slow
     echo ---
     grow_deployment slow 300 4 320Mi
   } | kubectl -n $NS apply -f - >/dev/null || return 1

@@ -16,7 +16,11 @@
 #   7. with singleProcessOOMKill (the kubelet reconfigured): only the worker dies; when the main
 #      process then exits 0, containerd says OOMKilled, and the one kill is counted once;
 #   8. a leaking pod captured (A, B), its pair analysed by the analyzer Job on the guest, the report
-#      naming the growing object and the process by its PID in the container.
+#      naming the growing object and the process by its PID in the container;
+#   9. this machine's node (cgroup v1, cgroupfs) joins: an agent on each node, a leak on each at
+#      once, each pair taken and analysed by a Job on the node that holds it;
+#  10. the guest rebooted during a hunt: the reports survive, the pending snapshot A is voided with
+#      a reason, and the agent samples and hunts again on the new boot.
 # Everything it starts is stopped on success, failure or Ctrl-C. Prints "vm-smoke: N passed, M failed".
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -43,6 +47,7 @@ cleanup() {
     echo "--- guest console (tail) ---"; tail -40 "$DIR/vm/logs/console.log" 2>/dev/null
     echo "--- kube-testenv.log (errors) ---"; grep -E '^E[0-9]{4}' "$DIR/kube-testenv.log" 2>/dev/null | tail -10
   fi
+  tests/node/node.sh down "$DIR/host" || true
   tests/testenv.sh down "$DIR" || true
   rm -rf "$DIR"
   exit "$rc"
@@ -226,15 +231,7 @@ check "singleProcessOOMKill: only the worker dies, counted once though container
 
 check_v2_leak() {
   grow_configmap $NS || return 1
-  { cat <<'YAML'
-apiVersion: leakhunt.dev/v1alpha1
-kind: LeakWatch
-metadata: {name: grower}
-spec:
-  selector: {matchLabels: {app: grower}}
-  thresholds: {baseline: 50, nearLimit: 85}
-  cooldown: 2h
-YAML
+  { leakwatch grower
     echo ---
     grow_deployment grower 176 4 192Mi
   } | kubectl -n $NS apply -f - >/dev/null || return 1
@@ -254,5 +251,91 @@ YAML
   [ "$job_node" = "$NODE" ]
 }
 check "a leak on the cgroup v2 node: captured, analysed on the guest, the growing object named" check_v2_leak
+
+# --- two nodes: this machine's node joins the guest's control plane ------------------------------------
+HOST_NODE=node-1
+HOST_STATE=$DIR/host
+# job_node REPORT: the node of the analyzer Job pod that analysed REPORT (the Job's annotation names it).
+job_node() {
+  local job
+  job=$(kubectl -n $LH get jobs -o jsonpath="{range .items[?(@.metadata.annotations.leakhunt\.dev/report==\"$NS/$1\")]}{.metadata.name}{end}")
+  [ -n "$job" ] && kubectl -n $LH get pods -l "job-name=$job" -o jsonpath='{.items[0].spec.nodeName}'
+}
+check_two_nodes() {
+  # The host node (cgroup v1, cgroupfs driver) beside the guest (cgroup v2, systemd): one agent on
+  # each, neither told which. Then a leak on each node at once: each pair is taken by its node's
+  # agent and analysed by a Job on that node, where the pair is, while the other node is busy with
+  # its own hunt.
+  kubectl -n $NS delete deployment grower --wait=false >/dev/null
+  NODE_NAME=$HOST_NODE KUBELET_CLIENT_CA=$DIR/pki/kubelet-client-ca.crt \
+    tests/node/node.sh up "$HOST_STATE" "$KUBECONFIG" 2>&1 | grep -v DEPRECATION | sed 's/^/  /' || return 1
+  wait_for "an agent Ready on each node" 240 sh -c "[ \"\$(kubectl -n $LH get daemonset leakhunt-agent -o jsonpath='{.status.numberReady}')\" = 2 ]" || return 1
+  local agents
+  agents=$(kubectl -n $LH get pods -l app.kubernetes.io/component=agent -o jsonpath='{range .items[*]}{.spec.nodeName}{"\n"}{end}' | sort | tr '\n' ' ')
+  echo "  agents on: $agents"
+  [ "$agents" = "$HOST_NODE $NODE " ] || return 1
+  local name node
+  for node in $HOST_NODE $NODE; do
+    name=leak-$node
+    { leakwatch "$name"
+      echo ---
+      grow_deployment "$name" 176 4 192Mi | on_node "$node"
+    } | kubectl -n $NS apply -f - >/dev/null || return 1
+  done
+  local t=$SECONDS phase
+  for node in $HOST_NODE $NODE; do
+    name=leak-$node
+    r() { kubectl -n $NS get leakreport "deployment-$name" -o jsonpath="$1" 2>/dev/null; }
+    wait_for "$name analysed" 900 sh -c "kubectl -n $NS get leakreport deployment-$name -o jsonpath='{.status.phase}' | grep -qx 'Analysed\|Failed'" \
+      || { echo "  $name: phase $(r '{.status.phase}'): $(r '{.status.incidents[*].message}')"; return 1; }
+    phase=$(r '{.status.phase}')
+    echo "  $name: $phase after $((SECONDS - t)) s: $(r '{.status.summary}')"
+    echo "    pod on $(kubectl -n $NS get pods -l app=$name -o jsonpath='{.items[0].spec.nodeName}'); snapshots on $(r '{.status.snapshots[*].node}'); analyzer Job pod on $(job_node deployment-$name)"
+    [ "$phase" = Analysed ] || return 1
+    case "$(r '{.status.suspects[0].path}')" in *__main__.data) ;; *) return 1 ;; esac
+    [ "$(r '{.status.snapshots[*].node}')" = "$node $node" ] || return 1
+    [ "$(job_node deployment-$name)" = "$node" ] || return 1
+  done
+}
+check "two nodes (cgroup v1 host, cgroup v2 guest): an agent on each, a leak on each at once, each pair analysed on its node" check_two_nodes
+
+check_reboot() {
+  # A hunt pending on the guest (snapshot A taken; the grower holds below B's threshold), then the
+  # guest rebooted by systemd: a new boot, every pod restarted. The reports survive, the pending A
+  # is voided with a reason, and the agent samples (and hunts) again.
+  { leakwatch pending
+    echo ---
+    grow_deployment pending 130 4 192Mi | on_node "$NODE"
+  } | kubectl -n $NS apply -f - >/dev/null || return 1
+  p() { kubectl -n $NS get leakreport deployment-pending -o jsonpath="$1" 2>/dev/null; }
+  wait_for "snapshot A of the pending hunt" 300 sh -c "kubectl -n $NS get leakreport deployment-pending -o jsonpath='{.status.snapshots[0].role}' | grep -qx A" || return 1
+  local a1 boot rebooted_at
+  a1=$(p '{.status.snapshots[0].time}')
+  boot=$(kubectl get node "$NODE" -o jsonpath='{.status.nodeInfo.bootID}')
+  echo "  snapshot A at $a1; boot $boot"
+  rebooted_at=$(date +%s)
+  # The exec ends with the guest: its status says nothing.
+  guest nsenter -t 1 -m -u -i -n -p -- systemctl reboot >/dev/null 2>&1 || true
+  wait_for "a new boot of $NODE" 600 sh -c "b=\$(kubectl get node $NODE -o jsonpath='{.status.nodeInfo.bootID}') && [ -n \"\$b\" ] && [ \"\$b\" != '$boot' ]" || return 1
+  wait_for "$NODE Ready after the reboot" 300 kubectl wait --for=condition=Ready "node/$NODE" --timeout=10s || return 1
+  echo "  $NODE back in $(( $(date +%s) - rebooted_at )) s, boot $(kubectl get node "$NODE" -o jsonpath='{.status.nodeInfo.bootID}')"
+  wait_for "the pending A voided" 300 sh -c "kubectl -n $NS get leakreport deployment-pending -o jsonpath='{.status.incidents[*].message}' | grep -Eq 'is void: .* before snapshot B'" \
+    || { echo "  incidents: $(p '{.status.incidents[*].message}')"; return 1; }
+  echo "  $(p '{.status.incidents[?(@.reason=="BaselineReset")].message}')"
+  # The analysed reports of both nodes survive the reboot, as they were.
+  local r
+  for r in deployment-leak-$HOST_NODE deployment-leak-$NODE; do
+    echo "  $r: $(kubectl -n $NS get leakreport $r -o jsonpath='{.status.phase} {.status.suspects[0].path}')"
+    [ "$(kubectl -n $NS get leakreport $r -o jsonpath='{.status.phase}')" = Analysed ] || return 1
+  done
+  # Sampling resumed on the new boot, and the hunt with it: a new A of the restarted grower.
+  wait_for "a new snapshot A" 400 sh -c "t=\$(kubectl -n $NS get leakreport deployment-pending -o jsonpath='{.status.snapshots[0].time}') && [ -n \"\$t\" ] && [ \"\$t\" != '$a1' ]" \
+    || { echo "  phase $(p '{.status.phase}'): $(p '{.status.incidents[*].message}')"; return 1; }
+  local last
+  last=$(p '{.status.memory.samples[-1:].time}')
+  echo "  new snapshot A at $(p '{.status.snapshots[0].time}'); last memory sample $last"
+  [ "$(date -u -d "$last" +%s)" -gt "$rebooted_at" ]
+}
+check "the guest rebooted during a hunt: reports survive, the pending A voided with a reason, sampling resumes" check_reboot
 
 summary

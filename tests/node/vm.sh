@@ -167,7 +167,8 @@ EOF
   echo "$dummy" >"$dir/dummy"
 
   # TCG: /dev/kvm here runs only PVM kernels. The root disk is used copy-on-write (snapshot=on): the
-  # cached image never changes.
+  # cached image never changes. A guest reboot resets the machine in this QEMU process and keeps the
+  # copy-on-write layer: the node reboots with its state, as a real one does.
   local fwd_port
   fwd_port=$(free_port)
   qemu-system-x86_64 -accel tcg,thread=multi -machine q35 -cpu max -smp "$VM_CPUS" -m "$VM_MEMORY" \
@@ -177,7 +178,7 @@ EOF
     -drive "file=$dir/config.img,if=virtio,format=raw,readonly=on" \
     -netdev "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:$fwd_port-10.0.2.15:10250,guestfwd=tcp:10.0.2.100:6443-cmd:socat - TCP:127.0.0.1:$api_port" \
     -device virtio-net-pci,netdev=n0 \
-    -display none -monitor none -serial "file:$dir/logs/console.log" -no-reboot \
+    -display none -monitor none -serial "file:$dir/logs/console.log" \
     -daemonize -pidfile "$dir/qemu.pid" || die "qemu did not start"
   setsid socat "TCP-LISTEN:10250,bind=$VM_NODE_IP,reuseaddr,fork" "TCP:127.0.0.1:$fwd_port" \
     >"$dir/logs/relay.log" 2>&1 </dev/null &

@@ -13,9 +13,11 @@ use leakhunt_analyzer::python::remote::{self, Remote, Tracing};
 use crate::crd::human_bytes;
 
 /// Time the target must have between snapshot B and its OOM kill for the sites to be read: the
-/// analysis and the script. Reckoned at twice its growth rate, because tracemalloc's own memory
-/// can be about as much again as the growth (for small objects) until it stops.
+/// analysis and the script.
 const MIN_SECONDS_AFTER_B: f64 = 10.0;
+/// How much faster memory grows while tracemalloc traces: 3.85× on the seed's Flask service
+/// (small objects; bench/allocation-sites.sh, docs/benchmarks.md), rounded up.
+const TRACED_GROWTH: f64 = 4.0;
 
 pub(super) enum Tracer {
     Off,
@@ -38,10 +40,10 @@ pub(super) fn too_close(
     growth: Option<f64>,
 ) -> Option<String> {
     let (near, limit, growth) = (near?, limit?, growth.filter(|g| *g > 0.0)?);
-    let seconds = limit.saturating_sub(near) as f64 / (2.0 * growth);
+    let seconds = limit.saturating_sub(near) as f64 / (TRACED_GROWTH * growth);
     (seconds < MIN_SECONDS_AFTER_B).then(|| {
         format!(
-            "allocation sites skipped: growing {}/s, traced (tracemalloc's own memory can double that), the target would go from snapshot B to its limit in {seconds:.0} s, too soon to read them",
+            "allocation sites skipped: growing {}/s, traced (tracemalloc's own memory makes that up to 4× faster), the target would go from snapshot B to its limit in {seconds:.0} s, too soon to read them",
             human_bytes(growth as u64)
         )
     })
@@ -189,11 +191,11 @@ mod tests {
     #[test]
     fn tracing_is_skipped_only_when_b_would_be_too_close_to_the_kill() {
         let mib = 1u64 << 20;
-        // 96Mi, B at 85 %: 14.4 MiB between B and the kill; at 3 MiB/s (6 traced) that is 2 s.
+        // 96Mi, B at 85 %: 14.4 MiB between B and the kill; at 3 MiB/s (12 traced) that is 1 s.
         let near = Some(96 * mib * 85 / 100);
         assert!(too_close(near, Some(96 * mib), Some(3.0 * mib as f64)).is_some());
-        // At 0.5 MiB/s: 14 s, enough.
-        assert!(too_close(near, Some(96 * mib), Some(0.5 * mib as f64)).is_none());
+        // At 0.25 MiB/s (1 traced): 14 s, enough.
+        assert!(too_close(near, Some(96 * mib), Some(0.25 * mib as f64)).is_none());
         // No limit, no growth: nothing to reckon with.
         assert!(too_close(near, None, Some(1e9)).is_none());
         assert!(too_close(near, Some(96 * mib), None).is_none());

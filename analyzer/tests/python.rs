@@ -490,8 +490,11 @@ fn with_remote_exec() -> Vec<Python> {
 /// runs a remote script only when it runs Python code again.
 fn while_woken<T: Send + 'static>(w: &mut Workload, f: impl FnOnce() -> T + Send + 'static) -> T {
     let t = std::thread::spawn(f);
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    w.send("step 0");
+    // Woken until the script has run: the request may land after a wake-up on a busy machine.
+    while !t.is_finished() {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        w.send("step 0");
+    }
     t.join().expect("remote script thread")
 }
 

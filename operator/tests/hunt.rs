@@ -1214,7 +1214,9 @@ fn allocation_sites_name_the_line_that_builds_the_leaked_items() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    // Small requests (4 laps each) from one client: a leak slow enough for tracing to be safe.
+    // Small requests (4 laps each) from one client, and B at 60 % of a 256Mi limit: 102 MiB
+    // between B and the kill, so tracing is safe up to 2.5 MiB/s of growth (traced 4× as fast,
+    // 10 s to read the sites), and B comes 25 MiB after A.
     let (mut opts, _tmp) = options(
         "sites",
         Target::Command(vec![
@@ -1226,8 +1228,13 @@ fn allocation_sites_name_the_line_that_builds_the_leaked_items() {
             "python3.14".into(),
             format!("/{app_dir}/app.py"),
         ]),
-        Some(128 * MIB),
+        Some(256 * MIB),
     );
+    opts.levels = Levels {
+        baseline: Some(Level::Share(0.5)),
+        near_limit: Some(Level::Share(0.6)),
+        pair_after: None,
+    };
     opts.allocation_sites = true;
     opts.until = Until::Report;
     opts.duration = Some(Duration::from_secs(240));

@@ -17,7 +17,7 @@ dir=tmp/leakhunt-bench-$$
 mkdir -p "$ROOT/$dir"
 cp examples/leaky-flask/app.py "$ROOT/$dir/app.py"
 pid=
-trap '[ -n "$pid" ] && kill $pid 2>/dev/null; rm -rf "${ROOT:?}/$dir"' EXIT
+trap 'rm -rf "${ROOT:?}/$dir"' EXIT
 
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
@@ -28,6 +28,8 @@ phase() {
   port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   PORT=$port PROFILER_LAPS=4 chroot "$ROOT" python3.14 "/$dir/app.py" >/dev/null 2>&1 &
   pid=$!
+  # This runs in a subshell ($(phase …)): its service is stopped by its own trap, whatever happens.
+  trap 'kill $pid 2>/dev/null' EXIT
   for _ in $(seq 100); do python3 -c "import socket; socket.create_connection(('127.0.0.1', $port), 1)" 2>/dev/null && break; sleep 0.1; done
   python3 examples/leaky-flask/load.py --port "$port" --threads 1 --seconds 3 2>/dev/null  # warm-up
   if [ "$traced" = 1 ]; then

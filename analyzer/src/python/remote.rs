@@ -216,13 +216,15 @@ impl Remote {
         self.write(self.eval_breaker, &breaker.to_le_bytes())
     }
 
-    /// Runs `source` in the target; the script writes its JSON result to the path it finds in
-    /// `OUT` (substituted here) and renames it into place when complete.
+    /// Runs `source` in the target: a script that defines `_run()`, whose dict [`EPILOGUE`]
+    /// writes as JSON to `OUT` (a path chosen here) and renames into place when complete; an
+    /// exception becomes `{"error": ...}`.
     pub fn exec(&self, source: &str, timeout: Duration) -> Result<String> {
         let dir = Scratch::create(self.pid)?;
         let out = dir.inside.join("out.json");
         let script = dir.inside.join("script.py");
-        let source = source.replace("@OUT@", &py_str(&out.to_string_lossy()));
+        let source = format!("{PROLOGUE}{source}{EPILOGUE}")
+            .replace("@OUT@", &py_str(&out.to_string_lossy()));
         dir.write("script.py", source.as_bytes())?;
         self.request(&script.to_string_lossy())?;
         let t0 = Instant::now();
@@ -248,7 +250,33 @@ impl Remote {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+
+    /// [`Remote::exec`], its output read as `T`.
+    fn exec_as<T: serde::de::DeserializeOwned>(
+        &self,
+        source: &str,
+        timeout: Duration,
+    ) -> Result<T> {
+        let text = self.exec(source, timeout)?;
+        serde_json::from_str(&text).map_err(|e| Error::Script {
+            pid: self.pid,
+            message: format!("unexpected output: {e}"),
+        })
+    }
 }
+
+/// What every script starts with, and what ends it: its `_run()` result (or the error it
+/// raised) written where leakhunt reads it.
+const PROLOGUE: &str = "import json, os, tracemalloc\nOUT = @OUT@\n";
+const EPILOGUE: &str = r#"
+try:
+    _r = _run()
+except Exception as _e:
+    _r = {"error": type(_e).__name__ + ": " + str(_e)[:200]}
+with open(OUT + ".tmp", "w") as _f:
+    json.dump(_r, _f)
+os.replace(OUT + ".tmp", OUT)
+"#;
 
 /// The process still runs (not gone, not a zombie waiting for its parent).
 fn alive(pid: i32) -> bool {
@@ -430,69 +458,60 @@ pub struct Tracing {
 }
 
 const START: &str = r#"
-import json, os, tracemalloc
-OUT = @OUT@
 def _run():
     started = not tracemalloc.is_tracing()
     if started:
         tracemalloc.start(@FRAMES@)
     return {"started": started, "frames": tracemalloc.get_traceback_limit(),
             "tracemallocMemory": tracemalloc.get_tracemalloc_memory()}
-try:
-    _r = _run()
-except Exception as _e:
-    _r = {"error": type(_e).__name__ + ": " + str(_e)[:200]}
-with open(OUT + ".tmp", "w") as _f:
-    json.dump(_r, _f)
-os.replace(OUT + ".tmp", OUT)
 "#;
 
 /// Starts `tracemalloc` in the target with `frames` frames per traceback.
 pub fn start_tracing(remote: &Remote, frames: u32, timeout: Duration) -> Result<Tracing> {
     let src = START.replace("@FRAMES@", &frames.clamp(1, 64).to_string());
-    let text = remote.exec(&src, timeout)?;
-    serde_json::from_str(&text).map_err(|e| Error::Script {
-        pid: remote.pid,
-        message: format!("unexpected output: {e}"),
-    })
+    remote.exec_as(&src, timeout)
 }
 
-const STOP: &str = r#"
-import json, os, tracemalloc
-OUT = @OUT@
-_r = {"tracemallocMemory": tracemalloc.get_tracemalloc_memory() if tracemalloc.is_tracing() else 0}
-tracemalloc.stop()
-with open(OUT + ".tmp", "w") as _f:
-    json.dump(_r, _f)
-os.replace(OUT + ".tmp", OUT)
+/// What tracemalloc uses now; with `STOP`, it is stopped after.
+const MEMORY: &str = r#"
+STOP = @STOP@
+def _run():
+    r = {"tracemallocMemory": tracemalloc.get_tracemalloc_memory() if tracemalloc.is_tracing() else 0}
+    if STOP:
+        tracemalloc.stop()
+    return r
 "#;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Memory {
+    tracemalloc_memory: u64,
+}
+
+fn py_bool(b: bool) -> &'static str {
+    if b {
+        "True"
+    } else {
+        "False"
+    }
+}
 
 /// Stops `tracemalloc` (when leakhunt started it), leaving the target as it was.
 pub fn stop_tracing(remote: &Remote, tracing: &Tracing, timeout: Duration) -> Result<()> {
     if !tracing.started {
         return Ok(());
     }
-    remote.exec(STOP, timeout).map(|_| ())
+    remote
+        .exec_as::<Memory>(&MEMORY.replace("@STOP@", py_bool(true)), timeout)
+        .map(|_| ())
 }
-
-const MEMORY: &str = r#"
-import json, os, tracemalloc
-OUT = @OUT@
-_r = {"tracemallocMemory": tracemalloc.get_tracemalloc_memory() if tracemalloc.is_tracing() else 0}
-with open(OUT + ".tmp", "w") as _f:
-    json.dump(_r, _f)
-os.replace(OUT + ".tmp", OUT)
-"#;
 
 /// Bytes `tracemalloc` uses in the target now (0 when it is not tracing): its traces are native
 /// memory that a diff must not blame on the process.
 pub fn tracer_memory(remote: &Remote, timeout: Duration) -> Result<u64> {
-    let text = remote.exec(MEMORY, timeout)?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Script {
-        pid: remote.pid,
-        message: format!("unexpected output: {e}"),
-    })?;
-    Ok(v["tracemallocMemory"].as_u64().unwrap_or(0))
+    remote
+        .exec_as::<Memory>(&MEMORY.replace("@STOP@", py_bool(false)), timeout)
+        .map(|m| m.tracemalloc_memory)
 }
 
 /// Where one group of the suspect's items was allocated.
@@ -528,8 +547,7 @@ pub struct Sites {
 // — a list of every object — only where `/proc` is missing), its items are walked in place, and
 // function names come from the source's syntax tree, parsed for the few frames shown.
 const SITES: &str = r#"
-import ast, collections, ctypes, gc, json, os, struct, sys, tracemalloc
-OUT = @OUT@
+import ast, collections, ctypes, gc, struct, sys
 ADDR = @ADDR@
 STOP = @STOP@
 _KINDS = (list, dict, set, frozenset, collections.deque)
@@ -597,6 +615,12 @@ def _where(frames):
         out.append("%s:%d%s" % (os.path.basename(fr.filename), fr.lineno, " in " + name if name else ""))
     return out
 def _run():
+    try:
+        return _sites()
+    finally:
+        if STOP:
+            tracemalloc.stop()
+def _sites():
     if not tracemalloc.is_tracing():
         return {"error": "tracemalloc is not running (stopped since snapshot A?)"}
     target, how = _find()
@@ -626,16 +650,6 @@ def _run():
     memory = tracemalloc.get_tracemalloc_memory()
     return {"items": n, "traced": traced, "tracemallocMemory": memory, "foundBy": how,
             "sites": [{"frames": _where(tb), "count": c, "bytes": b} for tb, c, b in top]}
-try:
-    _r = _run()
-except Exception as _e:
-    _r = {"error": type(_e).__name__ + ": " + str(_e)[:200]}
-finally:
-    if STOP:
-        tracemalloc.stop()
-with open(OUT + ".tmp", "w") as _f:
-    json.dump(_r, _f)
-os.replace(OUT + ".tmp", OUT)
 "#;
 
 /// The items of the container at `address` grouped by where `tracemalloc` saw them allocated;
@@ -648,12 +662,8 @@ pub fn allocation_sites(
 ) -> Result<Sites> {
     let src = SITES
         .replace("@ADDR@", &address.to_string())
-        .replace("@STOP@", if stop { "True" } else { "False" });
-    let text = remote.exec(&src, timeout)?;
-    serde_json::from_str(&text).map_err(|e| Error::Script {
-        pid: remote.pid,
-        message: format!("unexpected output: {e}"),
-    })
+        .replace("@STOP@", py_bool(stop));
+    remote.exec_as(&src, timeout)
 }
 
 #[cfg(test)]
@@ -703,12 +713,12 @@ mod tests {
 
     #[test]
     fn scripts_take_only_numbers_and_paths() {
-        assert!(START.contains("@FRAMES@") && START.contains("@OUT@"));
+        assert!(START.contains("@FRAMES@") && PROLOGUE.contains("@OUT@"));
         assert_eq!(
             py_str("/tmp/leakhunt-00ff/out.json"),
             "\"/tmp/leakhunt-00ff/out.json\""
         );
-        for s in [START, STOP, SITES, MEMORY] {
+        for s in [PROLOGUE, EPILOGUE, START, SITES, MEMORY] {
             // Output only: never evaluates what it reads.
             assert!(!s.contains("eval(") && !s.contains("exec("));
         }

@@ -235,8 +235,7 @@ impl Hunt<'_> {
         };
         let (tracer_bytes, said) = self.tracer.memory_at_b();
         if let Some(m) = said {
-            self.progress.event(&m);
-            self.site_notes.push(m);
+            self.site_note(m);
         }
         match self.snap.diff_traced(&a.path, &b.path, tracer_bytes) {
             Ok(findings) => {
@@ -322,27 +321,27 @@ impl Hunt<'_> {
     /// `--allocation-sites` at snapshot A: tracemalloc started in the target, unless it would
     /// reach B too soon for that to be safe.
     fn start_tracer(&mut self, pid: i32, sample: &Sample, ws: u64) {
-        use crate::node::threshold::Level;
-        let near = match self.thresholds.near_limit {
-            Some(Level::Share(s)) => self.limit.map(|l| (l as f64 * s) as u64),
-            Some(Level::Bytes(b)) => Some(b),
-            Some(Level::Growth { bytes, of_a }) => Some(ws + bytes.max((ws as f64 * of_a) as u64)),
-            None => None,
-        };
-        if let Some(why) = sites::too_close(near, self.limit, sample.growth_per_sec) {
-            self.progress.event(&why);
-            self.site_notes.push(why);
-            return;
+        let near = self
+            .thresholds
+            .near_limit
+            .and_then(|l| l.bytes(self.limit, ws));
+        match sites::too_close(near, self.limit, sample.growth_per_sec) {
+            Some(why) => self.site_note(why),
+            None => self.tracer = sites::Tracer::start(pid),
         }
-        self.tracer = sites::Tracer::start(pid);
     }
 
     /// What starting tracemalloc came to, once it is known.
     pub(super) fn poll_tracer(&mut self) {
         if let Some(m) = self.tracer.poll(false) {
-            self.progress.event(&m);
-            self.site_notes.push(m);
+            self.site_note(m);
         }
+    }
+
+    /// An allocation-sites message: shown now, and a note of the report when it is written.
+    fn site_note(&mut self, m: String) {
+        self.progress.event(&m);
+        self.site_notes.push(m);
     }
 
     pub(super) fn void_baseline(&mut self, target: ProcessKey, reason: ResetReason) {

@@ -39,15 +39,24 @@ impl Level {
         matches!(self, Level::Share(_))
     }
 
+    /// The level in bytes under `limit` (`at_a`: the level at snapshot A); a share needs a
+    /// limit.
+    pub fn bytes(self, limit: Option<u64>, at_a: u64) -> Option<u64> {
+        match self {
+            Level::Share(f) => limit.map(|l| (l as f64 * f) as u64),
+            Level::Bytes(b) => Some(b),
+            Level::Growth { bytes, of_a } => {
+                Some(at_a.saturating_add(bytes.max((of_a * at_a as f64) as u64)))
+            }
+        }
+    }
+
     /// Whether `measured` has reached this level (`at_a`: the level at snapshot A).
     fn reached(self, measured: Option<u64>, fraction: Option<f64>, at_a: u64) -> bool {
         match self {
+            // A share is judged on the cgroup's own fraction, not on bytes of a limit.
             Level::Share(f) => fraction.is_some_and(|x| x >= f),
-            Level::Bytes(b) => measured.is_some_and(|m| m >= b),
-            Level::Growth { bytes, of_a } => {
-                let need = bytes.max((of_a * at_a as f64) as u64);
-                measured.is_some_and(|m| m >= at_a.saturating_add(need))
-            }
+            _ => matches!((measured, self.bytes(None, at_a)), (Some(m), Some(level)) if m >= level),
         }
     }
 

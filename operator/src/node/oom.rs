@@ -286,18 +286,6 @@ mod tests {
     const SUMMARY: &str = "6,2001,821027353,-;oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=/,mems_allowed=0,oom_memcg=/lh/hunt-1,task_memcg=/lh/hunt-1,task=python3,pid=20199,uid=0";
     const KILLED: &str = "3,2002,821027367,-;Memory cgroup out of memory: Killed process 20199 (python3) total-vm:30956kB, anon-rss:20224kB, file-rss:6636kB, shmem-rss:0kB, UID:0 pgtables:100kB oom_score_adj:0";
 
-    fn proc_(pid: i32, comm: &str, rss: u64) -> ProcessMemory {
-        ProcessMemory {
-            key: ProcessKey {
-                pid,
-                start_ticks: 1,
-            },
-            ppid: 1,
-            comm: comm.into(),
-            rss,
-        }
-    }
-
     #[test]
     fn parses_kernel_lines() {
         let (usec, msg) = parse_kmsg_record(SUMMARY).unwrap();
@@ -331,7 +319,10 @@ mod tests {
     #[test]
     fn names_kill_from_kernel_log() {
         let mut w = OomWatch::new("/lh/hunt-1", None);
-        let before = [proc_(10, "gunicorn", 10), proc_(20199, "python3", 90)];
+        let before = [
+            ProcessMemory::listed(10, "gunicorn", 10),
+            ProcessMemory::listed(20199, "python3", 90),
+        ];
         assert!(w.update(0, &before).is_empty());
         w.feed_kernel_records(&[SUMMARY.into(), KILLED.into()]);
         let kills = w.update(1, &before[..1]);
@@ -346,7 +337,10 @@ mod tests {
     fn a_kill_the_counter_never_showed_is_named_from_the_log() {
         // A group kill: the cgroup is gone before a sample reads its counter again.
         let mut w = OomWatch::new("/lh/hunt-1", None);
-        let before = [proc_(10, "gunicorn", 10), proc_(20199, "python3", 90)];
+        let before = [
+            ProcessMemory::listed(10, "gunicorn", 10),
+            ProcessMemory::listed(20199, "python3", 90),
+        ];
         w.update(0, &before);
         // The other victims of a group kill have their own "Killed process" line, no summary.
         let other = KILLED.replace("20199 (python3)", "10 (gunicorn)");
@@ -361,9 +355,9 @@ mod tests {
     fn ignores_other_cgroups_and_falls_back_to_vanished() {
         let mut w = OomWatch::new("/lh/other", None);
         let before = [
-            proc_(1, "master", 10),
-            proc_(2, "worker", 80),
-            proc_(3, "worker", 70),
+            ProcessMemory::listed(1, "master", 10),
+            ProcessMemory::listed(2, "worker", 80),
+            ProcessMemory::listed(3, "worker", 70),
         ];
         w.update(5, &before);
         w.feed_kernel_records(&[SUMMARY.into(), KILLED.into()]);

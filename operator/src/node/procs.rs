@@ -112,6 +112,22 @@ pub fn read_processes(proc_root: &Path, pids: &[i32]) -> Vec<ProcessMemory> {
         .collect()
 }
 
+/// A process as the tests list it: parent 1, started at tick 1.
+#[cfg(test)]
+impl ProcessMemory {
+    pub(crate) fn listed(pid: i32, comm: &str, rss: u64) -> ProcessMemory {
+        ProcessMemory {
+            key: ProcessKey {
+                pid,
+                start_ticks: 1,
+            },
+            ppid: 1,
+            comm: comm.into(),
+            rss,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

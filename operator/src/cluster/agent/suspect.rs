@@ -88,18 +88,6 @@ pub(super) fn name_departed(s: &mut Suspect, now: &[i32]) {
 mod tests {
     use super::*;
 
-    fn process(pid: i32, comm: &str, rss: u64) -> ProcessMemory {
-        ProcessMemory {
-            key: crate::node::ProcessKey {
-                pid,
-                start_ticks: 1,
-            },
-            ppid: 1,
-            comm: comm.into(),
-            rss,
-        }
-    }
-
     #[test]
     fn an_unnamed_victim_is_named_once_it_has_left() {
         // The counter's sample still listed the exiting worker (7) beside its master (1) and
@@ -114,9 +102,9 @@ mod tests {
                 source: KillSource::Unknown,
             },
             listed: vec![
-                process(1, "gunicorn", 30 << 20),
-                process(7, "worker", 90 << 20),
-                process(8, "helper", 1 << 20),
+                ProcessMemory::listed(1, "gunicorn", 30 << 20),
+                ProcessMemory::listed(7, "worker", 90 << 20),
+                ProcessMemory::listed(8, "helper", 1 << 20),
             ],
             victims: Vec::new(),
             oom_group: false,
@@ -145,7 +133,10 @@ mod tests {
                 last_rss: None,
                 source: crate::node::KillSource::KernelLog,
             },
-            listed: listed.iter().map(|&p| process(p, "python3", 0)).collect(),
+            listed: listed
+                .iter()
+                .map(|&p| ProcessMemory::listed(p, "python3", 0))
+                .collect(),
             victims: victims.to_vec(),
             oom_group: false,
             waited: 0,

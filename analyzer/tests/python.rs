@@ -7,7 +7,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "../../tests/workloads/pyroot.rs"]
+mod pyroot;
 
+use pyroot::pyroot;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -56,17 +59,6 @@ impl Python {
             }
         }
     }
-}
-
-/// Debian's root filesystem with python3.14 and python3.15 (`tests/workloads/pyroot.sh`, which
-/// `make unit` runs first).
-fn pyroot() -> PathBuf {
-    std::env::var_os("LEAKHUNT_PYROOT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default())
-                .join(".cache/leakhunt/pyroot/testing")
-        })
 }
 
 /// The workloads, copied into `root` once per content (as the root sees them): a directory named

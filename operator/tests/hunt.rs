@@ -7,6 +7,10 @@
 // Tests and their helpers may unwrap: a panic is the failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../../tests/workloads/pyroot.rs"]
+mod pyroot;
+
+use pyroot::pyroot;
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -1179,16 +1183,6 @@ fn pid_that_exits_before_b_says_what_was_captured() {
         "{:?}",
         st.notes
     );
-}
-
-/// Debian testing's root filesystem with CPython 3.14 (`make pyroot`).
-fn pyroot() -> PathBuf {
-    std::env::var_os("LEAKHUNT_PYROOT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default())
-                .join(".cache/leakhunt/pyroot/testing")
-        })
 }
 
 /// `--allocation-sites` on the seed's Flask service under CPython 3.14 (chrooted into Debian's

@@ -173,22 +173,23 @@ pub fn within(processes: Vec<ProcessMemory>, root: i32) -> Vec<ProcessMemory> {
 }
 
 /// The process to snapshot: the fastest positive grower; without any growth yet, the largest.
+/// A process too young for a rate that is already bigger than the fastest measured one beats it:
+/// a worker forked a second ago that grows fast has no rate yet, its idle master has one.
 pub fn pick_grower(
     processes: &[ProcessMemory],
     rate: impl Fn(ProcessKey) -> Option<f64>,
 ) -> Option<ProcessKey> {
     let fastest = processes
         .iter()
-        .filter_map(|p| rate(p.key).filter(|r| *r > 0.0).map(|r| (p.key, r)))
+        .filter_map(|p| rate(p.key).filter(|r| *r > 0.0).map(|r| (p, r)))
         .max_by(|a, b| a.1.total_cmp(&b.1))
-        .map(|(k, _)| k);
-    fastest.or_else(|| {
-        processes
-            .iter()
-            .filter(|p| p.rss > 0)
-            .max_by_key(|p| p.rss)
-            .map(|p| p.key)
-    })
+        .map(|(p, _)| p);
+    let largest = processes.iter().filter(|p| p.rss > 0).max_by_key(|p| p.rss);
+    match (fastest, largest) {
+        (Some(f), Some(l)) if rate(l.key).is_none() && l.rss > f.rss => Some(l.key),
+        (Some(f), _) => Some(f.key),
+        (None, l) => l.map(|p| p.key),
+    }
 }
 
 #[cfg(test)]
@@ -244,6 +245,18 @@ mod tests {
             pick_grower(&[p(7, 0)], |_| None),
             None,
             "kernel threads/zombies never"
+        );
+        // A fast worker too young for a rate, already bigger than its idle master with one.
+        let young = |k: ProcessKey| (k.pid == 1).then_some(0.5);
+        assert_eq!(
+            pick_grower(&[p(1, 20), p(2, 60)], young).map(|k| k.pid),
+            Some(2),
+            "the young, bigger one"
+        );
+        assert_eq!(
+            pick_grower(&[p(1, 60), p(2, 20)], young).map(|k| k.pid),
+            Some(1),
+            "a young, smaller one waits for its rate"
         );
     }
 }

@@ -10,6 +10,7 @@
 //! our own `LEAKHUNT` note ([`crate::notes::LeakhuntNote`]).
 
 mod elf;
+mod headroom;
 mod plan;
 mod ptrace;
 mod sink;
@@ -465,7 +466,8 @@ fn system_notes(pid: i32, f: &Frozen, page: u64) -> Vec<u8> {
 
 /// How much memory the capture may use to buffer the target's memory ahead of the disk (the
 /// target is released as soon as everything is read): at most the core's size and 1 GiB, an
-/// eighth of the machine's available memory, a quarter of what our own cgroup has left.
+/// eighth of the machine's available memory, a quarter of what our memory cgroup (or an ancestor
+/// of it, v1 or v2) has left.
 fn buffer_budget(core_bytes: u64) -> usize {
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let available = meminfo
@@ -475,21 +477,10 @@ fn buffer_budget(core_bytes: u64) -> usize {
         .map(|kib| kib * 1024)
         .unwrap_or(0);
     let mut budget = core_bytes.min(1 << 30).min(available / 8);
-    if let Some(left) = cgroup_memory_left() {
+    if let Some(left) = headroom::memory_left() {
         budget = budget.min(left / 4);
     }
     usize::try_from(budget).unwrap_or(0)
-}
-
-/// `memory.max - memory.current` of our cgroup (v2), when it has a limit.
-fn cgroup_memory_left() -> Option<u64> {
-    let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    let path = cgroup.lines().find_map(|l| l.strip_prefix("0::"))?;
-    let dir = Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/'));
-    let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
-    let max: u64 = read("memory.max")?.trim().parse().ok()?;
-    let current: u64 = read("memory.current")?.trim().parse().ok()?;
-    Some(max.saturating_sub(current))
 }
 
 /// zstd-compress the file at `from` into `to`.

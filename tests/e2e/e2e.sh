@@ -380,10 +380,17 @@ YAML
 }
 check "a LeakWatch cannot route alerts outside the allowed URL prefixes" check_leakwatch_urls
 
+agent_restarts() { kubectl -n $LH get pods -l app.kubernetes.io/component=agent -o jsonpath='{.items[0].status.containerStatuses[0].restartCount}'; }
+agent_ready() { [ "$(kubectl -n $LH get pods -l app.kubernetes.io/component=agent -o jsonpath='{.items[0].status.containerStatuses[0].ready}')" = true ]; }
+
 check_big_pair() {
   # A pair bigger than the analyzer Job's default limit (1Gi): the operator sizes the Job from the
   # memory the snapshots hold (uncompressed: the files are zstd, and a heap of small objects shrinks
   # to a tenth), 1.5 × that plus 128Mi within analyzer.maxMemory; the CPython analysis fits in it.
+  # The agent captures 1 GiB processes within its own 512Mi limit: it buffers no more than its
+  # cgroup has left (on this cgroup v1 node, too), and is not OOM-killed.
+  local agent0
+  agent0=$(agent_restarts)
   grow_configmap $NS || return 1
   { cat <<'YAML'
 apiVersion: leakhunt.dev/v1alpha1
@@ -401,7 +408,7 @@ YAML
   local big=deployment-big-heap
   big_report() { kubectl -n $NS get leakreport $big -o jsonpath="$1"; }
   wait_for "big-heap phase Analysed" 300 sh -c "[ \"\$(kubectl -n $NS get leakreport $big -o jsonpath='{.status.phase}')\" = Analysed ]" \
-    || { echo "  phase: $(big_report '{.status.phase}') $(big_report '{.status.conditions[*].message}')"; return 1; }
+    || { echo "  phase: $(big_report '{.status.phase}') $(big_report '{.status.conditions[*].message}'); agent restarts $(agent_restarts) (before: $agent0)"; return 1; }
   local sizes limit
   sizes=$(big_report '{.status.snapshots[*].memory}')
   limit=$(kubectl -n $LH get jobs -o json | python3 -c '
@@ -414,6 +421,7 @@ for j in json.load(sys.stdin)["items"]:
         print(int(float(n) * units.get(q[len(n):], 1)))' "$NS/$big")
   echo "  snapshots hold $sizes bytes (files: $(big_report '{.status.snapshots[*].size}')); analyzer Job memory limit: $((limit >> 20)) MiB; verdict $(big_report '{.status.verdict}')"
   echo "  summary: $(big_report '{.status.summary}')"
+  [ "$(agent_restarts)" = "$agent0" ] || { echo "  the agent restarted during the hunt: $(agent_restarts) restarts, $agent0 before"; return 1; }
   local pair=0 s
   for s in $sizes; do pair=$((pair + s)); done
   [ "$pair" -gt $((1 << 30)) ] || { echo "  the pair is not bigger than 1Gi"; return 1; }
@@ -487,8 +495,6 @@ container_pids() {
   cg=$(find "$CGROUP_ROOT" -maxdepth 5 -type d -name "*$cid*" | head -1)
   [ -n "$cg" ] && cat "$cg/cgroup.procs"
 }
-agent_restarts() { kubectl -n $LH get pods -l app.kubernetes.io/component=agent -o jsonpath='{.items[0].status.containerStatuses[0].restartCount}'; }
-agent_ready() { [ "$(kubectl -n $LH get pods -l app.kubernetes.io/component=agent -o jsonpath='{.items[0].status.containerStatuses[0].ready}')" = true ]; }
 
 check_agent_killed() {
   # The agent SIGKILLed while it holds the target stopped for snapshot A: the kernel detaches a seized

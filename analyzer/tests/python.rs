@@ -500,10 +500,57 @@ fn shapes_line(text: &str) -> usize {
         + 1
 }
 
+/// Drops every capability of the calling thread but `CAP_SYS_PTRACE`, as the node agent runs
+/// (capabilities are per thread: the rest of the test keeps its own).
+fn only_sys_ptrace() {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    const SYS_PTRACE: u32 = 1 << 19;
+    let header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let mut data = [Data {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    data[0].effective = SYS_PTRACE;
+    data[0].permitted = SYS_PTRACE;
+    // SAFETY: capset reads a header and two data words of the layout above, for this thread.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) };
+    assert_eq!(rc, 0, "capset: {}", std::io::Error::last_os_error());
+    let caps = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+    let eff = caps.lines().find(|l| l.starts_with("CapEff:")).unwrap();
+    assert!(eff.ends_with("0000000000080000"), "{eff}");
+}
+
+/// [`while_woken`], run as the node agent is: with `CAP_SYS_PTRACE` alone (no `CAP_CHOWN`, no
+/// `CAP_DAC_OVERRIDE` to share a file with a target of another user).
+fn as_agent<T: Send + 'static>(w: &mut Workload, f: impl FnOnce() -> T + Send + 'static) -> T {
+    while_woken(w, move || {
+        only_sys_ptrace();
+        f()
+    })
+}
+
 /// Allocation sites (CPython 3.14+): tracemalloc started in the target at A through its
 /// remote-execution hook; after the diff, the suspect's new items grouped by where they were
 /// allocated — the line that appends to `service.history` — and tracing stopped again. The
-/// target runs as another user (nobody) to prove the script reaches it.
+/// target runs as another user (nobody) with a /tmp of its own, and leakhunt's side with
+/// `CAP_SYS_PTRACE` only, as in a cluster.
 #[test]
 fn allocation_sites_name_the_line_that_allocated_the_growth() {
     use leakhunt_analyzer::python::remote;
@@ -516,7 +563,7 @@ fn allocation_sites_name_the_line_that_allocated_the_growth() {
             // PID is the interpreter's).
             cmd = Command::new("unshare");
             cmd.args(["--mount", "sh", "-c"])
-                .arg(r#"mount -t proc proc "$0/proc" && exec chroot --userspec=65534:65534 "$0" "$1" "$2" "$3""#)
+                .arg(r#"mount -t proc proc "$0/proc" && mount -t tmpfs -o mode=1777 tmp "$0/tmp" && exec chroot --userspec=65534:65534 "$0" "$1" "$2" "$3""#)
                 .arg(root)
                 .arg(&py.exe)
                 .arg(workloads_in(root).join("shapes.py"));
@@ -525,7 +572,7 @@ fn allocation_sites_name_the_line_that_allocated_the_growth() {
         w.send("step 500");
         let r = remote::open(w.pid()).map_err(|e| e.to_string())?;
         let r2 = r.clone();
-        let tracing = while_woken(&mut w, move || {
+        let tracing = as_agent(&mut w, move || {
             remote::start_tracing(&r2, 4, remote::DEFAULT_TIMEOUT)
         })
         .map_err(|e| e.to_string())?;
@@ -539,7 +586,7 @@ fn allocation_sites_name_the_line_that_allocated_the_growth() {
         let top = c.suspects.first().ok_or_else(|| describe(&c))?;
         let address = top.address.ok_or("the suspect has no address")?;
         let r3 = r.clone();
-        let sites = while_woken(&mut w, move || {
+        let sites = as_agent(&mut w, move || {
             remote::allocation_sites(&r3, address, true, remote::DEFAULT_TIMEOUT)
         })
         .map_err(|e| e.to_string())?;
@@ -564,7 +611,7 @@ fn allocation_sites_name_the_line_that_allocated_the_growth() {
         }
         // Stopped afterwards: starting it again finds it off.
         let r4 = r.clone();
-        let again = while_woken(&mut w, move || {
+        let again = as_agent(&mut w, move || {
             remote::start_tracing(&r4, 1, remote::DEFAULT_TIMEOUT)
         })
         .map_err(|e| e.to_string())?;
@@ -572,20 +619,31 @@ fn allocation_sites_name_the_line_that_allocated_the_growth() {
             return Err("tracemalloc was left running".into());
         }
         let r5 = r.clone();
-        while_woken(&mut w, move || {
+        as_agent(&mut w, move || {
             remote::stop_tracing(&r5, &again, remote::DEFAULT_TIMEOUT)
         })
         .map_err(|e| e.to_string())?;
-        // Nothing left in the target's /tmp (of nobody's: other tests share this root's /tmp).
-        use std::os::unix::fs::MetadataExt;
+        // Nothing left: no script directory in the target's /tmp (its own where it runs in a
+        // root of its own; elsewhere other tests share it), no output memfd, no deadline timer.
         let left: Vec<_> = std::fs::read_dir(format!("/proc/{}/root/tmp", w.pid()))
             .map_err(|e| e.to_string())?
             .flatten()
             .filter(|e| e.file_name().to_string_lossy().starts_with("leakhunt-"))
-            .filter(|e| e.metadata().is_ok_and(|m| m.uid() == 65534))
+            .filter(|_| py.root.is_some())
             .collect();
-        if !left.is_empty() {
-            return Err(format!("left behind: {left:?}"));
+        let fds: Vec<_> = std::fs::read_dir(format!("/proc/{}/fd", w.pid()))
+            .map_err(|e| e.to_string())?
+            .flatten()
+            .filter_map(|e| std::fs::read_link(e.path()).ok())
+            .filter(|l| l.to_string_lossy().contains("memfd:leakhunt"))
+            .collect();
+        let threads = std::fs::read_dir(format!("/proc/{}/task", w.pid()))
+            .map_err(|e| e.to_string())?
+            .count();
+        if !left.is_empty() || !fds.is_empty() || threads != 1 {
+            return Err(format!(
+                "left behind: {left:?}, descriptors {fds:?}, {threads} threads"
+            ));
         }
         Ok(())
     });

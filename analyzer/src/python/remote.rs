@@ -14,8 +14,11 @@
 //! thread's `_PyRemoteDebuggerSupport` (offsets from `_Py_DebugOffsets.debugger_support`), its
 //! `debugger_pending_call` is set, and `_PY_EVAL_PLEASE_STOP_BIT` in the thread's
 //! `eval_breaker`; the thread runs the script at its next check, once it runs Python code. The
-//! script and its output live in a 0700 directory under the target's own `/tmp` (reached through
-//! `/proc/PID/root`, so a container's process sees it), owned by the target's user, removed after.
+//! script lives in a directory of ours under the target's own `/tmp` (reached through
+//! `/proc/PID/root`, so a container's process sees it; readable, not writable, by the target),
+//! removed after. Its output goes to a memfd of the target's, taken with `pidfd_getfd`: nothing
+//! is written to the target's disk, and the caller needs `CAP_SYS_PTRACE` only — no
+//! `CAP_CHOWN` or `CAP_DAC_OVERRIDE` to share files with a target of another user.
 
 use std::io::{IoSlice, IoSliceMut};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -39,6 +42,9 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Frames `tracemalloc` keeps per allocation: the allocation site and its callers. Each frame
 /// costs memory for every traced block's traceback (shared between identical ones).
 pub const DEFAULT_FRAMES: u32 = 4;
+/// Tracing started by leakhunt stops by itself after this long if leakhunt never stops it: a
+/// slow leak's pair may be hours apart, a forgotten tracer must not run for days.
+pub const TRACING_DEADLINE: Duration = Duration::from_secs(6 * 3600);
 
 /// Why a script could not run. Each says what it means for the user in one line.
 #[derive(Debug, thiserror::Error)]
@@ -217,20 +223,32 @@ impl Remote {
     }
 
     /// Runs `source` in the target: a script that defines `_run()`, whose dict [`EPILOGUE`]
-    /// writes as JSON to `OUT` (a path chosen here) and renames into place when complete; an
-    /// exception becomes `{"error": ...}`.
+    /// writes as JSON to a memfd named for this call; an exception becomes `{"error": ...}`.
     pub fn exec(&self, source: &str, timeout: Duration) -> Result<String> {
+        // Held from before the request: the output is taken from this process, not from one that
+        // reuses its PID after it exits.
+        let pidfd = PidFd::open(self.pid).map_err(|e| Error::Process {
+            pid: self.pid,
+            what: format!("pidfd_open: {e}"),
+        })?;
         let dir = Scratch::create(self.pid)?;
-        let out = dir.inside.join("out.json");
+        // The output memfd is a descriptor the target opens after this.
+        let mut seen = open_fds(self.pid);
         let script = dir.inside.join("script.py");
-        let source = format!("{PROLOGUE}{source}{EPILOGUE}")
-            .replace("@OUT@", &py_str(&out.to_string_lossy()));
+        let source = format!("{PROLOGUE}{source}{EPILOGUE}").replace("@NAME@", &py_str(&dir.name));
         dir.write("script.py", source.as_bytes())?;
         self.request(&script.to_string_lossy())?;
         let t0 = Instant::now();
+        let mut out: Option<std::fs::File> = None;
         loop {
-            if let Some(text) = dir.read("out.json") {
-                return parse_result(self.pid, text);
+            if out.is_none() {
+                out = output_fd(self.pid, &pidfd, &dir.name, &mut seen);
+            }
+            if let Some(text) = out
+                .as_ref()
+                .and_then(|f| read_output(self.pid, f).transpose())
+            {
+                return parse_result(self.pid, text?);
             }
             if !alive(self.pid) {
                 return Err(Error::Process {
@@ -247,7 +265,8 @@ impl Remote {
                     seconds: timeout.as_secs(),
                 });
             }
-            std::thread::sleep(Duration::from_millis(20));
+            // Short: once the output is there, the target's main thread waits for our reading.
+            std::thread::sleep(Duration::from_millis(if out.is_some() { 2 } else { 10 }));
         }
     }
 
@@ -266,17 +285,153 @@ impl Remote {
 }
 
 /// What every script starts with, and what ends it: its `_run()` result (or the error it
-/// raised) written where leakhunt reads it.
-const PROLOGUE: &str = "import json, os, tracemalloc\nOUT = @OUT@\n";
+/// raised) as JSON in a memfd named `NAME`: the length (8 bytes, little-endian) at 0, written
+/// last; a byte at 8 that leakhunt sets once it has read; the JSON from 16. The script waits up
+/// to 2 s for that byte, then closes the memfd: nothing of leakhunt's stays in the target.
+const PROLOGUE: &str = r#"import json, os, time, tracemalloc
+NAME = @NAME@
+def _stop():
+    _t = tracemalloc.__dict__.pop("_leakhunt_deadline", None)
+    if _t is not None:
+        _t.cancel()
+    tracemalloc.stop()
+"#;
 const EPILOGUE: &str = r#"
 try:
     _r = _run()
 except Exception as _e:
     _r = {"error": type(_e).__name__ + ": " + str(_e)[:200]}
-with open(OUT + ".tmp", "w") as _f:
-    json.dump(_r, _f)
-os.replace(OUT + ".tmp", OUT)
+_b = json.dumps(_r).encode()
+_fd = os.memfd_create(NAME)
+try:
+    os.pwrite(_fd, _b, 16)
+    os.pwrite(_fd, len(_b).to_bytes(8, "little"), 0)
+    _t = time.monotonic() + 2
+    while os.pread(_fd, 1, 8) != b"\x01" and time.monotonic() < _t:
+        time.sleep(0.001)
+finally:
+    os.close(_fd)
 "#;
+
+/// Most a script's output may be.
+const MAX_OUTPUT: u64 = 1 << 20;
+
+/// One open descriptor of the target and the file it is (mount and inode, where the kernel's
+/// fdinfo says), from `/proc/PID/fdinfo`: unlike `/proc/PID/fd`, which only the target's own
+/// user (or `CAP_DAC_OVERRIDE`) may list, ptrace access lets us read it.
+type Fd = (i32, Option<(u64, u64)>);
+
+fn open_fds(pid: i32) -> std::collections::HashSet<Fd> {
+    let dir = format!("/proc/{pid}/fdinfo");
+    let field = |text: &str, key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.trim().parse::<u64>().ok())
+    };
+    std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let fd: i32 = e.file_name().to_str()?.parse().ok()?;
+            let info = std::fs::read_to_string(e.path()).unwrap_or_default();
+            let file = field(&info, "mnt_id:").zip(field(&info, "ino:"));
+            Some((fd, file))
+        })
+        .collect()
+}
+
+/// The memfd `name` once the script has made it: of the target's descriptors not `seen` (a new
+/// number, or a number now of another file), the one that, taken, is that memfd. The others
+/// taken are closed again (our copies only) and not taken again.
+fn output_fd(
+    pid: i32,
+    pidfd: &PidFd,
+    name: &str,
+    seen: &mut std::collections::HashSet<Fd>,
+) -> Option<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let want = format!("/memfd:{name} (deleted)");
+    let mut fresh: Vec<Fd> = open_fds(pid).difference(seen).copied().collect();
+    fresh.sort_unstable();
+    for key in fresh {
+        let Ok(f) = pidfd.getfd(key.0) else {
+            continue;
+        };
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd()));
+        if link.is_ok_and(|l| l.as_os_str() == want.as_str()) {
+            return Some(f);
+        }
+        // Without the file's identity (an old kernel) a number is looked at again next time.
+        if key.1.is_some() {
+            seen.insert(key);
+        }
+    }
+    None
+}
+
+/// The output in `f` once complete (`None` before), at most [`MAX_OUTPUT`]; then tells the
+/// script it was read.
+fn read_output(pid: i32, f: &std::fs::File) -> Result<Option<String>> {
+    use std::os::unix::fs::FileExt;
+    let err = |what: String| Error::Script { pid, message: what };
+    let mut len = [0u8; 8];
+    if f.read_exact_at(&mut len, 0).is_err() {
+        return Ok(None);
+    }
+    let len = u64::from_le_bytes(len);
+    if len == 0 {
+        return Ok(None);
+    }
+    if len > MAX_OUTPUT {
+        return Err(err(format!(
+            "output of {len} bytes, more than {MAX_OUTPUT}"
+        )));
+    }
+    let mut text = vec![0u8; len as usize];
+    f.read_exact_at(&mut text, 16)
+        .map_err(|e| err(format!("reading its output: {e}")))?;
+    let _ = f.write_all_at(&[1], 8);
+    String::from_utf8(text)
+        .map(Some)
+        .map_err(|_| err("output is not UTF-8".into()))
+}
+
+/// A pidfd of the target: its descriptors can be taken (`pidfd_getfd`, which needs the same
+/// ptrace access as reading its memory) and it names that process only.
+struct PidFd(std::os::fd::OwnedFd);
+
+impl PidFd {
+    fn open(pid: i32) -> std::io::Result<PidFd> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1; the
+        // descriptor is owned from here on.
+        #[allow(unsafe_code)]
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a descriptor the kernel just gave us, closed by OwnedFd only.
+        #[allow(unsafe_code)]
+        Ok(PidFd(unsafe {
+            std::os::fd::OwnedFd::from_raw_fd(fd as i32)
+        }))
+    }
+
+    /// A duplicate of the target's descriptor `fd`, close-on-exec.
+    fn getfd(&self, fd: i32) -> std::io::Result<std::fs::File> {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        // SAFETY: pidfd_getfd takes our pidfd, a descriptor number of the target and flags, and
+        // returns a new descriptor of ours or -1.
+        #[allow(unsafe_code)]
+        let got = unsafe { libc::syscall(libc::SYS_pidfd_getfd, self.0.as_raw_fd(), fd, 0) };
+        if got < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: as in `open`.
+        #[allow(unsafe_code)]
+        Ok(unsafe { std::fs::File::from_raw_fd(got as i32) })
+    }
+}
 
 /// The process still runs (not gone, not a zombie waiting for its parent).
 fn alive(pid: i32) -> bool {
@@ -309,26 +464,22 @@ fn py_str(s: &str) -> String {
     format!("{s:?}")
 }
 
-/// The script's directory under the target's `/tmp`: 0700, the target's user's, removed on drop.
+/// The script's directory under the target's `/tmp`: ours, 0755 (the target reads the script,
+/// nobody else writes there), removed on drop.
 ///
-/// The target owns its `/tmp` and what is in this directory, and an absolute symlink met below
-/// `/proc/PID/root` resolves against *this* process's root: every step is therefore taken through
-/// a directory descriptor opened with `O_NOFOLLOW` (`/proc/self/fd/N/name`), and files are created
-/// exclusively and read without following links, at most 1 MiB.
+/// The target owns its `/tmp`, and an absolute symlink met below `/proc/PID/root` resolves against
+/// *this* process's root: every step is therefore taken through a directory descriptor opened with
+/// `O_NOFOLLOW` (`/proc/self/fd/N/name`), and the script is created exclusively.
 struct Scratch {
     pid: i32,
     /// The target's `/tmp`, and this directory in it.
     tmp: std::fs::File,
     dir: std::fs::File,
+    /// `leakhunt-<random>`: the directory's and the output memfd's name.
     name: String,
     /// As the target sees it.
     inside: PathBuf,
-    uid: u32,
-    gid: u32,
 }
-
-/// Most a script's output may be.
-const MAX_OUTPUT: u64 = 1 << 20;
 
 fn at(dir: &std::fs::File, name: &str) -> PathBuf {
     use std::os::fd::AsRawFd;
@@ -345,17 +496,6 @@ fn open_dir(path: &std::path::Path) -> std::io::Result<std::fs::File> {
 impl Scratch {
     fn create(pid: i32) -> Result<Scratch> {
         let err = |what: String| Error::Process { pid, what };
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .map_err(|e| err(format!("reading its status: {e}")))?;
-        // Effective ids (second field): the user the interpreter opens the script as.
-        let id = |key: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(key))
-                .and_then(|v| v.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<u32>().ok())
-        };
-        let (uid, gid) = (id("Uid:").unwrap_or(0), id("Gid:").unwrap_or(0));
         let tmp = open_dir(&PathBuf::from(format!("/proc/{pid}/root/tmp"))).map_err(|e| {
             err(format!(
                 "its /tmp (a directory, not a link) cannot be opened: {e}"
@@ -366,7 +506,7 @@ impl Scratch {
         let name = format!("leakhunt-{}", hex(&nonce));
         let inside = PathBuf::from("/tmp").join(&name);
         std::fs::DirBuilder::new()
-            .mode(0o700)
+            .mode(0o755)
             .create(at(&tmp, &name))
             .map_err(|e| err(format!("creating {}: {e}", inside.display())))?;
         let dir = match open_dir(&at(&tmp, &name)) {
@@ -376,26 +516,21 @@ impl Scratch {
                 return Err(err(format!("opening {}: {e}", inside.display())));
             }
         };
-        let scratch = Scratch {
+        // The umask may have taken read or search from others: the target needs both.
+        use std::os::unix::fs::PermissionsExt;
+        let _ = dir.set_permissions(std::fs::Permissions::from_mode(0o755));
+        Ok(Scratch {
             pid,
             tmp,
             dir,
             name,
             inside,
-            uid,
-            gid,
-        };
-        std::os::unix::fs::fchown(&scratch.dir, Some(uid), Some(gid)).map_err(|e| {
-            err(format!(
-                "giving {} to uid {uid}: {e}",
-                scratch.inside.display()
-            ))
-        })?;
-        Ok(scratch)
+        })
     }
 
     fn write(&self, name: &str, bytes: &[u8]) -> Result<()> {
         use std::io::Write;
+        use std::os::unix::fs::PermissionsExt;
         let err = |e: std::io::Error| Error::Process {
             pid: self.pid,
             what: format!("writing {}/{name}: {e}", self.inside.display()),
@@ -403,34 +538,19 @@ impl Scratch {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o600)
+            .mode(0o644)
             .custom_flags(libc::O_NOFOLLOW)
             .open(at(&self.dir, name))
             .map_err(err)?;
         f.write_all(bytes).map_err(err)?;
-        std::os::unix::fs::fchown(&f, Some(self.uid), Some(self.gid)).map_err(err)
-    }
-
-    /// The file `name` once it is there (not a link), at most [`MAX_OUTPUT`] bytes of it.
-    fn read(&self, name: &str) -> Option<String> {
-        use std::io::Read;
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(at(&self.dir, name))
-            .ok()?;
-        let mut text = String::new();
-        f.take(MAX_OUTPUT).read_to_string(&mut text).ok()?;
-        Some(text)
+        f.set_permissions(std::fs::Permissions::from_mode(0o644))
+            .map_err(err)
     }
 }
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        for f in ["script.py", "out.json", "out.json.tmp"] {
-            let _ = std::fs::remove_file(at(&self.dir, f));
-        }
-        // Anything else the target put there stays with it (the directory is then its to remove).
+        let _ = std::fs::remove_file(at(&self.dir, "script.py"));
         let _ = std::fs::remove_dir(at(&self.tmp, &self.name));
     }
 }
@@ -457,18 +577,28 @@ pub struct Tracing {
     pub tracemalloc_memory: u64,
 }
 
+// The timer stops tracing if leakhunt never comes back to (its node agent restarted, say): a
+// daemon thread that sleeps until then, cancelled by leakhunt's own stop.
 const START: &str = r#"
+import threading
 def _run():
     started = not tracemalloc.is_tracing()
     if started:
         tracemalloc.start(@FRAMES@)
+        _t = threading.Timer(@DEADLINE@, tracemalloc.stop)
+        _t.daemon = True
+        _t.name = "leakhunt-tracemalloc-deadline"
+        _t.start()
+        tracemalloc._leakhunt_deadline = _t
     return {"started": started, "frames": tracemalloc.get_traceback_limit(),
             "tracemallocMemory": tracemalloc.get_tracemalloc_memory()}
 "#;
 
 /// Starts `tracemalloc` in the target with `frames` frames per traceback.
 pub fn start_tracing(remote: &Remote, frames: u32, timeout: Duration) -> Result<Tracing> {
-    let src = START.replace("@FRAMES@", &frames.clamp(1, 64).to_string());
+    let src = START
+        .replace("@FRAMES@", &frames.clamp(1, 64).to_string())
+        .replace("@DEADLINE@", &TRACING_DEADLINE.as_secs().to_string());
     remote.exec_as(&src, timeout)
 }
 
@@ -478,7 +608,7 @@ STOP = @STOP@
 def _run():
     r = {"tracemallocMemory": tracemalloc.get_tracemalloc_memory() if tracemalloc.is_tracing() else 0}
     if STOP:
-        tracemalloc.stop()
+        _stop()
     return r
 "#;
 
@@ -619,7 +749,7 @@ def _run():
         return _sites()
     finally:
         if STOP:
-            tracemalloc.stop()
+            _stop()
 def _sites():
     if not tracemalloc.is_tracing():
         return {"error": "tracemalloc is not running (stopped since snapshot A?)"}
@@ -683,28 +813,20 @@ mod tests {
     }
 
     #[test]
-    fn a_linked_directory_or_output_is_not_followed() {
+    fn a_linked_directory_or_script_is_not_followed() {
         // What a hostile target could plant in its /tmp: a link to a directory of this host, and
-        // an output that is a link to a file of this host.
+        // a link where the script goes.
         let host = tempfile::tempdir().unwrap();
         let theirs = tempfile::tempdir().unwrap();
-        std::fs::write(host.path().join("secret"), b"{\"tracemallocMemory\": 1}").unwrap();
         std::os::unix::fs::symlink(host.path(), theirs.path().join("tmp")).unwrap();
         assert!(open_dir(&theirs.path().join("tmp")).is_err());
-        let dir = open_dir(theirs.path()).unwrap();
-        std::os::unix::fs::symlink(host.path().join("secret"), theirs.path().join("out.json"))
-            .unwrap();
         let scratch = Scratch {
             pid: 0,
             tmp: open_dir(theirs.path()).unwrap(),
-            dir,
+            dir: open_dir(theirs.path()).unwrap(),
             name: "unused".into(),
             inside: PathBuf::from("/tmp/unused"),
-            uid: 0,
-            gid: 0,
         };
-        assert_eq!(scratch.read("out.json"), None, "followed a link");
-        // Nor is a script written through one.
         std::os::unix::fs::symlink(host.path().join("planted"), theirs.path().join("script.py"))
             .unwrap();
         assert!(scratch.write("script.py", b"x").is_err());
@@ -712,12 +834,28 @@ mod tests {
     }
 
     #[test]
+    fn output_is_read_once_complete_and_bounded() {
+        use std::os::unix::fs::FileExt;
+        let f = tempfile::tempfile().unwrap();
+        // Nothing yet, then the JSON without its length: not complete.
+        assert!(matches!(read_output(1, &f), Ok(None)));
+        f.write_all_at(b"{\"a\": 1}", 16).unwrap();
+        f.write_all_at(&[0; 9], 0).unwrap();
+        assert!(matches!(read_output(1, &f), Ok(None)));
+        f.write_all_at(&8u64.to_le_bytes(), 0).unwrap();
+        assert_eq!(read_output(1, &f).unwrap().as_deref(), Some("{\"a\": 1}"));
+        let mut ack = [0u8];
+        f.read_exact_at(&mut ack, 8).unwrap();
+        assert_eq!(ack, [1], "the script is told it was read");
+        // A length beyond the cap is refused, not allocated.
+        f.write_all_at(&u64::MAX.to_le_bytes(), 0).unwrap();
+        assert!(read_output(1, &f).is_err());
+    }
+
+    #[test]
     fn scripts_take_only_numbers_and_paths() {
-        assert!(START.contains("@FRAMES@") && PROLOGUE.contains("@OUT@"));
-        assert_eq!(
-            py_str("/tmp/leakhunt-00ff/out.json"),
-            "\"/tmp/leakhunt-00ff/out.json\""
-        );
+        assert!(START.contains("@FRAMES@") && PROLOGUE.contains("@NAME@"));
+        assert_eq!(py_str("leakhunt-00ff"), "\"leakhunt-00ff\"");
         for s in [PROLOGUE, EPILOGUE, START, SITES, MEMORY] {
             // Output only: never evaluates what it reads.
             assert!(!s.contains("eval(") && !s.contains("exec("));

@@ -9,6 +9,7 @@
 //! (see [`plan`]); notes NT_PRSTATUS (+ NT_PRFPREG) per thread, NT_PRPSINFO, NT_AUXV, NT_FILE and
 //! our own `LEAKHUNT` note ([`crate::notes::LeakhuntNote`]).
 
+mod auxv;
 mod elf;
 mod headroom;
 mod plan;
@@ -405,7 +406,7 @@ impl Frozen {
         check_limit(pid, estimate(&regions, regs.len()), max_bytes)?;
         let info = image::process_info(pid).map_err(|e| exited_or(pid, e.into()))?;
         let proc_stat = read_proc_stat(pid);
-        let auxv = std::fs::read(format!("/proc/{pid}/task/{task}/auxv")).map_err(|e| {
+        let auxv = auxv::read(pid, task).map_err(|e| {
             exited_or(
                 pid,
                 Error::Process {

@@ -33,6 +33,8 @@ pub struct Stat {
     pub start_time: Option<u64>,
     /// Field 24, in pages.
     pub rss_pages: Option<u64>,
+    /// Field 28: where the initial stack starts (argc, argv, envp, then the auxiliary vector).
+    pub start_stack: Option<u64>,
 }
 
 /// Parses the text of a stat file. A line without a `)` gives an empty [`Stat`].
@@ -65,6 +67,7 @@ pub fn parse_stat(text: &str) -> Stat {
         threads: num(field(20)),
         start_time: num(field(22)),
         rss_pages: num(field(24)),
+        start_stack: num(field(28)),
     }
 }
 
@@ -82,7 +85,7 @@ pub fn read_stat(proc_root: &Path, pid: i32, tid: Option<i32>) -> std::io::Resul
 mod tests {
     use super::*;
 
-    const LINE: &str = "4242 (gunicorn: worker (x)) S 4200 4201 4202 0 -1 4194560 100 0 0 0 5 1 0 0 20 -5 3 0 987654 125000000 20480 18446744073709551615";
+    const LINE: &str = "4242 (gunicorn: worker (x)) S 4200 4201 4202 0 -1 4194560 100 0 0 0 5 1 0 0 20 -5 3 0 987654 125000000 20480 18446744073709551615 94000000000000 94000000100000 140737488346000";
 
     #[test]
     fn parses_every_used_field() {
@@ -99,6 +102,7 @@ mod tests {
         assert_eq!(s.threads, Some(3));
         assert_eq!(s.start_time, Some(987654));
         assert_eq!(s.rss_pages, Some(20480));
+        assert_eq!(s.start_stack, Some(140737488346000));
     }
 
     #[test]

@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 use leakhunt_analyzer::capture::{capture, estimate_size, CaptureOptions, Error};
 use leakhunt_analyzer::{CoreFile, MemoryImage};
 
+mod common;
+
 const BIN: &str = env!("CARGO_BIN_EXE_leakhunt-analyzer");
 
 /// Threads that each fill a malloc'd block with known words, a 1 MiB block in main, a marker in
@@ -858,5 +860,58 @@ fn a_capture_under_a_small_memory_limit_buffers_within_it() {
     let core = CoreFile::open(&out, None).expect("open the core");
     let (addr, first, _) = t.blocks["bulk"];
     assert_eq!(core.read_u64(addr), Ok(first));
+    assert_running(&t);
+}
+
+#[test]
+fn a_target_of_another_user_is_captured_with_cap_sys_ptrace_alone() {
+    // As a node agent captures a container that runs as another user: CAP_SYS_PTRACE and no other
+    // capability. The target's /proc/PID/auxv is its own user's alone (0400); the vector comes
+    // from its initial stack instead, the same bytes.
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let exe = compile_c(dir.path());
+    let child = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&exe)
+        .arg("1")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("setpriv (util-linux)");
+    let t = Target::wait_ready(child, exe);
+    let pid = t.pid();
+    let expected = std::fs::read(format!("/proc/{pid}/auxv")).expect("auxv, read as root");
+    let out = dir.path().join("other-user.core");
+    let o = out.clone();
+    let captured = std::thread::spawn(move || {
+        common::only_sys_ptrace();
+        // Not readable as the agent: the fallback is what is under test.
+        assert!(std::fs::read(format!("/proc/{pid}/auxv")).is_err());
+        capture(pid, &opts(o))
+    })
+    .join()
+    .expect("capture thread");
+    let summary = captured.expect("captured with CAP_SYS_PTRACE alone");
+    assert!(summary.threads >= 5, "{summary:?}");
+    let core = CoreFile::open(&out, None).expect("open");
+    let words: Vec<(u64, u64)> = expected
+        .chunks_exact(16)
+        .map(|c| {
+            (
+                u64::from_ne_bytes(c[..8].try_into().unwrap()),
+                u64::from_ne_bytes(c[8..].try_into().unwrap()),
+            )
+        })
+        .filter(|(k, _)| *k != 0)
+        .collect();
+    let got: Vec<(u64, u64)> = core
+        .auxv()
+        .iter()
+        .copied()
+        .filter(|(k, _)| *k != 0)
+        .collect();
+    assert!(words.len() > 10, "{words:?}");
+    assert_eq!(got, words);
     assert_running(&t);
 }

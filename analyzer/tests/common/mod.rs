@@ -140,3 +140,40 @@ pub fn capture(pid: i32, dir: &Path, name: &str) -> PathBuf {
     leakhunt_analyzer::capture::capture(pid, &opts).expect("capture");
     output
 }
+
+/// Drops every capability of the calling thread but `CAP_SYS_PTRACE`, as the node agent runs
+/// (capabilities are per thread: the rest of the test keeps its own).
+pub fn only_sys_ptrace() {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    const SYS_PTRACE: u32 = 1 << 19;
+    let header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let mut data = [Data {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    data[0].effective = SYS_PTRACE;
+    data[0].permitted = SYS_PTRACE;
+    // SAFETY: capset reads a header and two data words of the layout above, for this thread.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) };
+    assert_eq!(rc, 0, "capset: {}", std::io::Error::last_os_error());
+    let caps = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+    let eff = caps.lines().find(|l| l.starts_with("CapEff:")).unwrap();
+    assert!(eff.ends_with("0000000000080000"), "{eff}");
+}

@@ -198,6 +198,10 @@ pub struct AnalyzeJobArgs {
     /// bytes: the operator sets it below the Job's memory limit.
     #[arg(long, value_name = "BYTES")]
     memory_budget: Option<u64>,
+    /// Allocation tracing was on at B and used this much of the process's memory: left out of its
+    /// native growth, and the top suspect's address is kept for the agent to read its sites.
+    #[arg(long, value_name = "BYTES")]
+    tracer_bytes: Option<u64>,
     /// A one-time rise of memory between the snapshots counts as a step (not a leak) once memory
     /// has been flat this long after it; the Job waits up to this long past B to see.
     #[arg(long, default_value = "30s", value_parser = duration)]
@@ -441,6 +445,7 @@ pub fn analyze_job(args: AnalyzeJobArgs) -> ExitCode {
         sha256_before: args.sha256_before,
         sha256_after: args.sha256_after,
         settle: args.settle,
+        tracer_bytes: args.tracer_bytes,
     };
     block_on("analyze-job", async move {
         let client = client().await?;

@@ -239,6 +239,10 @@ pub struct ReportSuspect {
     /// `items allocated at app.py:12 in Profiler.end (96 % of the growth)`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allocation_sites: Vec<String>,
+    /// Its address in the process (`0x…`), while the agent is to read its allocation sites:
+    /// written by the analysis only when tracing was on, removed once the sites are read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
 }
 
 /// Counts and bytes of one type in both snapshots.
@@ -361,6 +365,10 @@ pub struct SnapshotRecord {
     /// once the pair is analysed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retain_until: Option<Time>,
+    /// Bytes `tracemalloc` used in the target at this snapshot B (allocation sites on): the
+    /// analysis leaves them out of the native growth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracer_bytes: Option<i64>,
 }
 
 /// Something that happened to the workload.
@@ -466,6 +474,13 @@ pub struct LeakWatchSpec {
     /// Alert routing for these pods, overriding the chart's defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alerts: Option<AlertRouting>,
+    /// Where the growing objects were allocated (CPython 3.14+): at snapshot A the agent starts
+    /// `tracemalloc` in the target through CPython's remote execution (PEP 768), a fixed script of
+    /// leakhunt's; once the pair is analysed it reads where the top suspect's items were allocated
+    /// and stops it. This runs code in the target and makes it slower and bigger while it traces
+    /// (about 2× slower and 4× the memory per allocation on a Flask service): off by default.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allocation_sites: bool,
 }
 
 fn default_cooldown() -> String {

@@ -10,6 +10,7 @@ pub mod http;
 pub mod hunt;
 pub mod metrics;
 pub mod node;
+pub mod sites;
 pub mod snapshot;
 pub mod status;
 pub mod units;

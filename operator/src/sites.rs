@@ -1,9 +1,10 @@
-//! `--allocation-sites`: tracemalloc in the target from snapshot A on (CPython 3.14+, PEP 768),
-//! and, once the pair is analysed, where the top suspect's growth was allocated.
+//! Allocation sites (`leakhunt hunt --allocation-sites`, LeakWatch `allocationSites`):
+//! tracemalloc in the target from snapshot A on (CPython 3.14+, PEP 768), and, once the pair is
+//! analysed, where the top suspect's growth was allocated. The hunt and the node agent share it.
 //!
 //! Starting runs in a thread: the target runs the script only when its main thread next runs
-//! Python code, and sampling must not wait for that. Reading the sites happens when the verdict
-//! is written; tracing is stopped then in every case, so the target is left as it was.
+//! Python code, and sampling must not wait for that. Reading the sites happens once the verdict
+//! is known; tracing is stopped then in every case, so the target is left as it was.
 
 use std::thread::JoinHandle;
 
@@ -19,7 +20,7 @@ const MIN_SECONDS_AFTER_B: f64 = 10.0;
 /// (small objects; bench/allocation-sites.sh, docs/benchmarks.md), rounded up.
 const TRACED_GROWTH: f64 = 4.0;
 
-pub(super) enum Tracer {
+pub enum Tracer {
     Off,
     Starting {
         pid: i32,
@@ -34,11 +35,7 @@ pub(super) enum Tracer {
 
 /// Why tracing is not started at A, when it is not: growing at `growth` bytes/s, traced, the
 /// target would go from the near-limit level to its limit too fast to read the sites first.
-pub(super) fn too_close(
-    near: Option<u64>,
-    limit: Option<u64>,
-    growth: Option<f64>,
-) -> Option<String> {
+pub fn too_close(near: Option<u64>, limit: Option<u64>, growth: Option<f64>) -> Option<String> {
     let (near, limit, growth) = (near?, limit?, growth.filter(|g| *g > 0.0)?);
     let seconds = limit.saturating_sub(near) as f64 / (TRACED_GROWTH * growth);
     (seconds < MIN_SECONDS_AFTER_B).then(|| {
@@ -51,7 +48,7 @@ pub(super) fn too_close(
 
 impl Tracer {
     /// Asks the target to start tracemalloc (in a thread).
-    pub(super) fn start(pid: i32) -> Tracer {
+    pub fn start(pid: i32) -> Tracer {
         let handle = std::thread::spawn(move || {
             let r = remote::open(pid)?;
             let t = remote::start_tracing(&r, remote::DEFAULT_FRAMES, remote::DEFAULT_TIMEOUT)?;
@@ -62,7 +59,7 @@ impl Tracer {
 
     /// Takes the start's outcome once it is there (or, with `wait`, waits for it): a message for
     /// the progress line and the report's notes.
-    pub(super) fn poll(&mut self, wait: bool) -> Option<String> {
+    pub fn poll(&mut self, wait: bool) -> Option<String> {
         let Tracer::Starting { handle, .. } = self else {
             return None;
         };
@@ -97,7 +94,7 @@ impl Tracer {
     }
 
     /// What tracemalloc uses in the target at B, for the diff to leave out; 0 without tracing.
-    pub(super) fn memory_at_b(&mut self) -> (u64, Option<String>) {
+    pub fn memory_at_b(&mut self) -> (u64, Option<String>) {
         let said = self.poll(true);
         let Tracer::On { remote, .. } = self else {
             return (0, said);
@@ -113,8 +110,17 @@ impl Tracer {
         }
     }
 
+    /// [`Tracer::stop`] on a thread of its own: a target that runs no Python code must not stall
+    /// the caller's sampling.
+    pub fn stop_in_background(&mut self) {
+        if self.is_active() {
+            let mut tracer = std::mem::replace(self, Tracer::Off);
+            std::thread::spawn(move || tracer.stop());
+        }
+    }
+
     /// Stops tracing (the hunt's A is void, or it ends without a verdict).
-    pub(super) fn stop(&mut self) {
+    pub fn stop(&mut self) {
         let _ = self.poll(true);
         if let Tracer::On {
             remote, tracing, ..
@@ -127,7 +133,48 @@ impl Tracer {
 
     /// Adds to the top container suspect where its growth was allocated, and stops tracing.
     /// Returns what to say (also added to the findings' notes).
-    pub(super) fn finish(&mut self, findings: &mut Findings) -> Vec<String> {
+    pub fn finish(&mut self, findings: &mut Findings) -> Vec<String> {
+        // The first container suspect: the one a person reads first among those that hold objects.
+        let top = findings
+            .suspects
+            .iter_mut()
+            .find(|s| s.kind == SuspectKind::Container && s.address.is_some())
+            .and_then(|s| s.address.map(|a| (s, a)));
+        let Some((suspect, address)) = top else {
+            let mut said: Vec<String> = self.poll(true).into_iter().collect();
+            if self.is_on() {
+                self.stop();
+                said.push(
+                    "allocation sites: no container suspect to look for; tracemalloc stopped"
+                        .into(),
+                );
+            }
+            return said;
+        };
+        let growth = suspect.count_growth().max(1) as u64;
+        let (sites, said) = self.read(address, &suspect.path, growth);
+        suspect.allocation_sites = sites;
+        said
+    }
+
+    /// Tracing is on in the target.
+    pub fn is_on(&self) -> bool {
+        matches!(self, Tracer::On { .. })
+    }
+
+    /// Tracing was asked for (starting or on).
+    pub fn is_active(&self) -> bool {
+        !matches!(self, Tracer::Off)
+    }
+
+    /// Where the items of the container at `address` (`path`, grown by `growth` items) were
+    /// allocated, and what to say; tracing is stopped after in every case.
+    pub fn read(
+        &mut self,
+        address: u64,
+        path: &str,
+        growth: u64,
+    ) -> (Vec<AllocationSite>, Vec<String>) {
         let mut said = Vec::new();
         said.extend(self.poll(true));
         let Tracer::On {
@@ -136,25 +183,12 @@ impl Tracer {
             tracing,
         } = std::mem::replace(self, Tracer::Off)
         else {
-            return said;
-        };
-        // The first container suspect: the one a person reads first among those that hold objects.
-        let top = findings
-            .suspects
-            .iter_mut()
-            .find(|s| s.kind == SuspectKind::Container && s.address.is_some())
-            .and_then(|s| s.address.map(|a| (s, a)));
-        let Some((suspect, address)) = top else {
-            let _ = remote::stop_tracing(&remote, &tracing, remote::DEFAULT_TIMEOUT);
-            said.push(
-                "allocation sites: no container suspect to look for; tracemalloc stopped".into(),
-            );
-            return said;
+            return (Vec::new(), said);
         };
         match remote::allocation_sites(&remote, address, tracing.started, remote::DEFAULT_TIMEOUT) {
             Ok(sites) => {
-                let growth = suspect.count_growth().max(1) as u64;
-                suspect.allocation_sites = sites
+                let growth = growth.max(1);
+                let found = sites
                     .sites
                     .iter()
                     .map(|s| AllocationSite {
@@ -165,22 +199,22 @@ impl Tracer {
                     })
                     .collect();
                 said.push(format!(
-                    "allocation sites: {} of {}'s {} items allocated while tracing; tracemalloc used {} of pid {pid}'s memory ({} frames per traceback)",
+                    "allocation sites: {} of {path}'s {} items allocated while tracing; tracemalloc used {} of pid {pid}'s memory ({} frames per traceback)",
                     sites.traced,
-                    suspect.path,
                     sites.items,
                     human_bytes(sites.tracemalloc_memory),
                     tracing.frames
                 ));
+                (found, said)
             }
             Err(e) => {
                 if tracing.started {
                     let _ = remote::stop_tracing(&remote, &tracing, remote::DEFAULT_TIMEOUT);
                 }
                 said.push(format!("allocation sites: {e}"));
+                (Vec::new(), said)
             }
         }
-        said
     }
 }
 

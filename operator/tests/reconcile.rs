@@ -203,6 +203,7 @@ fn snapshot(role: &str, sha256: &str) -> SnapshotRecord {
         pod: "web-1".into(),
         container: "app".into(),
         retain_until: None,
+        tracer_bytes: None,
     }
 }
 

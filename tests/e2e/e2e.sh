@@ -496,6 +496,79 @@ container_pids() {
   [ -n "$cg" ] && cat "$cg/cgroup.procs"
 }
 
+check_allocation_sites() {
+  # LeakWatch allocationSites on a CPython 3.14 service that runs as another user (65534): the agent,
+  # with CAP_SYS_PTRACE alone, starts tracemalloc in it at snapshot A (PEP 768), gives its memory at B
+  # to the Job (left out of the native growth), and once the pair is analysed reads where the
+  # suspect's items were allocated, at the address the Job kept for it; then tracing stops and
+  # nothing of leakhunt's is left in the target (no file in its /tmp, no descriptor, no thread).
+  grow_configmap $NS || return 1
+  local line
+  line=$(grep -n 'data.append(' tests/workloads/grow.py | cut -d: -f1)
+  kubectl -n $NS apply -f - >/dev/null <<YAML || return 1
+apiVersion: leakhunt.dev/v1alpha1
+kind: LeakWatch
+metadata: {name: traced}
+spec:
+  selector: {matchLabels: {app: traced}}
+  thresholds: {baseline: 25, nearLimit: 60}
+  cooldown: 2h
+  allocationSites: true
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: traced}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: traced}}
+  template:
+    metadata: {labels: {app: traced}}
+    spec:
+      securityContext: {runAsUser: 65534, runAsGroup: 65534}
+      containers:
+        - name: app
+          image: leakhunt.local/python:3.14-flask
+          command: ["python3.14", "/app/grow.py"]
+          env:
+            - {name: TARGET_MIB, value: "190"}
+            - {name: MIB_PER_SECOND, value: "1"}
+          resources:
+            requests: {memory: 256Mi}
+            limits: {memory: 256Mi}
+          volumeMounts:
+            - {name: app, mountPath: /app}
+      volumes:
+        - name: app
+          configMap: {name: grow}
+YAML
+  tr_report() { kubectl -n $NS get leakreport deployment-traced -o jsonpath="$1"; }
+  wait_for "allocation sites in the report" 420 sh -c "kubectl -n $NS get leakreport deployment-traced -o jsonpath='{.status.suspects[0].allocationSites[0]}' | grep -q ." \
+    || { echo "  phase: $(tr_report '{.status.phase}'); notes: $(tr_report '{.status.notes}')"; return 1; }
+  echo "  suspect: $(tr_report '{.status.suspects[0].path}') $(tr_report '{.status.growth}')"
+  echo "  sites: $(tr_report '{.status.suspects[0].allocationSites}')"
+  echo "  notes: $(tr_report '{.status.notes}')"
+  echo "  tracemalloc at B: $(tr_report '{.status.snapshots[?(@.role=="B")].tracerBytes}') bytes"
+  case "$(tr_report '{.status.suspects[0].path}')" in *__main__.data) ;; *) return 1 ;; esac
+  tr_report '{.status.suspects[0].allocationSites[0]}' | grep -Eq "^items allocated at grow\.py:$line .*\([0-9]+ % of the growth\)" || return 1
+  [ "$(tr_report '{.status.snapshots[?(@.role=="B")].tracerBytes}')" -gt 0 ] || return 1
+  [ -z "$(tr_report '{.status.suspects[*].address}')" ] || { echo "  an address is left in the report"; return 1; }
+  tr_report '{.status.notes}' | grep -q 'tracemalloc started in pid' || return 1
+  tr_report '{.status.notes}' | grep -q 'tracemalloc used' || return 1
+  local pid
+  pid=$(container_pids traced | head -1)
+  [ -n "$pid" ] || { echo "  the target is gone"; return 1; }
+  local left fds threads
+  left=$(ls "/proc/$pid/root/tmp" | grep -c '^leakhunt-' || true)
+  fds=$(ls -l "/proc/$pid/fd" | grep -c 'memfd:leakhunt' || true)
+  threads=$(ls "/proc/$pid/task" | wc -l)
+  echo "  the target afterwards: $left script directories, $fds leakhunt descriptors, $threads threads"
+  [ "$left" = 0 ] && [ "$fds" = 0 ] && [ "$threads" = 1 ] || return 1
+  [ "$(kubectl -n $NS get pods -l app=traced -o jsonpath='{.items[0].status.containerStatuses[0].restartCount}')" = 0 ] || return 1
+  kubectl -n $NS delete deployment traced --wait=false >/dev/null
+  kubectl -n $NS delete leakwatch traced >/dev/null
+}
+check "allocation sites: tracemalloc in a CPython 3.14 pod of another user names the line that allocated the growth" check_allocation_sites
+
 check_agent_killed() {
   # The agent SIGKILLed while it holds the target stopped for snapshot A: the kernel detaches a seized
   # target, so it runs on, untraced; the file being written has no name yet (O_TMPFILE), so nothing is

@@ -24,6 +24,8 @@ pub struct AnalyzeJob {
     pub sha256_after: Option<String>,
     /// How long memory must stay flat after a one-time rise for it to count as a step.
     pub settle: Duration,
+    /// Allocation tracing was on at B (`--tracer-bytes`).
+    pub tracer_bytes: Option<u64>,
 }
 
 /// Samples reach the report every report interval (10 s by default): past the settle time, wait
@@ -105,7 +107,7 @@ pub async fn run(client: Client, job: AnalyzeJob) -> anyhow::Result<()> {
         verify(&j.before, j.sha256_before.as_deref())?;
         verify(&j.after, j.sha256_after.as_deref())?;
         Analyzer
-            .diff(&j.before, &j.after)
+            .diff_traced(&j.before, &j.after, j.tracer_bytes.unwrap_or(0))
             .map_err(|e| error_chain(&e))
     })
     .await
@@ -125,6 +127,9 @@ pub async fn run(client: Client, job: AnalyzeJob) -> anyhow::Result<()> {
                 let mut f = findings.clone();
                 timeline::apply(&mut f, trend(s, job.settle));
                 status::analysed(s, &f, now());
+                if job.tracer_bytes.is_some() {
+                    keep_address(s, &f);
+                }
                 true
             })
             .await?;
@@ -145,6 +150,28 @@ pub async fn run(client: Client, job: AnalyzeJob) -> anyhow::Result<()> {
             .await?;
             Err(anyhow::anyhow!("analysis failed: {message}"))
         }
+    }
+}
+
+/// With allocation tracing on, the top container suspect keeps its address: the agent asks the
+/// live process about the object there. (Otherwise no address is written: it says where a
+/// process's memory is, which nobody else needs.)
+fn keep_address(s: &mut LeakReportStatus, f: &Findings) {
+    use leakhunt_analyzer::findings::SuspectKind;
+    let Some((path, address)) = f
+        .suspects
+        .iter()
+        .find(|x| x.kind == SuspectKind::Container && x.address.is_some())
+        .and_then(|x| Some((x.path.as_str(), x.address?)))
+    else {
+        return;
+    };
+    if let Some(r) = s
+        .suspects
+        .iter_mut()
+        .find(|r| r.kind == "container" && r.path == path)
+    {
+        r.address = Some(format!("{address:#x}"));
     }
 }
 
@@ -205,6 +232,7 @@ mod tests {
             pod: "web-1".into(),
             container: "app".into(),
             retain_until: None,
+            tracer_bytes: None,
         };
         let mut s = LeakReportStatus {
             phase: Phase::Analyzing,

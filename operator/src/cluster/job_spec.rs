@@ -223,7 +223,7 @@ fn analyzer_container(
         m.insert("memory".to_string(), Quantity(memory.to_string()));
         Some(m)
     };
-    let args = vec![
+    let mut args = vec![
         "analyze-job".to_string(),
         "--report".into(),
         report_ref.to_string(),
@@ -238,6 +238,10 @@ fn analyzer_container(
         "--memory-budget".into(),
         job_budget(limit).to_string(),
     ];
+    // Allocation tracing was on at B: its own memory is not the process's growth.
+    if let Some(bytes) = b.tracer_bytes {
+        args.extend(["--tracer-bytes".into(), bytes.max(0).to_string()]);
+    }
     Container {
         name: "analyzer".into(),
         image: Some(t.image.clone()),
@@ -390,6 +394,7 @@ mod tests {
             pod: "web-1".into(),
             container: "app".into(),
             retain_until: None,
+            tracer_bytes: None,
         }
     }
 

@@ -24,6 +24,8 @@ pub struct Policy {
     pub keep_snapshots: Option<Duration>,
     /// Record CaptureFailed/CaptureSkipped Events on the pod.
     pub events: bool,
+    /// Trace where the growth is allocated (LeakWatch `allocationSites`; never by annotation).
+    pub allocation_sites: bool,
 }
 
 /// What is wrong with a LeakWatch spec, if anything (also shown in its `Valid` condition).
@@ -79,6 +81,7 @@ pub fn policy_of(spec: &LeakWatchSpec, events: bool) -> Option<Policy> {
             .as_ref()
             .and_then(|a| a.events)
             .unwrap_or(events),
+        allocation_sites: spec.allocation_sites,
     })
 }
 
@@ -148,6 +151,7 @@ mod tests {
                     max_snapshot_size: "1Gi".into(),
                     retention: Retention::default(),
                     alerts: None,
+                    allocation_sites: false,
                 },
             );
             w.metadata.namespace = Some(ns.into());
@@ -189,6 +193,7 @@ mod tests {
             max_snapshot_size: "512Mi".into(),
             retention: Retention::default(),
             alerts: None,
+            allocation_sites: false,
         };
         let p = policy_of(&spec, true).unwrap();
         assert_eq!(

@@ -10,7 +10,7 @@ pub mod cli;
 mod finish;
 pub mod output;
 mod progress;
-mod sites;
+
 mod steps;
 mod target;
 
@@ -28,6 +28,7 @@ use crate::crd::{human_bytes, LeakReport};
 use crate::node::cgroup::{self, Hierarchy};
 use crate::node::threshold::{Action, Level, State, ThresholdMachine, Thresholds};
 use crate::node::{CgroupWatcher, OomKill, Sample};
+use crate::sites;
 use crate::snapshot::{self, Snapshotter};
 use crate::status::{self, Role};
 use crate::units::to_i64;

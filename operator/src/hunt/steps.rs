@@ -12,12 +12,13 @@ use leakhunt_analyzer::findings::Verdict as FindingsVerdict;
 use leakhunt_analyzer::timeline::{self, Point, Trend};
 
 use super::{
-    output, sites, Failure, Hunt, Judging, KillEvent, SnapshotTaken, HISTORY_POINTS, SETTLE_SLACK,
+    output, Failure, Hunt, Judging, KillEvent, SnapshotTaken, HISTORY_POINTS, SETTLE_SLACK,
 };
 use crate::crd::{human_bytes, Incident, MemorySample, Phase, ProcessRef, SnapshotRecord};
 use crate::node::procs::ProcessKey;
 use crate::node::threshold::{ResetReason, State, ThresholdMachine};
 use crate::node::{KillSource, Sample};
+use crate::sites;
 use crate::snapshot;
 use crate::status::{self, Op, Reason, Role};
 use crate::units::to_i64;
@@ -194,6 +195,7 @@ impl Hunt<'_> {
             pod: String::new(),
             container: String::new(),
             retain_until: None,
+            tracer_bytes: None,
         };
         let process = ProcessRef {
             pid: pid as i64,
@@ -357,9 +359,7 @@ impl Hunt<'_> {
         if let Some(a) = self.baseline.take() {
             let _ = fs::remove_file(&a.path);
         }
-        // Stopped in the background: a target that runs no Python code must not stall sampling.
-        let mut tracer = std::mem::replace(&mut self.tracer, sites::Tracer::Off);
-        std::thread::spawn(move || tracer.stop());
+        self.tracer.stop_in_background();
         self.apply(&Op::Reset { message });
         // A capture failure earlier in this hunt no longer stands in the way of a verdict.
         if matches!(self.failure, Some(Failure::Capture(_))) {

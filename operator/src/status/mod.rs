@@ -259,6 +259,15 @@ pub enum Op {
     /// kubelet's default on cgroup v2) when `process`, one of several, grew past the limit. The
     /// kill itself is counted from the pod status; this says whose growth it was.
     GroupKill { process: String },
+    /// What allocation tracing came to (started, skipped, refused): a note of the hunt.
+    Note { message: String },
+    /// Where the top container suspect of the pair whose B has `b_sha256` was allocated, read by
+    /// the agent after the analysis; its address goes (it was there for this reading only).
+    AllocationSites {
+        b_sha256: String,
+        sites: Vec<String>,
+        notes: Vec<String>,
+    },
 }
 
 /// What applying an op did.
@@ -324,7 +333,37 @@ pub fn apply(
         } => capture_failed(s, at, *role, *skipped, message, now),
         Op::WorkerKill { key, process } => worker_kill(s, at, key, process, now),
         Op::GroupKill { process } => group_kill(s, at, process, now),
+        Op::Note { message } => {
+            note(s, message);
+            Applied::Changed
+        }
+        Op::AllocationSites {
+            b_sha256,
+            sites,
+            notes,
+        } => allocation_sites(s, b_sha256, sites, notes),
     }
+}
+
+/// The allocation sites of the suspect the agent was asked to read, when the report still holds
+/// that pair (a newer hunt is not given an older one's sites).
+fn allocation_sites(
+    s: &mut LeakReportStatus,
+    b_sha256: &str,
+    sites: &[String],
+    notes: &[String],
+) -> Applied {
+    if s.snapshot(Role::B).is_none_or(|b| b.sha256 != b_sha256) {
+        return Applied::Unchanged;
+    }
+    if let Some(suspect) = s.suspects.iter_mut().find(|x| x.address.is_some()) {
+        suspect.allocation_sites = sites.to_vec();
+        suspect.address = None;
+    }
+    for n in notes {
+        note(s, n);
+    }
+    Applied::Changed
 }
 
 /// The pod and container an op comes from.
@@ -569,6 +608,7 @@ fn group_kill(s: &mut LeakReportStatus, at: Place, process: &str, now: Timestamp
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crd::ReportSuspect;
 
     fn record(role: &str, pod: &str, pid: i64, secs: i64) -> SnapshotRecord {
         SnapshotRecord {
@@ -583,6 +623,7 @@ mod tests {
             pod: pod.into(),
             container: "app".into(),
             retain_until: None,
+            tracer_bytes: None,
         }
     }
 
@@ -818,6 +859,48 @@ mod tests {
         );
         // The kill is the kubelet's to report and the pod status's to count.
         assert_eq!((s.oom_kills, s.unannounced_kills.len()), (0, 0));
+    }
+
+    #[test]
+    fn allocation_sites_go_to_their_pair_only_and_take_the_address() {
+        let mut s = LeakReportStatus::default();
+        apply(&a_op("web-1", 100), &mut s, "web-1", "app", at(100));
+        let b = Op::SnapshotB {
+            record: record("B", "web-1", 7, 130),
+            timeline: Vec::new(),
+            message: "snapshot B".into(),
+        };
+        apply(&b, &mut s, "web-1", "app", at(130));
+        s.suspects.push(ReportSuspect {
+            kind: "container".into(),
+            path: "__main__.data".into(),
+            type_name: "list".into(),
+            count_before: 1,
+            count_after: 2,
+            retained_bytes_before: 0,
+            retained_bytes_after: 0,
+            referrers: Vec::new(),
+            allocation_sites: Vec::new(),
+            address: Some("0x7f00".into()),
+        });
+        let sites = |sha: &str| Op::AllocationSites {
+            b_sha256: sha.into(),
+            sites: vec!["items allocated at grow.py:27 (99 % of the growth)".into()],
+            notes: vec!["allocation sites: 990 of 1000 items traced".into()],
+        };
+        // Another pair's sites (an older hunt's agent task) change nothing.
+        assert_eq!(
+            apply(&sites("Bweb-2"), &mut s, "web-1", "app", at(140)),
+            Applied::Unchanged
+        );
+        assert!(s.suspects[0].allocation_sites.is_empty());
+        assert_eq!(
+            apply(&sites("Bweb-1"), &mut s, "web-1", "app", at(140)),
+            Applied::Changed
+        );
+        assert_eq!(s.suspects[0].allocation_sites.len(), 1);
+        assert_eq!(s.suspects[0].address, None, "the address is gone once read");
+        assert!(s.notes.iter().any(|n| n.contains("990 of 1000")));
     }
 
     #[test]

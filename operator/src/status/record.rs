@@ -117,6 +117,7 @@ impl LeakReportStatus {
                 retained_bytes_after: to_i64(s.retained_bytes_after),
                 referrers: s.referrers.clone(),
                 allocation_sites: s.allocation_sites.iter().map(|a| a.to_string()).collect(),
+                address: None,
             })
             .collect();
         let mut types: Vec<&findings::TypeGrowth> = f.types.iter().collect();

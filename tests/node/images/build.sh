@@ -5,7 +5,7 @@
 # oci-archive into OUT (default ~/.cache/leakhunt/images/oci), which tests/node/node.sh imports
 # into containerd. An image whose inputs have not changed is not built again.
 #
-#   tests/node/images/build.sh [IMAGE...]    pause busybox python kubectl leakhunt (default: all)
+#   tests/node/images/build.sh [IMAGE...]    pause busybox python python314 kubectl leakhunt (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 ROOT=$(pwd)
@@ -109,6 +109,22 @@ image_python() {
   done_image python leakhunt.local/python:3-flask "$stamp"
 }
 
+# CPython 3.14 with Flask, from Debian testing (the analyzer tests' root filesystem, made by
+# tests/workloads/pyroot.sh): the e2e's allocation sites need PEP 768, which bookworm's 3.11 lacks.
+# Its 3.15 stays out of the image.
+image_python314() {
+  local root stamp
+  root=$(tests/workloads/pyroot.sh)
+  stamp="$(cat "$root/.leakhunt-stamp") image v1"
+  fresh python314 "$stamp" && return
+  tar -C "$root" --exclude=./.leakhunt-stamp --exclude='./usr/lib/python3.15' \
+    --exclude='./usr/bin/python3.15*' --exclude='./usr/lib/x86_64-linux-gnu/libpython3.15*' \
+    -cf "$WORK/python314.tar" .
+  from_rootfs leakhunt.local/python:3.14-flask "$WORK/python314.tar"
+  rm -f "$WORK/python314.tar"
+  done_image python314 leakhunt.local/python:3.14-flask "$stamp"
+}
+
 # Debian slim as the runtime base (the Dockerfile's `debian:bookworm-slim`, the kubectl image's).
 base_image() {
   local tar
@@ -196,10 +212,10 @@ image_leakhunt() {
 }
 
 images=("$@")
-[ ${#images[@]} -gt 0 ] || images=(pause busybox python kubectl leakhunt)
+[ ${#images[@]} -gt 0 ] || images=(pause busybox python python314 kubectl leakhunt)
 for i in "${images[@]}"; do
   case "$i" in
-    pause|busybox|python|kubectl|leakhunt) "image_$i" ;;
-    *) die "unknown image $i (pause busybox python kubectl leakhunt)" ;;
+    pause|busybox|python|python314|kubectl|leakhunt) "image_$i" ;;
+    *) die "unknown image $i (pause busybox python python314 kubectl leakhunt)" ;;
   esac
 done

@@ -11,11 +11,12 @@ use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 use tokio::sync::mpsc;
 
-use super::{Agent, Capture, Tracked, Write};
+use super::{sites, Agent, Capture, Tracked, Write};
 use crate::cluster::policy::Policy;
 use crate::crd::{human_bytes, ProcessRef, SnapshotRecord};
 use crate::metrics::CaptureOutcome;
 use crate::node::{ProcessKey, Sample};
+use crate::sites::Tracer;
 use crate::snapshot::{self, Analyzer, Snapshotter};
 use crate::status::{Op, Reason, Role};
 use crate::units::to_i64;
@@ -47,7 +48,19 @@ impl Agent {
         let max = policy.max_snapshot_size;
         let keep = policy.keep_snapshots;
         tracing::info!(container = %id, pod = %pod, role = %role, pid = target.pid, "capturing");
+        // B asks tracemalloc for its memory first (it may wait for the target's main thread).
+        let mut tracer = if role == Role::B {
+            std::mem::replace(&mut t.tracer, Tracer::Off)
+        } else {
+            Tracer::Off
+        };
         t.capturing = Some(tokio::task::spawn_blocking(move || {
+            let (tracer_bytes, tracer_note) = if tracer.is_active() {
+                let (bytes, note) = tracer.memory_at_b();
+                (tracer.is_on().then_some(to_i64(bytes)), note)
+            } else {
+                (None, None)
+            };
             // The snapshot is of the memory as the capture began: the timeline is read so.
             let began = Timestamp::now();
             let result = capture_one(&dir, &path, target.pid, max).map(|w| {
@@ -66,6 +79,7 @@ impl Agent {
                         retain_until: keep.map(|k| {
                             Time(Timestamp::now() + SignedDuration::try_from(k).unwrap_or_default())
                         }),
+                        tracer_bytes,
                     },
                     w.took,
                 )
@@ -74,6 +88,8 @@ impl Agent {
                 role,
                 target,
                 result,
+                tracer,
+                tracer_note,
             }
         }));
     }
@@ -94,6 +110,10 @@ impl Agent {
             op,
         };
         let role = done.role;
+        if let Some(message) = done.tracer_note {
+            let _ = writes.send(queue(Op::Note { message })).await;
+        }
+        let mut tracer = done.tracer;
         match done.result {
             Ok((record, took)) => {
                 self.metrics
@@ -136,6 +156,16 @@ impl Agent {
                         t.container,
                         human_bytes(record.size.max(0) as u64)
                     );
+                    if tracer.is_active() {
+                        // Read once the Job has written the pair's findings.
+                        tokio::spawn(sites::read_when_analysed(
+                            self.client.clone(),
+                            (t.pod.clone(), t.container.clone(), id.to_string()),
+                            record.sha256.clone(),
+                            std::mem::replace(&mut tracer, Tracer::Off),
+                            writes.clone(),
+                        ));
+                    }
                     Op::SnapshotB {
                         record,
                         timeline: t.timeline.clone(),
@@ -143,6 +173,10 @@ impl Agent {
                     }
                 };
                 let _ = writes.send(queue(op)).await;
+                if role == Role::A && policy.allocation_sites {
+                    self.start_tracer(t, done.target.pid, sample, writes, id)
+                        .await;
+                }
             }
             Err((skipped, message)) => {
                 let outcome = if skipped {
@@ -153,6 +187,8 @@ impl Agent {
                 self.metrics.capture(role.as_str(), Duration::ZERO, outcome);
                 tracing::warn!(container = %id, role = %role, %message, "capture failed");
                 t.machine.give_up(sample.t);
+                tracer.stop_in_background();
+                t.tracer.stop_in_background();
                 if let Some(path) = t.snapshot_a.take() {
                     let _ = std::fs::remove_file(path);
                 }
@@ -184,6 +220,34 @@ impl Agent {
                     }))
                     .await;
             }
+        }
+    }
+}
+
+impl Agent {
+    /// At snapshot A (LeakWatch `allocationSites`): tracemalloc started in the target, unless
+    /// traced growth would take it from B to its limit too fast to read the sites.
+    async fn start_tracer(
+        &self,
+        t: &mut Tracked,
+        pid: i32,
+        sample: &Sample,
+        writes: &mpsc::Sender<Write>,
+        id: &str,
+    ) {
+        let limit = sample.memory.limit;
+        let near = t
+            .machine
+            .thresholds
+            .near_limit
+            .and_then(|l| l.bytes(limit, sample.memory.working_set()));
+        match crate::sites::too_close(near, limit, sample.growth_per_sec) {
+            Some(message) => {
+                let _ = writes
+                    .send(super::write_of(id, t, Op::Note { message }))
+                    .await;
+            }
+            None => t.tracer = Tracer::start(pid),
         }
     }
 }

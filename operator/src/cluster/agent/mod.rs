@@ -11,6 +11,7 @@
 mod capture;
 mod cleaner;
 mod group;
+mod sites;
 mod suspect;
 mod writer;
 
@@ -37,6 +38,7 @@ use crate::node::{
     kubelet, CgroupWatcher, Hierarchy, ProcessKey, ProcessMemory, Sample, ThresholdMachine,
     Thresholds,
 };
+use crate::sites::Tracer;
 use crate::snapshot;
 use crate::status::{Op, Role};
 use crate::units::to_i64;
@@ -91,6 +93,10 @@ struct Capture {
     role: Role,
     target: ProcessKey,
     result: Result<(SnapshotRecord, Duration), (bool, String)>,
+    /// Allocation tracing, handed to the capture of B (which asks it for its memory first).
+    tracer: Tracer,
+    /// What asking it said.
+    tracer_note: Option<String>,
 }
 
 /// State of one container's cgroup.
@@ -118,6 +124,8 @@ struct Tracked {
     largest: Option<ProcessMemory>,
     /// Whether the container's group kill has been said.
     group_kill_told: bool,
+    /// Allocation tracing in the container's target, from snapshot A to B.
+    tracer: Tracer,
 }
 
 /// The containers of this node the agent samples, and those just gone whose group kill waits
@@ -149,6 +157,7 @@ impl Agent {
             max_snapshot_size: self.cfg.max_snapshot_size,
             keep_snapshots: None,
             events: self.cfg.events,
+            allocation_sites: false,
         }
     }
 
@@ -249,6 +258,7 @@ impl Agent {
                         if let Some(t) = seen.tracked.get_mut(&container_id) {
                             t.machine.give_up(t.last_t);
                             t.snapshot_a = None;
+                            t.tracer.stop_in_background();
                         }
                     }
                 }
@@ -327,6 +337,7 @@ impl Agent {
                         });
                     }
                 }
+                t.tracer.stop_in_background();
                 if let Some(path) = t.snapshot_a.take() {
                     let _ = std::fs::remove_file(path);
                     gone.push(Write {
@@ -385,6 +396,7 @@ impl Agent {
                 listed_before: 0,
                 largest: None,
                 group_kill_told: false,
+                tracer: Tracer::Off,
             });
             t.pod = pod.clone();
             let policy = policy_for(pod, container, &watch_list, &self.defaults());
@@ -449,6 +461,9 @@ impl Agent {
         let Some(policy) = t.policy.clone() else {
             return;
         };
+        if let Some(message) = t.tracer.poll(false) {
+            let _ = writes.try_send(write_of(id, t, Op::Note { message }));
+        }
         // The first sample also makes the writer create the report; one that was dropped (queue
         // full, API down) is simply sent again an interval later.
         if t.last_write
@@ -496,6 +511,7 @@ impl Agent {
                 self.start_capture(id, t, Role::B, target, policy)
             }
             Some(Action::Reset { target, reason }) => {
+                t.tracer.stop_in_background();
                 if let Some(path) = t.snapshot_a.take() {
                     let _ = std::fs::remove_file(path);
                 }

@@ -173,23 +173,30 @@ pub fn within(processes: Vec<ProcessMemory>, root: i32) -> Vec<ProcessMemory> {
 }
 
 /// The process to snapshot: the fastest positive grower; without any growth yet, the largest.
-/// A process too young for a rate that is already bigger than the fastest measured one beats it:
-/// a worker forked a second ago that grows fast has no rate yet, its idle master has one.
+/// While a process that matters (at least a quarter of the largest) is too young for a rate, the
+/// choice waits (`None`: no snapshot this sample): a worker forked a second ago may be the one
+/// that grows, and its master, measured longer, is not (gunicorn's workers were twice mistaken
+/// for their master so). Small newcomers (a probe, a shell) never hold it up.
 pub fn pick_grower(
     processes: &[ProcessMemory],
     rate: impl Fn(ProcessKey) -> Option<f64>,
 ) -> Option<ProcessKey> {
+    let largest = processes
+        .iter()
+        .filter(|p| p.rss > 0)
+        .max_by_key(|p| p.rss)?;
+    let live = || processes.iter().filter(|p| p.rss > 0);
+    let undecided = live().count() > 1
+        && live().any(|p| rate(p.key).is_none() && p.rss.saturating_mul(4) >= largest.rss);
+    if undecided {
+        return None;
+    }
     let fastest = processes
         .iter()
         .filter_map(|p| rate(p.key).filter(|r| *r > 0.0).map(|r| (p, r)))
         .max_by(|a, b| a.1.total_cmp(&b.1))
         .map(|(p, _)| p);
-    let largest = processes.iter().filter(|p| p.rss > 0).max_by_key(|p| p.rss);
-    match (fastest, largest) {
-        (Some(f), Some(l)) if rate(l.key).is_none() && l.rss > f.rss => Some(l.key),
-        (Some(f), _) => Some(f.key),
-        (None, l) => l.map(|p| p.key),
-    }
+    Some(fastest.unwrap_or(largest).key)
 }
 
 #[cfg(test)]
@@ -237,26 +244,35 @@ mod tests {
         };
         assert_eq!(pick_grower(&procs, rates).map(|k| k.pid), Some(2));
         assert_eq!(
-            pick_grower(&procs, |_| None).map(|k| k.pid),
+            pick_grower(&[p(1, 500), p(2, 100)], |k| (k.pid == 1).then_some(0.0)).map(|k| k.pid),
             Some(1),
-            "largest before rates"
+            "the largest when nothing grows and the young are small"
+        );
+        assert_eq!(
+            pick_grower(&procs, |_| None),
+            None,
+            "a choice among processes that matter waits for their rates"
         );
         assert_eq!(
             pick_grower(&[p(7, 0)], |_| None),
             None,
             "kernel threads/zombies never"
         );
-        // A fast worker too young for a rate, already bigger than its idle master with one.
+        assert_eq!(pick_grower(&[p(4, 10)], |_| None).map(|k| k.pid), Some(4));
+        // Workers forked a moment ago, smaller than their master measured longer: wait for them.
         let young = |k: ProcessKey| (k.pid == 1).then_some(0.5);
+        assert_eq!(pick_grower(&[p(1, 60), p(2, 20), p(3, 20)], young), None);
+        assert_eq!(pick_grower(&[p(1, 20), p(2, 60)], young), None);
+        // Then measured: the worker that grows.
+        let measured = |k: ProcessKey| Some(if k.pid == 1 { 0.5 } else { 9.0 });
         assert_eq!(
-            pick_grower(&[p(1, 20), p(2, 60)], young).map(|k| k.pid),
-            Some(2),
-            "the young, bigger one"
+            pick_grower(&[p(1, 60), p(2, 20)], measured).map(|k| k.pid),
+            Some(2)
         );
+        // A small newcomer (a probe) does not hold the choice up.
         assert_eq!(
-            pick_grower(&[p(1, 60), p(2, 20)], young).map(|k| k.pid),
-            Some(1),
-            "a young, smaller one waits for its rate"
+            pick_grower(&[p(1, 60), p(2, 10)], young).map(|k| k.pid),
+            Some(1)
         );
     }
 }

@@ -8,6 +8,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 leakhunt="${LEAKHUNT:-${CARGO_TARGET_DIR:-$HOME/.cache/leakhunt/target}/release/leakhunt}"
 limit="${DEMO_MEMORY_LIMIT:-128Mi}"
 report="${DEMO_REPORT:-${TMPDIR:-/tmp}/leakhunt-demo-leakreport.yaml}"
+html="${report%.yaml}.html"
 
 if [ "$(id -u)" != 0 ]; then
   echo "demo: leakhunt creates a memory cgroup: run as root (or with a delegated cgroup tree)" >&2
@@ -24,10 +25,11 @@ trap 'kill "$load" 2>/dev/null || true; wait "$load" 2>/dev/null || true' EXIT
 echo "demo: leaky Flask service on 127.0.0.1:$port under a $limit limit; load running (pid $load)" >&2
 start=$(date +%s)
 set +e
-PORT="$port" "$leakhunt" hunt --memory-limit "$limit" --report "$report" \
+PORT="$port" "$leakhunt" hunt --memory-limit "$limit" --report "$report" --html "$html" \
   -- "$venv/bin/python" "$here/leaky-flask/app.py"
 rc=$?
 set -e
 echo >&2
 echo "demo: done in $(( $(date +%s) - start ))s (leakhunt exit $rc); LeakReport: $report" >&2
+echo "demo: the report as a page (timeline, suspects, types; opens offline): $html" >&2
 exit "$rc"

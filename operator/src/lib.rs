@@ -6,6 +6,7 @@
 pub mod alerts;
 pub mod cluster;
 pub mod crd;
+pub mod html;
 pub mod http;
 pub mod hunt;
 pub mod metrics;

@@ -1,7 +1,9 @@
 //! `leakhunt`: OOM-kill forensics. Subcommands: `operator` (the controller Deployment), `agent`
-//! (the node DaemonSet), `analyze-job` (the analyzer Job), `hunt` (local, no Kubernetes), `crdgen`.
+//! (the node DaemonSet), `analyze-job` (the analyzer Job), `hunt` (local, no Kubernetes), `report`
+//! (a LeakReport as an HTML page), `crdgen`.
 
 mod cluster_cli;
+mod report_cli;
 
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
@@ -28,6 +30,9 @@ enum Command {
     /// Hunt a memory leak on this host: run a command under a memory limit (or watch a PID),
     /// snapshot it near the limit, and name what grows.
     Hunt(Box<HuntArgs>),
+    /// Render a LeakReport (a file, or `-n NAMESPACE NAME` from the cluster) as one
+    /// self-contained HTML page: memory timeline, suspects, types, incidents.
+    Report(Box<report_cli::ReportArgs>),
     /// Print the CustomResourceDefinitions (LeakReport, LeakWatch) as YAML.
     Crdgen,
     /// Run the controller: OOM kills into LeakReports, analyzer Jobs, alerts (a Deployment).
@@ -56,6 +61,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Hunt(args) => run_hunt(*args),
+        Command::Report(args) => report_cli::report(*args),
         Command::Operator(args) => cluster_cli::operator(*args),
         Command::Agent(args) => cluster_cli::agent(*args),
         Command::AnalyzeJob(args) => cluster_cli::analyze_job(*args),

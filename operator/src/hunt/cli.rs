@@ -57,6 +57,9 @@ pub struct HuntArgs {
     /// Write the result as a LeakReport YAML document to FILE.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
+    /// Write the result as a self-contained HTML page (memory timeline, suspects, types) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
     /// Root of the cgroup filesystem (v2 unified, or the v1 mount holding `memory/`).
     #[arg(long, default_value = "/sys/fs/cgroup")]
     pub cgroup_root: PathBuf,
@@ -120,6 +123,7 @@ impl HuntArgs {
             max_snapshot_size: self.max_snapshot_size,
             keep_snapshots: self.keep_snapshots,
             report: self.report,
+            html: self.html,
             cgroup_root: self.cgroup_root,
             cgroup_parent: self.cgroup_parent,
             proc_root: PathBuf::from("/proc"),

@@ -138,6 +138,8 @@ pub struct HuntOptions {
     pub max_snapshot_size: u64,
     pub keep_snapshots: bool,
     pub report: Option<PathBuf>,
+    /// The report as an HTML page too.
+    pub html: Option<PathBuf>,
     pub cgroup_root: PathBuf,
     /// Parent (relative to the memory hierarchy) of the cgroups created for commands.
     pub cgroup_parent: String,
@@ -719,6 +721,9 @@ impl<'a> Hunt<'a> {
     fn write_report(&mut self) {
         if let Some(path) = &self.opts.report {
             let _ = output::write_yaml(&self.report, path);
+        }
+        if let Some(path) = &self.opts.html {
+            let _ = output::write_html(&self.report, path);
         }
     }
 

@@ -69,6 +69,14 @@ pub fn write_yaml(report: &LeakReport, path: &Path) -> io::Result<()> {
     fs::rename(&tmp, path)
 }
 
+/// Writes the report as an HTML page ([`crate::html`]), atomically.
+pub fn write_html(report: &LeakReport, path: &Path) -> io::Result<()> {
+    let page = crate::html::render(report, &crate::html::generated_by());
+    let tmp = path.with_extension("html.tmp");
+    fs::write(&tmp, page)?;
+    fs::rename(&tmp, path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

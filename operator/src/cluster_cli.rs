@@ -46,6 +46,10 @@ pub struct OperatorArgs {
         default_value = ""
     )]
     watch_namespaces: Vec<String>,
+    /// Serve read-only report pages on the admin address: `/reports`, `/reports/NS/NAME` (chart
+    /// value `ui.enabled`; reach them with `kubectl port-forward`).
+    #[arg(long, env = "LEAKHUNT_UI")]
+    ui: bool,
     /// Image of the analyzer Jobs (the same `leakhunt` image).
     #[arg(long, env = "LEAKHUNT_IMAGE", default_value = "leakhunt:0.1.0")]
     image: String,
@@ -255,16 +259,20 @@ async fn shutdown_signal() {
 
 /// Binds the admin address (failing loudly when taken) and serves /metrics, /livez and /readyz
 /// until SIGTERM; returns the metrics to fill and the health to set ready.
-async fn serve_admin(addr: SocketAddr) -> anyhow::Result<(Metrics, Health)> {
+async fn serve_admin(
+    addr: SocketAddr,
+    pages: Option<http::Pages>,
+) -> anyhow::Result<(Metrics, Health)> {
     let metrics = Metrics::new();
     let health = Health::new();
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
-    tokio::spawn(http::serve_on(
+    tokio::spawn(http::serve_pages(
         listener,
         metrics.clone(),
         health.clone(),
+        pages,
         shutdown_signal(),
     ));
     Ok((metrics, health))
@@ -337,8 +345,11 @@ async fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
         alerts,
         instance: instance.clone(),
     };
-    let (metrics, health) = serve_admin(args.metrics_addr).await?;
     let client = client().await?;
+    let pages = args
+        .ui
+        .then(|| leakhunt_operator::html::pages(client.clone(), cfg.watch_namespaces.clone()));
+    let (metrics, health) = serve_admin(args.metrics_addr, pages).await?;
     let identity = format!("{instance}-{}", std::process::id());
     let elector = args.leader_election.then(|| {
         LeaderElector::new(
@@ -419,7 +430,7 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
             .filter(|k| !k.is_empty())
             .map(Into::into),
     };
-    let (metrics, health) = serve_admin(args.metrics_addr).await?;
+    let (metrics, health) = serve_admin(args.metrics_addr, None).await?;
     let client = client().await?;
     let ready = {
         let health = health.clone();

@@ -1,4 +1,5 @@
-//! The admin HTTP server of the operator and the agent: `/metrics`, `/livez`, `/readyz`.
+//! The admin HTTP server of the operator and the agent: `/metrics`, `/livez`, `/readyz`, and with
+//! the operator's `--ui` the read-only report pages under `/reports` ([`Pages`]).
 //!
 //! Liveness and readiness are apart: `/livez` answers as long as the process serves HTTP (a
 //! restart would not help otherwise), `/readyz` only once the component has done its start-up
@@ -8,6 +9,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +35,13 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 const TEXT: &str = "text/plain; charset=utf-8";
+const HTML: &str = "text/html; charset=utf-8";
+/// The report pages load nothing and run nothing: inline styles and SVG only.
+const PAGE_POLICY: &str = "default-src 'none'; style-src 'unsafe-inline'; img-src data:";
+
+/// Pages served under `/reports`: given the path, its status and HTML.
+pub type Pages =
+    Arc<dyn Fn(String) -> Pin<Box<dyn Future<Output = (StatusCode, String)> + Send>> + Send + Sync>;
 
 /// Readiness, shared between the component that knows and the server that tells. Clones share
 /// the flag. Starts not ready.
@@ -79,8 +88,20 @@ pub async fn serve_on(
     health: Health,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
+    serve_pages(listener, metrics, health, None, shutdown).await
+}
+
+/// [`serve_on`], with `pages` under `/reports` when given.
+pub async fn serve_pages(
+    listener: TcpListener,
+    metrics: Metrics,
+    health: Health,
+    pages: Option<Pages>,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "serving /metrics, /livez, /readyz");
+        let extra = if pages.is_some() { ", /reports" } else { "" };
+        tracing::info!(%addr, "serving /metrics, /livez, /readyz{extra}");
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
     let mut connections = JoinSet::new();
@@ -101,11 +122,22 @@ pub async fn serve_on(
         while connections.try_join_next().is_some() {}
         let metrics = metrics.clone();
         let health = health.clone();
+        let pages = pages.clone();
         let mut stop = stop_rx.clone();
         connections.spawn(async move {
-            let service = service_fn(move |req| {
+            let service = service_fn(move |req: Request<Incoming>| {
                 let response = respond(&req, &metrics, &health);
-                async move { Ok::<_, Infallible>(response) }
+                let page = match (&response, &pages) {
+                    (Route::Page, Some(p)) => Some(p(req.uri().path().to_string())),
+                    _ => None,
+                };
+                async move {
+                    Ok::<_, Infallible>(match (response, page) {
+                        (_, Some(page)) => html(page.await),
+                        (Route::Done(r), None) => r,
+                        (Route::Page, None) => text(StatusCode::NOT_FOUND, "not found"),
+                    })
+                }
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -137,16 +169,26 @@ pub async fn serve_on(
     Ok(())
 }
 
+/// A response, or a report page to ask [`Pages`] for.
+enum Route {
+    Done(Response<Full<Bytes>>),
+    Page,
+}
+
 /// The whole routing table; pure but for reading the metrics and the flag.
-fn respond(req: &Request<Incoming>, metrics: &Metrics, health: &Health) -> Response<Full<Bytes>> {
+fn respond(req: &Request<Incoming>, metrics: &Metrics, health: &Health) -> Route {
     // HEAD is GET without a body (hyper drops it); probes and curl -I use it.
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
         r.headers_mut()
             .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return r;
+        return Route::Done(r);
     }
-    match req.uri().path() {
+    let path = req.uri().path();
+    if path == "/reports" || path.starts_with("/reports/") {
+        return Route::Page;
+    }
+    Route::Done(match path {
         "/metrics" => {
             let mut r = Response::new(Full::new(Bytes::from(metrics.encode())));
             r.headers_mut().insert(
@@ -159,7 +201,23 @@ fn respond(req: &Request<Incoming>, metrics: &Metrics, health: &Health) -> Respo
         "/readyz" if health.is_ready() => text(StatusCode::OK, "ok"),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready"),
         _ => text(StatusCode::NOT_FOUND, "not found"),
-    }
+    })
+}
+
+fn html((status, body): (StatusCode, String)) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static(HTML));
+    h.insert(
+        "content-security-policy",
+        HeaderValue::from_static(PAGE_POLICY),
+    );
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    r
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

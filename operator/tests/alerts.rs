@@ -112,6 +112,8 @@ fn leak_alert() -> Alert {
             .into(),
         suspect: Some("__main__.Profiler.results".into()),
         growth: Some("+2000 items +180KiB".into()),
+        verdict: Some("Leak".into()),
+        predicted_oom: None,
         oom_kills: 2,
         time: Timestamp::now(),
     }

@@ -112,3 +112,61 @@ async fn probes_metrics_and_routing() {
         .unwrap();
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
+
+#[tokio::test]
+async fn report_pages_only_when_given_and_read_only() {
+    use leakhunt_operator::http::{serve_pages, Pages};
+    use std::sync::Arc;
+    // Without pages (the agent, the operator without --ui): no /reports.
+    let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let plain = listener.local_addr().unwrap();
+    let (stop1, stopped1) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(serve_on(
+        listener,
+        Metrics::new(),
+        Health::new(),
+        async move {
+            let _ = stopped1.await;
+        },
+    ));
+    assert_eq!(
+        call(plain, Method::GET, "/reports").await.0,
+        StatusCode::NOT_FOUND
+    );
+
+    // The operator's pages answer for /reports and below, with the path they were asked.
+    let pages: Pages = Arc::new(|path: String| {
+        Box::pin(async move { (StatusCode::OK, format!("<p>{path}</p>")) })
+    });
+    let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop2, stopped2) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(serve_pages(
+        listener,
+        Metrics::new(),
+        Health::new(),
+        Some(pages),
+        async move {
+            let _ = stopped2.await;
+        },
+    ));
+    let (status, content_type, body) = call(addr, Method::GET, "/reports/shop/web").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(content_type, "text/html; charset=utf-8");
+    assert_eq!(body, "<p>/reports/shop/web</p>");
+    assert_eq!(
+        call(addr, Method::GET, "/reportsx").await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        call(addr, Method::POST, "/reports").await.0,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+    assert_eq!(
+        call(addr, Method::DELETE, "/reports/shop/web").await.0,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+    assert_eq!(call(addr, Method::GET, "/livez").await.0, StatusCode::OK);
+    let _ = stop1.send(());
+    let _ = stop2.send(());
+}

@@ -60,6 +60,8 @@ prometheusRule:
   enabled: true
 networkPolicy:
   enabled: true
+ui:
+  enabled: true
 YAML
 
 if out=$(helm lint --strict $CHART 2>&1); then pass "helm lint --strict (default values)"; else fail "helm lint --strict (default values)"; echo "$out"; fi
@@ -280,6 +282,8 @@ check(oenv2["LEAKHUNT_ALERTMANAGER_URL"]["value"] == "http://alertmanager.monito
       and oenv2["LEAKHUNT_ALERT_LABELS"]["value"] == "severity=page,team=payments",
       "all-on: Alertmanager URL and labels (k=v,k=v)")
 check(oenv2["LEAKHUNT_WATCH_NAMESPACES"]["value"] == "shop,payments", "all-on: watched namespaces")
+check(oenv2["LEAKHUNT_UI"]["value"] == "true" and "LEAKHUNT_UI" not in oenv,
+      "ui.enabled: the operator serves the report pages (off by default)")
 aenv2 = env_of(one(all_on, "DaemonSet", "leakhunt-agent")["spec"]["template"]["spec"]["containers"][0])
 check(oenv2["LEAKHUNT_ALLOWED_ALERT_URLS"]["value"] == "https://hooks.slack.com/,http://alertmanager.monitoring:9093/"
       and oenv2["LEAKHUNT_EVENTS"]["value"] == "false" and aenv2["LEAKHUNT_EVENTS"]["value"] == "false",

@@ -708,6 +708,28 @@ YAML
 }
 check "without CAP_SYS_PTRACE a capture fails with an Event that names it" check_missing_capability
 
+check_report_pages() {
+  # ui.enabled: the operator serves the report pages on its admin port (what `kubectl port-forward`
+  # reaches): the list, and the leaky service's report as the page `leakhunt report --html` writes, with
+  # a policy that lets it load and run nothing. Nothing but GET.
+  helm upgrade leakhunt charts/leakhunt -n $LH --reuse-values --wait --timeout 120s --set ui.enabled=true >/dev/null || return 1
+  kubectl -n $LH rollout status deployment/leakhunt-operator --timeout=90s >/dev/null || return 1
+  local url
+  url=$(pod_url operator) || return 1
+  wait_for "operator /readyz after the upgrade" 60 curl -sf "$url/readyz" || return 1
+  curl -sf "$url/reports" -o "$DIR/reports.html" || return 1
+  grep -q 'href="/reports/shop/deployment-leaky-flask"' "$DIR/reports.html" || { echo "  the list lacks the report"; return 1; }
+  curl -sf -D "$DIR/report.headers" "$url/reports/shop/deployment-leaky-flask" -o "$DIR/report.html" || return 1
+  grep -q 'Profiler.results' "$DIR/report.html" && grep -q '<svg' "$DIR/report.html" || { echo "  the page lacks the suspect or the timeline"; return 1; }
+  grep -qi "^content-security-policy: default-src 'none'" "$DIR/report.headers" || return 1
+  local missing post
+  missing=$(curl -s -o /dev/null -w '%{http_code}' "$url/reports/shop/no-such-report")
+  post=$(curl -s -o /dev/null -w '%{http_code}' -X POST "$url/reports")
+  echo "  /reports lists it; its page: $(wc -c <"$DIR/report.html") bytes with the timeline; unknown report $missing, POST $post"
+  [ "$missing" = 404 ] && [ "$post" = 405 ]
+}
+check "ui.enabled: the operator serves the report pages, read-only" check_report_pages
+
 check_delete_workload() {
   kubectl -n $NS delete deployment leaky-flask --wait=true >/dev/null || return 1
   wait_for "report deleted with its Deployment" 90 sh -c "! kubectl -n $NS get leakreport deployment-leaky-flask" || return 1

@@ -87,6 +87,8 @@ mod tests {
             summary: "__main__.Profiler.results grows by 2000 items.".into(),
             suspect: Some("__main__.Profiler.results".into()),
             growth: Some("+2000 items +180KiB".into()),
+            verdict: Some("Leak".into()),
+            predicted_oom: None,
             oom_kills: 2,
             time: Timestamp::from_second(1_767_225_600).unwrap(),
         }

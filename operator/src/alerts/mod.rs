@@ -319,6 +319,10 @@ pub struct Alert {
     pub suspect: Option<String>,
     /// The top suspect's growth (`+2000 items +180KiB`).
     pub growth: Option<String>,
+    /// The report's verdict (`Leak`, `NoLeak`, `Inconclusive`), once analysed.
+    pub verdict: Option<String>,
+    /// When the working set reaches the limit at its current rate.
+    pub predicted_oom: Option<Timestamp>,
     pub oom_kills: i64,
     pub time: Timestamp,
 }

@@ -6,10 +6,12 @@ use super::{Alert, AlertKind};
 
 /// Slack truncates nothing for us: a section's text over 3000 characters is rejected outright.
 const SLACK_SECTION_MAX: usize = 3000;
+/// A section field's text may hold at most 2000.
+const SLACK_FIELD_MAX: usize = 2000;
 
 /// `{"kind":"LeakDetected","namespace":..,"workload":..,"report":..,"summary":..,"suspect":..,
-/// "growth":..,"oomKills":..,"time":"RFC3339"}`. Absent suspect and growth are `null`, so every
-/// payload has the same keys.
+/// "growth":..,"verdict":..,"predictedOOMTime":..,"oomKills":..,"time":"RFC3339"}`. Absent
+/// values are `null`, so every payload has the same keys.
 pub fn json_payload(alert: &Alert) -> Value {
     json!({
         "kind": alert.kind.as_str(),
@@ -19,21 +21,73 @@ pub fn json_payload(alert: &Alert) -> Value {
         "summary": alert.summary,
         "suspect": alert.suspect,
         "growth": alert.growth,
+        "verdict": alert.verdict,
+        "predictedOOMTime": alert.predicted_oom.map(|t| t.to_string()),
         "oomKills": alert.oom_kills,
         "time": alert.time.to_string(),
     })
 }
 
-/// `{"text": one line, "blocks": [a mrkdwn section]}`: `text` is what notifications and clients
-/// without blocks show; the section adds the summary and how to look at the report.
+/// `{"text": one line, "blocks": [...]}`: `text` is what notifications and clients without
+/// blocks show; the blocks are the summary an on-call engineer reads first — what happened, then
+/// verdict, suspect, growth and time to OOM side by side, then the two commands that open the
+/// report (as YAML, and as the HTML page with its memory timeline).
 pub fn slack_payload(alert: &Alert) -> Value {
-    json!({
-        "text": slack_text(alert),
-        "blocks": [{
-            "type": "section",
-            "text": {"type": "mrkdwn", "text": slack_section(alert)},
-        }],
-    })
+    let mut fields = Vec::new();
+    let mut field = |name: &str, value: String| {
+        let text: String = format!("*{name}*\n{value}")
+            .chars()
+            .take(SLACK_FIELD_MAX)
+            .collect();
+        fields.push(json!({"type": "mrkdwn", "text": text}));
+    };
+    if let Some(v) = &alert.verdict {
+        field("Verdict", escape(v));
+    }
+    if let Some(s) = &alert.suspect {
+        field("Suspect", format!("`{}`", escape(s)));
+    }
+    if let Some(g) = &alert.growth {
+        field("Growth", escape(g));
+    }
+    if let Some(oom) = alert.predicted_oom {
+        field("Time to OOM", time_to(alert.time, oom));
+    }
+    if alert.oom_kills > 0 {
+        field("OOM kills", alert.oom_kills.to_string());
+    }
+    let mut blocks = vec![json!({
+        "type": "section",
+        "text": {"type": "mrkdwn", "text": slack_section(alert)},
+    })];
+    if !fields.is_empty() {
+        blocks.push(json!({"type": "section", "fields": fields}));
+    }
+    blocks.push(json!({
+        "type": "context",
+        "elements": [{"type": "mrkdwn", "text": open_commands(alert)}],
+    }));
+    json!({"text": slack_text(alert), "blocks": blocks})
+}
+
+/// `in 2m 10s (22:04:05 UTC)`, or `passed (…)` once it is.
+fn time_to(now: k8s_openapi::jiff::Timestamp, at: k8s_openapi::jiff::Timestamp) -> String {
+    let secs = at.as_second() - now.as_second();
+    let clock = at.strftime("%H:%M:%S UTC");
+    match secs {
+        s if s < 0 => format!("passed ({clock})"),
+        s if s < 120 => format!("in {s} s ({clock})"),
+        s if s < 7200 => format!("in {}m {}s ({clock})", s / 60, s % 60),
+        s => format!("in {}h {}m ({clock})", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// The report, as YAML and as the HTML page.
+fn open_commands(alert: &Alert) -> String {
+    let (ns, name) = (escape(&alert.namespace), escape(&alert.report));
+    format!(
+        "`kubectl -n {ns} get leakreport {name} -o yaml` · `leakhunt report -n {ns} {name} --html {name}.html`"
+    )
 }
 
 /// `:rotating_light: LeakDetected shop/Deployment/leaky-flask: __main__.Profiler.results +2000 items +180KiB (2 OOM kills)`
@@ -64,20 +118,6 @@ fn slack_section(alert: &Alert) -> String {
         escape(&alert.workload),
         escape(&one_line(&alert.summary)),
     );
-    if let Some(s) = &alert.suspect {
-        out.push_str(&format!("\nSuspect: `{}`", escape(s)));
-        if let Some(g) = &alert.growth {
-            out.push_str(&format!(" {}", escape(g)));
-        }
-    }
-    if alert.oom_kills > 0 {
-        out.push_str(&format!("\nOOM kills: {}", alert.oom_kills));
-    }
-    out.push_str(&format!(
-        "\nReport: `kubectl -n {} get leakreport {} -o yaml`",
-        escape(&alert.namespace),
-        escape(&alert.report)
-    ));
     if out.chars().count() > SLACK_SECTION_MAX {
         out = out.chars().take(SLACK_SECTION_MAX - 1).collect();
         out.push('…');
@@ -128,6 +168,8 @@ mod tests {
                 .into(),
             suspect: Some("__main__.Profiler.results".into()),
             growth: Some("+2000 items +180KiB".into()),
+            verdict: Some("Leak".into()),
+            predicted_oom: None,
             oom_kills: 2,
             time: Timestamp::from_second(1_767_225_600).unwrap(),
         }
@@ -146,6 +188,8 @@ mod tests {
                 "summary": "__main__.Profiler.results grows by 2000 items (+180KiB) between snapshots.",
                 "suspect": "__main__.Profiler.results",
                 "growth": "+2000 items +180KiB",
+                "verdict": "Leak",
+                "predictedOOMTime": null,
                 "oomKills": 2,
                 "time": "2026-01-01T00:00:00Z"
             })
@@ -161,7 +205,9 @@ mod tests {
 
     #[test]
     fn slack_payload_exact() {
-        let v = slack_payload(&leak());
+        let mut alert = leak();
+        alert.predicted_oom = Some(Timestamp::from_second(1_767_225_600 + 130).unwrap());
+        let v = slack_payload(&alert);
         assert_eq!(
             v["text"],
             ":rotating_light: LeakDetected shop/Deployment/leaky-flask: __main__.Profiler.results +2000 items +180KiB (2 OOM kills)"
@@ -171,10 +217,28 @@ mod tests {
         assert_eq!(
             v["blocks"][0]["text"]["text"],
             ":rotating_light: *LeakDetected* in `shop`: *Deployment/leaky-flask*\n\
-             __main__.Profiler.results grows by 2000 items (+180KiB) between snapshots.\n\
-             Suspect: `__main__.Profiler.results` +2000 items +180KiB\n\
-             OOM kills: 2\n\
-             Report: `kubectl -n shop get leakreport deployment-leaky-flask -o yaml`"
+             __main__.Profiler.results grows by 2000 items (+180KiB) between snapshots."
+        );
+        let fields: Vec<&str> = v["blocks"][1]["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["text"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "*Verdict*\nLeak",
+                "*Suspect*\n`__main__.Profiler.results`",
+                "*Growth*\n+2000 items +180KiB",
+                "*Time to OOM*\nin 2m 10s (00:02:10 UTC)",
+                "*OOM kills*\n2",
+            ]
+        );
+        assert_eq!(v["blocks"][2]["type"], "context");
+        assert_eq!(
+            v["blocks"][2]["elements"][0]["text"],
+            "`kubectl -n shop get leakreport deployment-leaky-flask -o yaml` · `leakhunt report -n shop deployment-leaky-flask --html deployment-leaky-flask.html`"
         );
     }
 
@@ -194,6 +258,10 @@ mod tests {
         let section = v["blocks"][0]["text"]["text"].as_str().unwrap();
         assert!(section.contains("Killed &lt;!channel&gt; &amp; more"));
         assert!(!section.contains('<'));
+        // Nor in the fields or the commands: a suspect or report name cannot ping a channel.
+        a.suspect = Some("<!here> x".into());
+        a.report = "r<!channel>".into();
+        assert!(!slack_payload(&a).to_string().contains('<'));
         a.summary = "x".repeat(5000);
         let section = slack_section(&a);
         assert_eq!(section.chars().count(), SLACK_SECTION_MAX);

@@ -5,6 +5,9 @@
 //! `<script>` — and the report holds names, counts and sizes only, never memory contents.
 
 mod charts;
+mod pages;
+
+pub use pages::{index, pages};
 
 use std::fmt::Write as _;
 
@@ -27,7 +30,7 @@ pub fn escape(text: &str) -> String {
     out
 }
 
-const STYLE: &str = r#"
+pub(crate) const STYLE: &str = r#"
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1d2330; margin: 0; background: #f5f6f8; }
 main { max-width: 1040px; margin: 0 auto; padding: 16px 24px 48px; }
 h1 { font-size: 20px; margin: 8px 0 4px; }

@@ -153,6 +153,8 @@ pub(super) fn alert_of(
         summary,
         suspect: status.suspects.first().map(|s| s.path.clone()),
         growth: status.growth.clone(),
+        verdict: status.verdict.map(|v| format!("{v:?}")),
+        predicted_oom: status.memory.predicted_oom_time.as_ref().map(|t| t.0),
         oom_kills: status.oom_kills,
         time: k8s_openapi::jiff::Timestamp::now(),
     }

@@ -35,12 +35,10 @@ pub fn report(args: ReportArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let page = html::render(&report, &html::generated_by());
     let written = if args.html.as_os_str() == "-" {
-        std::io::stdout().write_all(page.as_bytes())
+        std::io::stdout().write_all(html::render(&report, &html::generated_by()).as_bytes())
     } else {
-        let tmp = args.html.with_extension("html.tmp");
-        std::fs::write(&tmp, &page).and_then(|()| std::fs::rename(&tmp, &args.html))
+        leakhunt_operator::hunt::output::write_html(&report, &args.html)
     };
     match written {
         Ok(()) => {

@@ -30,7 +30,7 @@ pub fn escape(text: &str) -> String {
     out
 }
 
-pub(crate) const STYLE: &str = r#"
+const STYLE: &str = r#"
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1d2330; margin: 0; background: #f5f6f8; }
 main { max-width: 1040px; margin: 0 auto; padding: 16px 24px 48px; }
 h1 { font-size: 20px; margin: 8px 0 4px; }
@@ -53,6 +53,16 @@ ul.notes li { margin: 2px 0; }
 footer { color: #8a90a0; font-size: 12px; margin-top: 32px; }
 "#;
 
+/// A page's start, up to its opened `<main>`: the title (escaped here) and the one stylesheet.
+fn head(title: &str) -> String {
+    format!(
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
+         <title>{} — leakhunt</title>\n<style>{STYLE}</style>\n</head>\n<body>\n<main>\n",
+        escape(title)
+    )
+}
+
 /// The footer: `leakhunt 0.1.0, 2026-12-04T22:50:00Z`.
 pub fn generated_by() -> String {
     format!(
@@ -70,13 +80,12 @@ pub fn render(report: &LeakReport, generated: &str) -> String {
     let ns = report.metadata.namespace.clone().unwrap_or_default();
     let wl = &report.spec.workload;
     let mut h = String::with_capacity(64 << 10);
-    let _ = write!(
-        h,
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
-         <title>{} — leakhunt</title>\n<style>{STYLE}</style>\n</head>\n<body>\n<main>\n",
-        escape(&format!("{} {}/{}", verdict_word(s), wl.kind, wl.name))
-    );
+    h.push_str(&head(&format!(
+        "{} {}/{}",
+        verdict_word(s),
+        wl.kind,
+        wl.name
+    )));
     // A local hunt's "workload" is a command line: `Process: python app.py`.
     let sep = if wl.kind == "Process" { ": " } else { "/" };
     let _ = write!(

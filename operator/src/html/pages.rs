@@ -10,7 +10,7 @@ use hyper::StatusCode;
 use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 
-use super::{escape, generated_by, render, STYLE};
+use super::{escape, generated_by, head, render};
 use crate::crd::LeakReport;
 use crate::http::Pages;
 
@@ -81,15 +81,6 @@ fn is_name(s: &str) -> bool {
         && s.len() <= 253
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-}
-
-fn head(title: &str) -> String {
-    format!(
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
-         <title>{} — leakhunt</title>\n<style>{STYLE}</style>\n</head>\n<body>\n<main>\n",
-        escape(title)
-    )
 }
 
 /// Every report, leaks first, then by kills.

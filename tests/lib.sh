@@ -171,6 +171,15 @@ check() {
     PASSED=$((PASSED + 1)); echo "--- PASS: $name ($((SECONDS - t))s)"
   else
     FAILED=$((FAILED + 1)); FAILURES+=("$name"); echo "--- FAIL: $name ($((SECONDS - t))s)"
+    # A suite whose environment can die under it (the emulated VM) defines environment_lost: when it
+    # names a cause, the checks left would only time out one after another, so the suite ends with 75
+    # (EX_TEMPFAIL) for its caller to tell from a failure of leakhunt's.
+    local lost
+    if declare -F environment_lost >/dev/null && lost=$(environment_lost); then
+      echo "$SUITE: the test environment is gone: $lost; the checks left are not run"
+      summary || true
+      exit 75
+    fi
   fi
 }
 

@@ -87,6 +87,20 @@ spec:
 YAML
 guest() { kubectl -n $NS exec inspect -- "$@"; }
 
+# After a failed check (tests/lib.sh): is the guest gone? QEMU exited or hung, or the guest silent on
+# its console while its node is NotReady (a reboot check makes it NotReady for a while, not silent).
+environment_lost() {
+  local why rc ready
+  why=$(tests/node/vm.sh status "$DIR"); rc=$?
+  [ "$rc" -ne 0 ] || return 1
+  if [ "$rc" -eq 2 ]; then
+    ready=$(kubectl get node "$NODE" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)
+    [ "$ready" != True ] || return 1
+    why="$why; node $NODE Ready=$ready"
+  fi
+  echo "$why"
+}
+
 check_v2() {
   kubectl -n $NS wait --for=condition=Ready pod/inspect --timeout=300s >/dev/null || return 1
   local fs controllers kernel

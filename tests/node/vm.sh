@@ -6,6 +6,7 @@
 #
 #   tests/node/vm.sh image                 build the guest's disk once (cached; prints its path)
 #   tests/node/vm.sh up DIR KUBECONFIG     boot the guest, state under DIR/vm; wait for its Node to be Ready
+#   tests/node/vm.sh status DIR            is the guest alive (QEMU's monitor, the console's last write)
 #   tests/node/vm.sh down DIR              stop the guest and remove what `up` made on the host
 #
 # Why QEMU/TCG: this host's memory controller is cgroup v1 and its /dev/kvm runs only PVM guests, so a
@@ -179,6 +180,7 @@ EOF
     -netdev "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:$fwd_port-10.0.2.15:10250,guestfwd=tcp:10.0.2.100:6443-cmd:socat - TCP:127.0.0.1:$api_port" \
     -device virtio-net-pci,netdev=n0 \
     -display none -monitor none -serial "file:$dir/logs/console.log" \
+    -qmp "unix:$dir/qmp.sock,server=on,wait=off" \
     -daemonize -pidfile "$dir/qemu.pid" || die "qemu did not start"
   setsid socat "TCP-LISTEN:10250,bind=$VM_NODE_IP,reuseaddr,fork" "TCP:127.0.0.1:$fwd_port" \
     >"$dir/logs/relay.log" 2>&1 </dev/null &
@@ -220,13 +222,40 @@ down() {
   fi
   [ -f "$dir/dummy" ] && { ip link del "$(cat "$dir/dummy")" 2>/dev/null || true; rm -f "$dir/dummy"; }
   # The config disk holds credentials.
-  rm -rf "$dir/config" "$dir/config.img"
+  rm -rf "$dir/config" "$dir/config.img" "$dir/qmp.sock"
   echo "vm: stopped ($dir)"
+}
+
+# status DIR: whether the guest still runs, for a suite to tell a guest that froze (TCG has hung here
+# once: console silent from 157 s of uptime, the node NotReady for 40 minutes) from a failure of its own.
+# Prints one line; exits 0 when the guest is alive, 1 when QEMU has exited, hangs or stopped the guest,
+# 2 when the guest runs but has written nothing on its console for VM_SILENT_LIMIT seconds (600).
+status() {
+  local dir=$1/vm console=$1/vm/logs/console.log
+  [ -f "$dir/qemu.pid" ] && kill -0 "$(cat "$dir/qemu.pid")" 2>/dev/null || { echo "the QEMU process has exited"; return 1; }
+  local answer state silent
+  # QMP needs its capabilities negotiated before a command; a QEMU whose main loop hangs answers nothing.
+  answer=$(printf '%s\n' '{"execute":"qmp_capabilities"}' '{"execute":"query-status"}' \
+    | timeout 10 socat -t 5 - "UNIX-CONNECT:$dir/qmp.sock" 2>/dev/null)
+  state=$(printf '%s' "$answer" | sed -n 's/.*"status": *"\([a-z-]*\)".*/\1/p' | tail -1)
+  silent=$(( $(date +%s) - $(stat -c %Y "$console" 2>/dev/null || echo 0) ))
+  if [ -z "$state" ]; then
+    echo "QEMU does not answer its monitor (console silent for ${silent}s)"; return 1
+  fi
+  if [ "$state" != running ]; then
+    echo "QEMU says the guest is $state (console silent for ${silent}s)"; return 1
+  fi
+  # The journal goes to the console: a live node's kubelet writes there every few minutes at least.
+  if [ "$silent" -ge "${VM_SILENT_LIMIT:-600}" ]; then
+    echo "the guest runs but has written nothing on its console for ${silent}s (last: $(tail -1 "$console" | cut -c1-120))"; return 2
+  fi
+  echo "the guest is running (console written ${silent}s ago)"
 }
 
 case "${1:-}" in
   image) image ;;
+  status) status "${2:?usage: vm.sh status DIR}" ;;
   up) up "${2:?usage: vm.sh up DIR KUBECONFIG}" "${3:?usage: vm.sh up DIR KUBECONFIG}" ;;
   down) down "${2:?usage: vm.sh down DIR}" ;;
-  *) die "usage: vm.sh image | up DIR KUBECONFIG | down DIR" ;;
+  *) die "usage: vm.sh image | up DIR KUBECONFIG | status DIR | down DIR" ;;
 esac

@@ -67,5 +67,5 @@ include tests/testenv.mk
 
 # The Helm chart without a cluster: CRDs in sync with crds/, lint, RBAC and security facts, schema rejections.
 # (After the include: it needs helm from $(TOOLS_BIN).)
-chart-check: $(TOOLS_BIN)/helm
+chart-check: $(TOOLS_BIN)/helm $(TOOLS_BIN)/promtool
 	tests/chart/check.sh

@@ -5,6 +5,9 @@ LEAKHUNT_CACHE ?= $(HOME)/.cache/leakhunt
 TOOLS_BIN ?= $(LEAKHUNT_CACHE)/tools/bin
 HELM_VERSION ?= v3.22.0
 ALERTMANAGER_VERSION ?= v0.35.0
+# Prometheus 3.16.0: the Go module's version for release 3.MM.P is v0.3MM.P.
+PROMETHEUS_VERSION ?= v0.316.0
+PROMETHEUS_RELEASE ?= 3.16.0
 GO ?= go
 # Our kubectl first: the machine's /usr/bin/kubectl is another build.
 export PATH := $(TOOLS_BIN):$(PATH)
@@ -24,7 +27,7 @@ export LEAKHUNT_BIN
 # Where `make testenv-up` keeps its state (etcd data, kubeconfig, logs, pids).
 TESTENV_DIR ?= $(LEAKHUNT_CACHE)/testenv
 
-.PHONY: tools alertmanager node-tools node-images image testenv-up testenv-down smoke vm-smoke e2e
+.PHONY: tools alertmanager prometheus node-tools node-images image testenv-up testenv-down smoke vm-smoke e2e
 
 # The real node's programs, built from their Go modules: containerd 2 (the 1.36 kubelet needs 2.x;
 # Debian bookworm has 1.6), runc (bookworm's 1.1 cannot run containerd 2's specs), and the kubelet
@@ -59,7 +62,7 @@ node-images: $(TOOLS_BIN)/kubectl
 image:
 	tests/node/images/build.sh leakhunt
 
-tools: $(KUBE_TESTENV_STAMP) $(TOOLS_BIN)/kubectl $(TOOLS_BIN)/helm $(TOOLS_BIN)/alertmanager
+tools: $(KUBE_TESTENV_STAMP) $(TOOLS_BIN)/kubectl $(TOOLS_BIN)/helm $(TOOLS_BIN)/alertmanager $(TOOLS_BIN)/prometheus
 
 $(KUBE_TESTENV_STAMP): $(KUBE_TESTENV_SRC)
 	@mkdir -p $(TOOLS_BIN)
@@ -98,6 +101,24 @@ $(TOOLS_BIN)/.alertmanager-$(ALERTMANAGER_VERSION):
 	cd $(ALERTMANAGER_SRC) && $(TESTENV_GO) build -ldflags '-X github.com/prometheus/common/version.Version=$(ALERTMANAGER_VERSION:v%=%)' \
 	  -o $(TOOLS_BIN)/alertmanager ./cmd/alertmanager
 	@rm -f $(TOOLS_BIN)/.alertmanager-* && touch $@
+
+# A real Prometheus and promtool: chart-check runs `promtool check rules` / `promtool test rules` on the
+# chart's PrometheusRule and parses the dashboard's queries; the e2e's Prometheus scrapes the operator
+# and agent, evaluates the rules and sends to the real Alertmanager. Built in the module cache's copy
+# (read-only, nothing written there): without the go.work the module ships, whose members the zip lacks,
+# and without the service discoveries of clouds (remove_all_sd; static and file discovery stay).
+PROMETHEUS_SRC = $(LEAKHUNT_CACHE)/go/mod/github.com/prometheus/prometheus@$(PROMETHEUS_VERSION)
+prometheus: $(TOOLS_BIN)/prometheus
+$(TOOLS_BIN)/prometheus $(TOOLS_BIN)/promtool: $(TOOLS_BIN)/.prometheus-$(PROMETHEUS_VERSION)
+	@test -x $@
+$(TOOLS_BIN)/.prometheus-$(PROMETHEUS_VERSION):
+	@mkdir -p $(TOOLS_BIN)
+	@command -v $(GO) >/dev/null || { echo "testenv: Go is required to build prometheus (see .ci/install)" >&2; exit 1; }
+	cd / && $(TESTENV_GO) mod download github.com/prometheus/prometheus@$(PROMETHEUS_VERSION)
+	cd $(PROMETHEUS_SRC) && GOWORK=off $(TESTENV_GO) build -tags remove_all_sd \
+	  -ldflags '-X github.com/prometheus/common/version.Version=$(PROMETHEUS_RELEASE)' \
+	  -o $(TOOLS_BIN)/ ./cmd/prometheus ./cmd/promtool
+	@rm -f $(TOOLS_BIN)/.prometheus-* && touch $@
 
 # Starts the control plane and one real node in the background; prints how to use them.
 # (TESTENV_NODE=vm starts the cgroup v2 VM node instead.)

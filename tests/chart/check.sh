@@ -5,7 +5,9 @@
 #   3. the rendered manifests keep the security model: per-component RBAC, no Secrets or ConfigMaps for
 #      anyone, the analyzer only on leakreports/status, a comment on every RBAC rule, the agent with hostPID
 #      and SYS_PTRACE but not privileged, the operator non-root; the optional features render what they should;
-#   4. values.schema.json rejects bad values, and the template checks reject inconsistent ones.
+#   4. values.schema.json rejects bad values, and the template checks reject inconsistent ones;
+#   5. promtool: the PrometheusRule's rules check and pass their unit tests (tests/chart/rules.test.yaml),
+#      and every query of the Grafana dashboard parses.
 # Prints "chart-check: N passed, M failed"; exits non-zero on any failure.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -16,7 +18,7 @@ FAILED=0
 pass() { PASSED=$((PASSED + 1)); echo "ok   $*"; }
 fail() { FAILED=$((FAILED + 1)); echo "FAIL $*"; }
 
-for tool in helm python3; do
+for tool in helm promtool python3; do
   command -v "$tool" >/dev/null || { echo "chart-check: missing prerequisite: $tool (make tools)" >&2; exit 1; }
 done
 python3 -c 'import yaml' 2>/dev/null || { echo "chart-check: python3 needs PyYAML (.ci/install)" >&2; exit 1; }
@@ -62,6 +64,10 @@ networkPolicy:
   enabled: true
 ui:
   enabled: true
+grafana:
+  dashboard:
+    enabled: true
+    annotations: {grafana_folder: leakhunt}
 YAML
 
 if out=$(helm lint --strict $CHART 2>&1); then pass "helm lint --strict (default values)"; else fail "helm lint --strict (default values)"; echo "$out"; fi
@@ -310,6 +316,23 @@ if "leakhunt-operator" in netpols:
           "all-on: operator ingress only to the metrics port")
     check(egress_ports == {53, 443, 6443, 9093}, "all-on: operator egress only to DNS, API server, alert endpoints",
           egress_ports)
+dash_cm = find(all_on, "ConfigMap", "leakhunt-dashboard")
+with open(os.path.join(chart, "dashboards", "leakhunt.json")) as f:
+    dash_file = f.read()
+check(len(dash_cm) == 1 and dash_cm[0]["metadata"]["labels"].get("grafana_dashboard") == "1"
+      and dash_cm[0]["metadata"]["annotations"] == {"grafana_folder": "leakhunt"}
+      and dash_cm[0]["data"]["leakhunt.json"] == dash_file.rstrip("\n")
+      and not find(default, "ConfigMap"),
+      "grafana.dashboard.enabled: the dashboard ConfigMap for the Grafana sidecar (off by default)")
+import json
+dash = json.loads(dash_file)
+exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+metrics = set(re.findall(r"\b(leakhunt_[a-z_]+|container_[a-z_]+|up)\b(?=\s*[{(\[)]|\s*$|\s)", " ".join(exprs)))
+check(set(m for m in metrics if not m.startswith("leakhunt_")) <= {"container_memory_working_set_bytes", "up"},
+      "the dashboard reads leakhunt's metrics and cAdvisor's only", metrics)
+check(dash["uid"] == "leakhunt-overview" and len(exprs) >= 15
+      and all(t["datasource"]["uid"] == "${datasource}" for p in dash["panels"] for t in p.get("targets", [])),
+      "the dashboard: a stable uid, every query on the chosen Prometheus data source")
 penv = env_of(one(plain, "Deployment", "leakhunt-operator")["spec"]["template"]["spec"]["containers"][0])
 check(penv["LEAKHUNT_WEBHOOK_URL"].get("value") == "https://hooks.example.com/leakhunt",
       "plain webhook URL as an environment value")
@@ -350,6 +373,25 @@ if helm lint --strict $CHART --set image.pullPolicy=Sometimes >/dev/null 2>&1; t
   fail "helm lint accepts image.pullPolicy=Sometimes"
 else
   pass "helm lint rejects image.pullPolicy=Sometimes"
+fi
+
+# --- 5. promtool ------------------------------------------------------------------------------------------
+# The rules as the PrometheusRule renders them, beside their unit tests (rule_files is relative to the test).
+if python3 tests/chart/promql.py rules "$TMP/all-on.yaml" "$TMP/rules.yaml" && cp tests/chart/rules.test.yaml "$TMP/"; then
+  if out=$(promtool check rules "$TMP/rules.yaml" 2>&1); then pass "promtool check rules (the PrometheusRule)"; else fail "promtool check rules"; echo "$out"; fi
+  if out=$(cd "$TMP" && promtool test rules rules.test.yaml 2>&1); then
+    pass "promtool test rules (tests/chart/rules.test.yaml)"
+  else
+    fail "promtool test rules (tests/chart/rules.test.yaml)"; echo "$out"
+  fi
+else
+  fail "the PrometheusRule could not be made a rule file"
+fi
+if python3 tests/chart/promql.py dashboard-rules $CHART/dashboards/leakhunt.json "$TMP/dashboard.yaml" \
+  && out=$(promtool check rules "$TMP/dashboard.yaml" 2>&1); then
+  pass "promtool parses every dashboard query ($(grep -c 'record:' "$TMP/dashboard.yaml"))"
+else
+  fail "a dashboard query does not parse"; echo "${out:-}"
 fi
 
 echo "chart-check: $PASSED passed, $FAILED failed"

@@ -3,7 +3,7 @@
 # (kubelet, containerd, runc; tests/node): `helm install charts/leakhunt` with the image built from the
 # Dockerfile, the seed's leaky Flask service as a Deployment with a 160Mi limit and a LeakWatch, real
 # traffic, real snapshots, the analyzer Job, real OOM kills, alerts to a webhook receiver and a real
-# Alertmanager on the node's address. Everything is read back with kubectl, as a user would.
+# Alertmanager on the node's address, a real Prometheus scraping leakhunt and evaluating the chart's rules. Everything is read back with kubectl, as a user would.
 # Prints "e2e: N passed, M failed"; cleans up on success, failure or Ctrl-C.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -32,6 +32,7 @@ cleanup() {
     done
     echo "--- kubelet.log (errors) ---"; grep -E '^E[0-9]{4}' "$DIR/node/logs/kubelet.log" 2>/dev/null | tail -15
     echo "--- webhook ---"; head -c 3000 "$DIR/webhook.jsonl" 2>/dev/null; echo
+    echo "--- prometheus.log (errors) ---"; grep -E 'level=(error|warn)' "$DIR/prometheus.log" 2>/dev/null | tail -10
   fi
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
   # A control plane frozen by the outage check must run again to stop.
@@ -43,7 +44,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'echo "e2e: interrupted" >&2; exit 130' INT TERM
 
-for tool in kube-testenv kubectl helm alertmanager python3 curl; do
+for tool in kube-testenv kubectl helm alertmanager prometheus python3 curl; do
   command -v "$tool" >/dev/null || fail_now "missing prerequisite: $tool (run make tools / .ci/install)"
 done
 [ -x "${LEAKHUNT_BIN:-}" ] || fail_now "LEAKHUNT_BIN=${LEAKHUNT_BIN:-} is not the built leakhunt binary (make build)"
@@ -76,6 +77,81 @@ wait_for "webhook receiver" 20 test -s "$DIR/webhook.port" || fail_now "webhook 
 WEBHOOK_PORT=$(cat "$DIR/webhook.port")
 wait_for "Alertmanager ready" 30 curl -sf "http://$NODE_IP:$AM_PORT/-/ready" || fail_now "Alertmanager did not start: $(tail -5 "$DIR/alertmanager.log")"
 
+# --- a real Prometheus ------------------------------------------------------------------------------------
+# What kube-prometheus-stack would do with the chart's ServiceMonitor and PrometheusRule (whose CRDs this
+# control plane lacks): the operator and the agent scraped with honor_labels, the chart's rules evaluated
+# and sent to the Alertmanager above, the kubelet's cAdvisor metrics through the API server's node proxy.
+# Targets are the pods' addresses, written once they exist (prom_targets).
+read -r PROM_PORT <<<"$(free_ports 1)"
+PROM=$DIR/prometheus
+PROM_URL=http://127.0.0.1:$PROM_PORT
+mkdir -p "$PROM/targets"
+helm template leakhunt charts/leakhunt -n $LH --set prometheusRule.enabled=true --show-only templates/prometheusrule.yaml \
+  >"$PROM/prometheusrule.yaml" && python3 tests/chart/promql.py rules "$PROM/prometheusrule.yaml" "$PROM/rules.yaml" \
+  || fail_now "the chart's PrometheusRule could not be rendered as a rule file"
+# The API server's CA and the admin user's credential (a bearer token here; a client certificate elsewhere),
+# flattened so that file references become data.
+kcfg() { kubectl config view --raw --flatten --minify -o jsonpath="{$1}"; }
+kcfg .clusters[0].cluster.certificate-authority-data | base64 -d >"$PROM/ca.crt"
+( umask 077
+  kcfg .users[0].user.token >"$PROM/token"
+  kcfg .users[0].user.client-certificate-data | base64 -d >"$PROM/client.crt"
+  kcfg .users[0].user.client-key-data | base64 -d >"$PROM/client.key" )
+if [[ -s $PROM/token ]]; then
+  CADVISOR_AUTH="authorization: {credentials_file: token}
+    tls_config: {ca_file: ca.crt}"
+elif [[ -s $PROM/client.crt ]]; then
+  CADVISOR_AUTH="tls_config: {ca_file: ca.crt, cert_file: client.crt, key_file: client.key}"
+else
+  fail_now "the kubeconfig has neither a token nor a client certificate for Prometheus's cAdvisor scrape"
+fi
+API_HOSTPORT=$(kubectl config view --minify -o jsonpath='{.clusters[0].cluster.server}' | sed 's|^https://||')
+cat >"$PROM/prometheus.yml" <<YAML
+global:
+  scrape_interval: 5s
+  evaluation_interval: 5s
+  # On every alert it sends: tells its alerts from those the operator posts to Alertmanager itself.
+  external_labels: {prometheus: e2e}
+rule_files: [rules.yaml]
+alerting:
+  alertmanagers:
+    - static_configs: [{targets: ["$NODE_IP:$AM_PORT"]}]
+scrape_configs:
+  - job_name: leakhunt-operator
+    honor_labels: true
+    file_sd_configs: [{files: [targets/operator.json], refresh_interval: 5s}]
+  - job_name: leakhunt-agent
+    honor_labels: true
+    file_sd_configs: [{files: [targets/agent.json], refresh_interval: 5s}]
+  - job_name: kubelet-cadvisor
+    scheme: https
+    metrics_path: /api/v1/nodes/$NODE/proxy/metrics/cadvisor
+    $CADVISOR_AUTH
+    static_configs: [{targets: ["$API_HOSTPORT"], labels: {node: $NODE}}]
+YAML
+prometheus --config.file="$PROM/prometheus.yml" --storage.tsdb.path="$PROM/data" \
+  --web.listen-address="127.0.0.1:$PROM_PORT" >"$DIR/prometheus.log" 2>&1 &
+PIDS+=($!)
+PROM_STARTED=$(date +%s)
+wait_for "Prometheus ready" 60 curl -sf "$PROM_URL/-/ready" || fail_now "Prometheus did not start: $(tail -5 "$DIR/prometheus.log")"
+# prom_targets: the operator's and the agent's current pod addresses as Prometheus's targets.
+prom_targets() {
+  local c addr
+  for c in operator agent; do
+    addr=$(kubectl -n $LH get pods -l app.kubernetes.io/component="$c" \
+      -o jsonpath='{range .items[*]}{.status.podIP}:{.spec.containers[0].ports[0].containerPort}{"\n"}{end}' | grep -v '^:' | tr '\n' ' ')
+    python3 -c 'import json, sys; print(json.dumps([{"targets": sys.argv[2:]}]))' "$c" $addr >"$PROM/targets/$c.json.new"
+    mv "$PROM/targets/$c.json.new" "$PROM/targets/$c.json"
+  done
+}
+# promq QUERY: the instant query's result vector as JSON lines (metric labels and value).
+promq() {
+  curl -sf --get "$PROM_URL/api/v1/query" --data-urlencode "query=$1" | python3 -c '
+import json, sys
+for r in json.load(sys.stdin)["data"]["result"]:
+    print(json.dumps({"metric": r["metric"], "value": r["value"][1]}))'
+}
+
 # --- install --------------------------------------------------------------------------------------------
 # The metrics endpoints, at the pods' own addresses (the chart's default ports).
 OP_URL= AGENT_URL=
@@ -96,6 +172,7 @@ check_install() {
   kubectl -n $LH rollout status daemonset/leakhunt-agent --timeout=60s || return 1
   OP_URL=$(pod_url operator) && AGENT_URL=$(pod_url agent) || return 1
   echo "  operator at $OP_URL, agent at $AGENT_URL"
+  prom_targets
   wait_for "operator /readyz" 30 curl -sf "$OP_URL/readyz" || return 1
   wait_for "agent /readyz" 30 curl -sf "$AGENT_URL/readyz" || return 1
   kubectl get crd leakreports.leakhunt.dev leakwatches.leakhunt.dev >/dev/null || return 1
@@ -241,6 +318,52 @@ assert l["namespace"] == "shop" and l["workload"] == "Deployment/leaky-flask" an
   curl -sf "$AGENT_URL/metrics" | grep -qE '^leakhunt_captures_total\{.*result="ok".*\} [2-9]' || return 1
 }
 check "alerts: webhook, Alertmanager, Events, metrics" check_alerts
+
+# The chart's PrometheusRule evaluated by a real Prometheus on what it scraped from the operator and the
+# agent, its alerts in the real Alertmanager; every query of the chart's Grafana dashboard returns data.
+all_up() {
+  local n
+  n=$(promq 'up{job=~"leakhunt-operator|leakhunt-agent|kubelet-cadvisor"} == 1' | wc -l)
+  [ "$n" -eq 3 ]
+}
+prom_alert_firing() { # prom_alert_firing ALERTNAME: sent by this Prometheus to Alertmanager, for leaky-flask
+  curl -sf "http://$NODE_IP:$AM_PORT/api/v2/alerts" | python3 -c '
+import json, sys
+name = sys.argv[1]
+hits = [a for a in json.load(sys.stdin) if a["labels"].get("alertname") == name
+        and a["labels"].get("prometheus") == "e2e" and a["labels"].get("workload") == "Deployment/leaky-flask"]
+sys.exit(0 if hits else 1)' "$1"
+}
+check_prometheus() {
+  prom_targets
+  wait_for "operator, agent and cAdvisor targets up" 60 all_up || { promq 'up'; return 1; }
+  wait_for "WorkloadMemoryLeak from Prometheus in Alertmanager" 90 prom_alert_firing WorkloadMemoryLeak || return 1
+  wait_for "WorkloadOOMKilled from Prometheus in Alertmanager" 90 prom_alert_firing WorkloadOOMKilled || return 1
+  curl -sf "http://$NODE_IP:$AM_PORT/api/v2/alerts" | python3 -c '
+import json, sys
+for a in json.load(sys.stdin):
+    l = a["labels"]
+    if l.get("prometheus") == "e2e":
+        print("  from Prometheus:", l["alertname"], l.get("namespace"), l.get("workload"), "severity=" + l.get("severity", ""), "|", a["annotations"].get("summary"))' || return 1
+  # Each query as Grafana would run it over the time the e2e has run, its variables at their defaults.
+  local end q bad=0
+  end=$(date +%s)
+  while read -r q; do
+    if ! curl -sf --get "$PROM_URL/api/v1/query_range" --data-urlencode "query=$(printf '%s' "$q" | python3 -c 'import json,sys; print(json.load(sys.stdin)["expr"])')" \
+        --data-urlencode "start=$PROM_STARTED" --data-urlencode "end=$end" --data-urlencode step=15s \
+        | python3 -c '
+import json, math, sys
+q = json.loads(sys.argv[1])
+res = json.load(sys.stdin)["data"]["result"]
+finite = [r for r in res if any(math.isfinite(float(v)) for _, v in r["values"])]
+print("  %d series  %s (%s)" % (len(finite), q["panel"], q["ref"]))
+sys.exit(0 if finite else 1)' "$q"; then
+      echo "  no data: $q"; bad=$((bad + 1))
+    fi
+  done < <(python3 tests/chart/promql.py queries charts/leakhunt/dashboards/leakhunt.json)
+  [ "$bad" -eq 0 ]
+}
+check "Prometheus: the chart's rules fire into Alertmanager; every dashboard query returns data" check_prometheus
 
 check_rbac() {
   local op=system:serviceaccount:$LH:leakhunt-operator an=system:serviceaccount:$LH:leakhunt-analyzer ag=system:serviceaccount:$LH:leakhunt-agent

@@ -182,6 +182,7 @@ impl Agent {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<()> {
         let hierarchy = Hierarchy::detect(&self.cfg.cgroup_root)?;
+        self.metrics.agent_started();
         tracing::info!(node = %self.cfg.node_name, hierarchy = %hierarchy.path.display(), version = %hierarchy.version, "agent starting");
         snapshot::prepare_dir(&self.cfg.snapshot_dir).map_err(|e| {
             anyhow::anyhow!(
@@ -310,6 +311,7 @@ impl Agent {
         tracked.retain(|id, t| {
             let keep = present.contains(id);
             if !keep {
+                self.metrics.forget_container(id);
                 // Kills judged with what the kill's sample showed: the container is gone now.
                 for s in std::mem::take(&mut t.suspected_kills) {
                     if judge(&s, None) == Judgement::Worker {
@@ -401,8 +403,12 @@ impl Agent {
             t.pod = pod.clone();
             let policy = policy_for(pod, container, &watch_list, &self.defaults());
             if policy != t.policy {
-                if let Some(p) = &policy {
-                    t.machine.thresholds = p.thresholds;
+                match &policy {
+                    Some(p) => {
+                        t.machine.thresholds = p.thresholds;
+                        self.metrics.watch_container(&id);
+                    }
+                    None => self.metrics.forget_container(&id),
                 }
                 t.policy = policy;
             }

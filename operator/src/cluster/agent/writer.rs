@@ -14,7 +14,7 @@ use super::{Feedback, Write};
 use crate::cluster::report_api::{self, new_report};
 use crate::cluster::workload::{self, ApiLookup};
 use crate::crd::LeakReport;
-use crate::metrics::Metrics;
+use crate::metrics::{ContainerLabels, ContainerMemory, Metrics};
 use crate::status::{apply, Applied, Op};
 
 /// The writer task: resolves the workload, makes sure its report exists, applies ops in order.
@@ -47,6 +47,26 @@ pub(super) async fn writer(
             tracing::warn!(pod = %w.pod.name_any(), "workload unknown; op dropped");
             continue;
         };
+        if let Op::Sample {
+            working_set,
+            limit,
+            seconds_to_oom,
+            ..
+        } = &w.op
+        {
+            let labels = ContainerLabels {
+                namespace: namespace.clone(),
+                workload: wl.display.clone(),
+                pod: w.pod.name_any(),
+                container: w.container.clone(),
+            };
+            let memory = ContainerMemory {
+                working_set: *working_set,
+                limit: *limit,
+                seconds_to_oom: *seconds_to_oom,
+            };
+            metrics.container_memory(&w.container_id, labels, memory);
+        }
         let name = workload::report_name(&wl);
         let key = format!("{namespace}/{name}");
         let api: Api<LeakReport> = Api::namespaced(client.clone(), &namespace);

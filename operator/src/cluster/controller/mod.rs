@@ -21,7 +21,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 
 use super::job_spec::{self, JobTemplate};
 use super::workload::ApiLookup;
-use crate::alerts::{Alert, AlertConfig, Notifier, RateLimiter};
+use crate::alerts::{Alert, AlertConfig, Notifier, RateLimiter, Sink};
 use crate::crd::{LeakReport, LeakWatch, Phase, Verdict};
 use crate::metrics::Metrics;
 
@@ -228,6 +228,12 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let shutdown = futures::future::FutureExt::shared(Box::pin(shutdown));
+    for controller in ["pods", "leakreports", "gc", "leakwatches"] {
+        ctx.metrics.controller_started(controller);
+    }
+    for sink in [Sink::Webhook, Sink::Alertmanager] {
+        ctx.metrics.sink_started(sink.as_str());
+    }
     let pods = watch_pods(ctx.clone());
     let reports = report_controller(ctx.clone(), shutdown.clone());
     let gc = collect_garbage(ctx.clone());

@@ -27,7 +27,7 @@ unit: alertmanager pyroot
 	$(CARGO) test --workspace --release
 	# Fuzz regressions and the walks of real heaps again with overflow checks on (debug), as the
 	# fuzzer builds them: a release build wraps an overflow silently.
-	$(CARGO) test -p leakhunt-analyzer --lib --test fuzz_regressions --test python
+	$(CARGO) test -p leakhunt-analyzer --lib --test fuzz_regressions --test python --test jvm
 
 test: lint unit chart-check smoke vm-smoke e2e
 

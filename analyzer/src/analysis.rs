@@ -22,6 +22,14 @@ pub enum Error {
     DifferentProcess { before: String, after: String },
     #[error(transparent)]
     OverBudget(#[from] crate::budget::OverBudget),
+    #[error("{path}: {source}")]
+    Hprof {
+        path: String,
+        #[source]
+        source: crate::jvm::Error,
+    },
+    #[error("{hprof} is an HPROF heap dump but {other} is not: diff two dumps of one JVM, or two cores of one process")]
+    MixedSnapshots { hprof: String, other: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -59,6 +67,85 @@ impl Analysis {
             None => None,
         }
     }
+}
+
+/// The census of one HPROF heap dump, as `analyze` prints it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HprofAnalysis {
+    pub runtime: Runtime,
+    pub jvm: crate::jvm::JvmCensus,
+}
+
+fn load_hprof(path: &Path, file: &crate::jvm::HprofFile) -> Result<crate::jvm::JvmHeap> {
+    crate::jvm::load(file.bytes()).map_err(|source| match source {
+        crate::jvm::Error::OverBudget(b) => Error::OverBudget(b),
+        source => Error::Hprof {
+            path: path.display().to_string(),
+            source,
+        },
+    })
+}
+
+/// The census of `path` when it is an HPROF heap dump; `Ok(None)` when it is not.
+pub fn analyze_hprof_path(path: &Path) -> Result<Option<HprofAnalysis>> {
+    let Some(file) = crate::jvm::HprofFile::open(path)? else {
+        return Ok(None);
+    };
+    let heap = load_hprof(path, &file)?;
+    Ok(Some(HprofAnalysis {
+        runtime: Runtime {
+            kind: "hotspot".into(),
+            version: heap.version.clone(),
+        },
+        jvm: heap.census(),
+    }))
+}
+
+/// The findings of two HPROF dumps of one JVM; `Ok(None)` when neither is one.
+pub fn diff_hprof_paths(before: &Path, after: &Path) -> Result<Option<Findings>> {
+    let (a, b) = (
+        crate::jvm::HprofFile::open(before)?,
+        crate::jvm::HprofFile::open(after)?,
+    );
+    let (a, b) = match (a, b) {
+        (None, None) => return Ok(None),
+        (Some(a), Some(b)) => (a, b),
+        (a, _) => {
+            let (hprof, other) = if a.is_some() {
+                (before, after)
+            } else {
+                (after, before)
+            };
+            return Err(Error::MixedSnapshots {
+                hprof: hprof.display().to_string(),
+                other: other.display().to_string(),
+            });
+        }
+    };
+    // The two heaps on the two cores.
+    let (ha, hb) = std::thread::scope(|s| {
+        let ha = s.spawn(|| load_hprof(before, &a));
+        let hb = load_hprof(after, &b);
+        (ha.join(), hb)
+    });
+    let ha = ha.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+    let hb = hb?;
+    let c = crate::jvm::compare(&ha, &hb);
+    Ok(Some(Findings {
+        verdict: c.verdict,
+        summary: c.summary,
+        runtime: c.runtime,
+        interval: Interval { seconds: c.seconds },
+        suspects: c.suspects,
+        types: c.types,
+        notes: c.notes,
+        runtime_heap: Some(crate::findings::Rss {
+            before: ha.total_bytes(),
+            after: hb.total_bytes(),
+        }),
+        ..Findings::default()
+    }))
 }
 
 /// Open and take the census of one snapshot.
@@ -105,6 +192,9 @@ pub fn diff_paths_traced(
     sysroot: Option<&Path>,
     tracer_bytes: u64,
 ) -> Result<Findings> {
+    if let Some(f) = diff_hprof_paths(before, after)? {
+        return Ok(f);
+    }
     let a = CoreFile::open(before, sysroot)?;
     let b = CoreFile::open(after, sysroot)?;
     diff_images_traced(&a, &b, sysroot, tracer_bytes)
@@ -284,6 +374,7 @@ pub fn diff_census(a: &Census, b: &Census) -> Findings {
         types,
         native,
         notes,
+        runtime_heap: None,
         timeline: None,
     }
 }

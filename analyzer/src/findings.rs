@@ -184,6 +184,10 @@ pub struct Findings {
     /// Caveats: missing pages, unsupported runtime versions, corrupted objects skipped.
     #[serde(default)]
     pub notes: Vec<String>,
+    /// The runtime's own heap at A and B (the reachable Java objects of two heap dumps), where the
+    /// snapshots are dumps and hold no RSS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_heap: Option<Rss>,
     /// What the memory timeline around the pair says, where there was one (the hunt and the
     /// analyzer Job have it; a plain `diff` of two files does not).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -101,3 +101,52 @@ pub fn python_heap(seed: &PythonSeed, patches: &[u8]) {
         let _ = crate::python::compare(&seed.heap, &after, &native);
     }
 }
+
+/// A real HPROF dump to patch, with its intact heap.
+pub struct HprofSeed {
+    data: Vec<u8>,
+    heap: crate::jvm::JvmHeap,
+}
+
+impl HprofSeed {
+    /// `None` unless `data` is an HPROF dump whose heap loads.
+    pub fn new(data: Vec<u8>) -> Option<HprofSeed> {
+        let heap = crate::jvm::load(&data).ok()?;
+        Some(HprofSeed { data, heap })
+    }
+}
+
+/// One patch of [`hprof`]'s input: a 4-byte position and the 4-byte big-endian word written there
+/// (HPROF's lengths, counts and 4-byte ids are such words).
+const HPROF_PATCH: usize = 8;
+
+/// `input` read as an optional cut (its first 4 bytes, when their top bit is set: the file is
+/// truncated there) and 8-byte patches written anywhere in the seed dump; then the dump is read,
+/// censused and compared with the intact seed's. Record lengths, array lengths, field counts,
+/// class ids and tags all get hit. Must never panic, hang or allocate without bound.
+pub fn hprof(seed: &HprofSeed, input: &[u8]) {
+    let mut data = seed.data.clone();
+    let mut rest = input;
+    if let Some(cut) = input.get(..4) {
+        let cut = u32::from_be_bytes([cut[0], cut[1], cut[2], cut[3]]);
+        if cut & 0x8000_0000 != 0 {
+            data.truncate((cut & 0x7fff_ffff) as usize % data.len().max(1));
+            rest = input.get(4..).unwrap_or(&[]);
+        }
+    }
+    let len = data.len();
+    if len > 0 {
+        for p in rest.chunks_exact(HPROF_PATCH).take(MAX_PATCHES) {
+            let at = u32::from_le_bytes([p[0], p[1], p[2], p[3]]) as usize % len;
+            for (k, &b) in p[4..].iter().enumerate() {
+                if let Some(d) = data.get_mut(at + k) {
+                    *d = b;
+                }
+            }
+        }
+    }
+    if let Ok(after) = crate::jvm::load(&data) {
+        let _ = after.census();
+        let _ = crate::jvm::compare(&seed.heap, &after);
+    }
+}

@@ -6,6 +6,7 @@
 pub mod budget;
 pub mod capture;
 pub mod image;
+pub mod jvm;
 pub mod notes;
 pub mod procfs;
 pub mod python;
@@ -17,6 +18,7 @@ pub mod census;
 pub mod findings;
 #[doc(hidden)]
 pub mod fuzzing;
+pub(crate) mod heap;
 pub mod report;
 pub mod runtime;
 pub mod symbols;

@@ -51,7 +51,31 @@ enum Command {
         #[arg(long, value_name = "BYTES")]
         max_size: Option<u64>,
     },
-    /// Census of one snapshot (an ELF core, optionally .zst) or of a live process.
+    /// Take a heap dump of a running HotSpot JVM through its attach mechanism (as `jmap
+    /// -dump:live`, with no JDK tool), zstd-compressed, mode 0600.
+    HeapDump {
+        /// The JVM's process.
+        #[arg(long)]
+        pid: i32,
+        /// The compressed HPROF file to write.
+        #[arg(long, short)]
+        output: PathBuf,
+        /// Refuse a dump larger than this many bytes (uncompressed).
+        #[arg(long, value_name = "BYTES")]
+        max_size: Option<u64>,
+        /// Seconds the JVM may take to write it.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+    },
+    /// A running JVM's heap, metaspace, threads and collections, from its performance counters
+    /// (no attach, no pause).
+    JvmStats {
+        #[arg(long)]
+        pid: i32,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Census of one snapshot (an ELF core or an HPROF heap dump, optionally .zst) or of a live process.
     Analyze {
         /// The snapshot file.
         #[arg(required_unless_present = "pid")]
@@ -70,7 +94,7 @@ enum Command {
         #[command(flatten)]
         limits: Limits,
     },
-    /// What grew between two snapshots of one process.
+    /// What grew between two snapshots of one process (two cores, or two HPROF dumps of one JVM).
     Diff {
         before: PathBuf,
         after: PathBuf,
@@ -179,6 +203,41 @@ fn run(args: Args) -> anyhow::Result<()> {
                 s.total.as_secs_f64() * 1e3,
             )?;
         }
+        Command::HeapDump {
+            pid,
+            output,
+            max_size,
+            timeout,
+        } => {
+            let opts = leakhunt_analyzer::jvm::attach::DumpOptions {
+                output,
+                max_bytes: max_size,
+                timeout: std::time::Duration::from_secs(timeout),
+            };
+            let d = leakhunt_analyzer::jvm::attach::heap_dump(pid, &opts)
+                .with_context(|| format!("heap dump of JVM {pid} failed"))?;
+            writeln!(
+                out,
+                "heap dump of JVM {pid} in {}: {} file ({} HPROF), JVM paused at most {:.1} ms, total {:.1} ms",
+                d.path.display(),
+                human_bytes(d.file_bytes),
+                human_bytes(d.hprof_bytes),
+                d.pause.as_secs_f64() * 1e3,
+                d.total.as_secs_f64() * 1e3,
+            )?;
+        }
+        Command::JvmStats { pid, format } => {
+            if !leakhunt_analyzer::jvm::perf::is_jvm(pid) {
+                anyhow::bail!("process {pid} is not a HotSpot JVM (no libjvm.so mapped)");
+            }
+            let Some(s) = leakhunt_analyzer::jvm::attach::stats(pid) else {
+                anyhow::bail!("JVM {pid} keeps no performance counters (-XX:-UsePerfData or -XX:+PerfDisableSharedMem)");
+            };
+            match format {
+                Format::Json => writeln!(out, "{}", serde_json::to_string_pretty(&s)?)?,
+                Format::Text => s.write_text(&mut out)?,
+            }
+        }
         Command::Analyze {
             snapshot,
             pid,
@@ -192,7 +251,17 @@ fn run(args: Args) -> anyhow::Result<()> {
                 (_, Some(pid)) => {
                     analysis::analyze_image(&LiveProcess::open(pid)?, sysroot.as_deref())?
                 }
-                (Some(path), None) => analysis::analyze_path(&path, sysroot.as_deref())?,
+                (Some(path), None) => {
+                    if let Some(j) = analysis::analyze_hprof_path(&path)? {
+                        match format {
+                            Format::Text => j.jvm.write_text(top, &mut out)?,
+                            Format::Json => writeln!(out, "{}", serde_json::to_string_pretty(&j)?)?,
+                        }
+                        out.flush()?;
+                        return Ok(());
+                    }
+                    analysis::analyze_path(&path, sysroot.as_deref())?
+                }
                 (None, None) => unreachable!("clap requires one of them"),
             };
             match format {

@@ -81,6 +81,14 @@ pub fn read_stat(proc_root: &Path, pid: i32, tid: Option<i32>) -> std::io::Resul
     std::fs::read_to_string(path.join("stat")).map(|text| parse_stat(&text))
 }
 
+/// The PID process `pid` has in its own PID namespace (the last of `NSpid:` in its status): the
+/// name a containerised JVM gives its attach socket and performance data file.
+pub fn ns_pid(pid: i32) -> Option<i32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("NSpid:"))?;
+    line.split_whitespace().last()?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

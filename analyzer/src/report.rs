@@ -17,10 +17,16 @@ pub fn write_text(f: &Findings, out: &mut dyn Write) -> io::Result<()> {
         Some(v) => format!("{} {v}", f.runtime.kind),
         None => f.runtime.kind.clone(),
     };
-    let rss = human_delta(f.rss.after as i64 - f.rss.before as i64);
+    let growth = match &f.runtime_heap {
+        Some(h) => format!("heap {}", human_delta(h.after as i64 - h.before as i64)),
+        None => format!(
+            "RSS {}",
+            human_delta(f.rss.after as i64 - f.rss.before as i64)
+        ),
+    };
     writeln!(
         out,
-        "verdict: {verdict:<7} ({runtime}, {:.0} s between snapshots, RSS {rss})",
+        "verdict: {verdict:<7} ({runtime}, {:.0} s between snapshots, {growth})",
         f.interval.seconds
     )?;
     if !f.summary.is_empty() {

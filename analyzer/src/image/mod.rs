@@ -6,6 +6,7 @@ mod files;
 mod live;
 
 pub use self::core::CoreFile;
+pub(crate) use self::core::{decompress_to_temp, decompress_to_temp_with, read_up_to, ZSTD_MAGIC};
 pub(crate) use self::files::{build_id_from_header_page, open_regular};
 pub use self::live::{parse_maps, process_info, read_maps, LiveProcess};
 

@@ -1,11 +1,10 @@
 //! Diffing two heaps of one process: containers matched by address, ranked by retained growth;
 //! a verdict that does not cry wolf (bounded caches, churn), and native growth kept apart.
 
-use rustc_hash::FxHashMap;
-
 use super::PyHeap;
 use crate::findings::{NativeGrowth, Runtime, Suspect, SuspectKind, TypeGrowth, Verdict};
-use crate::util::human_bytes;
+use crate::heap::rank::{outermost, type_growth};
+use crate::util::human_delta;
 
 /// A container must gain at least this many items ...
 const LEAK_MIN_ITEMS: u64 = 32;
@@ -31,8 +30,8 @@ pub struct PyComparison {
 
 pub fn compare(before: &PyHeap, after: &PyHeap, native: &NativeGrowth) -> PyComparison {
     let mut notes = snapshot_notes(before, after);
-    let (mut suspects, settled) = outermost(container_suspects(before, after));
-    let types = type_growth(before, after);
+    let (mut suspects, settled) = outermost(container_suspects(before, after), MAX_SUSPECTS);
+    let types = type_growth(before.types(), after.types(), MAX_TYPES);
     let growth = Growth::measure(before, after, native);
     let top_container_growth = suspects.first().map(|s| s.retained_growth()).unwrap_or(0);
     let native_suspect = growth.native_is_suspect(top_container_growth);
@@ -129,71 +128,6 @@ fn container_suspects(before: &PyHeap, after: &PyHeap) -> Vec<(Suspect, bool)> {
     suspects
 }
 
-/// The outermost accumulation points, at most [`MAX_SUSPECTS`], with whether each is settled
-/// (reached from a module).
-fn outermost(suspects: Vec<(Suspect, bool)>) -> (Vec<Suspect>, Vec<bool>) {
-    // A container inside a growing container grows with it: keep the outermost accumulation point
-    // unless the inner one is named differently (the paths say which contains which).
-    // Containers that gained less than this are noise (a temporary list of the last call).
-    const MIN_SUSPECT_BYTES: i64 = 1024;
-    let mut kept: Vec<(Suspect, bool)> = Vec::new();
-    for (s, anonymous) in suspects
-        .into_iter()
-        .filter(|(s, _)| s.retained_growth() >= MIN_SUSPECT_BYTES)
-    {
-        let nested = kept.iter().any(|(k, _)| {
-            s.path
-                .strip_prefix(k.path.as_str())
-                .is_some_and(|rest| rest.starts_with(['.', '[']))
-                && s.retained_growth() <= k.retained_growth()
-        });
-        if !nested {
-            kept.push((s, anonymous));
-        }
-        if kept.len() >= MAX_SUSPECTS {
-            break;
-        }
-    }
-    let settled: Vec<bool> = kept.iter().map(|(_, anonymous)| !anonymous).collect();
-    (kept.into_iter().map(|(s, _)| s).collect(), settled)
-}
-
-/// Per-type growth by name, the largest byte growth first, at most [`MAX_TYPES`].
-fn type_growth(before: &PyHeap, after: &PyHeap) -> Vec<TypeGrowth> {
-    let mut by_name: FxHashMap<&str, TypeGrowth> = FxHashMap::default();
-    for (heap, is_after) in [(before, false), (after, true)] {
-        for t in heap.types() {
-            let e = by_name
-                .entry(t.name.as_str())
-                .or_insert_with(|| TypeGrowth {
-                    name: t.name.clone(),
-                    count_before: 0,
-                    count_after: 0,
-                    bytes_before: 0,
-                    bytes_after: 0,
-                });
-            if is_after {
-                e.count_after += t.count;
-                e.bytes_after += t.bytes;
-            } else {
-                e.count_before += t.count;
-                e.bytes_before += t.bytes;
-            }
-        }
-    }
-    let mut types: Vec<TypeGrowth> = by_name
-        .into_values()
-        .filter(|t| t.count_growth() != 0 || t.bytes_growth() != 0)
-        .collect();
-    types.sort_by(|a, b| {
-        b.bytes_growth()
-            .cmp(&a.bytes_growth())
-            .then_with(|| a.name.cmp(&b.name))
-    });
-    types.truncate(MAX_TYPES);
-    types
-}
-
 /// How much the Python objects grew, and the native memory they do not explain.
 struct Growth {
     py: i64,
@@ -246,7 +180,7 @@ impl Growth {
                 .saturating_add(self.unexplained.max(0) as u64),
             referrers: vec![
                 "[heap] and anonymous mappings".into(),
-                format!("Python objects grew by {}", human_signed(self.py)),
+                format!("Python objects grew by {}", human_delta(self.py)),
             ],
             address: None,
             allocation_sites: Vec::new(),
@@ -297,7 +231,7 @@ fn judge(
                 s.type_name,
                 s.count_before,
                 s.count_after,
-                human_signed(s.retained_growth())
+                human_delta(s.retained_growth())
             ),
         )
     } else if native_suspect {
@@ -305,8 +239,8 @@ fn judge(
             Verdict::Leak,
             format!(
                 "native memory grew by {} outside Python objects (Python objects: {})",
-                human_signed(growth.unexplained),
-                human_signed(py_growth)
+                human_delta(growth.unexplained),
+                human_delta(py_growth)
             ),
         )
     } else if let Some(s) = unreached {
@@ -324,7 +258,7 @@ fn judge(
                 s.type_name,
                 s.count_before,
                 s.count_after,
-                human_signed(s.retained_growth())
+                human_delta(s.retained_growth())
             ),
         )
     } else if py_growth <= (LEAK_MIN_BYTES as i64) * 8 {
@@ -333,7 +267,7 @@ fn judge(
             Verdict::NoLeak,
             format!(
                 "Python objects changed by {} and no container accumulated items",
-                human_signed(py_growth)
+                human_delta(py_growth)
             ),
         )
     } else {
@@ -355,19 +289,11 @@ fn judge(
             Verdict::Inconclusive,
             format!(
                 "Python objects grew by {} but no single container accumulates them{}",
-                human_signed(py_growth),
+                human_delta(py_growth),
                 top_type
                     .map(|t| format!(" (most growth: {} +{})", t.name, t.count_growth()))
                     .unwrap_or_default()
             ),
         )
-    }
-}
-
-fn human_signed(d: i64) -> String {
-    if d < 0 {
-        format!("-{}", human_bytes(d.unsigned_abs()))
-    } else {
-        format!("+{}", human_bytes(d as u64))
     }
 }

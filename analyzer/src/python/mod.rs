@@ -7,13 +7,11 @@
 
 mod compare;
 mod discover;
-mod graph;
 mod integrate;
 pub mod layout;
 mod mem;
 mod naming;
 pub mod remote;
-mod table;
 mod walk;
 
 use rustc_hash::FxHashMap;
@@ -23,6 +21,8 @@ pub use self::compare::{compare, PyComparison};
 pub use self::integrate::CPython;
 use self::mem::Mem;
 use self::walk::{Kind, Walker};
+use crate::heap;
+pub use crate::heap::TypeCount;
 use crate::image::MemoryImage;
 
 /// Why a CPython heap could not be read.
@@ -64,15 +64,6 @@ pub struct Container {
 pub struct Named {
     pub path: String,
     pub referrers: Vec<String>,
-}
-
-/// Per-type totals.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TypeCount {
-    pub name: String,
-    pub count: u64,
-    pub bytes: u64,
 }
 
 /// A CPython heap read from one memory image.
@@ -255,12 +246,12 @@ pub fn load(image: &dyn MemoryImage) -> Result<Option<PyHeap>> {
     let modules = module_roots(mem, &interp.layout, &walk);
     let module_idx: Vec<u32> = modules.iter().map(|m| m.1).collect();
     let n = walk.objs.len();
-    let (retained, roots) = graph::retained_sizes(&walk.graph, &walk.objs, &module_idx)?;
+    let (retained, roots) = heap::graph::retained_sizes(&walk.graph, &walk.objs, &module_idx)?;
     let (types, total) = census_by_type(&walk);
     let type_names: Vec<String> = walk.types.iter().map(|t| t.name.clone()).collect();
     let (mut containers, to_name) = collect_containers(&walk, &retained);
     drop(retained);
-    let tree = graph::bfs(&walk.graph, n, &roots, module_idx.len());
+    let tree = heap::graph::bfs(&walk.graph, n, &roots, module_idx.len());
     let mut namer = naming::Namer::new(mem, &interp.layout, &walk, &tree, &modules);
     for (_, i) in to_name {
         let named = namer.name(i);
@@ -333,7 +324,7 @@ fn census_by_type(walk: &walk::Walk) -> (Vec<TypeCount>, u64) {
 /// they are named.
 fn collect_containers(
     walk: &walk::Walk,
-    retained: &graph::Retained,
+    retained: &heap::graph::Retained,
 ) -> (FxHashMap<u64, Container>, Vec<(u64, u32)>) {
     let mut containers: FxHashMap<u64, Container> = FxHashMap::default();
     let mut to_name: Vec<(u64, u32)> = Vec::new();

@@ -6,12 +6,12 @@
 
 use rustc_hash::FxHashMap;
 
-use super::graph::NONE;
 use super::layout::Layout;
 use super::mem::Mem;
-use super::table::{kind, target, EdgeKind};
 use super::walk::{read_ascii, read_dict, Kind, Walk};
 use super::Named;
+use crate::heap::graph::NONE;
+use crate::heap::table::{kind, target, EdgeKind};
 
 const MAX_DEPTH: usize = 64;
 

@@ -166,12 +166,15 @@ impl Hunt<'_> {
         };
         let _ = fs::set_permissions(&captured.path, fs::Permissions::from_mode(0o600));
         let sha256 = snapshot::sha256_file(&captured.path).unwrap_or_default();
-        let message = format!(
+        let mut message = format!(
             "snapshot {role} of {comm} (pid {pid}) at {at}: {} file, {} of memory, process stopped {:.2}s",
             human_bytes(captured.file_bytes),
             human_bytes(captured.memory_bytes),
             captured.stopped.as_secs_f64()
         );
+        if let Some(note) = &captured.note {
+            message.push_str(&format!(" ({note})"));
+        }
         self.progress.event(&message);
         let taken = SnapshotTaken {
             role,

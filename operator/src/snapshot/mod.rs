@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use leakhunt_analyzer::capture;
 use leakhunt_analyzer::findings::Findings;
+use leakhunt_analyzer::jvm::{self, attach};
 use leakhunt_analyzer::util::human_bytes;
 
 mod files;
@@ -18,6 +19,9 @@ pub use files::{free_bytes, prepare_dir, sha256_file};
 /// Room a capture must leave on the snapshot filesystem: filling the disk of a node that is
 /// already short of memory would make things worse.
 pub const FREE_MARGIN: u64 = 256 << 20;
+
+/// How long a JVM may take to collect and write its heap dump.
+const HEAP_DUMP_TIMEOUT: Duration = Duration::from_secs(600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -41,9 +45,11 @@ pub struct Captured {
     pub path: PathBuf,
     pub file_bytes: u64,
     pub memory_bytes: u64,
-    /// How long the target was stopped.
+    /// How long the target was stopped (for a JVM's heap dump: until it answered).
     pub stopped: Duration,
     pub total: Duration,
+    /// What was taken when it is not a core, or why not what was meant: one line for the report.
+    pub note: Option<String>,
 }
 
 pub trait Snapshotter {
@@ -69,6 +75,11 @@ pub struct Analyzer;
 
 impl Snapshotter for Analyzer {
     fn estimate_size(&self, pid: i32) -> Result<u64> {
+        if jvm::perf::is_jvm(pid) {
+            if let Some(bytes) = attach::estimate_size(pid) {
+                return Ok(bytes);
+            }
+        }
         capture::estimate_size(pid).map_err(|e| Error::Estimate {
             pid,
             message: error_chain(&e),
@@ -76,6 +87,41 @@ impl Snapshotter for Analyzer {
     }
 
     fn capture(&self, pid: i32, output: &Path, max_bytes: u64) -> Result<Captured> {
+        // A JVM's heap is named from a heap dump; a core is what is left when it refuses one.
+        let mut note = None;
+        if jvm::perf::is_jvm(pid) {
+            let opts = attach::DumpOptions {
+                output: output.to_path_buf(),
+                max_bytes: Some(max_bytes),
+                timeout: HEAP_DUMP_TIMEOUT,
+            };
+            match attach::heap_dump(pid, &opts) {
+                Ok(d) => {
+                    return Ok(Captured {
+                        path: d.path,
+                        file_bytes: d.file_bytes,
+                        memory_bytes: d.hprof_bytes,
+                        stopped: d.pause,
+                        total: d.total,
+                        note: Some(format!(
+                            "a Java heap dump through HotSpot's attach mechanism, {} of HPROF",
+                            human_bytes(d.hprof_bytes)
+                        )),
+                    })
+                }
+                Err(e @ attach::Error::Exited { .. }) => {
+                    return Err(Error::Capture {
+                        pid,
+                        message: e.to_string(),
+                    })
+                }
+                Err(e) => {
+                    note = Some(format!(
+                        "{e}: a core was taken instead, which names no Java object"
+                    ))
+                }
+            }
+        }
         let opts = capture::CaptureOptions {
             output: output.to_path_buf(),
             // Snapshots are compressed on disk (docs/design.md: security model); the analyzer reads them back.
@@ -93,6 +139,7 @@ impl Snapshotter for Analyzer {
             memory_bytes: s.memory_bytes,
             stopped: s.stopped,
             total: s.total,
+            note,
         })
     }
 

@@ -65,7 +65,7 @@ impl std::fmt::Debug for CoreFile {
     }
 }
 
-const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+pub(crate) const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 
 impl CoreFile {
     /// Open `path`; `.zst`-compressed cores are decompressed to a private temporary file first.
@@ -347,7 +347,7 @@ impl MemoryImage for CoreFile {
     }
 }
 
-fn read_up_to(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+pub(crate) fn read_up_to(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match f.read(&mut buf[n..])? {
@@ -360,7 +360,18 @@ fn read_up_to(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
 
 /// Decompress a `.zst` core into an unlinked-on-drop temporary file (mode 0600: cores hold secrets),
 /// refusing to fill the disk.
-fn decompress_to_temp(file: &mut File, path: &Path) -> Result<tempfile::NamedTempFile> {
+pub(crate) fn decompress_to_temp(file: &mut File, path: &Path) -> Result<tempfile::NamedTempFile> {
+    decompress_to_temp_with(file, path, |f| {
+        Ok(Box::new(zstd::stream::read::Decoder::new(f)?))
+    })
+}
+
+/// [`decompress_to_temp`] with the decoder `decoder` makes of the file.
+pub(crate) fn decompress_to_temp_with<'f>(
+    file: &'f mut File,
+    path: &Path,
+    decoder: impl FnOnce(&'f mut File) -> std::io::Result<Box<dyn Read + 'f>>,
+) -> Result<tempfile::NamedTempFile> {
     let dir = std::env::temp_dir();
     let err = |source| Error::Decompress {
         path: path.to_owned(),
@@ -373,7 +384,7 @@ fn decompress_to_temp(file: &mut File, path: &Path) -> Result<tempfile::NamedTem
     let limit = crate::util::free_bytes(&dir)
         .unwrap_or(u64::MAX)
         .saturating_sub(256 << 20);
-    let mut dec = zstd::stream::read::Decoder::new(&mut *file).map_err(err)?;
+    let mut dec = decoder(file).map_err(err)?;
     let mut out = std::io::BufWriter::new(tmp.as_file());
     let copied =
         std::io::copy(&mut (&mut dec).take(limit.saturating_add(1)), &mut out).map_err(err)?;

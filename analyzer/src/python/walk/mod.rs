@@ -18,9 +18,9 @@ use self::dict::read_key_names;
 pub use self::dict::{read_ascii, read_dict};
 use super::layout::Layout;
 use super::mem::{le64, plausible, Mem};
-pub use super::table::MAX_OBJECTS;
-use super::table::{pack, AddrIndex, EdgeKind, Graph, Objects, Rows, MAX_EDGES};
 use crate::budget::{self, OverBudget};
+pub use crate::heap::table::MAX_OBJECTS;
+use crate::heap::table::{pack, AddrIndex, EdgeKind, Graph, Objects, Rows, MAX_EDGES};
 
 /// Cap on items read from one container.
 const MAX_ITEMS: u64 = 1 << 26;

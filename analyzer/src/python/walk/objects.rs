@@ -1,9 +1,9 @@
 //! Parsing one object: its size, items and references, by kind.
 
 use super::{read_dict, Kind, Shape, Walker, MAX_FRAME_SLOTS, MAX_ITEMS, MAX_SCAN_WORDS};
+use crate::heap::table::EdgeKind;
 use crate::python::layout::{flags, InstanceDict};
 use crate::python::mem::{byte, plausible, u32_at, word};
-use crate::python::table::EdgeKind;
 
 /// What parsing one object finds out about its size, filled in by the parser of its kind.
 struct Sizing {

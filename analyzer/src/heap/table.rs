@@ -263,6 +263,19 @@ impl Graph {
         (s, e.max(s))
     }
 
+    /// The same graph without the out-edges of the objects `keep` refuses (they stay, as leaves).
+    pub fn keep_rows(&self, n: usize, keep: impl Fn(u32) -> bool) -> Graph {
+        let mut rows = Rows::default();
+        rows.starts.reserve(n + 1);
+        for v in 0..n as u32 {
+            rows.next_row();
+            if keep(v) {
+                rows.edges.extend_from_slice(self.out(v));
+            }
+        }
+        rows.finish(n)
+    }
+
     /// The object whose edge is at position `pos`.
     pub fn source_of(&self, pos: usize) -> Option<u32> {
         if pos >= self.edges.len() {

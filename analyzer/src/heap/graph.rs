@@ -51,6 +51,26 @@ pub fn bfs(g: &Graph, n: usize, roots: &[u32], modules: usize) -> Vec<u32> {
     via
 }
 
+/// The objects reachable from `roots` (the roots included).
+pub fn reachable(g: &Graph, n: usize, roots: &[u32]) -> Bits {
+    let mut seen = Bits::new(n);
+    let mut stack: Vec<u32> = Vec::new();
+    for &r in roots {
+        if (r as usize) < n && seen.set(r) {
+            stack.push(r);
+        }
+        while let Some(v) = stack.pop() {
+            for &w in g.out(v) {
+                let t = target(w);
+                if (t as usize) < n && seen.set(t) {
+                    stack.push(t);
+                }
+            }
+        }
+    }
+    seen
+}
+
 /// Retained sizes: for every object, the retainable sizes of the objects it dominates (itself
 /// included), with a virtual root whose children are the roots.
 pub struct Retained {
@@ -387,7 +407,7 @@ fn eval(v: u32, ancestor: &mut [u32], label: &mut [u32], semi: &[u32], path: &mu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::python::table::{pack, EdgeKind, Rows};
+    use crate::heap::table::{pack, EdgeKind, Rows};
 
     /// A graph of objects of size 16 each with the given edges.
     fn graph(n: usize, edges: &[(u32, u32)]) -> (Graph, Objects) {

@@ -4,41 +4,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "../../tests/workloads/java.rs"]
+mod java;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 
 use common::{run_analyzer, Workload};
 use leakhunt_analyzer::analysis;
 use leakhunt_analyzer::findings::{Findings, SuspectKind, Verdict};
 use leakhunt_analyzer::jvm::attach;
 use std::time::Duration;
-
-/// The compiled workload's class directory, built once per test binary.
-fn classes() -> Option<&'static Path> {
-    static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
-    DIR.get_or_init(|| {
-        if Command::new("javac").arg("-version").output().is_err() {
-            eprintln!("jvm tests: no javac on this host; skipped");
-            return None;
-        }
-        // In the build's own scratch directory: nothing left in /tmp.
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("jvm-classes");
-        std::fs::create_dir_all(&dir).unwrap();
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/workloads/Shapes.java");
-        let ok = Command::new("javac")
-            .arg("-d")
-            .arg(&dir)
-            .arg(&src)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "javac failed on {}", src.display());
-        Some(dir)
-    })
-    .as_deref()
-}
 
 /// Run `scenario` on collector `gc`, dump after `first` units and again after `second` more,
 /// with leakhunt's own heap dump (HotSpot attach, zstd).
@@ -63,18 +39,26 @@ fn dumps(
 
 /// `java FLAGS -cp CLASSES Shapes SCENARIO`, ready for steps.
 fn jvm(flags: &[&str], scenario: &str) -> Option<Workload> {
-    let cp = classes()?;
+    let cp = java::shapes_classes()?;
     Some(Workload::start(
         Command::new("java")
             .arg("-Xmx256m")
             .args(flags)
             .arg("-cp")
-            .arg(cp)
+            .arg(&cp)
             .args(["Shapes", scenario]),
     ))
 }
 
+/// Dumps one at a time, so that what one leaves in /tmp is not taken for another's in flight.
+static DUMPING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn heap_dump(pid: i32, output: &Path) -> Result<attach::HeapDump, attach::Error> {
+    let _one = DUMPING.lock().unwrap_or_else(|e| e.into_inner());
+    dump_now(pid, output)
+}
+
+fn dump_now(pid: i32, output: &Path) -> Result<attach::HeapDump, attach::Error> {
     attach::heap_dump(
         pid,
         &attach::DumpOptions {
@@ -179,28 +163,26 @@ fn set_deque_and_queue_count_their_items() {
     );
 }
 
-#[test]
-fn a_full_bounded_cache_is_not_a_leak() {
-    let Some(f) = diff("bounded", 2000, 3000) else {
+fn no_leak(scenario: &str, first: u32, second: u32) {
+    let Some(f) = diff(scenario, first, second) else {
         return;
     };
-    assert_eq!(f.verdict, Verdict::NoLeak, "{}", describe(&f));
+    assert_eq!(f.verdict, Verdict::NoLeak, "{scenario}: {}", describe(&f));
+}
+
+#[test]
+fn a_full_bounded_cache_is_not_a_leak() {
+    no_leak("bounded", 2000, 3000);
 }
 
 #[test]
 fn churn_is_not_a_leak() {
-    let Some(f) = diff("churn", 1000, 2000) else {
-        return;
-    };
-    assert_eq!(f.verdict, Verdict::NoLeak, "{}", describe(&f));
+    no_leak("churn", 1000, 2000);
 }
 
 #[test]
 fn a_large_steady_heap_is_not_a_leak() {
-    let Some(f) = diff("steady", 1000, 2000) else {
-        return;
-    };
-    assert_eq!(f.verdict, Verdict::NoLeak, "{}", describe(&f));
+    no_leak("steady", 1000, 2000);
 }
 
 #[test]
@@ -335,7 +317,8 @@ fn leakhunt_dump_matches_jcmd_and_leaves_nothing() {
     assert_eq!(w.send("step 500"), "ok");
     let dir = tempfile::tempdir().unwrap();
     let ours = dir.path().join("ours.hprof.zst");
-    let d = heap_dump(w.pid(), &ours).unwrap();
+    let one = DUMPING.lock().unwrap_or_else(|e| e.into_inner());
+    let d = dump_now(w.pid(), &ours).unwrap();
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
         std::fs::metadata(&ours).unwrap().permissions().mode() & 0o777,
@@ -352,31 +335,23 @@ fn leakhunt_dump_matches_jcmd_and_leaves_nothing() {
         .filter(|n| n.starts_with(&format!(".leakhunt-{}-", std::process::id())))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
-    let theirs = dir.path().join("jcmd.hprof");
-    let out = Command::new("jcmd")
-        .arg(w.pid().to_string())
-        .arg("GC.heap_dump")
-        .arg(&theirs)
-        .output()
-        .expect("jcmd");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    drop(one);
+    let jcmd = |opts: &[&str], name: &str| {
+        let path = dir.path().join(name);
+        let out = Command::new("jcmd")
+            .arg(w.pid().to_string())
+            .arg("GC.heap_dump")
+            .args(opts)
+            .arg(&path)
+            .output()
+            .expect("jcmd");
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{said}");
+        path
+    };
+    let theirs = jcmd(&[], "jcmd.hprof");
     // jcmd's gzip (HotSpot 15+: members of its own) is read as well.
-    let gz = dir.path().join("jcmd.hprof.gz");
-    let out = Command::new("jcmd")
-        .arg(w.pid().to_string())
-        .args(["GC.heap_dump", "-gz=1"])
-        .arg(&gz)
-        .output()
-        .expect("jcmd");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let gz = jcmd(&["-gz=1"], "jcmd.hprof.gz");
     let census = |p: &Path| analysis::analyze_hprof_path(p).unwrap().unwrap().jvm;
     let (a, b) = (census(&ours), census(&theirs));
     assert_eq!(quotes_in(&census(&gz)), Some(500));
@@ -437,11 +412,11 @@ fn refusing_jvms_are_refused_and_live_on() {
 #[test]
 fn a_jvm_of_another_user_is_dumped() {
     use std::os::unix::process::CommandExt;
-    let Some(cp) = classes() else {
+    let Some(cp) = java::shapes_classes() else {
         return;
     };
     let open = tempfile::tempdir().unwrap();
-    for e in std::fs::read_dir(cp).unwrap() {
+    for e in std::fs::read_dir(&cp).unwrap() {
         let e = e.unwrap();
         std::fs::copy(e.path(), open.path().join(e.file_name())).unwrap();
     }

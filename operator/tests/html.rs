@@ -81,11 +81,48 @@ fn kinds() -> Vec<(&'static str, serde_yaml::Value)> {
         serde_yaml::from_str(r#"["memory is not captured: no LeakWatch selects pod hog-5b9db448c8-lm82b and it lacks the annotation leakhunt.dev/capture=\"true\""]"#).unwrap(),
     );
     kill_only["status"] = s.into();
+    // A JVM's leak, as two heap dumps name it.
+    let mut jvm = leak.clone();
+    let mut s = status(&mut jvm);
+    s.insert(
+        "summary".into(),
+        "com.shop.PriceService.QUOTE_CACHE (java.util.HashMap) grew from 41000 to 161000 entries, retaining +88.0 MiB more".into(),
+    );
+    s.insert("growth".into(), "+120000 items +88MiB".into());
+    s.insert(
+        "process".into(),
+        serde_yaml::from_str(
+            "{pid: 31337, containerPid: 1, name: java, command: java -jar /app/shop.jar}",
+        )
+        .unwrap(),
+    );
+    s.insert(
+        "suspects".into(),
+        serde_yaml::from_str(
+            r#"[{kind: container, path: com.shop.PriceService.QUOTE_CACHE, type: java.util.HashMap,
+                 countBefore: 41000, countAfter: 161000, retainedBytesBefore: 30064771, retainedBytesAfter: 122339328,
+                 referrers: ["class com.shop.PriceService", "static QUOTE_CACHE (java.util.HashMap)", "table (java.util.HashMap$Node[])"]},
+                {kind: type, path: "double[]", type: "double[]", countBefore: 41000, countAfter: 161000,
+                 retainedBytesBefore: 3936000, retainedBytesAfter: 15456000}]"#,
+        )
+        .unwrap(),
+    );
+    s.insert(
+        "types".into(),
+        serde_yaml::from_str(
+            r#"[{name: "com.shop.PriceService$Quote", countBefore: 41000, countAfter: 161000, bytesBefore: 984000, bytesAfter: 3864000},
+                {name: "double[]", countBefore: 41000, countAfter: 161000, bytesBefore: 3936000, bytesAfter: 15456000},
+                {name: java.lang.String, countBefore: 52000, countAfter: 172000, bytesBefore: 1248000, bytesAfter: 4128000}]"#,
+        )
+        .unwrap(),
+    );
+    jvm["status"] = s.into();
     vec![
         ("leak", leak),
         ("no-leak", no_leak),
         ("failed", failed),
         ("kill-only", kill_only),
+        ("jvm", jvm),
     ]
 }
 
@@ -156,7 +193,7 @@ fn every_report_kind_renders_in_chromium_and_validates() {
         // One point per sample in the timeline, as the browser built it.
         assert_eq!(dom.matches("<circle").count(), samples, "{name}");
         let verdict = match name {
-            "leak" => "leak",
+            "leak" | "jvm" => "leak",
             "no-leak" => "no leak",
             "failed" => "analysis failed",
             _ => "OOM-killed, not captured",
@@ -166,6 +203,13 @@ fn every_report_kind_renders_in_chromium_and_validates() {
             assert!(dom.contains("__main__.Profiler.results"));
             assert!(dom.contains("items allocated at app.py:37 in Profiler.end"));
             assert!(dom.contains("held by: module __main__ → class Profiler → attribute results"));
+        }
+        if name == "jvm" {
+            assert!(dom.contains("com.shop.PriceService.QUOTE_CACHE"));
+            assert!(dom.contains(
+                "held by: class com.shop.PriceService → static QUOTE_CACHE (java.util.HashMap)"
+            ));
+            assert!(dom.contains("com.shop.PriceService$Quote"));
         }
         let png = dir.join(format!("{name}.png"));
         screenshot(browser, &page, &png);

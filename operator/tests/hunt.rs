@@ -7,6 +7,8 @@
 // Tests and their helpers may unwrap: a panic is the failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../../tests/workloads/java.rs"]
+mod java;
 #[path = "../../tests/workloads/pyroot.rs"]
 mod pyroot;
 
@@ -1293,32 +1295,6 @@ fn allocation_sites_name_the_line_that_builds_the_leaked_items() {
     );
 }
 
-/// `tests/workloads/Shapes.java` compiled once into the build's scratch directory; `None` (the
-/// test skipped) where this host has no JDK.
-fn java_classes() -> Option<PathBuf> {
-    static DIR: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| {
-        if Command::new("javac").arg("-version").output().is_err() {
-            eprintln!("no javac on this host: JVM hunt skipped");
-            return None;
-        }
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("hunt-jvm-classes");
-        std::fs::create_dir_all(&dir).unwrap();
-        let src = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap())
-            .join("../tests/workloads/Shapes.java");
-        let ok = Command::new("javac")
-            .arg("-d")
-            .arg(&dir)
-            .arg(&src)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "javac failed on {}", src.display());
-        Some(dir)
-    })
-    .clone()
-}
-
 /// An unmodified JVM under a memory limit: both snapshots are heap dumps taken through HotSpot's
 /// attach mechanism, and the report names the static field that grows, as a Java engineer would.
 /// (About 10 MB/s: a dump needs about a tenth of the heap in native memory for its collection and
@@ -1327,7 +1303,9 @@ fn java_classes() -> Option<PathBuf> {
 fn jvm_hunt_names_the_growing_static_field() {
     let _serial = serial();
     let Some(h) = hierarchy() else { return };
-    let Some(cp) = java_classes() else { return };
+    let Some(cp) = java::shapes_classes() else {
+        return;
+    };
     let (mut opts, _tmp) = options(
         "jvm",
         Target::Command(

@@ -4,7 +4,42 @@
 use rustc_hash::FxHashMap;
 
 use super::TypeCount;
-use crate::findings::{Suspect, TypeGrowth};
+use crate::findings::{Suspect, SuspectKind, TypeGrowth};
+
+/// A container must gain at least this many items ...
+pub const LEAK_MIN_ITEMS: i64 = 32;
+/// ... and this many retained bytes to be called a leak,
+pub const LEAK_MIN_BYTES: i64 = 8 << 10;
+/// ... or fewer items that retain at least this much and most of the heap's growth.
+pub const LEAK_BIG_BYTES: i64 = 1 << 20;
+pub const MAX_SUSPECTS: usize = 10;
+pub const MAX_TYPES: usize = 30;
+
+/// Whether container suspect `s` accumulates: many items, or few big ones that hold most of what
+/// the runtime's heap gained (`heap_growth`).
+pub fn accumulates(s: &Suspect, heap_growth: i64) -> bool {
+    s.kind == SuspectKind::Container
+        && s.count_growth() > 0
+        && ((s.count_growth() >= LEAK_MIN_ITEMS && s.retained_growth() >= LEAK_MIN_BYTES)
+            || (s.retained_growth() >= LEAK_BIG_BYTES
+                && s.retained_growth().saturating_mul(2) >= heap_growth))
+}
+
+/// The type that grew most, as the suspect of a heap that grew with no container accumulating.
+pub fn type_suspect(t: &TypeGrowth) -> Suspect {
+    Suspect {
+        kind: SuspectKind::Type,
+        path: t.name.clone(),
+        type_name: t.name.clone(),
+        count_before: t.count_before,
+        count_after: t.count_after,
+        retained_bytes_before: t.bytes_before,
+        retained_bytes_after: t.bytes_after,
+        referrers: Vec::new(),
+        address: None,
+        allocation_sites: Vec::new(),
+    }
+}
 
 /// Per-type growth by name, the largest byte growth first, at most `max`.
 pub fn type_growth(before: &[TypeCount], after: &[TypeCount], max: usize) -> Vec<TypeGrowth> {

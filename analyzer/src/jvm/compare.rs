@@ -4,23 +4,17 @@
 
 use super::JvmHeap;
 use crate::findings::{Runtime, Suspect, SuspectKind, TypeGrowth, Verdict};
-use crate::heap::rank::{outermost, type_growth};
+use crate::heap::rank::{
+    accumulates, outermost, type_growth, type_suspect, LEAK_MIN_BYTES, MAX_SUSPECTS, MAX_TYPES,
+};
 use crate::util::human_delta;
 
-/// A collection must gain at least this many items ...
-const LEAK_MIN_ITEMS: i64 = 32;
-/// ... and this many retained bytes to be called a leak,
-const LEAK_MIN_BYTES: i64 = 8 << 10;
-/// ... or fewer items that retain at least this much and most of the heap's growth.
-const LEAK_BIG_BYTES: i64 = 1 << 20;
 /// Heap growth below this, or below [`STEADY_SHARE`] of the heap, with no collection
 /// accumulating, is a steady heap: the JVM's own caches (JIT, reflection, the attach listener's
 /// first commands) add a few hundred KiB between two dumps of an idle process.
 const STEADY_BYTES: i64 = 256 << 10;
 /// ... as a fraction of the first dump's heap (1/50).
 const STEADY_SHARE: i64 = 50;
-const MAX_SUSPECTS: usize = 10;
-const MAX_TYPES: usize = 30;
 
 /// What `diff` reports for two JVM heaps.
 #[derive(Debug, Clone, PartialEq)]
@@ -127,11 +121,7 @@ fn judge(
     steady: i64,
     notes: &mut Vec<String>,
 ) -> (Verdict, String) {
-    let leaking = |s: &Suspect| {
-        (s.count_growth() >= LEAK_MIN_ITEMS && s.retained_growth() >= LEAK_MIN_BYTES)
-            || (s.retained_growth() >= LEAK_BIG_BYTES
-                && s.retained_growth().saturating_mul(2) >= heap_growth)
-    };
+    let leaking = |s: &Suspect| accumulates(s, heap_growth);
     let grew = |s: &Suspect| {
         format!(
             "{} ({}) grew from {} to {} entries, retaining {} more",
@@ -170,18 +160,7 @@ fn judge(
     }
     let top = types.first().filter(|t| t.bytes_growth() > 0);
     if let Some(t) = top {
-        suspects.push(Suspect {
-            kind: SuspectKind::Type,
-            path: t.name.clone(),
-            type_name: t.name.clone(),
-            count_before: t.count_before,
-            count_after: t.count_after,
-            retained_bytes_before: t.bytes_before,
-            retained_bytes_after: t.bytes_after,
-            referrers: Vec::new(),
-            address: None,
-            allocation_sites: Vec::new(),
-        });
+        suspects.push(type_suspect(t));
     }
     (
         Verdict::Inconclusive,

@@ -70,49 +70,27 @@ pub struct JvmCensus {
     /// Largest classes first.
     pub classes: Vec<TypeCount>,
     /// Largest containers by retained size.
-    pub containers: Vec<crate::python::ContainerSummary>,
+    pub containers: Vec<crate::heap::ContainerSummary>,
     pub notes: Vec<String>,
 }
 
 impl JvmCensus {
+    /// The census as `analyze` prints it: classes, then the largest collections.
     pub fn write_text(&self, top: usize, out: &mut dyn std::io::Write) -> std::io::Result<()> {
-        use crate::util::human_bytes;
-        writeln!(
-            out,
+        let headline = format!(
             "Java heap (HotSpot {}): {} objects, {}",
             self.version.as_deref().unwrap_or("version unknown"),
             self.objects,
-            human_bytes(self.bytes)
-        )?;
-        writeln!(out, "{:>10}  {:>10}  class", "objects", "bytes")?;
-        for t in self.classes.iter().take(top) {
-            writeln!(
-                out,
-                "{:>10}  {:>10}  {}",
-                t.count,
-                human_bytes(t.bytes),
-                t.name
-            )?;
-        }
-        writeln!(
+            crate::util::human_bytes(self.bytes)
+        );
+        crate::heap::write_census(
             out,
-            "{:>10}  {:>10}  largest collections (retained)",
-            "items", "retained"
-        )?;
-        for k in self.containers.iter().take(top.min(10)) {
-            writeln!(
-                out,
-                "{:>10}  {:>10}  {} ({})",
-                k.items,
-                human_bytes(k.retained_bytes),
-                k.path,
-                k.type_name
-            )?;
-        }
-        for note in &self.notes {
-            writeln!(out, "note: {note}")?;
-        }
-        Ok(())
+            top,
+            &headline,
+            ("class", &self.classes),
+            ("collections", &self.containers),
+            &self.notes,
+        )
     }
 }
 
@@ -144,7 +122,7 @@ impl JvmHeap {
             containers: top
                 .into_iter()
                 .take(CENSUS_CONTAINERS)
-                .map(|(path, c)| crate::python::ContainerSummary {
+                .map(|(path, c)| crate::heap::ContainerSummary {
                     path: path.clone(),
                     type_name: c.type_name.clone(),
                     items: c.items,

@@ -3,19 +3,13 @@
 
 use super::PyHeap;
 use crate::findings::{NativeGrowth, Runtime, Suspect, SuspectKind, TypeGrowth, Verdict};
-use crate::heap::rank::{outermost, type_growth};
+use crate::heap::rank::{
+    accumulates, outermost, type_growth, type_suspect, LEAK_MIN_BYTES, MAX_SUSPECTS, MAX_TYPES,
+};
 use crate::util::human_delta;
 
-/// A container must gain at least this many items ...
-const LEAK_MIN_ITEMS: u64 = 32;
-/// ... and this many retained bytes to be called a leak.
-const LEAK_MIN_BYTES: u64 = 8 << 10;
-/// ... or fewer items that retain at least this much (and most of the Python growth).
-const LEAK_BIG_BYTES: u64 = 1 << 20;
 /// Native growth not explained by Python objects, above which it is a suspect of its own.
 const NATIVE_MIN_BYTES: u64 = 8 << 20;
-const MAX_SUSPECTS: usize = 10;
-const MAX_TYPES: usize = 30;
 
 /// What `diff` reports for two CPython heaps.
 #[derive(Debug, Clone, PartialEq)]
@@ -200,15 +194,7 @@ fn judge(
     notes: &mut Vec<String>,
 ) -> (Verdict, String) {
     let py_growth = growth.py;
-    // Many items, or few big ones that hold most of what the Python heap gained.
-    let leaking = |s: &Suspect| {
-        s.kind == SuspectKind::Container
-            && s.count_growth() > 0
-            && ((s.count_growth() >= LEAK_MIN_ITEMS as i64
-                && s.retained_growth() >= LEAK_MIN_BYTES as i64)
-                || (s.retained_growth() >= LEAK_BIG_BYTES as i64
-                    && s.retained_growth().saturating_mul(2) >= py_growth))
-    };
+    let leaking = |s: &Suspect| accumulates(s, py_growth);
     let top_type = types.first().filter(|t| t.bytes_growth() > 0);
     let ranked = || {
         suspects
@@ -261,8 +247,8 @@ fn judge(
                 human_delta(s.retained_growth())
             ),
         )
-    } else if py_growth <= (LEAK_MIN_BYTES as i64) * 8 {
-        suspects.retain(|s| s.retained_growth() >= LEAK_MIN_BYTES as i64);
+    } else if py_growth <= LEAK_MIN_BYTES * 8 {
+        suspects.retain(|s| s.retained_growth() >= LEAK_MIN_BYTES);
         (
             Verdict::NoLeak,
             format!(
@@ -272,18 +258,7 @@ fn judge(
         )
     } else {
         if let Some(t) = top_type {
-            suspects.push(Suspect {
-                kind: SuspectKind::Type,
-                path: t.name.clone(),
-                type_name: t.name.clone(),
-                count_before: t.count_before,
-                count_after: t.count_after,
-                retained_bytes_before: t.bytes_before,
-                retained_bytes_after: t.bytes_after,
-                referrers: Vec::new(),
-                address: None,
-                allocation_sites: Vec::new(),
-            });
+            suspects.push(type_suspect(t));
         }
         (
             Verdict::Inconclusive,

@@ -22,7 +22,7 @@ pub use self::integrate::CPython;
 use self::mem::Mem;
 use self::walk::{Kind, Walker};
 use crate::heap;
-pub use crate::heap::TypeCount;
+pub use crate::heap::{ContainerSummary, TypeCount};
 use crate::image::MemoryImage;
 
 /// Why a CPython heap could not be read.
@@ -122,54 +122,21 @@ pub struct PyCensus {
 impl PyCensus {
     /// The census as `analyze` prints it: types, then the largest containers.
     pub fn write_text(&self, top: usize, out: &mut dyn std::io::Write) -> std::io::Result<()> {
-        use crate::util::human_bytes;
-        writeln!(
-            out,
+        let headline = format!(
             "CPython {}: {} objects, {}",
             self.version,
             self.objects,
-            human_bytes(self.bytes)
-        )?;
-        writeln!(out, "{:>10}  {:>10}  type", "objects", "bytes")?;
-        for t in self.types.iter().take(top) {
-            writeln!(
-                out,
-                "{:>10}  {:>10}  {}",
-                t.count,
-                human_bytes(t.bytes),
-                t.name
-            )?;
-        }
-        writeln!(
+            crate::util::human_bytes(self.bytes)
+        );
+        heap::write_census(
             out,
-            "{:>10}  {:>10}  largest containers (retained)",
-            "items", "retained"
-        )?;
-        for k in self.containers.iter().take(top.min(10)) {
-            writeln!(
-                out,
-                "{:>10}  {:>10}  {} ({})",
-                k.items,
-                human_bytes(k.retained_bytes),
-                k.path,
-                k.type_name
-            )?;
-        }
-        for note in &self.notes {
-            writeln!(out, "note: {note}")?;
-        }
-        Ok(())
+            top,
+            &headline,
+            ("type", &self.types),
+            ("containers", &self.containers),
+            &self.notes,
+        )
     }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ContainerSummary {
-    pub path: String,
-    #[serde(rename = "type")]
-    pub type_name: String,
-    pub items: u64,
-    pub retained_bytes: u64,
 }
 
 impl PyHeap {

@@ -508,6 +508,52 @@ async fn succeeded_job_without_findings_fails_the_report() {
     assert!(api.sent("POST", EVENTS).is_empty());
 }
 
+/// A Job that wrote its findings is seen complete once the report is Analysed: its duration is
+/// recorded then, once, and a Job already gone is not asked for again.
+#[tokio::test]
+async fn analysis_duration_is_recorded_once_the_report_is_analysed() {
+    let api = MockApi::default();
+    let current = report(Phase::Analysed, "1", B_SHA);
+    serve_report(&api, &current);
+    api.on(
+        "GET",
+        &job_path(B_SHA),
+        [ok(finished_job(
+            B_SHA,
+            "Complete",
+            "CompletionsReached",
+            Some(Timestamp::now()),
+        ))],
+    );
+    let ctx = context(api.client());
+    for _ in 0..2 {
+        controller::reconcile(Arc::new(current.clone()), ctx.clone())
+            .await
+            .unwrap();
+    }
+    let text = ctx.metrics.encode();
+    assert!(
+        text.contains("leakhunt_analysis_duration_seconds_count 1"),
+        "{text}"
+    );
+    assert_eq!(api.sent("GET", &job_path(B_SHA)).len(), 1);
+
+    // No Job (cleaned up before this operator started): one look, then none.
+    let api = MockApi::default();
+    serve_report(&api, &current);
+    let ctx = context(api.client());
+    for _ in 0..2 {
+        controller::reconcile(Arc::new(current.clone()), ctx.clone())
+            .await
+            .unwrap();
+    }
+    assert_eq!(api.sent("GET", &job_path(B_SHA)).len(), 1);
+    assert!(ctx
+        .metrics
+        .encode()
+        .contains("leakhunt_analysis_duration_seconds_count 0"));
+}
+
 #[tokio::test]
 async fn failed_job_of_a_replaced_pair_leaves_the_report_alone() {
     // The cached report still shows the old pair, whose Job failed; the agent has since taken

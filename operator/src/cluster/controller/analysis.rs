@@ -117,6 +117,33 @@ pub(super) async fn analyzing(
     }
 }
 
+/// The analysis's duration, from its Job, once. A Job that wrote its findings is seen complete
+/// here, not while the report is analysing: the report is Analysed before its Job has exited, and
+/// the Job's completion brings the report back (the controller watches the Jobs).
+async fn time_analysis(status: &LeakReportStatus, ctx: &Context) {
+    let Some(b) = status.snapshot(crate::status::Role::B) else {
+        return;
+    };
+    let name = job_spec::job_name(b);
+    if ctx.timed_jobs.lock().is_ok_and(|t| t.contains(&name)) {
+        return;
+    }
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ctx.cfg.job.namespace);
+    match jobs.get_opt(&name).await {
+        Ok(Some(job)) if matches!(job_spec::outcome(&job), JobOutcome::Succeeded) => {
+            record_job_duration(ctx, &job);
+        }
+        // Gone (cleaned up, or this operator started after it): never asked for again.
+        Ok(None) => {
+            if let Ok(mut t) = ctx.timed_jobs.lock() {
+                t.insert(name);
+            }
+        }
+        // Still running (its completion brings the report back), or the API server erred.
+        _ => {}
+    }
+}
+
 fn record_job_duration(ctx: &Context, job: &Job) {
     let Some(s) = job.status.as_ref() else { return };
     let (Some(start), end) = (s.start_time.as_ref(), s.completion_time.as_ref()) else {
@@ -308,6 +335,7 @@ pub(super) async fn analysed(
     status: &LeakReportStatus,
     ctx: &Context,
 ) -> Result<(), Error> {
+    time_analysis(status, ctx).await;
     if status.verdict != Some(Verdict::Leak) {
         return Ok(());
     }

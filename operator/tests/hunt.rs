@@ -158,6 +158,7 @@ impl Snapshotter for Recorder {
             stopped: Duration::ZERO,
             total: Duration::ZERO,
             note: None,
+            jvm: None,
         })
     }
 
@@ -1344,5 +1345,24 @@ fn jvm_hunt_names_the_growing_static_field() {
     }
     let st = outcome.report.status.unwrap();
     assert_eq!(st.phase, Phase::Analysed);
+    // Its pools at both snapshots; -Xmx1g under a 384 MiB limit is called what it is.
+    for role in ["A", "B"] {
+        assert!(
+            st.notes
+                .iter()
+                .any(|n| n.starts_with(&format!("JVM at snapshot {role}: heap "))),
+            "{:?}",
+            st.notes
+        );
+    }
+    assert!(
+        st.notes
+            .iter()
+            .any(|n| n.contains("the JVM may grow its heap to ")
+                && n.contains("384 MiB limit")
+                && n.contains("a misconfiguration")),
+        "{:?}",
+        st.notes
+    );
     assert_cgroup_gone(&opts, &h);
 }

@@ -176,6 +176,17 @@ impl Hunt<'_> {
             message.push_str(&format!(" ({note})"));
         }
         self.progress.event(&message);
+        if let Some(j) = &captured.jvm {
+            // The pools at each snapshot, and at A whether the heap's ceiling fits the limit.
+            let mut notes = vec![format!("JVM at snapshot {role}: {}", j.pools())];
+            if role == Role::A {
+                notes.extend(self.limit.and_then(|l| j.misconfigured(l)));
+            }
+            for n in notes {
+                self.progress.event(&n);
+                self.apply(&Op::Note { message: n });
+            }
+        }
         let taken = SnapshotTaken {
             role,
             pid,

@@ -40,7 +40,7 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// A snapshot file as written.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Captured {
     pub path: PathBuf,
     pub file_bytes: u64,
@@ -50,6 +50,8 @@ pub struct Captured {
     pub total: Duration,
     /// What was taken when it is not a core, or why not what was meant: one line for the report.
     pub note: Option<String>,
+    /// A JVM's pools when it was taken, from its performance counters.
+    pub jvm: Option<jvm::perf::JvmStats>,
 }
 
 pub trait Snapshotter {
@@ -107,6 +109,7 @@ impl Snapshotter for Analyzer {
                             "a Java heap dump through HotSpot's attach mechanism, {} of HPROF",
                             human_bytes(d.hprof_bytes)
                         )),
+                        jvm: d.stats,
                     })
                 }
                 Err(e @ attach::Error::Exited { .. }) => {
@@ -140,6 +143,7 @@ impl Snapshotter for Analyzer {
             stopped: s.stopped,
             total: s.total,
             note,
+            jvm: None,
         })
     }
 

@@ -9,10 +9,13 @@ FROM ${RUST_IMAGE} AS build
 WORKDIR /src
 COPY . .
 # Cache mounts keep the registry and target dir between builds; the binary is copied out of the cached
-# target dir in the same step, so the runtime stage sees it.
+# target dir in the same step, so the runtime stage sees it. COPY keeps the context's mtimes, which
+# may be older than what the cached target built from another checkout: cargo would take those
+# sources for unchanged, so our two crates are touched and always rebuilt (their dependencies not).
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release -p leakhunt-operator --locked \
+    find analyzer/src operator/src -type f -exec touch {} + \
+    && cargo build --release -p leakhunt-operator --locked \
     && install -D -m 0755 target/release/leakhunt /out/leakhunt
 
 # Runtime: glibc and the CA certificates the webhook and Alertmanager clients trust (rustls, native roots).

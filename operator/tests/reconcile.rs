@@ -257,6 +257,20 @@ fn finished_job(b_sha: &str, type_: &str, reason: &str, completed: Option<Timest
     }
 }
 
+/// The report's analyzer Job, complete since `completed`.
+fn serve_completed_job(api: &MockApi, completed: Timestamp) {
+    api.on(
+        "GET",
+        &job_path(B_SHA),
+        [ok(finished_job(
+            B_SHA,
+            "Complete",
+            "CompletionsReached",
+            Some(completed),
+        ))],
+    );
+}
+
 fn empty_list(kind: &str) -> Reply {
     Reply::Json(
         200,
@@ -459,17 +473,7 @@ async fn succeeded_job_without_findings_fails_the_report() {
     let api = MockApi::default();
     let current = report(Phase::Analyzing, "1", B_SHA);
     serve_report(&api, &current);
-    let five_minutes_ago = Timestamp::now() - SignedDuration::from_mins(5);
-    api.on(
-        "GET",
-        &job_path(B_SHA),
-        [ok(finished_job(
-            B_SHA,
-            "Complete",
-            "CompletionsReached",
-            Some(five_minutes_ago),
-        ))],
-    );
+    serve_completed_job(&api, Timestamp::now() - SignedDuration::from_mins(5));
 
     let action = controller::reconcile(Arc::new(current.clone()), context(api.client()))
         .await
@@ -490,16 +494,7 @@ async fn succeeded_job_without_findings_fails_the_report() {
     // Just finished: its findings may be on their way (or in a cache not yet updated).
     let api = MockApi::default();
     serve_report(&api, &current);
-    api.on(
-        "GET",
-        &job_path(B_SHA),
-        [ok(finished_job(
-            B_SHA,
-            "Complete",
-            "CompletionsReached",
-            Some(Timestamp::now()),
-        ))],
-    );
+    serve_completed_job(&api, Timestamp::now());
     let action = controller::reconcile(Arc::new(current), context(api.client()))
         .await
         .unwrap();
@@ -515,16 +510,7 @@ async fn analysis_duration_is_recorded_once_the_report_is_analysed() {
     let api = MockApi::default();
     let current = report(Phase::Analysed, "1", B_SHA);
     serve_report(&api, &current);
-    api.on(
-        "GET",
-        &job_path(B_SHA),
-        [ok(finished_job(
-            B_SHA,
-            "Complete",
-            "CompletionsReached",
-            Some(Timestamp::now()),
-        ))],
-    );
+    serve_completed_job(&api, Timestamp::now());
     let ctx = context(api.client());
     for _ in 0..2 {
         controller::reconcile(Arc::new(current.clone()), ctx.clone())

@@ -178,7 +178,8 @@ pub fn heap_dump(pid: i32, opts: &DumpOptions) -> Result<HeapDump> {
     let pause = t_req.elapsed();
     drainer.stop();
     let answer = String::from_utf8_lossy(&answer).trim().to_owned();
-    if !crate::image::process_info(pid).is_ok_and(|_| perf::is_jvm(pid)) {
+    // Its maps are unreadable once it has gone.
+    if !perf::is_jvm(pid) {
         return Err(Error::Exited { pid });
     }
     let code = answer.lines().next().unwrap_or("").trim();

@@ -245,6 +245,7 @@ up() {
   top=$(cd "$top" && pwd)
   STATE=$top
   local dir=$top/node
+  reap_stale_nodes
   check_prereqs
   KUBECTL=${KUBECTL:-$(command -v kubectl)}
   if [ -f "$dir/kubelet.pid" ] && kill -0 "$(cat "$dir/kubelet.pid")" 2>/dev/null; then
@@ -258,6 +259,7 @@ up() {
   KUBELET_CLIENT_CA=${KUBELET_CLIENT_CA:-$top/pki/kubelet-client-ca.crt}
   [ -f "$KUBELET_CLIENT_CA" ] || die "no $KUBELET_CLIENT_CA: the control plane's CA for its kubelet client certificate"
   write_configs "$dir" "$kubeconfig" "$root" "$br"
+  register_node node "$top"
   echo "$root" >"$dir/cgroup-root"
   # Where the pods' memory cgroups are, for the tests that read them.
   if cgroup_v2; then echo "/sys/fs/cgroup$root"; else echo "/sys/fs/cgroup/memory$root"; fi >"$dir/memory-cgroup"
@@ -368,6 +370,7 @@ down() {
   iptables -t nat -D PREROUTING -j "$chain" 2>/dev/null || true
   iptables -t nat -F "$chain" 2>/dev/null || true
   iptables -t nat -X "$chain" 2>/dev/null || true
+  unregister_node "$top"
   echo "node: stopped ($dir)"
 }
 

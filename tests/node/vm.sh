@@ -119,6 +119,7 @@ up() {
   top=$(cd "$top" && pwd)
   local dir=$top/vm dummy
   dummy=$(dummy_name "$top")
+  reap_stale_nodes
   check_prereqs "$dummy"
   KUBECTL=${KUBECTL:-$(command -v kubectl)}
   if [ -f "$dir/qemu.pid" ] && kill -0 "$(cat "$dir/qemu.pid")" 2>/dev/null; then
@@ -162,6 +163,7 @@ EOF
   mkfs.ext4 -q -F -L lhconfig -d "$dir/config" "$dir/config.img" "${size}M" >/dev/null
   chmod 0600 "$dir/config.img"
 
+  register_node vm "$top"
   ip link show "$dummy" >/dev/null 2>&1 || ip link add "$dummy" type bridge
   ip addr replace "$VM_NODE_IP/32" dev "$dummy"
   ip link set "$dummy" up
@@ -223,6 +225,7 @@ down() {
   [ -f "$dir/dummy" ] && { ip link del "$(cat "$dir/dummy")" 2>/dev/null || true; rm -f "$dir/dummy"; }
   # The config disk holds credentials.
   rm -rf "$dir/config" "$dir/config.img" "$dir/qmp.sock"
+  unregister_node "$top"
   echo "vm: stopped ($dir)"
 }
 

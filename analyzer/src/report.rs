@@ -54,7 +54,7 @@ pub fn write_text(f: &Findings, out: &mut dyn Write) -> io::Result<()> {
         )?;
         for (i, s) in f.suspects.iter().enumerate() {
             let items = match s.kind {
-                SuspectKind::Native => "-".to_owned(),
+                SuspectKind::Native if s.count_before == 0 && s.count_after == 0 => "-".to_owned(),
                 _ => format!("{} → {}", s.count_before, s.count_after),
             };
             let retained = if s.retained_bytes_before == 0 && s.retained_bytes_after == 0 {

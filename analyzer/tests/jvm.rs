@@ -186,6 +186,76 @@ fn a_large_steady_heap_is_not_a_leak() {
 }
 
 #[test]
+fn direct_buffer_memory_is_named_by_the_collection_that_holds_it() {
+    let Some(f) = diff("direct", 1000, 2000) else {
+        return;
+    };
+    let d = describe(&f);
+    assert_eq!(f.verdict, Verdict::Leak, "{d}");
+    assert!(
+        f.summary
+            .starts_with("Shapes.DIRECT (java.util.ArrayList) grew from 1000 to 3000"),
+        "{d}"
+    );
+    assert!(
+        f.summary.contains("+31.2 MiB of direct buffer memory"),
+        "{d}"
+    );
+    let native = f
+        .suspects
+        .iter()
+        .find(|s| s.kind == SuspectKind::Native && s.path == "Shapes.DIRECT")
+        .expect(&d);
+    // Exactly the capacity of the 2000 buffers added: 16 KiB each.
+    assert_eq!(native.retained_growth(), 2000 * 16384, "{d}");
+    assert_eq!(native.count_growth(), 2000, "{d}");
+}
+
+#[test]
+fn direct_buffers_dropped_after_use_are_not_a_leak() {
+    no_leak("direct-churn", 1000, 2000);
+}
+
+#[test]
+fn a_class_loader_leak_names_the_class_loaded_again() {
+    let Some(f) = diff("loaders", 20, 40) else {
+        return;
+    };
+    let d = describe(&f);
+    assert_eq!(f.verdict, Verdict::Leak, "{d}");
+    assert!(f.summary.starts_with("class loaders leak"), "{d}");
+    assert!(f.summary.contains("java.net.URLClassLoader"), "{d}");
+    assert!(f.summary.contains("60 of them define Shapes$Plugin"), "{d}");
+    let s = f
+        .suspects
+        .iter()
+        .find(|s| s.type_name == "java.net.URLClassLoader")
+        .expect(&d);
+    assert_eq!(s.kind, SuspectKind::Native, "{d}");
+    assert_eq!(s.count_growth(), 40, "{d}");
+}
+
+#[test]
+fn threads_that_multiply_are_a_leak() {
+    let Some(f) = diff("threads", 20, 40) else {
+        return;
+    };
+    let d = describe(&f);
+    assert_eq!(f.verdict, Verdict::Leak, "{d}");
+    assert!(f.summary.starts_with("threads leak"), "{d}");
+    let s = f
+        .suspects
+        .iter()
+        .find(|s| s.path == "live threads")
+        .expect(&d);
+    assert_eq!(s.count_growth(), 40, "{d}");
+    assert!(
+        s.referrers[0].contains("+40 threads of class java.lang.Thread"),
+        "{d}"
+    );
+}
+
+#[test]
 fn a_list_held_only_by_a_running_thread_is_inconclusive() {
     let Some(f) = diff("local", 1000, 2000) else {
         return;

@@ -4,6 +4,9 @@
 // 20 ms until it is killed, with no input (a service that leaks as it serves).
 import java.io.BufferedReader;
 import java.io.InputStreamReader;
+import java.net.URL;
+import java.net.URLClassLoader;
+import java.nio.ByteBuffer;
 import java.util.ArrayDeque;
 import java.util.ArrayList;
 import java.util.HashMap;
@@ -33,7 +36,18 @@ public class Shapes {
         final List<Runnable> listeners = new ArrayList<>();
     }
 
+    /** A plugin, loaded by a class loader of its own each time (a redeploy that keeps the old). */
+    public static final class Plugin {
+        final long[] state = new long[16];
+
+        public Plugin() {}
+    }
+
     static final Map<Long, Quote> CACHE = new HashMap<>();
+    /** Direct buffers (native memory, outside the heap) kept per request. */
+    static final List<ByteBuffer> DIRECT = new ArrayList<>();
+    /** Plugins whose class loaders stay alive through them. */
+    static final List<Object> PLUGINS = new ArrayList<>();
     static final Map<Long, Quote> CONCURRENT = new ConcurrentHashMap<>();
     static final HashSet<String> SEEN = new HashSet<>();
     static final ArrayDeque<Quote> PENDING = new ArrayDeque<>();
@@ -122,7 +136,35 @@ public class Shapes {
                 break;
             }
             case "steady": sink = STEADY.get((int) (id % STEADY.size())); break;
+            case "direct": DIRECT.add(ByteBuffer.allocateDirect(16 << 10)); break;
+            case "direct-churn": sink = ByteBuffer.allocateDirect(16 << 10); break;
+            case "loaders": PLUGINS.add(plugin()); break;
+            case "threads": {
+                // An executor started per request and never shut down: a thread parked forever,
+                // held by nothing but itself.
+                Thread t = new Thread(() -> {
+                    try {
+                        Thread.sleep(Long.MAX_VALUE);
+                    } catch (InterruptedException e) {
+                        // ends the thread
+                    }
+                }, "idle-" + id);
+                t.setDaemon(true);
+                t.start();
+                break;
+            }
             default: throw new IllegalArgumentException(scenario);
+        }
+    }
+
+    /** A new Plugin from a class loader of its own (the bootstrap as parent: no delegation). */
+    static Object plugin() {
+        try {
+            URL here = Shapes.class.getProtectionDomain().getCodeSource().getLocation();
+            URLClassLoader loader = new URLClassLoader(new URL[] {here}, null);
+            return loader.loadClass("Shapes$Plugin").getDeclaredConstructor().newInstance();
+        } catch (ReflectiveOperationException e) {
+            throw new IllegalStateException(e);
         }
     }
 }

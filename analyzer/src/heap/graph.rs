@@ -11,6 +11,8 @@
 use std::collections::VecDeque;
 use std::rc::Rc;
 
+use rustc_hash::FxHashMap;
+
 use super::table::{target, Bits, Graph, Objects, RankedSet};
 use crate::budget::{self, OverBudget};
 
@@ -79,6 +81,11 @@ pub struct Retained {
     pre: Vec<u32>,
     /// Retained bytes by preorder number (0 is the virtual root).
     ret: Vec<u64>,
+    /// A second, sparse weight retained the same way (a JVM's direct buffer memory, outside its
+    /// heap), by preorder number; empty when there is none.
+    extra: Vec<u64>,
+    /// The objects that carry that weight, and how much.
+    weights: FxHashMap<u32, u64>,
 }
 
 impl Retained {
@@ -91,6 +98,19 @@ impl Retained {
                 .copied()
                 .unwrap_or(0),
             None => objs.retainable(v),
+        }
+    }
+
+    /// The extra weight `v` retains (0 without one).
+    pub fn extra_of(&self, v: u32) -> u64 {
+        match self.nonleaf.rank(v) {
+            Some(c) => self
+                .pre
+                .get(c as usize)
+                .and_then(|&p| self.extra.get(p as usize))
+                .copied()
+                .unwrap_or(0),
+            None => self.weights.get(&v).copied().unwrap_or(0),
         }
     }
 
@@ -114,6 +134,17 @@ pub fn retained_sizes(
     objs: &Objects,
     modules: &[u32],
 ) -> Result<(Retained, Vec<u32>), OverBudget> {
+    retained_sizes_with(g, objs, modules, FxHashMap::default())
+}
+
+/// [`retained_sizes`], and for each object also the `weights` (a few objects' extra size) it
+/// retains: [`Retained::extra_of`].
+pub fn retained_sizes_with(
+    g: &Graph,
+    objs: &Objects,
+    modules: &[u32],
+    weights: FxHashMap<u32, u64>,
+) -> Result<(Retained, Vec<u32>), OverBudget> {
     let n = objs.len();
     let nonleaf = Rc::clone(&g.rows);
     budget::reserve(
@@ -131,8 +162,22 @@ pub fn retained_sizes(
     let idom = immediate_dominators(std::mem::take(&mut dfs.parent), &semi);
     drop(semi);
     let ret = dfs.retained(objs, &idom);
+    let extra = if weights.is_empty() {
+        Vec::new()
+    } else {
+        dfs.extra(&weights, &idom)
+    };
     let Numbering { pre, roots, .. } = dfs;
-    Ok((Retained { nonleaf, pre, ret }, roots))
+    Ok((
+        Retained {
+            nonleaf,
+            pre,
+            ret,
+            extra,
+            weights,
+        },
+        roots,
+    ))
 }
 
 /// The DFS over the objects with out-edges: preorder numbers (0 is the virtual root above the
@@ -336,6 +381,44 @@ impl<'g> Numbering<'g> {
     }
 }
 
+impl Numbering<'_> {
+    /// The sparse `weights` retained, by preorder number, as [`Numbering::retained`] does for
+    /// sizes: a weighted leaf goes to the nearest common dominator of its referrers.
+    fn extra(&self, weights: &FxHashMap<u32, u64>, idom: &[u32]) -> Vec<u64> {
+        let m = idom.len();
+        let mut ret = vec![0u64; m];
+        let mut leaves: FxHashMap<u32, u32> = FxHashMap::default();
+        for (&v, &w) in weights {
+            match self.pre_of(v) {
+                NONE => {
+                    leaves.insert(v, NONE);
+                }
+                pv => ret[pv as usize] = ret[pv as usize].saturating_add(w),
+            }
+        }
+        if !leaves.is_empty() {
+            self.each_edge(&mut |pu, t| {
+                if let Some(d) = leaves.get_mut(&t) {
+                    *d = if *d == NONE { pu } else { nca(idom, *d, pu) };
+                }
+            });
+        }
+        for (v, d) in leaves {
+            if (d as usize) < m {
+                let w = weights.get(&v).copied().unwrap_or(0);
+                ret[d as usize] = ret[d as usize].saturating_add(w);
+            }
+        }
+        for i in (1..m).rev() {
+            let d = idom[i];
+            if d != NONE && (d as usize) < m {
+                ret[d as usize] = ret[d as usize].saturating_add(ret[i]);
+            }
+        }
+        ret
+    }
+}
+
 /// Semi-dominators by preorder number, with link/eval (path compression).
 fn semi_dominators(pstart: &[u32], preds: &[u32], parent: &[u32]) -> Vec<u32> {
     let m = parent.len();
@@ -430,6 +513,21 @@ mod tests {
     fn all(g: &Graph, o: &Objects, modules: &[u32]) -> Vec<u64> {
         let (r, _) = retained_sizes(g, o, modules).unwrap();
         (0..o.len() as u32).map(|v| r.of(v, o)).collect()
+    }
+
+    #[test]
+    fn extra_weights_are_retained_by_dominators() {
+        // As above; 2 (a shared leaf) weighs 1000, 5 (in the cycle below 3) weighs 7, 1 weighs 3.
+        let (g, o) = graph(6, &[(0, 1), (1, 2), (0, 3), (3, 2), (3, 4), (4, 5), (5, 4)]);
+        let weights: FxHashMap<u32, u64> = [(2, 1000), (5, 7), (1, 3)].into_iter().collect();
+        let (r, _) = retained_sizes_with(&g, &o, &[0], weights).unwrap();
+        let extra: Vec<u64> = (0..6).map(|v| r.extra_of(v)).collect();
+        assert_eq!(extra, vec![1010, 3, 1000, 7, 7, 7]);
+        // The sizes are untouched by the weights.
+        assert_eq!(
+            (0..6).map(|v| r.of(v, &o)).collect::<Vec<_>>(),
+            vec![96, 16, 16, 48, 32, 16]
+        );
     }
 
     #[test]

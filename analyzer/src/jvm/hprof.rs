@@ -156,6 +156,8 @@ impl<'a> Cur<'a> {
 pub struct Class {
     pub id: u64,
     pub super_id: u64,
+    /// The class loader that defined it (0: the bootstrap loader).
+    pub loader: u64,
     /// Its static fields that hold references: (name string id, referenced object id).
     pub statics: Vec<(u64, u64)>,
     /// Its own instance fields, in record order: (name string id, basic type).
@@ -409,8 +411,9 @@ impl<'a> Dump<'a> {
         let id = r.id("a class id")?;
         r.skip(4, "a class's stack serial")?;
         let super_id = r.id("a superclass id")?;
-        // Loader, signers, protection domain and two reserved ids.
-        r.skip(5 * self.id_size, "a class's loader and domain")?;
+        let loader = r.id("a class's loader")?;
+        // Signers, protection domain and two reserved ids.
+        r.skip(4 * self.id_size, "a class's signers and domain")?;
         let instance_size = r.u4("a class's instance size")?;
         let cp = r.u2("a constant pool size")?;
         for _ in 0..cp {
@@ -451,6 +454,7 @@ impl<'a> Dump<'a> {
         self.classes.push(Class {
             id,
             super_id,
+            loader,
             statics,
             fields,
         });

@@ -43,6 +43,46 @@ pub struct Container {
     pub referrers: Vec<String>,
     /// Reached from a class (a static field), not only from a thread's stack or a JNI handle.
     pub from_class: bool,
+    /// Native memory of the direct buffers it retains (outside the Java heap).
+    pub native: u64,
+}
+
+/// What a JVM holds outside its Java heap, as far as its heap dump shows: the classes metaspace
+/// holds and their loaders, the threads (each with a stack), and direct and mapped buffers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Footprint {
+    /// Classes defined by the bootstrap loader and by live loaders.
+    pub classes: u64,
+    /// Live class loaders by their class, the most classes first.
+    pub loaders: Vec<LoaderGroup>,
+    /// Live threads by their class (`count`; `bytes` unused).
+    pub threads: Vec<TypeCount>,
+    /// Reachable direct buffers that own native memory (`ByteBuffer.allocateDirect`): how many,
+    /// and their capacity in bytes.
+    pub direct: TypeCount,
+    /// Reachable buffers of mapped files (`FileChannel.map`).
+    pub mapped: TypeCount,
+}
+
+impl Footprint {
+    pub fn threads_total(&self) -> u64 {
+        self.threads.iter().map(|t| t.count).sum()
+    }
+}
+
+/// The live class loaders of one class.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoaderGroup {
+    /// The loaders' class (`java.net.URLClassLoader`), `<bootstrap>` for the JVM's own.
+    pub class: String,
+    pub loaders: u64,
+    /// Classes they define.
+    pub classes: u64,
+    /// The class name they define most often, and how many of them define it: a class loaded
+    /// again by every new loader is the mark of a class loader leak.
+    pub most_defined: Option<(String, u64)>,
 }
 
 /// A JVM heap read from one HPROF dump.
@@ -57,6 +97,7 @@ pub struct JvmHeap {
     containers: FxHashMap<String, Container>,
     objects: u64,
     bytes: u64,
+    footprint: Footprint,
 }
 
 /// The census of one dump: what `analyze` prints for a JVM heap.
@@ -71,6 +112,8 @@ pub struct JvmCensus {
     pub classes: Vec<TypeCount>,
     /// Largest containers by retained size.
     pub containers: Vec<crate::heap::ContainerSummary>,
+    /// What the dump shows outside the Java heap.
+    pub footprint: Footprint,
     pub notes: Vec<String>,
 }
 
@@ -90,7 +133,40 @@ impl JvmCensus {
             ("class", &self.classes),
             ("collections", &self.containers),
             &self.notes,
-        )
+        )?;
+        let f = &self.footprint;
+        writeln!(out)?;
+        writeln!(out, "outside the Java heap:")?;
+        writeln!(
+            out,
+            "  classes (metaspace)  {} in {} live class loaders",
+            f.classes,
+            f.loaders.iter().map(|l| l.loaders).sum::<u64>()
+        )?;
+        for l in f.loaders.iter().take(top.min(5)) {
+            let most = l
+                .most_defined
+                .as_ref()
+                .filter(|m| m.1 > 1)
+                .map(|m| format!(", {} of them define {}", m.1, m.0))
+                .unwrap_or_default();
+            writeln!(
+                out,
+                "    {:>6} loaders of {:<48} {} classes{most}",
+                l.loaders, l.class, l.classes
+            )?;
+        }
+        writeln!(out, "  threads              {}", f.threads_total())?;
+        for b in [&f.direct, &f.mapped] {
+            writeln!(
+                out,
+                "  {:<20} {} buffers, {}",
+                b.name,
+                b.count,
+                crate::util::human_bytes(b.bytes)
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -111,6 +187,10 @@ impl JvmHeap {
         &self.containers
     }
 
+    pub fn footprint(&self) -> &Footprint {
+        &self.footprint
+    }
+
     pub fn census(&self) -> JvmCensus {
         let mut top: Vec<(&String, &Container)> = self.containers.iter().collect();
         top.sort_by(|a, b| b.1.retained.cmp(&a.1.retained).then(a.0.cmp(b.0)));
@@ -129,6 +209,7 @@ impl JvmHeap {
                     retained_bytes: c.retained,
                 })
                 .collect(),
+            footprint: self.footprint.clone(),
             notes: self.notes.clone(),
         }
     }
@@ -168,6 +249,20 @@ struct Shape {
     /// Shallow size in the JVM's memory.
     shallow: u64,
     items: Option<Items>,
+    /// A `java.nio.DirectByteBuffer` (or a subclass).
+    direct: Option<Direct>,
+    /// A `java.lang.ref.Reference`: its `referent` does not keep the referent alive (weak, soft,
+    /// phantom; a cleaner's buffer), so it is no edge of the graph.
+    reference: bool,
+}
+
+/// Where a direct buffer's fields are: `capacity` (int), `cleaner` (set when the buffer owns its
+/// memory: not a slice or a duplicate), `fd` (set for a mapped file).
+#[derive(Debug, Clone, Copy)]
+struct Direct {
+    capacity: usize,
+    cleaner: usize,
+    fd: Option<usize>,
 }
 
 impl Shape {
@@ -222,9 +317,22 @@ fn shapes(dump: &Dump<'_>) -> (Vec<Shape>, FxHashMap<u64, u32>) {
                 data_len: off,
                 shallow: (12 + mem + 7) & !7,
                 items: None,
+                direct: None,
+                reference: chain.iter().any(|n| n == "java.lang.ref.Reference"),
             };
             if chain.iter().any(|n| COLLECTION_BASES.contains(&n.as_str())) {
                 shape.items = items_rule(&shape);
+            }
+            if chain.iter().any(|n| n == "java.nio.DirectByteBuffer") {
+                let int = |name| shape.field(name).filter(|f| f.0 == T_INT).map(|f| f.1);
+                let obj = |name| shape.field(name).filter(|f| f.0 == T_OBJECT).map(|f| f.1);
+                if let (Some(capacity), Some(cleaner)) = (int("capacity"), obj("cleaner")) {
+                    shape.direct = Some(Direct {
+                        capacity,
+                        cleaner,
+                        fd: obj("fd"),
+                    });
+                }
             }
             shape
         })
@@ -316,15 +424,19 @@ impl Heap<'_, '_> {
         hprof::read_value(self.dump.instance_fields(i as usize), off, n)
     }
 
-    /// The referenced objects of instance `i`, with the name of the field holding each.
+    /// The objects instance `i` keeps alive, with the name of the field holding each (a
+    /// reference object's `referent` is not one of them).
     fn instance_refs(&self, i: u32) -> impl Iterator<Item = (&str, u64)> + '_ {
         let data = self.dump.instance_fields(i as usize);
         let ids = self.dump.id_size;
-        self.shape_of(i)
+        let shape = self.shape_of(i);
+        let reference = shape.is_some_and(|s| s.reference);
+        shape
             .map(|s| s.fields.as_slice())
             .unwrap_or(&[])
             .iter()
             .filter(|f| f.1 == T_OBJECT)
+            .filter(move |f| !(reference && f.0 == "referent"))
             .filter_map(move |f| Some((f.0.as_str(), hprof::read_value(data, f.2, ids)?)))
             .filter(|&(_, v)| v != 0)
     }
@@ -546,21 +658,23 @@ pub fn load(data: &[u8]) -> Result<JvmHeap> {
             crate::util::human_bytes(dead.1)
         ));
     }
-    let (retained, all_roots) = graph::retained_sizes(&graph, &objs, &roots.0)?;
+    let (footprint, weights) = footprint(&heap, &graph, &live);
+    let (retained, all_roots) = graph::retained_sizes_with(&graph, &objs, &roots.0, weights)?;
 
     // Containers: every collection and object array.
-    let mut found: Vec<(u64, u32, u64)> = Vec::new();
+    let mut found: Vec<(u64, u32, u64, u64)> = Vec::new();
     for i in 0..n as u32 {
         if !objs.trusted(i) || !live.get(i) {
             continue;
         }
         if let Some(items) = heap.items(i, 0) {
-            found.push((retained.of(i, &objs), i, items));
+            found.push((retained.of(i, &objs), i, items, retained.extra_of(i)));
         }
     }
     drop(retained);
     found.sort_unstable_by(|a, b| b.cmp(a));
-    let mut to_name: Vec<(u64, u32, u64)> = found.iter().take(CENSUS_CONTAINERS).copied().collect();
+    let mut to_name: Vec<(u64, u32, u64, u64)> =
+        found.iter().take(CENSUS_CONTAINERS).copied().collect();
     to_name.extend(
         found
             .iter()
@@ -569,10 +683,18 @@ pub fn load(data: &[u8]) -> Result<JvmHeap> {
             .take(MAX_NAMED)
             .copied(),
     );
+    // And the largest holders of direct buffer memory, however few their items.
+    let mut holders: Vec<(u64, u32, u64, u64)> = found
+        .iter()
+        .filter(|c| c.3 > 0 && c.2 < NAME_MIN_ITEMS)
+        .copied()
+        .collect();
+    holders.sort_unstable_by_key(|h| std::cmp::Reverse(h.3));
+    to_name.extend(holders.into_iter().take(CENSUS_CONTAINERS));
     drop(found);
     let tree = graph::bfs(&graph, n, &all_roots, roots.1);
     let mut containers: FxHashMap<String, Container> = FxHashMap::default();
-    for (ret, i, items) in to_name {
+    for (ret, i, items, native) in to_name {
         let (path, referrers, from_class) = name(&heap, &graph, &tree, &roots.2, i);
         let c = Container {
             type_name: heap.type_name(i),
@@ -580,6 +702,7 @@ pub fn load(data: &[u8]) -> Result<JvmHeap> {
             retained: ret,
             referrers,
             from_class,
+            native,
         };
         // Two objects on one path (a path elided at MAX_STEPS): keep the larger.
         match containers.get(&path) {
@@ -620,7 +743,164 @@ pub fn load(data: &[u8]) -> Result<JvmHeap> {
         containers,
         objects: n as u64 - dead.0,
         bytes: total,
+        footprint,
     })
+}
+
+/// The footprint outside the Java heap, and the native memory of each reachable direct buffer
+/// that owns some (to be retained by whatever holds it).
+fn footprint(
+    heap: &Heap<'_, '_>,
+    g: &Graph,
+    live: &crate::heap::table::Bits,
+) -> (Footprint, FxHashMap<u32, u64>) {
+    let dump = heap.dump;
+    let n = dump.objects.len() as u32;
+    let loader_of = |c: u32| dump.classes.get(c as usize).map_or(0, |k| k.loader);
+    // A loader lives while something reachable refers to it, to one of its classes, or is an
+    // instance of one of its classes (the dump records no edge from an object to its class).
+    let loaders: rustc_hash::FxHashSet<u64> = dump
+        .classes
+        .iter()
+        .map(|c| c.loader)
+        .filter(|&l| l != 0)
+        .collect();
+    let mut live_loaders: rustc_hash::FxHashSet<u64> = rustc_hash::FxHashSet::default();
+    let mut weights: FxHashMap<u32, u64> = FxHashMap::default();
+    let mut direct = TypeCount {
+        name: "direct buffers".into(),
+        ..TypeCount::default()
+    };
+    let mut mapped = TypeCount {
+        name: "mapped buffers".into(),
+        ..TypeCount::default()
+    };
+    for i in (0..n).filter(|&i| live.get(i)) {
+        match heap.kind(i) {
+            Some(ObjKind::Instance | ObjKind::ObjArray) => {}
+            _ => continue,
+        }
+        if let Some(&c) = heap.class.get(i as usize) {
+            live_loaders.insert(loader_of(c));
+        }
+        for &e in g.out(i) {
+            let t = crate::heap::table::target(e);
+            if heap.kind(t) == Some(ObjKind::Class) {
+                if let Some(k) = heap.class_of_object(t) {
+                    live_loaders.insert(k.loader);
+                }
+            } else if let Some(&id) = dump.objects.id.get(t as usize) {
+                if loaders.contains(&id) {
+                    live_loaders.insert(id);
+                }
+            }
+        }
+        let Some(d) = heap.shape_of(i).and_then(|s| s.direct) else {
+            continue;
+        };
+        let owns = heap
+            .field_value(i, d.cleaner, T_OBJECT)
+            .is_some_and(|v| v != 0);
+        let cap = heap
+            .field_value(i, d.capacity, T_INT)
+            .map_or(0, |v| u64::from(v as u32).min(i32::MAX as u64));
+        let is_mapped =
+            d.fd.and_then(|off| heap.field_value(i, off, T_OBJECT))
+                .is_some_and(|v| v != 0);
+        if !owns {
+            continue;
+        }
+        let b = if is_mapped { &mut mapped } else { &mut direct };
+        b.count += 1;
+        b.bytes = b.bytes.saturating_add(cap);
+        if !is_mapped && cap > 0 {
+            weights.insert(i, cap);
+        }
+    }
+    // Statics of classes refer to loaders too (`ClassLoaders.APP_LOADER`).
+    for c in &dump.classes {
+        for &(_, v) in &c.statics {
+            if loaders.contains(&v) {
+                live_loaders.insert(v);
+            }
+        }
+    }
+    live_loaders.remove(&0);
+
+    // Classes by loader, for the bootstrap (0) and the live loaders.
+    let mut by_loader: FxHashMap<u64, Vec<u64>> = FxHashMap::default();
+    for c in &dump.classes {
+        if c.loader == 0 || live_loaders.contains(&c.loader) {
+            by_loader.entry(c.loader).or_default().push(c.id);
+        }
+    }
+    let mut classes = 0u64;
+    let mut groups: FxHashMap<String, (u64, u64, FxHashMap<String, u64>)> = FxHashMap::default();
+    for (loader, ids) in &by_loader {
+        classes += ids.len() as u64;
+        let class = if *loader == 0 {
+            "<bootstrap>".to_owned()
+        } else {
+            heap.index
+                .get(*loader)
+                .map_or_else(|| "?".to_owned(), |o| heap.type_name(o))
+        };
+        let g = groups.entry(class).or_default();
+        g.0 += 1;
+        g.1 += ids.len() as u64;
+        // Per-name counts only where a loader is one of many: the bootstrap's thousands of
+        // classes are each defined once.
+        if *loader != 0 {
+            for &id in ids {
+                *g.2.entry(dump.class_name(id)).or_default() += 1;
+            }
+        }
+    }
+    let mut loaders: Vec<LoaderGroup> = groups
+        .into_iter()
+        .map(|(class, (loaders, classes, names))| LoaderGroup {
+            class,
+            loaders,
+            classes,
+            most_defined: names
+                .into_iter()
+                .max_by(|a, b| a.1.cmp(&b.1).then_with(|| b.0.cmp(&a.0))),
+        })
+        .collect();
+    loaders.sort_by(|a, b| {
+        b.classes
+            .cmp(&a.classes)
+            .then_with(|| a.class.cmp(&b.class))
+    });
+
+    let mut threads: FxHashMap<String, u64> = FxHashMap::default();
+    let mut seen = rustc_hash::FxHashSet::default();
+    for &(id, k) in &dump.roots {
+        if k == RootKind::Thread && seen.insert(id) {
+            if let Some(o) = heap.index.get(id) {
+                *threads.entry(heap.type_name(o)).or_default() += 1;
+            }
+        }
+    }
+    let mut threads: Vec<TypeCount> = threads
+        .into_iter()
+        .map(|(name, count)| TypeCount {
+            name,
+            count,
+            bytes: 0,
+        })
+        .collect();
+    threads.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.name.cmp(&b.name)));
+    (
+        Footprint {
+            classes,
+            loaders,
+            threads,
+            direct,
+            mapped,
+        },
+        weights,
+    )
 }
 
 /// The reference graph: statics of classes, reference fields of instances, elements of object

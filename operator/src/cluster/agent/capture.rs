@@ -63,7 +63,9 @@ impl Agent {
             };
             // The snapshot is of the memory as the capture began: the timeline is read so.
             let began = Timestamp::now();
+            let mut notes = super::SnapshotNotes::default();
             let result = capture_one(&dir, &path, target.pid, max).map(|w| {
+                notes = w.notes;
                 (
                     SnapshotRecord {
                         role: role.into(),
@@ -90,6 +92,7 @@ impl Agent {
                 result,
                 tracer,
                 tracer_note,
+                notes,
             }
         }));
     }
@@ -173,6 +176,9 @@ impl Agent {
                     }
                 };
                 let _ = writes.send(queue(op)).await;
+                for message in snapshot_notes(role, &done.notes, sample.memory.limit) {
+                    let _ = writes.send(queue(Op::Note { message })).await;
+                }
                 if role == Role::A && policy.allocation_sites {
                     self.start_tracer(t, done.target.pid, sample, writes, id)
                         .await;
@@ -267,6 +273,24 @@ struct Written {
     memory: i64,
     sha256: String,
     took: Duration,
+    notes: super::SnapshotNotes,
+}
+
+/// The report's notes for a snapshot: how it was taken when not as a core, a JVM's pools, and
+/// at A whether the JVM's heap ceiling can fit the container's limit at all.
+fn snapshot_notes(role: Role, n: &super::SnapshotNotes, limit: Option<u64>) -> Vec<String> {
+    let mut out: Vec<String> = n
+        .taken
+        .iter()
+        .map(|t| format!("snapshot {role}: {t}"))
+        .collect();
+    if let Some(j) = &n.jvm {
+        out.push(format!("JVM at snapshot {role}: {}", j.pools()));
+        if role == Role::A {
+            out.extend(limit.and_then(|l| j.misconfigured(l)));
+        }
+    }
+    out
 }
 
 /// Captures `pid` into `path` (0600, zstd, in a 0700 directory). `Err((skipped, message))`:
@@ -288,5 +312,42 @@ fn capture_one(dir: &Path, path: &Path, pid: i32, max: u64) -> Result<Written, (
         memory: to_i64(captured.memory_bytes),
         sha256: sha,
         took: captured.total,
+        notes: super::SnapshotNotes {
+            taken: captured.note,
+            jvm: captured.jvm,
+        },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use leakhunt_analyzer::jvm::perf::JvmStats;
+
+    #[test]
+    fn a_jvm_snapshot_notes_its_pools_and_at_a_a_heap_ceiling_over_the_limit() {
+        let notes = super::super::SnapshotNotes {
+            taken: Some("a heap dump of the JVM (HPROF)".into()),
+            jvm: Some(JvmStats {
+                heap_used: Some(100 << 20),
+                heap_committed: Some(200 << 20),
+                heap_max: Some(1 << 30),
+                threads: Some(10),
+                ..JvmStats::default()
+            }),
+        };
+        let a = snapshot_notes(Role::A, &notes, Some(512 << 20));
+        assert_eq!(a.len(), 3, "{a:?}");
+        assert!(a[0].starts_with("snapshot A: a heap dump"), "{a:?}");
+        assert!(
+            a[1].starts_with("JVM at snapshot A: heap 100 MiB used"),
+            "{a:?}"
+        );
+        assert!(a[2].contains("misconfiguration"), "{a:?}");
+        // At B the pools only; under a limit the ceiling fits, no misconfiguration.
+        assert_eq!(snapshot_notes(Role::B, &notes, Some(512 << 20)).len(), 2);
+        assert_eq!(snapshot_notes(Role::A, &notes, Some(4 << 30)).len(), 2);
+        let core = super::super::SnapshotNotes::default();
+        assert!(snapshot_notes(Role::A, &core, Some(512 << 20)).is_empty());
+    }
 }

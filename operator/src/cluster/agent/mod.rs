@@ -97,6 +97,15 @@ struct Capture {
     tracer: Tracer,
     /// What asking it said.
     tracer_note: Option<String>,
+    /// What the snapshot says beside itself, for the report: how it was taken when not as a
+    /// core, and a JVM's pools at the time.
+    notes: SnapshotNotes,
+}
+
+#[derive(Default)]
+struct SnapshotNotes {
+    taken: Option<String>,
+    jvm: Option<leakhunt_analyzer::jvm::perf::JvmStats>,
 }
 
 /// State of one container's cgroup.

@@ -7,7 +7,7 @@ export CARGO_TARGET_DIR
 CARGO ?= cargo
 BIN := $(CARGO_TARGET_DIR)/release
 
-.PHONY: all build test lint fmt unit bench fuzz clean demo demo-cluster crds chart-check pyroot
+.PHONY: all build test lint fmt unit bench fuzz clean demo demo-cluster crds chart-check pyroot jvmroot
 
 all: build
 
@@ -23,7 +23,7 @@ fmt:
 
 # Unit and integration tests: real processes, real cores, gdb and pystack as consumers, a real
 # Alertmanager (built by tests/testenv.mk) as the alerts' receiver.
-unit: alertmanager pyroot
+unit: alertmanager pyroot jvmroot
 	$(CARGO) test --workspace --release
 	# Fuzz regressions and the walks of real heaps again with overflow checks on (debug), as the
 	# fuzzer builds them: a release build wraps an overflow silently.
@@ -35,6 +35,11 @@ test: lint unit chart-check smoke vm-smoke e2e
 # the analyzer's tests run them chrooted.
 pyroot:
 	tests/workloads/pyroot.sh >/dev/null
+
+# Debian testing's OpenJDK 21 and 25 runtimes in a root filesystem (mmdebstrap, cached), where the
+# analyzer's JVM tests run Shapes chrooted.
+jvmroot:
+	tests/workloads/jvmroot.sh >/dev/null
 
 # Fuzz the core reader and the CPython walker (nightly; cargo-fuzz installed on first use),
 # FUZZ_SECONDS per target (default 120).

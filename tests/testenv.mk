@@ -56,7 +56,7 @@ $(NODE_BIN)/.runc-$(RUNC_VERSION):
 # oci-archives in NODE_IMAGES; `make image` adds leakhunt's own. The script skips an image whose inputs
 # are unchanged.
 node-images: $(TOOLS_BIN)/kubectl
-	tests/node/images/build.sh pause busybox python python314 kubectl
+	tests/node/images/build.sh pause busybox python python314 java kubectl
 
 # The leakhunt image alone, built from the Dockerfile by buildah.
 image:

@@ -134,6 +134,71 @@ fn g1_and_parallel_dumps_name_the_same_leak() {
     }
 }
 
+/// Shapes on Debian testing's HotSpot `version`, chrooted as a container's JVM is: its classes
+/// copied into the root, dumped from outside through `/proc/PID/root`.
+fn diff_chrooted(version: u32, gc: &str, scenario: &str) -> Option<Findings> {
+    let cp = java::shapes_classes()?;
+    let root = java::jvmroot();
+    let app = tempfile::Builder::new()
+        .prefix("leakhunt-shapes-")
+        .tempdir_in(root.join("tmp"))
+        .unwrap();
+    for e in std::fs::read_dir(&cp).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), app.path().join(e.file_name())).unwrap();
+    }
+    let inside = Path::new("/tmp").join(app.path().file_name().unwrap());
+    let mut w = Workload::start(&mut java::chrooted_java(
+        &root,
+        version,
+        &[
+            "-Xmx256m",
+            gc,
+            "-cp",
+            inside.to_str().unwrap(),
+            "Shapes",
+            scenario,
+        ],
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let mut dump = |n: u32, name: &str| {
+        assert_eq!(w.send(&format!("step {n}")), "ok");
+        let path = dir
+            .path()
+            .join(format!("{scenario}-{version}-{name}.hprof.zst"));
+        heap_dump(w.pid(), &path).unwrap();
+        path
+    };
+    let a = dump(1000, "a");
+    let b = dump(2000, "b");
+    Some(analysis::diff_paths(&a, &b, None).unwrap())
+}
+
+#[test]
+fn hotspot_21_and_25_name_the_leak_with_g1_and_serial() {
+    for (version, gc) in [
+        (21, "-XX:+UseG1GC"),
+        (25, "-XX:+UseSerialGC"),
+        (25, "-XX:+UseG1GC"),
+    ] {
+        let Some(f) = diff_chrooted(version, gc, "static-map") else {
+            return;
+        };
+        let d = format!("HotSpot {version} {gc}: {}", describe(&f));
+        assert_eq!(f.verdict, Verdict::Leak, "{d}");
+        assert!(
+            f.runtime
+                .version
+                .as_deref()
+                .is_some_and(|v| v.starts_with(&format!("{version}."))),
+            "{d}"
+        );
+        assert_eq!(f.suspects[0].path, "Shapes.CACHE", "{d}");
+        assert_eq!(f.suspects[0].type_name, "java.util.HashMap", "{d}");
+        assert_eq!(f.suspects[0].count_growth(), 2000, "{d}");
+    }
+}
+
 #[test]
 fn listeners_of_a_singleton_are_named_through_its_instance() {
     leak(

@@ -692,6 +692,64 @@ YAML
 }
 check "allocation sites: tracemalloc in a CPython 3.14 pod of another user names the line that allocated the growth" check_allocation_sites
 
+check_java() {
+  # An unmodified JVM (Debian's OpenJDK 17 runtime, no JDK tools in the image, no flag added) whose
+  # static HashMap grows, under a limit its -Xmx does not fit: the agent takes two heap dumps through
+  # HotSpot's attach mechanism, the Job diffs them, and the report names the static field, with the
+  # JVM's pools at each snapshot and the misconfiguration.
+  kubectl -n $NS apply -f - >/dev/null <<YAML || return 1
+apiVersion: leakhunt.dev/v1alpha1
+kind: LeakWatch
+metadata: {name: java}
+spec:
+  selector: {matchLabels: {app: java}}
+  thresholds: {baseline: 50, nearLimit: 85}
+  cooldown: 2h
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: java}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: java}}
+  template:
+    metadata: {labels: {app: java}}
+    spec:
+      containers:
+        - name: app
+          image: leakhunt.local/java:17
+          command: ["java", "-Xmx512m", "-XX:+UseSerialGC", "-cp", "/app", "Shapes", "static-map", "run", "300"]
+          resources:
+            requests: {memory: 256Mi}
+            limits: {memory: 256Mi}
+YAML
+  jr() { kubectl -n $NS get leakreport deployment-java -o jsonpath="$1"; }
+  wait_for "the Java report Analysed" 420 sh -c "kubectl -n $NS get leakreport deployment-java -o jsonpath='{.status.phase}' | grep -qx Analysed" \
+    || { echo "  phase: $(jr '{.status.phase}'); notes: $(jr '{.status.notes}')"; return 1; }
+  echo "  verdict $(jr '{.status.verdict}'): $(jr '{.status.summary}')"
+  echo "  held by: $(jr '{.status.suspects[0].referrers}')"
+  jr '{.status.notes}' | tr -d '[]' | sed 's/","/\n/g' | grep -E 'heap dump|JVM at|misconfiguration' | cut -c1-160 | sed 's/^/  note: /'
+  kubectl get leakreports -n $NS deployment-java | sed 's/^/  /'
+  [ "$(jr '{.status.verdict}')" = Leak ] || return 1
+  [ "$(jr '{.status.suspects[0].path}')" = Shapes.CACHE ] || return 1
+  [ "$(jr '{.status.suspects[0].type}')" = java.util.HashMap ] || return 1
+  jr '{.status.notes}' | grep -q 'a Java heap dump through HotSpot' || return 1
+  jr '{.status.notes}' | grep -q 'JVM at snapshot A: heap' || return 1
+  jr '{.status.notes}' | grep -q 'JVM at snapshot B: heap' || return 1
+  jr '{.status.notes}' | grep -q 'a misconfiguration' || return 1
+  # Nothing of leakhunt's is left in the JVM's /tmp (the dump directory, the attach trigger).
+  local pid left
+  pid=$(container_pids java | head -1)
+  if [ -n "$pid" ]; then
+    left=$(ls -A "/proc/$pid/root/tmp" "/proc/$pid/cwd" 2>/dev/null | grep -c -E '^leakhunt|^\.attach_pid' || true)
+    echo "  leakhunt files left in the JVM's /tmp and working directory: $left"
+    [ "$left" = 0 ] || return 1
+  fi
+  kubectl -n $NS delete deployment java --wait=false >/dev/null
+  kubectl -n $NS delete leakwatch java >/dev/null
+}
+check "Java: two heap dumps of an unmodified JVM name its growing static field, with its pools and a misconfigured -Xmx" check_java
+
 check_agent_killed() {
   # The agent SIGKILLed while it holds the target stopped for snapshot A: the kernel detaches a seized
   # target, so it runs on, untraced; the file being written has no name yet (O_TMPFILE), so nothing is

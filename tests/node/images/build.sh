@@ -5,7 +5,7 @@
 # oci-archive into OUT (default ~/.cache/leakhunt/images/oci), which tests/node/node.sh imports
 # into containerd. An image whose inputs have not changed is not built again.
 #
-#   tests/node/images/build.sh [IMAGE...]    pause busybox python python314 kubectl leakhunt (default: all)
+#   tests/node/images/build.sh [IMAGE...]    pause busybox python python314 java kubectl leakhunt (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 ROOT=$(pwd)
@@ -125,6 +125,26 @@ image_python314() {
   done_image python314 leakhunt.local/python:3.14-flask "$stamp"
 }
 
+# A Java service: Debian's OpenJDK 17 runtime (no JDK tools: leakhunt must need none in the image)
+# and tests/workloads/Shapes.java compiled by this host's javac into /app.
+image_java() {
+  local tar stamp src=tests/workloads/Shapes.java
+  command -v javac >/dev/null || die "javac missing (Debian package openjdk-17-jdk-headless; .ci/install)"
+  tar=$(rootfs java openjdk-17-jre-headless)
+  stamp="$(cat "$tar.key") $(sha256sum "$src" | cut -c1-16) $(javac -version 2>&1)"
+  fresh java "$stamp" && return
+  local ctx=$WORK/java-app
+  rm -rf "$ctx" && mkdir -p "$ctx"
+  javac --release 17 -d "$ctx" "$src"
+  from_rootfs leakhunt.local/java:17 "$tar"
+  local c
+  c=$("${BUILDAH[@]}" from leakhunt.local/java:17)
+  "${BUILDAH[@]}" copy "$c" "$ctx" /app >/dev/null
+  "${BUILDAH[@]}" commit -q --rm "$c" leakhunt.local/java:17 >/dev/null
+  rm -rf "$ctx"
+  done_image java leakhunt.local/java:17 "$stamp"
+}
+
 # Debian slim as the runtime base (the Dockerfile's `debian:bookworm-slim`, the kubectl image's).
 base_image() {
   local tar
@@ -212,10 +232,10 @@ image_leakhunt() {
 }
 
 images=("$@")
-[ ${#images[@]} -gt 0 ] || images=(pause busybox python python314 kubectl leakhunt)
+[ ${#images[@]} -gt 0 ] || images=(pause busybox python python314 java kubectl leakhunt)
 for i in "${images[@]}"; do
   case "$i" in
-    pause|busybox|python|python314|kubectl|leakhunt) "image_$i" ;;
-    *) die "unknown image $i (pause busybox python python314 kubectl leakhunt)" ;;
+    pause|busybox|python|python314|java|kubectl|leakhunt) "image_$i" ;;
+    *) die "unknown image $i (pause busybox python python314 java kubectl leakhunt)" ;;
   esac
 done

@@ -6,6 +6,8 @@
 mod common;
 #[path = "../../tests/workloads/java.rs"]
 mod java;
+#[path = "../../tests/workloads/jvmroot.rs"]
+mod jvmroot;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -138,7 +140,7 @@ fn g1_and_parallel_dumps_name_the_same_leak() {
 /// copied into the root, dumped from outside through `/proc/PID/root`.
 fn diff_chrooted(version: u32, gc: &str, scenario: &str) -> Option<Findings> {
     let cp = java::shapes_classes()?;
-    let root = java::jvmroot();
+    let root = jvmroot::jvmroot();
     let app = tempfile::Builder::new()
         .prefix("leakhunt-shapes-")
         .tempdir_in(root.join("tmp"))
@@ -148,7 +150,7 @@ fn diff_chrooted(version: u32, gc: &str, scenario: &str) -> Option<Findings> {
         std::fs::copy(e.path(), app.path().join(e.file_name())).unwrap();
     }
     let inside = Path::new("/tmp").join(app.path().file_name().unwrap());
-    let mut w = Workload::start(&mut java::chrooted_java(
+    let mut w = Workload::start(&mut jvmroot::chrooted_java(
         &root,
         version,
         &[

@@ -297,6 +297,13 @@ pub struct MemorySample {
     /// The container it was read in.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub container: String,
+    /// A JVM's heap in use in bytes (young and old generations), where the container runs one
+    /// (its performance counters, read with no attach).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub java_heap: Option<i64>,
+    /// That JVM's heap maximum in bytes (-Xmx, or what MaxRAMPercentage made of the limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub java_heap_max: Option<i64>,
 }
 
 /// An OOM kill.
@@ -679,6 +686,8 @@ mod tests {
                 working_set: i,
                 pod: String::new(),
                 container: String::new(),
+                java_heap: None,
+                java_heap_max: None,
             });
             s.push_incident(Incident {
                 time: t.clone(),

@@ -1366,3 +1366,68 @@ fn jvm_hunt_names_the_growing_static_field() {
     );
     assert_cgroup_gone(&opts, &h);
 }
+
+/// A JVM whose -Xmx is far under its limit dies of its heap, not of the limit: the hunt reads
+/// its old generation against its maximum, takes the pair before `OutOfMemoryError`, names the
+/// field, and the timeline carries the heap.
+#[test]
+fn a_jvm_near_its_heap_ceiling_is_hunted_before_the_limit() {
+    let _serial = serial();
+    let Some(h) = hierarchy() else { return };
+    let Some(cp) = java::shapes_classes() else {
+        return;
+    };
+    let (mut opts, _tmp) = options(
+        "jvm-ceiling",
+        Target::Command(
+            [
+                "java",
+                "-Xmx64m",
+                "-XX:+UseSerialGC",
+                "-cp",
+                cp.to_str().unwrap(),
+                "Shapes",
+                "static-map",
+                "run",
+                "150",
+            ]
+            .map(String::from)
+            .to_vec(),
+        ),
+        Some(1024 * MIB),
+    );
+    opts.until = Until::Report;
+    let rec = Recorder::real();
+    let (outcome, text) = run(&opts, &rec);
+    assert!(outcome.failure.is_none(), "{:?}\n{text}", outcome.failure);
+    let f = outcome.findings.as_ref().expect("findings");
+    assert_eq!(f.verdict, FindingsVerdict::Leak, "{text}");
+    assert_eq!(f.suspects[0].path, "Shapes.CACHE", "{text}");
+    // B by the level, not at the end of the watch.
+    assert!(!text.contains("at the end of the watch"), "{text}");
+    let st = outcome.report.status.unwrap();
+    // Both snapshots were taken far under the 1 GiB limit: by the heap's ceiling.
+    for s in &st.snapshots {
+        let at = st
+            .memory
+            .samples
+            .iter()
+            .rfind(|m| m.time.0 <= s.time.0)
+            .map_or(0, |m| m.working_set);
+        assert!(
+            at < 400 * MIB as i64,
+            "snapshot {} at {at} bytes\n{text}",
+            s.role
+        );
+    }
+    let heap: Vec<(i64, i64)> = st
+        .memory
+        .samples
+        .iter()
+        .filter_map(|m| m.java_heap.zip(m.java_heap_max))
+        .collect();
+    assert!(heap.len() >= 5, "{heap:?}\n{text}");
+    assert!(heap.iter().all(|h| h.1 == 64 * MIB as i64), "{heap:?}");
+    assert!(heap.last().unwrap().0 > heap[0].0, "{heap:?}");
+    assert_cgroup_gone(&opts, &h);
+}

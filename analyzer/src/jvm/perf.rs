@@ -183,6 +183,13 @@ impl PerfData {
     pub fn stats(&self) -> JvmStats {
         let freq = self.long("sun.os.hrt.frequency").filter(|&f| f > 0);
         let gc_ticks = self.sum("sun.gc.collector.", ".time", false);
+        // G1 gives each generation the whole heap as its maximum: their sum would be twice -Xmx.
+        let g1 = self.text("sun.gc.policy.name") == Some("GarbageFirst");
+        let heap_max = if g1 {
+            self.long("sun.gc.generation.1.maxCapacity")
+        } else {
+            self.sum("sun.gc.generation.", ".maxCapacity", false)
+        };
         JvmStats {
             version: self
                 .text("java.property.java.version")
@@ -193,13 +200,13 @@ impl PerfData {
             heap_committed: self
                 .sum("sun.gc.generation.", ".capacity", false)
                 .map(to_u64),
-            heap_max: self
-                .sum("sun.gc.generation.", ".maxCapacity", false)
-                .map(to_u64),
+            heap_max: heap_max.map(to_u64),
             metaspace_used: self.long("sun.gc.metaspace.used").map(to_u64),
             metaspace_committed: self.long("sun.gc.metaspace.capacity").map(to_u64),
             class_space_used: self.long("sun.gc.compressedclassspace.used").map(to_u64),
             threads: self.long("java.threads.live").map(to_u64),
+            old_used: self.long("sun.gc.generation.1.space.0.used").map(to_u64),
+            old_max: self.long("sun.gc.generation.1.maxCapacity").map(to_u64),
             collections: self
                 .sum("sun.gc.collector.", ".invocations", false)
                 .map(to_u64),
@@ -231,6 +238,12 @@ pub struct JvmStats {
     pub metaspace_committed: Option<u64>,
     pub class_space_used: Option<u64>,
     pub threads: Option<u64>,
+    /// The old generation's use and maximum (G1: the whole heap's maximum, which its old regions
+    /// may fill).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub old_used: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub old_max: Option<u64>,
     /// Collections so far, all collectors.
     pub collections: Option<u64>,
     pub gc_seconds: Option<f64>,
@@ -437,6 +450,20 @@ mod tests {
         assert_eq!(s.version.as_deref(), Some("21.0.13"));
         assert!(s.has_flag("DisableAttachMechanism"));
         assert!(!s.has_flag("UseSerialGC"));
+        assert_eq!((s.old_used, s.old_max), (Some(70), Some(3000)));
+    }
+
+    #[test]
+    fn g1s_heap_maximum_is_one_generations_not_their_sum() {
+        // G1 gives its young and old generations the whole heap each as their maximum.
+        let f = file(&[
+            ("sun.gc.policy.name", Value::Text("GarbageFirst".into())),
+            ("sun.gc.generation.0.maxCapacity", Value::Long(256 << 20)),
+            ("sun.gc.generation.1.maxCapacity", Value::Long(256 << 20)),
+        ]);
+        let s = PerfData::parse(&f).unwrap().stats();
+        assert_eq!(s.heap_max, Some(256 << 20));
+        assert_eq!(s.old_max, Some(256 << 20));
     }
 
     #[test]

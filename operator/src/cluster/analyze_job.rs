@@ -246,6 +246,8 @@ mod tests {
                 working_set: mib << 20,
                 pod: "web-1".into(),
                 container: "app".into(),
+                java_heap: None,
+                java_heap_max: None,
             });
             // Another replica's samples share the report and must not count.
             s.push_sample(MemorySample {
@@ -253,6 +255,8 @@ mod tests {
                 working_set: (t % 7) << 24,
                 pod: "web-2".into(),
                 container: "app".into(),
+                java_heap: None,
+                java_heap_max: None,
             });
         }
         s

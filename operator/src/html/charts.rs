@@ -22,6 +22,7 @@ const COLOURS: [RGBColor; 6] = [
 ];
 const LIMIT: RGBColor = RGBColor(192, 57, 43);
 const MARK: RGBColor = RGBColor(40, 44, 52);
+const HEAP: RGBColor = RGBColor(118, 68, 138);
 
 fn millis(t: &Time) -> i64 {
     t.0.as_millisecond()
@@ -34,11 +35,21 @@ pub(super) fn timeline(s: &LeakReportStatus) -> Option<Result<String, String>> {
     let t0 = samples.iter().map(|m| millis(&m.time)).min()?;
     let x = |t: &Time| (millis(t) - t0) as f64 / 1000.0;
     let mut series: BTreeMap<(String, String), Vec<(f64, f64)>> = BTreeMap::new();
+    // A JVM's heap in use, and its maximum (-Xmx), dashed: the ceiling it dies of first when
+    // -Xmx is under the limit.
+    let mut heap: Vec<(f64, f64)> = Vec::new();
+    let mut heap_max: Option<f64> = None;
     for m in samples {
         series
             .entry((m.pod.clone(), m.container.clone()))
             .or_default()
             .push((x(&m.time), m.working_set.max(0) as f64 / MIB));
+        if let Some(h) = m.java_heap {
+            heap.push((x(&m.time), h.max(0) as f64 / MIB));
+        }
+        if let Some(h) = m.java_heap_max {
+            heap_max = Some(h.max(0) as f64 / MIB);
+        }
     }
     let last = samples
         .iter()
@@ -76,6 +87,8 @@ pub(super) fn timeline(s: &LeakReportStatus) -> Option<Result<String, String>> {
         .values()
         .flatten()
         .map(|p| p.1)
+        .chain(heap.iter().map(|p| p.1))
+        .chain(heap_max.filter(|m| limit.is_none_or(|l| *m <= l * 1.5)))
         .chain(limit)
         .fold(1.0, f64::max)
         * 1.12;
@@ -115,6 +128,27 @@ pub(super) fn timeline(s: &LeakReportStatus) -> Option<Result<String, String>> {
                 colour.stroke_width(2),
             ))?;
             chart.draw_series(points.iter().map(|&p| Circle::new(p, 2, colour.filled())))?;
+        }
+        if !heap.is_empty() {
+            chart.draw_series(DashedLineSeries::new(
+                heap.iter().copied(),
+                5,
+                3,
+                HEAP.stroke_width(2),
+            ))?;
+        }
+        if let Some(m) = heap_max.filter(|m| *m <= top) {
+            chart.draw_series(DashedLineSeries::new(
+                [(0.0, m), (x_max, m)],
+                8,
+                5,
+                HEAP.stroke_width(1),
+            ))?;
+            chart.draw_series([Text::new(
+                format!("Java heap max {m:.0} MiB"),
+                (x_max * 0.02, m - top * 0.02),
+                ("sans-serif", 13).into_font().color(&HEAP),
+            )])?;
         }
         for (label, t) in &marks {
             chart.draw_series(LineSeries::new(

@@ -184,12 +184,17 @@ fn timeline_section(h: &mut String, s: &LeakReportStatus) {
             let _ = writeln!(
                 h,
                 "<figure id=\"timeline\">{svg}<figcaption>Working set of each container against its limit \
-                 ({} samples{}); A and B are the snapshots, ✕ an OOM kill, OOM the predicted kill.</figcaption></figure>",
+                 ({} samples{}); A and B are the snapshots, ✕ an OOM kill, OOM the predicted kill.{}</figcaption></figure>",
                 s.memory.samples.len(),
                 s.memory
                     .limit
                     .map(|l| format!(", limit {}", human_bytes(l.max(0) as u64)))
-                    .unwrap_or_default()
+                    .unwrap_or_default(),
+                if s.memory.samples.iter().any(|m| m.java_heap.is_some()) {
+                    " Dashed, in purple: the JVM's heap in use and its maximum (-Xmx)."
+                } else {
+                    ""
+                }
             );
         }
         Some(Err(e)) => {

@@ -76,6 +76,8 @@ fn full(samples: usize) -> LeakReport {
                     working_set: (60 << 20) + (i as i64) * (512 << 10),
                     pod: "web-1".into(),
                     container: "app".into(),
+                    java_heap: None,
+                    java_heap_max: None,
                 })
                 .collect(),
             growth_per_minute: Some(30 << 20),
@@ -194,4 +196,24 @@ fn kill_only_and_failed_reports_say_what_there_is() {
     let page = render(&r, "t");
     assert!(page.contains("analysis failed"));
     assert!(page.contains("The analysis failed: the analyzer Job was OOM-killed at its 1Gi limit"));
+}
+
+#[test]
+fn a_jvms_heap_and_its_maximum_are_drawn_with_the_working_set() {
+    let mut r = full(30);
+    let plain = render(&r, "leakhunt test");
+    assert!(!plain.contains("Java heap max"), "no JVM, no heap line");
+    let s = r.status.as_mut().unwrap();
+    for (i, m) in s.memory.samples.iter_mut().enumerate() {
+        m.java_heap = Some((20 << 20) + (i as i64) * (1 << 20));
+        m.java_heap_max = Some(64 << 20);
+    }
+    let page = render(&r, "leakhunt test");
+    assert!(
+        page.contains("Java heap max 64 MiB"),
+        "the -Xmx line is labelled"
+    );
+    assert!(page.contains("the JVM's heap in use and its maximum"));
+    // One more line than without the JVM: the heap in use, dashed.
+    assert!(page.matches("<polyline").count() > plain.matches("<polyline").count());
 }

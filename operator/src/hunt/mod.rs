@@ -446,7 +446,7 @@ impl Watch {
             _ => sample.grower,
         };
         let rss = hunted.and_then(|k| sample.process(k)).map(|p| p.rss);
-        let observation = sample.observation(&alive, rss);
+        let observation = sample.observation_of(&alive, hunted, rss);
         match self.machine.observe(&observation) {
             Some(Action::SnapshotA { target }) if !hunt.snapshot(Role::A, target, sample) => {
                 self.machine.give_up(sample.t);

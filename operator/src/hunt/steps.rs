@@ -45,11 +45,14 @@ impl Hunt<'_> {
         let growth = sample.growth_per_sec;
         let eta = sample.seconds_to_oom;
         let status = self.status();
+        let java_heap = sample.java_heap();
         status.push_sample(MemorySample {
             time: Time(now),
             working_set: to_i64(ws),
             pod: String::new(),
             container: String::new(),
+            java_heap: java_heap.map(|h| to_i64(h.0)),
+            java_heap_max: java_heap.map(|h| to_i64(h.1)),
         });
         status.memory.growth_per_minute = growth.map(|g| (g * 60.0) as i64);
         status.memory.predicted_oom_time = eta
@@ -120,7 +123,13 @@ impl Hunt<'_> {
             .map(|p| p.comm.clone())
             .unwrap_or_default();
         let ws = self.level(sample);
-        let at = self.of_limit(ws);
+        let mut at = self.of_limit(ws);
+        if let Some(f) = sample.jvm(target).and_then(|j| j.heap_fraction()) {
+            at.push_str(&format!(
+                ", its old generation at {:.0}% of the Java heap's maximum",
+                f * 100.0
+            ));
+        }
         let cap = snapshot::Cap {
             bytes: self.opts.max_snapshot_size,
             name: "--max-snapshot-size",

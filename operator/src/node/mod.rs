@@ -4,6 +4,7 @@
 
 pub mod cgroup;
 pub mod growth;
+pub mod jvm;
 pub mod kubelet;
 pub mod oom;
 pub mod procs;

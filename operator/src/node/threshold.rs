@@ -169,6 +169,9 @@ pub struct Observation<'a> {
     /// RSS of the process the levels are read on without a limit: the grower before A, the
     /// target after.
     pub process_rss: Option<u64>,
+    /// When that process is a JVM: its old generation's floor as a share of its maximum. A share
+    /// of the limit is reached by whichever of the two is nearer its ceiling.
+    pub heap_fraction: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,6 +219,10 @@ impl ThresholdMachine {
     pub fn observe(&mut self, obs: &Observation<'_>) -> Option<Action> {
         let limit = obs.limit.filter(|l| *l > 0);
         let fraction = limit.map(|l| obs.working_set as f64 / l as f64);
+        let fraction = match (fraction, obs.heap_fraction) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
         let measured = match limit {
             Some(_) => Some(obs.working_set),
             None => obs.process_rss,
@@ -334,6 +341,7 @@ mod tests {
                 alive,
                 grower,
                 process_rss: None,
+                heap_fraction: None,
             })
         }
     }
@@ -418,6 +426,34 @@ mod tests {
     }
 
     #[test]
+    fn a_jvm_near_its_heap_ceiling_is_near_the_limit() {
+        // Working set at 20 % of the limit all along; the JVM's old generation floor climbs to
+        // its -Xmx: A at half of it, B at 85 %.
+        let mut m = ThresholdMachine::new(Thresholds::default());
+        let alive = [key(1)];
+        let obs = |t: f64, heap: f64| Observation {
+            now: t,
+            working_set: LIMIT / 5,
+            limit: Some(LIMIT),
+            oom_killed: false,
+            alive: &alive,
+            grower: Some(key(1)),
+            process_rss: None,
+            heap_fraction: Some(heap),
+        };
+        assert_eq!(m.observe(&obs(1.0, 0.3)), None);
+        assert_eq!(
+            m.observe(&obs(2.0, 0.5)),
+            Some(Action::SnapshotA { target: key(1) })
+        );
+        assert_eq!(m.observe(&obs(3.0, 0.8)), None);
+        assert_eq!(
+            m.observe(&obs(4.0, 0.86)),
+            Some(Action::SnapshotB { target: key(1) })
+        );
+    }
+
+    #[test]
     fn no_limit_or_no_grower_does_nothing() {
         let mut m = ThresholdMachine::new(Thresholds::default());
         let alive = [key(1)];
@@ -429,6 +465,7 @@ mod tests {
             alive: &alive,
             grower: Some(key(1)),
             process_rss: Some(u64::MAX),
+            heap_fraction: None,
         };
         assert_eq!(m.observe(&obs), None, "shares need a limit");
         assert_eq!(
@@ -485,6 +522,7 @@ mod tests {
                 alive: &alive,
                 grower: Some(key(1)),
                 process_rss: Some(rss),
+                heap_fraction: None,
             })
         }
     }

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use super::cgroup::{Cgroup, CgroupMemory, Result};
 use super::growth::GrowthWindow;
+use super::jvm::{JvmReading, JvmWatch};
 use super::oom::{OomKill, OomWatch};
 use super::procs::{read_processes, ProcessKey, ProcessMemory};
 use super::threshold::Observation;
@@ -26,6 +27,8 @@ pub struct Sample {
     pub grower: Option<ProcessKey>,
     /// OOM kills since the previous sample.
     pub kills: Vec<OomKill>,
+    /// The JVMs among the processes, their heaps from their performance counters.
+    pub jvms: Vec<(ProcessKey, JvmReading)>,
 }
 
 impl Sample {
@@ -35,6 +38,19 @@ impl Sample {
 
     pub fn process(&self, key: ProcessKey) -> Option<&ProcessMemory> {
         self.processes.iter().find(|p| p.key == key)
+    }
+
+    /// The heap in use and the maximum of the container's JVM (the largest, if it runs several).
+    pub fn java_heap(&self) -> Option<(u64, u64)> {
+        self.jvms
+            .iter()
+            .filter_map(|(_, j)| Some((j.stats.heap_used?, j.stats.heap_max?)))
+            .max_by_key(|h| h.0)
+    }
+
+    /// The heap of process `key`, when it is a JVM.
+    pub fn jvm(&self, key: ProcessKey) -> Option<&JvmReading> {
+        self.jvms.iter().find(|j| j.0 == key).map(|j| &j.1)
     }
 
     /// What the threshold machine weighs of this sample; `alive` is [`Sample::alive`], and
@@ -52,6 +68,23 @@ impl Sample {
             alive,
             grower: self.grower,
             process_rss,
+            heap_fraction: None,
+        }
+    }
+
+    /// [`Sample::observation`], with the heap of `hunted` when it is a JVM: the process the
+    /// levels are read on (the grower before A, the target after).
+    pub fn observation_of<'a>(
+        &self,
+        alive: &'a [ProcessKey],
+        hunted: Option<ProcessKey>,
+        process_rss: Option<u64>,
+    ) -> Observation<'a> {
+        Observation {
+            heap_fraction: hunted
+                .and_then(|k| self.jvm(k))
+                .and_then(JvmReading::heap_fraction),
+            ..self.observation(alive, process_rss)
         }
     }
 }
@@ -65,6 +98,7 @@ pub struct CgroupWatcher {
     working_set: GrowthWindow,
     per_process: HashMap<ProcessKey, GrowthWindow>,
     oom: OomWatch,
+    jvms: JvmWatch,
     /// Only this process and its descendants count (a `--pid` in a shared cgroup).
     scope: Option<i32>,
 }
@@ -86,6 +120,7 @@ impl CgroupWatcher {
             working_set: GrowthWindow::new(window_secs, 600),
             per_process: HashMap::new(),
             oom,
+            jvms: JvmWatch::default(),
             scope: None,
         }
     }
@@ -138,6 +173,7 @@ impl CgroupWatcher {
         let grower = pick_grower(&processes, |k| {
             self.per_process.get(&k).and_then(|w| w.rate())
         });
+        let jvms = self.jvms.sample(&processes);
         Ok(Sample {
             t,
             memory,
@@ -146,6 +182,7 @@ impl CgroupWatcher {
             seconds_to_oom,
             grower,
             kills,
+            jvms,
         })
     }
 }

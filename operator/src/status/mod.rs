@@ -225,6 +225,8 @@ pub enum Op {
         limit: Option<i64>,
         growth_per_sec: Option<f64>,
         seconds_to_oom: Option<f64>,
+        /// A JVM's heap in use and its maximum, where the container runs one.
+        java_heap: Option<(i64, i64)>,
     },
     SnapshotA {
         record: SnapshotRecord,
@@ -297,12 +299,15 @@ pub fn apply(
             limit,
             growth_per_sec,
             seconds_to_oom,
+            java_heap,
         } => {
             s.push_sample(MemorySample {
                 time: Time(*time),
                 working_set: *working_set,
                 pod: pod.into(),
                 container: container.into(),
+                java_heap: java_heap.map(|h| h.0),
+                java_heap_max: java_heap.map(|h| h.1),
             });
             if limit.is_some() {
                 s.memory.limit = *limit;
@@ -677,6 +682,7 @@ mod tests {
             limit: None,
             growth_per_sec: None,
             seconds_to_oom: None,
+            java_heap: None,
         };
         for (i, pod) in ["web-1", "web-2", "web-1", "web-2"].iter().enumerate() {
             apply(
@@ -693,6 +699,8 @@ mod tests {
                 working_set: 1000 + i,
                 pod: "web-1".into(),
                 container: "app".into(),
+                java_heap: None,
+                java_heap_max: None,
             })
             .collect();
         let b = Op::SnapshotB {
@@ -912,9 +920,12 @@ mod tests {
             limit: Some(1000),
             growth_per_sec: Some(10.0),
             seconds_to_oom: Some(90.0),
+            java_heap: Some((40, 64)),
         };
         apply(&op, &mut s, "p", "c", at(1000));
         assert_eq!(s.memory.growth_per_minute, Some(600));
+        let last = s.memory.samples.last().unwrap();
+        assert_eq!((last.java_heap, last.java_heap_max), (Some(40), Some(64)));
         assert_eq!(s.memory.predicted_oom_time.as_ref().unwrap().0, at(1090));
         let flat = Op::Sample {
             time: at(1001),
@@ -922,6 +933,7 @@ mod tests {
             limit: Some(1000),
             growth_per_sec: None,
             seconds_to_oom: Some(f64::INFINITY),
+            java_heap: None,
         };
         apply(&flat, &mut s, "p", "c", at(1001));
         assert!(s.memory.predicted_oom_time.is_none());

@@ -176,7 +176,25 @@ impl Agent {
                     }
                 };
                 let _ = writes.send(queue(op)).await;
-                for message in snapshot_notes(role, &done.notes, sample.memory.limit) {
+                let mut notes = snapshot_notes(role, &done.notes, sample.memory.limit);
+                // Taken for the JVM's heap ceiling rather than the container's limit: say so.
+                let of_limit = sample
+                    .memory
+                    .limit
+                    .filter(|&l| l > 0)
+                    .map_or(0.0, |l| sample.memory.working_set() as f64 / l as f64);
+                if let Some(f) = sample
+                    .jvm(done.target)
+                    .and_then(|j| j.heap_fraction())
+                    .filter(|&f| f > of_limit)
+                {
+                    notes.push(format!(
+                        "snapshot {role}: the JVM's old generation at {:.0}% of its maximum heap, nearer its ceiling than the container to its limit ({:.0}%)",
+                        f * 100.0,
+                        of_limit * 100.0
+                    ));
+                }
+                for message in notes {
                     let _ = writes.send(queue(Op::Note { message })).await;
                 }
                 if role == Role::A && policy.allocation_sites {

@@ -443,6 +443,8 @@ impl Agent {
                     working_set: to_i64(sample.memory.working_set()),
                     pod: t.pod.name_any(),
                     container: t.container.clone(),
+                    java_heap: sample.java_heap().map(|h| to_i64(h.0)),
+                    java_heap_max: sample.java_heap().map(|h| to_i64(h.1)),
                 },
                 TIMELINE_POINTS,
             );
@@ -515,8 +517,13 @@ impl Agent {
         hunt_blocked: bool,
     ) {
         let alive = sample.alive();
-        // Containers are hunted at shares of their limit only: no process RSS.
-        let obs = sample.observation(&alive, None);
+        // Containers are hunted at shares of their limit only (no process RSS), or of a JVM's
+        // heap ceiling.
+        let hunted = match t.machine.state() {
+            crate::node::threshold::State::Baseline { target, .. } => Some(target),
+            _ => sample.grower,
+        };
+        let obs = sample.observation_of(&alive, hunted, None);
         match t.machine.observe(&obs) {
             Some(Action::SnapshotA { .. }) if hunt_blocked => t.machine.give_up(sample.t),
             Some(Action::SnapshotA { target }) => {
@@ -637,6 +644,9 @@ fn sample_op(sample: &Sample) -> Op {
         limit: sample.memory.limit.and_then(|l| i64::try_from(l).ok()),
         growth_per_sec: sample.growth_per_sec,
         seconds_to_oom: sample.seconds_to_oom,
+        java_heap: sample
+            .java_heap()
+            .map(|(used, max)| (to_i64(used), to_i64(max))),
     }
 }
 

@@ -206,6 +206,8 @@ impl PerfData {
             class_space_used: self.long("sun.gc.compressedclassspace.used").map(to_u64),
             threads: self.long("java.threads.live").map(to_u64),
             old_used: self.long("sun.gc.generation.1.space.0.used").map(to_u64),
+            compiles: self.long("sun.ci.totalCompiles").map(to_u64),
+            compiled_bytes: self.long("sun.ci.nmethodSize").map(to_u64),
             old_max: self.long("sun.gc.generation.1.maxCapacity").map(to_u64),
             collections: self
                 .sum("sun.gc.collector.", ".invocations", false)
@@ -244,6 +246,12 @@ pub struct JvmStats {
     pub old_used: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub old_max: Option<u64>,
+    /// Methods the JIT compiled so far, and the bytes of code it installed for them (the code
+    /// cache's intake; cumulative, what it evicted not subtracted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compiles: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compiled_bytes: Option<u64>,
     /// Collections so far, all collectors.
     pub collections: Option<u64>,
     pub gc_seconds: Option<f64>,
@@ -278,6 +286,29 @@ impl JvmStats {
             s.push_str(&format!("; {n} collections ({secs:.2} s)"));
         }
         s
+    }
+
+    /// What grew outside the heap since `a` (an earlier reading of the same JVM): metaspace,
+    /// threads, the code the JIT installed. One line for the report; `None` when nothing did.
+    pub fn growth_since(&self, a: &JvmStats) -> Option<String> {
+        let mut parts = Vec::new();
+        let delta = |x: Option<u64>, y: Option<u64>| Some(x? as i64 - y? as i64);
+        if let Some(d) = delta(self.metaspace_used, a.metaspace_used).filter(|&d| d != 0) {
+            parts.push(format!("metaspace {}", crate::util::human_delta(d)));
+        }
+        if let Some(d) = delta(self.threads, a.threads).filter(|&d| d != 0) {
+            parts.push(format!("threads {d:+}"));
+        }
+        if let (Some(n), Some(b)) = (
+            delta(self.compiles, a.compiles).filter(|&d| d > 0),
+            delta(self.compiled_bytes, a.compiled_bytes),
+        ) {
+            parts.push(format!(
+                "{n} methods compiled into the code cache ({} of code)",
+                crate::util::human_delta(b)
+            ));
+        }
+        (!parts.is_empty()).then(|| parts.join(", "))
     }
 
     /// When the heap the JVM may grow to, with its metaspace, threads and own needs, does not fit
@@ -451,6 +482,30 @@ mod tests {
         assert!(s.has_flag("DisableAttachMechanism"));
         assert!(!s.has_flag("UseSerialGC"));
         assert_eq!((s.old_used, s.old_max), (Some(70), Some(3000)));
+    }
+
+    #[test]
+    fn growth_outside_the_heap_is_said_in_one_line() {
+        let a = JvmStats {
+            metaspace_used: Some(10 << 20),
+            threads: Some(12),
+            compiles: Some(100),
+            compiled_bytes: Some(1 << 20),
+            ..JvmStats::default()
+        };
+        let b = JvmStats {
+            metaspace_used: Some(42 << 20),
+            threads: Some(212),
+            compiles: Some(150),
+            compiled_bytes: Some(3 << 20),
+            ..JvmStats::default()
+        };
+        assert_eq!(
+            b.growth_since(&a).as_deref(),
+            Some("metaspace +32.0 MiB, threads +200, 50 methods compiled into the code cache (+2.0 MiB of code)")
+        );
+        assert_eq!(a.growth_since(&a), None);
+        assert_eq!(JvmStats::default().growth_since(&a), None);
     }
 
     #[test]

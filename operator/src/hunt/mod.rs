@@ -265,6 +265,8 @@ struct Hunt<'a> {
     analysed_at: Option<Instant>,
     kill_after_analysis: bool,
     peak_working_set: u64,
+    /// A JVM's pools at snapshot A, for what grew outside its heap by B.
+    jvm_at_a: Option<leakhunt_analyzer::jvm::perf::JvmStats>,
     b_to_report: Option<Duration>,
     progress: Progress,
     main_pid: i32,
@@ -651,6 +653,7 @@ impl<'a> Hunt<'a> {
             analysed_at: None,
             kill_after_analysis: false,
             peak_working_set: 0,
+            jvm_at_a: None,
             b_to_report: None,
             main_pid,
             main_comm: comm,

@@ -190,6 +190,9 @@ impl Hunt<'_> {
             let mut notes = vec![format!("JVM at snapshot {role}: {}", j.pools())];
             if role == Role::A {
                 notes.extend(self.limit.and_then(|l| j.misconfigured(l)));
+                self.jvm_at_a = Some(j.clone());
+            } else if let Some(g) = self.jvm_at_a.take().and_then(|a| j.growth_since(&a)) {
+                notes.push(format!("JVM between the snapshots: {g}"));
             }
             for n in notes {
                 self.progress.event(&n);

@@ -177,6 +177,14 @@ impl Agent {
                 };
                 let _ = writes.send(queue(op)).await;
                 let mut notes = snapshot_notes(role, &done.notes, sample.memory.limit);
+                if role == Role::A {
+                    t.jvm_at_a = done.notes.jvm.clone();
+                } else if let (Some(a), Some(b)) = (t.jvm_at_a.take(), &done.notes.jvm) {
+                    notes.extend(
+                        b.growth_since(&a)
+                            .map(|g| format!("JVM between the snapshots: {g}")),
+                    );
+                }
                 // Taken for the JVM's heap ceiling rather than the container's limit: say so.
                 let of_limit = sample
                     .memory

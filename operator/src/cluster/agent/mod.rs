@@ -118,6 +118,8 @@ struct Tracked {
     last_write: Option<Instant>,
     capturing: Option<tokio::task::JoinHandle<Capture>>,
     snapshot_a: Option<PathBuf>,
+    /// The JVM's pools at snapshot A, for what grew outside its heap by B.
+    jvm_at_a: Option<leakhunt_analyzer::jvm::perf::JvmStats>,
     /// Time of the last sample, on the watcher's clock.
     last_t: f64,
     /// OOM kills not yet judged a worker's or the container's own.
@@ -401,6 +403,7 @@ impl Agent {
                 suspected_kills: Vec::new(),
                 capturing: None,
                 snapshot_a: None,
+                jvm_at_a: None,
                 last_t: 0.0,
                 timeline: Vec::new(),
                 oom_group: None,

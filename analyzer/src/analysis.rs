@@ -102,6 +102,15 @@ pub fn analyze_hprof_path(path: &Path) -> Result<Option<HprofAnalysis>> {
     }))
 }
 
+/// Anonymous memory one HPROF load needs at its peak, per byte of HPROF: measured at about 1.1
+/// (bench/jvm-dump.sh: 50 bytes an object, some 45 bytes of HPROF an object); rounded up.
+const HPROF_LOAD_PER_BYTE: f64 = 1.3;
+
+/// Whether two loads of dumps of these sizes fit `budget` at once.
+fn both_fit(a: usize, b: usize, budget: Option<u64>) -> bool {
+    budget.is_none_or(|budget| (a + b) as f64 * HPROF_LOAD_PER_BYTE <= budget as f64)
+}
+
 /// The findings of two HPROF dumps of one JVM; `Ok(None)` when neither is one.
 pub fn diff_hprof_paths(before: &Path, after: &Path) -> Result<Option<Findings>> {
     let (a, b) = (
@@ -123,14 +132,22 @@ pub fn diff_hprof_paths(before: &Path, after: &Path) -> Result<Option<Findings>>
             });
         }
     };
-    // The two heaps on the two cores.
-    let (ha, hb) = std::thread::scope(|s| {
-        let ha = s.spawn(|| load_hprof(before, &a));
-        let hb = load_hprof(after, &b);
-        (ha.join(), hb)
-    });
-    let ha = ha.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
-    let hb = hb?;
+    // The two heaps on the two cores, where the memory budget holds both at once; else one after
+    // the other (what a load keeps is small: its census and named collections).
+    let (ha, hb) = if both_fit(a.bytes().len(), b.bytes().len(), crate::budget::budget()) {
+        let (ha, hb) = std::thread::scope(|s| {
+            let ha = s.spawn(|| load_hprof(before, &a));
+            let hb = load_hprof(after, &b);
+            (ha.join(), hb)
+        });
+        (
+            ha.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?,
+            hb?,
+        )
+    } else {
+        let ha = load_hprof(before, &a)?;
+        (ha, load_hprof(after, &b)?)
+    };
     let c = crate::jvm::compare(&ha, &hb);
     Ok(Some(Findings {
         verdict: c.verdict,
@@ -433,6 +450,17 @@ fn generic_summary(verdict: Verdict, native_growth: i64, suspects: &[Suspect]) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn two_dumps_load_at_once_only_where_the_budget_holds_both() {
+        let gib = 1usize << 30;
+        assert!(both_fit(gib, gib, None), "no budget");
+        assert!(both_fit(gib / 2, gib / 2, Some(2 << 30)));
+        assert!(
+            !both_fit(gib, gib, Some(2 << 30)),
+            "two 1 GiB dumps in 2 GiB: one at a time"
+        );
+    }
     use crate::census::{NativeMemory, PointerCount};
 
     fn census(heap: u64, ptrs: &[(&str, u64)]) -> Census {

@@ -3,7 +3,9 @@
 # (kubelet, containerd, runc; tests/node): `helm install charts/leakhunt` with the image built from the
 # Dockerfile, the seed's leaky Flask service as a Deployment with a 160Mi limit and a LeakWatch, real
 # traffic, real snapshots, the analyzer Job, real OOM kills, alerts to a webhook receiver and a real
-# Alertmanager on the node's address, a real Prometheus scraping leakhunt and evaluating the chart's rules. Everything is read back with kubectl, as a user would.
+# Alertmanager on the node's address, a real Prometheus scraping leakhunt and evaluating the chart's
+# rules; a CPython 3.14 service with allocation sites; an unmodified Java service, dumped through
+# HotSpot's attach mechanism. Everything is read back with kubectl, as a user would.
 # Prints "e2e: N passed, M failed"; cleans up on success, failure or Ctrl-C.
 set -uo pipefail
 cd "$(dirname "$0")/../.."

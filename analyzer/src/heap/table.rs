@@ -90,19 +90,32 @@ pub struct Objects {
     /// After `keep_items_of`: the counts of objects outside `ranked` that have items (a
     /// container whose items could not be read as objects), by id.
     stray_items: FxHashMap<u32, u32>,
+    /// Neither addresses nor item counts are kept ([`Objects::lean`]).
+    lean: bool,
 }
 
 impl Objects {
+    /// A table without addresses and item counts, 12 bytes an object fewer: a JVM's objects
+    /// move, are named by path, and have their items read from their fields.
+    pub fn lean() -> Objects {
+        Objects {
+            lean: true,
+            ..Objects::default()
+        }
+    }
+
     pub fn len(&self) -> usize {
-        self.addr.len()
+        self.ty.len()
     }
 
     pub fn push(&mut self, addr: u64, ty: u32) -> u32 {
-        let id = self.addr.len() as u32;
-        self.addr.push(addr);
+        let id = self.ty.len() as u32;
+        if !self.lean {
+            self.addr.push(addr);
+            self.items.push(0);
+        }
         self.size.push(0);
         self.ty.push(ty);
-        self.items.push(0);
         id
     }
 

@@ -209,7 +209,8 @@ pub struct Dump<'a> {
 pub struct ObjectRecords {
     pub id: Vec<u64>,
     pub offset: Vec<u64>,
-    pub size: Vec<u64>,
+    /// Shallow sizes in 8-byte units, saturated (an array's record may claim anything).
+    pub size: Vec<u32>,
     pub kind: Vec<ObjKind>,
 }
 
@@ -222,13 +223,14 @@ impl ObjectRecords {
             });
         }
         if self.id.len() == self.id.capacity() {
-            // 25 bytes per object; checked before the vectors double.
-            let more = self.id.capacity().max(1 << 16) * 25;
+            // 21 bytes per object; checked before the vectors double.
+            let more = self.id.capacity().max(1 << 16) * 21;
             budget::reserve(more, "the HPROF object table", self.id.len())?;
         }
         self.id.push(id);
         self.offset.push(offset as u64);
-        self.size.push(size);
+        self.size
+            .push(size.div_ceil(8).min(u64::from(u32::MAX)) as u32);
         self.kind.push(kind);
         Ok(())
     }

@@ -550,7 +550,9 @@ impl Heap<'_, '_> {
 
 /// Read one HPROF dump.
 pub fn load(data: &[u8]) -> Result<JvmHeap> {
-    let dump = Dump::parse(data)?;
+    let mut dump = Dump::parse(data)?;
+    // The records' sizes serve the object table only: not held beside it.
+    let record_sizes = std::mem::take(&mut dump.objects.size);
     let n = dump.objects.len();
     let mut notes = Vec::new();
     let (shapes, class_idx) = shapes(&dump);
@@ -579,7 +581,7 @@ pub fn load(data: &[u8]) -> Result<JvmHeap> {
 
     // The object table: sizes, and an instance whose record does not match its class's layout
     // counted at its class's size but never ranked.
-    let mut objs = Objects::default();
+    let mut objs = Objects::lean();
     // Type ids: one per class name (a class loaded twice counts once), then java.lang.Class,
     // the primitive arrays, and "?" for an object whose class the dump lacks.
     let mut type_ids: FxHashMap<String, u32> = FxHashMap::default();
@@ -612,7 +614,9 @@ pub fn load(data: &[u8]) -> Result<JvmHeap> {
                 .unwrap_or(unknown),
         };
         let id = objs.push(dump.objects.id.get(i as usize).copied().unwrap_or(0), ty);
-        let size = dump.objects.size.get(i as usize).copied().unwrap_or(0);
+        let size = record_sizes
+            .get(i as usize)
+            .map_or(0, |&units| u64::from(units) * 8);
         let (size, trusted) = match (heap.kind(i), heap.shape_of(i)) {
             (Some(ObjKind::Instance), Some(s)) => (
                 s.shallow,
@@ -624,6 +628,7 @@ pub fn load(data: &[u8]) -> Result<JvmHeap> {
         mismatched += u64::from(!trusted);
         objs.set_size(id, size, trusted);
     }
+    drop(record_sizes);
     if mismatched > 0 {
         notes.push(format!(
             "{mismatched} instances do not match their class's layout (a damaged dump, or a class the dump lacks): counted at their class's size, never ranked"

@@ -5,6 +5,9 @@
 # pause is the JVM's own figure for its HeapDumper operation, not a wall time seen from outside.
 # Then `diff` of leakhunt's two last dumps (the JVM grew by ENTRIES/10 between them): wall time and
 # peak anonymous memory (RssAnon every 10 ms; the mapped dumps are file memory), and the dumps' sizes.
+# Then the same diff under a memory budget (BUDGET, default 2G: the loads one after the other where
+# both cannot fit), `analyze` of one dump, and hprof-analyzer on it where installed (HPROF_ANALYZER,
+# HPROF_ANALYZER_ARGS).
 # Usage: bench/jvm-dump.sh [ENTRIES] [ROUNDS]   (default 2000000 3: about 600 MiB of heap)
 # Figures go to docs/benchmarks.md (section "JVM heap dumps").
 set -euo pipefail
@@ -60,3 +63,15 @@ measure() {
 echo "dumps: A $(($(stat -c %s "$work/a.hprof.zst") >> 20)) MiB, B $(($(stat -c %s "$work/b.hprof.zst") >> 20)) MiB (zstd)"
 echo "diff A B (wall s, peak anonymous MiB): $(measure "$BIN" diff "$work/a.hprof.zst" "$work/b.hprof.zst")"
 head -2 "$work/out"
+# Under a memory budget that cannot hold both loads at once, they run one after the other.
+budget=${BUDGET:-2G}
+echo "diff A B --memory-budget $budget (wall s, peak anonymous MiB): $(measure "$BIN" diff --memory-budget "$budget" "$work/a.hprof.zst" "$work/b.hprof.zst")"
+head -2 "$work/out"
+echo "analyze A alone (wall s, peak anonymous MiB): $(measure "$BIN" analyze "$work/a.hprof.zst")"
+# hprof-analyzer (crates.io, `cargo install hprof-analyzer`) on the same dump, plain HPROF.
+if command -v "${HPROF_ANALYZER:-hprof-analyzer}" >/dev/null; then
+  zstd -q -d "$work/a.hprof.zst" -o "$work/a.hprof"
+  echo "hprof-analyzer A (wall s, peak anonymous MiB): $(measure "${HPROF_ANALYZER:-hprof-analyzer}" ${HPROF_ANALYZER_ARGS:-} "$work/a.hprof")"
+  tail -3 "$work/out"
+  echo "analyze A, plain HPROF (wall s, peak anonymous MiB): $(measure "$BIN" analyze "$work/a.hprof")"
+fi

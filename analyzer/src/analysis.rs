@@ -102,8 +102,8 @@ pub fn analyze_hprof_path(path: &Path) -> Result<Option<HprofAnalysis>> {
     }))
 }
 
-/// Anonymous memory one HPROF load needs at its peak, per byte of HPROF: measured at about 1.1
-/// (bench/jvm-dump.sh: 50 bytes an object, some 45 bytes of HPROF an object); rounded up.
+/// Anonymous memory one HPROF load needs at its peak, per byte of HPROF: measured at 1.06
+/// (bench/jvm-dump.sh: `analyze` of a 1051 MiB dump peaked at 1119 MiB), with a margin.
 const HPROF_LOAD_PER_BYTE: f64 = 1.3;
 
 /// Whether two loads of dumps of these sizes fit `budget` at once.

@@ -220,6 +220,15 @@ fn concurrent_map_counts_its_entries() {
 }
 
 #[test]
+fn a_static_thread_locals_value_is_named_by_the_thread_local() {
+    leak(
+        "threadlocal",
+        "Shapes.SCRATCH<value in a java.lang.Thread>",
+        "java.util.ArrayList",
+    );
+}
+
+#[test]
 fn set_deque_and_queue_count_their_items() {
     leak("set", "Shapes.SEEN", "java.util.HashSet");
     leak("deque", "Shapes.PENDING", "java.util.ArrayDeque");

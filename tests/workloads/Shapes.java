@@ -46,6 +46,8 @@ public class Shapes {
     static final Map<Long, Quote> CACHE = new HashMap<>();
     /** Direct buffers (native memory, outside the heap) kept per request. */
     static final List<ByteBuffer> DIRECT = new ArrayList<>();
+    /** Per-thread scratch lists that a request handler fills and never clears. */
+    static final ThreadLocal<List<Quote>> SCRATCH = ThreadLocal.withInitial(ArrayList::new);
     /** Plugins whose class loaders stay alive through them. */
     static final List<Object> PLUGINS = new ArrayList<>();
     static final Map<Long, Quote> CONCURRENT = new ConcurrentHashMap<>();
@@ -136,6 +138,7 @@ public class Shapes {
                 break;
             }
             case "steady": sink = STEADY.get((int) (id % STEADY.size())); break;
+            case "threadlocal": SCRATCH.get().add(new Quote(id)); break;
             case "direct": DIRECT.add(ByteBuffer.allocateDirect(16 << 10)); break;
             case "direct-churn": sink = ByteBuffer.allocateDirect(16 << 10); break;
             case "loaders": PLUGINS.add(plugin()); break;

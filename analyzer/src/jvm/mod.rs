@@ -698,9 +698,13 @@ pub fn load(data: &[u8]) -> Result<JvmHeap> {
     to_name.extend(holders.into_iter().take(CENSUS_CONTAINERS));
     drop(found);
     let tree = graph::bfs(&graph, n, &all_roots, roots.1);
+    let statics = static_names(&heap);
     let mut containers: FxHashMap<String, Container> = FxHashMap::default();
     for (ret, i, items, native) in to_name {
-        let (path, referrers, from_class) = name(&heap, &graph, &tree, &roots.2, i);
+        let (path, referrers, from_class) = match thread_local(&heap, &graph, &tree, &statics, i) {
+            Some(named) => named,
+            None => name(&heap, &graph, &tree, &roots.2, i),
+        };
         let c = Container {
             type_name: heap.type_name(i),
             items,
@@ -999,15 +1003,26 @@ fn root_order(heap: &Heap<'_, '_>) -> (Vec<u32>, usize, FxHashMap<u32, RootKind>
     (order, classes.len(), kinds)
 }
 
-/// The path of `i` from its root in the breadth-first tree, its referrers (outermost first), and
-/// whether a class is that root.
-fn name(
-    heap: &Heap<'_, '_>,
-    g: &Graph,
-    tree: &[u32],
-    kinds: &FxHashMap<u32, RootKind>,
-    i: u32,
-) -> (String, Vec<String>, bool) {
+/// `Class.FIELD` of every object a class's static field holds.
+fn static_names(heap: &Heap<'_, '_>) -> FxHashMap<u64, String> {
+    let mut out = FxHashMap::default();
+    for c in &heap.dump.classes {
+        for &(field, v) in &c.statics {
+            out.entry(v).or_insert_with(|| {
+                format!(
+                    "{}.{}",
+                    heap.dump.class_name(c.id),
+                    heap.dump.string(field).unwrap_or_else(|| "?".into())
+                )
+            });
+        }
+    }
+    out
+}
+
+/// The steps from the root of the breadth-first tree down to `i`: (how, object), outermost
+/// first; and the root.
+fn steps_to(heap: &Heap<'_, '_>, g: &Graph, tree: &[u32], i: u32) -> (Vec<(String, u32)>, u32) {
     let mut steps: Vec<(String, u32)> = Vec::new();
     let mut v = i;
     let mut guard = 0usize;
@@ -1023,7 +1038,76 @@ fn name(
         v = p;
     }
     steps.reverse();
-    let root = v;
+    (steps, v)
+}
+
+/// A collection held as the value of a static `ThreadLocal` in some thread (`Thread.threadLocals`
+/// → its map's table → an entry's `value`): named by the ThreadLocal, as a Java engineer knows it
+/// (`com.shop.Request.SCRATCH`), not by the thread's internals; it lives as long as its thread, and a
+/// pool's threads live as long as the service, so it counts as reached from that class.
+fn thread_local(
+    heap: &Heap<'_, '_>,
+    g: &Graph,
+    tree: &[u32],
+    statics: &FxHashMap<u64, String>,
+    i: u32,
+) -> Option<(String, Vec<String>, bool)> {
+    let (steps, root) = steps_to(heap, g, tree, i);
+    let k = steps.iter().rposition(|(how, obj)| {
+        how == ".value"
+            && heap.type_name(*obj) != "?"
+            && steps.iter().any(|(h, _)| h == ".threadLocals")
+    })?;
+    let entry = steps.get(k.checked_sub(1)?)?.1;
+    if !heap.type_name(entry).ends_with("ThreadLocalMap$Entry") {
+        return None;
+    }
+    let (ty, off) = heap.shape_of(entry)?.field("referent")?;
+    let tl = heap.field_value(entry, off, ty)?;
+    let tl_name = statics.get(&tl)?;
+    let t = steps.iter().position(|(h, _)| h == ".threadLocals")?;
+    let thread = match t.checked_sub(1) {
+        Some(p) => steps.get(p)?.1,
+        None => root,
+    };
+    let value = steps.get(k)?.1;
+    let thread_type = heap.type_name(thread);
+    let mut path = format!("{tl_name}<value in a {thread_type}>");
+    let (class, field) = tl_name.rsplit_once('.')?;
+    let mut referrers = vec![
+        format!("class {class}"),
+        format!(
+            "static {field} ({})",
+            heap.index
+                .get(tl)
+                .map_or_else(|| "java.lang.ThreadLocal".into(), |o| heap.type_name(o))
+        ),
+        format!(
+            "its value in a thread of class {thread_type} ({})",
+            heap.type_name(value)
+        ),
+    ];
+    for (how, obj) in steps.iter().skip(k + 1) {
+        path.push_str(how);
+        referrers.push(format!(
+            "{} ({})",
+            how.trim_start_matches('.'),
+            heap.type_name(*obj)
+        ));
+    }
+    Some((path, referrers, true))
+}
+
+/// The path of `i` from its root in the breadth-first tree, its referrers (outermost first), and
+/// whether a class is that root.
+fn name(
+    heap: &Heap<'_, '_>,
+    g: &Graph,
+    tree: &[u32],
+    kinds: &FxHashMap<u32, RootKind>,
+    i: u32,
+) -> (String, Vec<String>, bool) {
+    let (steps, root) = steps_to(heap, g, tree, i);
     let from_class = heap.kind(root) == Some(ObjKind::Class);
     let (mut path, first) = if from_class {
         let name = heap

@@ -2,7 +2,7 @@
 //! at every collection), ranked by retained growth, with the verdict's discipline of the CPython
 //! diff: a full bounded cache or churn is not a leak.
 
-use super::{Footprint, JvmHeap};
+use super::{Container, Footprint, JvmHeap};
 use crate::findings::{Runtime, Suspect, SuspectKind, TypeGrowth, Verdict};
 use crate::heap::rank::{
     accumulates, outermost, type_growth, type_suspect, LEAK_MIN_BYTES, MAX_SUSPECTS, MAX_TYPES,
@@ -85,17 +85,26 @@ pub fn compare(before: &JvmHeap, after: &JvmHeap) -> JvmComparison {
     }
 }
 
+/// Each collection of the second dump with the first's on the same path, where it is of the same
+/// type (objects move: a path is what stays).
+fn matched<'a>(
+    before: &'a JvmHeap,
+    after: &'a JvmHeap,
+) -> impl Iterator<Item = (&'a String, &'a Container, Option<&'a Container>)> {
+    after.containers().iter().map(move |(path, c)| {
+        let prev = before
+            .containers()
+            .get(path)
+            .filter(|p| p.type_name == c.type_name);
+        (path, c, prev)
+    })
+}
+
 /// Collections on one path in both dumps (or new at B) that gained items and retained bytes,
 /// largest retained growth first; the bool says no class reaches it.
 fn grown(before: &JvmHeap, after: &JvmHeap) -> Vec<(Suspect, bool)> {
-    let mut out: Vec<(Suspect, bool)> = after
-        .containers()
-        .iter()
-        .filter_map(|(path, c)| {
-            let prev = before
-                .containers()
-                .get(path)
-                .filter(|p| p.type_name == c.type_name);
+    let mut out: Vec<(Suspect, bool)> = matched(before, after)
+        .filter_map(|(path, c, prev)| {
             let (items, retained) = prev.map_or((0, 0), |p| (p.items, p.retained));
             (c.items > items && c.retained > retained).then(|| {
                 (
@@ -140,14 +149,8 @@ struct Outside {
 impl Outside {
     fn of(before: &JvmHeap, after: &JvmHeap, notes: &mut Vec<String>) -> Outside {
         let (fa, fb) = (before.footprint(), after.footprint());
-        let mut direct: Vec<(Suspect, bool)> = after
-            .containers()
-            .iter()
-            .filter_map(|(path, c)| {
-                let prev = before
-                    .containers()
-                    .get(path)
-                    .filter(|p| p.type_name == c.type_name);
+        let mut direct: Vec<(Suspect, bool)> = matched(before, after)
+            .filter_map(|(path, c, prev)| {
                 let (items, native) = prev.map_or((0, 0), |p| (p.items, p.native));
                 (c.native > native && (c.native - native) as i64 >= LEAK_MIN_BYTES).then(|| {
                     let mut referrers = c.referrers.clone();

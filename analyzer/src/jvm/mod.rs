@@ -701,10 +701,9 @@ pub fn load(data: &[u8]) -> Result<JvmHeap> {
     let statics = static_names(&heap);
     let mut containers: FxHashMap<String, Container> = FxHashMap::default();
     for (ret, i, items, native) in to_name {
-        let (path, referrers, from_class) = match thread_local(&heap, &graph, &tree, &statics, i) {
-            Some(named) => named,
-            None => name(&heap, &graph, &tree, &roots.2, i),
-        };
+        let (steps, root) = steps_to(&heap, &graph, &tree, i);
+        let (path, referrers, from_class) = thread_local(&heap, &statics, &steps, root)
+            .unwrap_or_else(|| name(&heap, &roots.2, &steps, root));
         let c = Container {
             type_name: heap.type_name(i),
             items,
@@ -1047,17 +1046,14 @@ fn steps_to(heap: &Heap<'_, '_>, g: &Graph, tree: &[u32], i: u32) -> (Vec<(Strin
 /// pool's threads live as long as the service, so it counts as reached from that class.
 fn thread_local(
     heap: &Heap<'_, '_>,
-    g: &Graph,
-    tree: &[u32],
     statics: &FxHashMap<u64, String>,
-    i: u32,
+    steps: &[(String, u32)],
+    root: u32,
 ) -> Option<(String, Vec<String>, bool)> {
-    let (steps, root) = steps_to(heap, g, tree, i);
-    let k = steps.iter().rposition(|(how, obj)| {
-        how == ".value"
-            && heap.type_name(*obj) != "?"
-            && steps.iter().any(|(h, _)| h == ".threadLocals")
-    })?;
+    let t = steps.iter().position(|(h, _)| h == ".threadLocals")?;
+    let k = steps
+        .iter()
+        .rposition(|(how, obj)| how == ".value" && heap.type_name(*obj) != "?")?;
     let entry = steps.get(k.checked_sub(1)?)?.1;
     if !heap.type_name(entry).ends_with("ThreadLocalMap$Entry") {
         return None;
@@ -1065,7 +1061,6 @@ fn thread_local(
     let (ty, off) = heap.shape_of(entry)?.field("referent")?;
     let tl = heap.field_value(entry, off, ty)?;
     let tl_name = statics.get(&tl)?;
-    let t = steps.iter().position(|(h, _)| h == ".threadLocals")?;
     let thread = match t.checked_sub(1) {
         Some(p) => steps.get(p)?.1,
         None => root,
@@ -1098,16 +1093,14 @@ fn thread_local(
     Some((path, referrers, true))
 }
 
-/// The path of `i` from its root in the breadth-first tree, its referrers (outermost first), and
-/// whether a class is that root.
+/// The path of an object from `root` by its `steps` in the breadth-first tree, its referrers
+/// (outermost first), and whether a class is that root.
 fn name(
     heap: &Heap<'_, '_>,
-    g: &Graph,
-    tree: &[u32],
     kinds: &FxHashMap<u32, RootKind>,
-    i: u32,
+    steps: &[(String, u32)],
+    root: u32,
 ) -> (String, Vec<String>, bool) {
-    let (steps, root) = steps_to(heap, g, tree, i);
     let from_class = heap.kind(root) == Some(ObjKind::Class);
     let (mut path, first) = if from_class {
         let name = heap

@@ -439,6 +439,7 @@ impl Agent {
                 }
             };
             t.last_t = sample.t;
+            let heap = sample.java_heap();
             leakhunt_analyzer::timeline::push_decimated(
                 &mut t.timeline,
                 MemorySample {
@@ -446,8 +447,8 @@ impl Agent {
                     working_set: to_i64(sample.memory.working_set()),
                     pod: t.pod.name_any(),
                     container: t.container.clone(),
-                    java_heap: sample.java_heap().map(|h| to_i64(h.0)),
-                    java_heap_max: sample.java_heap().map(|h| to_i64(h.1)),
+                    java_heap: heap.map(|h| to_i64(h.0)),
+                    java_heap_max: heap.map(|h| to_i64(h.1)),
                 },
                 TIMELINE_POINTS,
             );

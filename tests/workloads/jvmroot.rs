@@ -6,25 +6,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+#[path = "rootfs.rs"]
+mod rootfs;
+
 /// Debian testing's root filesystem with the OpenJDK 21 and 25 runtimes, as
 /// `tests/workloads/jvmroot.sh` names it (building it first if it is missing).
 pub fn jvmroot() -> PathBuf {
     static ROOT: OnceLock<PathBuf> = OnceLock::new();
-    ROOT.get_or_init(|| {
-        let script = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo"))
-            .join("../tests/workloads/jvmroot.sh");
-        let out = Command::new(&script)
-            .output()
-            .unwrap_or_else(|e| panic!("{}: {e}", script.display()));
-        assert!(
-            out.status.success(),
-            "{} failed: {}",
-            script.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-    })
-    .clone()
+    ROOT.get_or_init(|| rootfs::built_by("jvmroot.sh")).clone()
 }
 
 /// `java ARGS` of OpenJDK `version` (21, 25) chrooted into `root`, in a mount namespace of its own

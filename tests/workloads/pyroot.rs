@@ -5,21 +5,10 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+#[path = "rootfs.rs"]
+mod rootfs;
+
 pub fn pyroot() -> PathBuf {
     static ROOT: OnceLock<PathBuf> = OnceLock::new();
-    ROOT.get_or_init(|| {
-        let script = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo"))
-            .join("../tests/workloads/pyroot.sh");
-        let out = std::process::Command::new(&script)
-            .output()
-            .unwrap_or_else(|e| panic!("{}: {e}", script.display()));
-        assert!(
-            out.status.success(),
-            "{} failed: {}",
-            script.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-    })
-    .clone()
+    ROOT.get_or_init(|| rootfs::built_by("pyroot.sh")).clone()
 }

@@ -1,7 +1,9 @@
 //! `capture`: write a self-contained ELF core of a live process.
 //!
-//! The target is stopped (ptrace seize + interrupt of every thread) only while its registers and
-//! memory are read; memory is streamed with `process_vm_readv` in big chunks to a writer thread that
+//! By default its memory is pre-copied while it runs and it is stopped only to copy again the
+//! pages it wrote meanwhile ([`precopy`]). Where no write tracker works (or with
+//! `stop_the_world`), the target is stopped (ptrace seize + interrupt of every thread) while its
+//! registers and all its memory are read; memory is streamed with `process_vm_readv` in big chunks to a writer thread that
 //! writes a sparse file or a zstd stream. The core goes to a 0600 temporary file next to the output
 //! and is renamed into place only when complete, so a failure never leaves a partial core behind.
 //!
@@ -13,9 +15,14 @@ mod auxv;
 mod elf;
 mod headroom;
 mod plan;
+mod precopy;
 mod ptrace;
 mod sink;
 mod staging;
+mod track;
+
+pub use crate::notes::CaptureMethod as Method;
+pub use track::TrackerChoice;
 
 use std::io::IoSliceMut;
 use std::path::{Path, PathBuf};
@@ -42,6 +49,10 @@ pub struct CaptureOptions {
     pub overwrite: bool,
     /// Refuse, before stopping the target or writing anything, when the core would be larger.
     pub max_bytes: Option<u64>,
+    /// Stop the target for the whole copy instead of pre-copying while it runs.
+    pub stop_the_world: bool,
+    /// How pre-copy tracks the pages written meanwhile.
+    pub tracker: TrackerChoice,
 }
 
 /// What a capture wrote.
@@ -59,6 +70,8 @@ pub struct CaptureSummary {
     pub stopped: Duration,
     /// Wall time of the whole capture.
     pub total: Duration,
+    /// How the memory was copied.
+    pub method: Method,
 }
 
 /// Why a capture failed. Each message says what to do; nothing is left at the output path.
@@ -159,6 +172,19 @@ pub fn capture(pid: i32, opts: &CaptureOptions) -> Result<CaptureSummary> {
     let t0 = Instant::now();
     refuse_early(pid, opts)?;
     let out = Output::prepare(pid, opts)?;
+    let (out, why) = if opts.stop_the_world {
+        (out, None)
+    } else if out.compress_now {
+        let why = "no room next to the output to stage the uncompressed core that pre-copy updates in place";
+        (out, Some(why.to_owned()))
+    } else {
+        match precopy::start(pid, opts.tracker) {
+            Ok(started) => return precopy::capture(pid, opts, out, t0, started),
+            Err(precopy::Failure::Unavailable(why)) => (out, Some(why)),
+            Err(precopy::Failure::Fatal(e)) => return Err(e),
+        }
+    };
+    let method = Method::StopTheWorld { why };
 
     let stopped = ptrace::Stopped::stop(pid)?;
     let frozen = Frozen::read(pid, &stopped, opts.max_bytes)?;
@@ -173,6 +199,7 @@ pub fn capture(pid: i32, opts: &CaptureOptions) -> Result<CaptureSummary> {
         exe: frozen.info.exe.clone(),
         stopped_seconds: 0.0,
         pseudo_names: pseudo_names(&frozen.maps),
+        method: Some(method.clone()),
     };
     let reserved = serde_json::to_vec(&ours)
         .map(|v| v.len() + NOTE_SLACK)
@@ -205,6 +232,7 @@ pub fn capture(pid: i32, opts: &CaptureOptions) -> Result<CaptureSummary> {
         mappings: frozen.regions.len(),
         stopped: stop_time,
         total: t0.elapsed(),
+        method,
     })
 }
 
@@ -356,6 +384,32 @@ impl<'a> Output<'a> {
         if !streamed {
             return Err(out_err(std::io::Error::other("the writer stopped early")));
         }
+        Output {
+            path: output,
+            dir,
+            overwrite,
+            tmp,
+            raw,
+            compress_now: false,
+        }
+        .publish(core_len)
+    }
+
+    /// Compresses a staged core and publishes the result at the output path; returns the size of
+    /// the file written.
+    fn publish(self, core_len: u64) -> Result<u64> {
+        let Output {
+            path: output,
+            dir,
+            overwrite,
+            tmp,
+            raw,
+            ..
+        } = self;
+        let out_err = |source| Error::Output {
+            path: output.to_owned(),
+            source,
+        };
         if let Some(raw) = &raw {
             compress_file(&raw.path(), tmp.file())
                 .map_err(|e| write_error(e, output, core_len, &dir))?;

@@ -33,7 +33,8 @@ enum Format {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Write a self-contained ELF core of a running process (stopped only while its memory is read).
+    /// Write a self-contained ELF core of a running process: its memory is copied while it runs,
+    /// and it is stopped only to copy again the pages it wrote meanwhile.
     Capture {
         /// Process to capture.
         #[arg(long)]
@@ -50,6 +51,13 @@ enum Command {
         /// Refuse, before stopping the process, when the core would exceed this many bytes.
         #[arg(long, value_name = "BYTES")]
         max_size: Option<u64>,
+        /// Stop the process for the whole copy (no pre-copy while it runs).
+        #[arg(long)]
+        stop_the_world: bool,
+        /// How pre-copy finds the pages written while it copies: soft-dirty bits where the kernel
+        /// has them, else a userfaultfd write-protect in the target (Linux 6.7).
+        #[arg(long, value_parser = ["auto", "soft-dirty", "userfaultfd"], default_value = "auto")]
+        tracker: String,
     },
     /// Take a heap dump of a running HotSpot JVM through its attach mechanism (as `jmap
     /// -dump:live`, with no JDK tool), zstd-compressed, mode 0600.
@@ -182,24 +190,33 @@ fn run(args: Args) -> anyhow::Result<()> {
             compress,
             force,
             max_size,
+            stop_the_world,
+            tracker,
         } => {
             let opts = CaptureOptions {
                 output,
                 compress,
                 overwrite: force,
                 max_bytes: max_size,
+                stop_the_world,
+                tracker: match tracker.as_str() {
+                    "soft-dirty" => capture::TrackerChoice::SoftDirty,
+                    "userfaultfd" => capture::TrackerChoice::Userfaultfd,
+                    _ => capture::TrackerChoice::Auto,
+                },
             };
             let s = capture::capture(pid, &opts)
                 .with_context(|| format!("capture of process {pid} failed"))?;
             writeln!(
                 out,
-                "captured process {pid} to {}: {} file ({} of memory, {} mappings), {} threads, stopped {:.1} ms, total {:.1} ms",
+                "captured process {pid} to {}: {} file ({} of memory, {} mappings), {} threads, stopped {:.1} ms ({}), total {:.1} ms",
                 s.path.display(),
                 human_bytes(s.file_bytes),
                 human_bytes(s.memory_bytes),
                 s.mappings,
                 s.threads,
                 s.stopped.as_secs_f64() * 1e3,
+                s.method,
                 s.total.as_secs_f64() * 1e3,
             )?;
         }

@@ -915,3 +915,219 @@ fn a_target_of_another_user_is_captured_with_cap_sys_ptrace_alone() {
     assert_eq!(got, words);
     assert_running(&t);
 }
+
+/// A C++ program whose writer thread sweeps a buffer page by page at `argv[2]` MiB/s, writing
+/// generation `gen` into every word of a page before it moves the cursor past it: at any instant,
+/// pages before `g_cursor` hold `gen`, pages after it `gen - 1`, and the page at the cursor a
+/// mix of the two, the new words first. A core taken at one instant shows exactly that.
+const CXX_SWEEPER: &str = r#"
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <thread>
+#include <vector>
+
+std::atomic<uint64_t> g_gen{0}, g_cursor{0};
+std::vector<uint64_t> *g_buf;
+
+int main(int argc, char **argv) {
+    size_t pages = (size_t)atol(argv[1]) * 256;
+    double rate = atof(argv[2]) * 1048576.0;
+    g_buf = new std::vector<uint64_t>(pages * 512, 0);
+    std::thread writer([pages, rate] {
+        auto t0 = std::chrono::steady_clock::now();
+        uint64_t done = 0;
+        for (uint64_t gen = 1;; gen++) {
+            g_cursor.store(0, std::memory_order_release);
+            g_gen.store(gen, std::memory_order_release);
+            for (size_t p = 0; p < pages; p++) {
+                volatile uint64_t *w = g_buf->data() + p * 512;
+                for (int k = 0; k < 512; k++) w[k] = (gen << 32) | p;
+                g_cursor.store(p + 1, std::memory_order_release);
+                done += 4096;
+                if (rate > 0 && done % (64 * 4096) == 0) {
+                    auto due = t0 + std::chrono::duration<double>(done / rate);
+                    std::this_thread::sleep_until(due);
+                }
+            }
+        }
+    });
+    printf("buf %p 0 0\ngen %p 0 0\ncursor %p 0 0\nready\n", (void *)g_buf->data(),
+           (void *)&g_gen, (void *)&g_cursor);
+    fflush(stdout);
+    writer.join();
+}
+"#;
+
+fn compile_cxx(dir: &Path) -> PathBuf {
+    let src = dir.join("sweeper.cpp");
+    let exe = dir.join("sweeper");
+    std::fs::write(&src, CXX_SWEEPER).expect("write source");
+    let st = Command::new("g++")
+        .args(["-O1", "-g", "-pthread", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .status()
+        .expect("g++");
+    assert!(st.success(), "g++ failed");
+    exe
+}
+
+/// Every page of the sweeper's buffer in `core` as one instant has it; returns `(gen, cursor)`.
+fn assert_one_instant(core: &CoreFile, t: &Target, pages: u64) -> (u64, u64) {
+    let (buf, gen_at, cursor_at) = (t.blocks["buf"].0, t.blocks["gen"].0, t.blocks["cursor"].0);
+    let gen = core.read_u64(gen_at).expect("g_gen");
+    let cursor = core.read_u64(cursor_at).expect("g_cursor");
+    assert!(gen >= 1 && cursor <= pages, "gen {gen} cursor {cursor}");
+    let mut page = vec![0u8; 4096];
+    for p in 0..pages {
+        core.read(buf + p * 4096, &mut page).expect("page");
+        let words: Vec<u64> = page
+            .chunks_exact(8)
+            .map(|w| u64::from_le_bytes(w.try_into().unwrap()))
+            .collect();
+        let new = (gen << 32) | p;
+        let old = if gen == 1 { 0 } else { ((gen - 1) << 32) | p };
+        if p < cursor {
+            assert!(
+                words.iter().all(|&w| w == new),
+                "page {p} < cursor {cursor}: not gen {gen}"
+            );
+        } else if p > cursor {
+            assert!(
+                words.iter().all(|&w| w == old),
+                "page {p} > cursor {cursor}: not gen {}",
+                gen - 1
+            );
+        } else {
+            let split = words.iter().position(|&w| w != new).unwrap_or(512);
+            assert!(
+                words[split..].iter().all(|&w| w == old),
+                "page {p} at the cursor: not new words then old"
+            );
+        }
+    }
+    (gen, cursor)
+}
+
+/// The target is left as it was: no userfaultfd descriptor, no write-protected mapping.
+fn assert_untouched(pid: i32) {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).expect("fd dir");
+    for fd in fds.flatten() {
+        let link = std::fs::read_link(fd.path()).unwrap_or_default();
+        assert!(
+            !link.to_string_lossy().contains("userfaultfd"),
+            "a userfaultfd left in the target"
+        );
+    }
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).expect("smaps");
+    assert!(
+        !smaps
+            .lines()
+            .any(|l| l.starts_with("VmFlags:") && l.split_whitespace().any(|f| f == "uw")),
+        "a mapping left registered for write-protect"
+    );
+}
+
+#[test]
+fn precopy_under_writes_is_one_instant_and_gdb_reads_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exe = compile_cxx(dir.path());
+    let mib = 64u64;
+    let child = Command::new(&exe)
+        .args([mib.to_string().as_str(), "200"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the C++ target");
+    let t = Target::wait_ready(child, exe.clone());
+    std::thread::sleep(Duration::from_millis(300));
+    let pages = mib * 256;
+
+    let out = dir.path().join("pre.core");
+    let s = capture(t.pid(), &opts(out.clone())).expect("pre-copy capture");
+    let leakhunt_analyzer::capture::Method::PreCopy {
+        precopied, dirty, ..
+    } = &s.method
+    else {
+        panic!("not pre-copied: {}", s.method);
+    };
+    assert!(*precopied >= mib << 20, "{}", s.method);
+    // The writer kept writing: some pages were copied again at the stop.
+    assert!(*dirty > 0, "{}", s.method);
+    let core = CoreFile::open(&out, None).expect("open");
+    let (gen, cursor) = assert_one_instant(&core, &t, pages);
+    let note = core.leakhunt_note().expect("our note");
+    assert_eq!(note.method.as_ref(), Some(&s.method));
+    assert_untouched(t.pid());
+    assert_running(&t);
+
+    // gdb reads the same instant through the symbols.
+    let gdb = Command::new("gdb")
+        .args([
+            "-batch",
+            "-nx",
+            "-ex",
+            "print g_gen._M_i",
+            "-ex",
+            "print g_cursor._M_i",
+        ])
+        .arg(&exe)
+        .arg(&out)
+        .output()
+        .expect("gdb");
+    let text = String::from_utf8_lossy(&gdb.stdout);
+    assert!(
+        text.contains(&format!("$1 = {gen}")) && text.contains(&format!("$2 = {cursor}")),
+        "gdb: {text}"
+    );
+
+    // The same check holds for a core taken the old way: the check itself is sound.
+    let old = dir.path().join("stw.core");
+    let s = capture(
+        t.pid(),
+        &CaptureOptions {
+            stop_the_world: true,
+            ..opts(old.clone())
+        },
+    )
+    .expect("stop-the-world capture");
+    assert_eq!(
+        s.method,
+        leakhunt_analyzer::capture::Method::StopTheWorld { why: None }
+    );
+    assert_one_instant(&CoreFile::open(&old, None).expect("open"), &t, pages);
+}
+
+#[test]
+fn a_tracker_the_kernel_lacks_falls_back_and_says_so() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t = Target::c(dir.path(), 8);
+    let out = dir.path().join("sd.core");
+    let s = capture(
+        t.pid(),
+        &CaptureOptions {
+            tracker: leakhunt_analyzer::capture::TrackerChoice::SoftDirty,
+            ..opts(out.clone())
+        },
+    )
+    .expect("capture");
+    // Pre-copied on a kernel with soft-dirty bits, else captured the old way, saying why.
+    match &s.method {
+        leakhunt_analyzer::capture::Method::StopTheWorld { why: Some(why) } => {
+            assert!(why.contains("soft-dirty"), "{why}")
+        }
+        leakhunt_analyzer::capture::Method::PreCopy { tracker, .. } => {
+            assert_eq!(tracker, "soft-dirty")
+        }
+        m => panic!("{m}"),
+    }
+    let core = CoreFile::open(&out, None).expect("open");
+    assert_blocks(&core, &t.blocks);
+    assert_eq!(
+        core.leakhunt_note().and_then(|n| n.method.clone()),
+        Some(s.method.clone())
+    );
+    assert_running(&t);
+}

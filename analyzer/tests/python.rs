@@ -307,6 +307,7 @@ fn snap(pid: i32, dir: &Path, name: &str) -> Vec<PathBuf> {
             compress: false,
             overwrite: true,
             max_bytes: None,
+            ..Default::default()
         },
     )
     .unwrap_or_else(|e| panic!("capture of {pid}: {e}"));
@@ -1146,4 +1147,56 @@ fn snapshot_taken_during_a_collection_is_walked() {
             Ok(())
         },
     );
+}
+
+/// A pre-copied snapshot of an interpreter that keeps writing its heap while it is copied reads
+/// as one instant: the heap walks whole (every reference lands on an object), the leak is named
+/// with its exact growth, and a stop-the-world snapshot right after names the same.
+#[test]
+fn precopy_of_a_busy_interpreter_reads_as_one_instant() {
+    use leakhunt_analyzer::capture::Method;
+    for_each_version("pre-copy under writes", |_, py, dir| {
+        let mut w = Workload::start(py.run("shapes.py").args(["module_dict", "busy"]));
+        let pid = w.pid();
+        let take = |name: &str, stop_the_world: bool| -> Result<PathBuf, String> {
+            let out = dir.join(format!("{name}.core"));
+            let s = capture(
+                pid,
+                &CaptureOptions {
+                    output: out.clone(),
+                    stop_the_world,
+                    ..Default::default()
+                },
+            )
+            .map_err(|e| format!("capture {name}: {e}"))?;
+            match (&s.method, stop_the_world) {
+                (Method::PreCopy { .. }, false) | (Method::StopTheWorld { why: None }, true) => {
+                    Ok(out)
+                }
+                (m, _) => Err(format!("{name}: captured by {m}")),
+            }
+        };
+        w.send("step 300");
+        let a = take("a", false)?;
+        w.send("step 300");
+        let b = take("b", false)?;
+        let b_stw = take("b-stw", true)?;
+        for (producer, before, after) in [("pre-copy", &a, &b), ("stop-the-world", &a, &b_stw)] {
+            let (_, c) = diff(before, after);
+            let top = c.suspects.first().ok_or_else(|| describe(&c))?;
+            if c.verdict != Verdict::Leak
+                || top.path != "__main__.SESSIONS"
+                || top.count_growth() != 300
+            {
+                return Err(format!("{producer}: {}", describe(&c)));
+            }
+            if c.suspects.iter().any(|s| s.path.contains("SCRATCH")) {
+                return Err(format!(
+                    "{producer}: the scratch dict judged: {}",
+                    describe(&c)
+                ));
+            }
+        }
+        Ok(())
+    });
 }

@@ -1,6 +1,7 @@
 """Leak shapes and non-leak controls for leakhunt's CPython tests.
 
-Usage: python shapes.py SCENARIO. Prints "ready", then for each stdin line "step N" runs N more
+Usage: python shapes.py SCENARIO [busy]. With "busy", a thread keeps rewriting a bounded scratch
+dict meanwhile (memory written while a snapshot is taken; never a leak). Prints "ready", then for each stdin line "step N" runs N more
 iterations of the scenario and replies "ok"; "quit" (or EOF) ends it. In "in_progress" the second
 and later steps reply from inside a function that holds a list it is building, until the next line.
 """
@@ -9,6 +10,7 @@ import functools
 import io
 import logging
 import sys
+import time
 import weakref
 
 
@@ -123,8 +125,25 @@ def iteration(scenario, i):
         raise SystemExit("unknown scenario %r" % scenario)
 
 
+SCRATCH = {}
+
+
+def busy():
+    """Rewrites SCRATCH's 2000 entries with fresh objects, forever."""
+    n = 0
+    while True:
+        SCRATCH[n % 2000] = [n, str(n), {"n": n}]
+        n += 1
+        if n % 500 == 0:
+            time.sleep(0.001)
+
+
 def main():
     scenario = sys.argv[1]
+    if sys.argv[2:] == ["busy"]:
+        import threading
+
+        threading.Thread(target=busy, daemon=True).start()
     if scenario == "bounded_lru":
         for n in range(256):  # fill the cache before the first snapshot
             bounded(n)

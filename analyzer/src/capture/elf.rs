@@ -86,59 +86,76 @@ impl Layout {
     /// ELF header, program headers (and section 0 when the count overflows), zero-padded to
     /// `data_offset`.
     pub fn headers(&self, regions: &[Region], page_size: u64) -> Vec<u8> {
-        let mut b = Vec::with_capacity(self.data_offset as usize);
-        let xnum = self.phnum >= PN_XNUM;
-        let shoff = EHDR_SIZE + self.phnum * PHDR_SIZE;
-        // e_ident: magic, 64-bit, little-endian, version 1, System V ABI.
-        b.extend_from_slice(b"\x7fELF\x02\x01\x01\x00");
-        b.extend_from_slice(&[0u8; 8]);
-        put16(&mut b, ET_CORE);
-        put16(&mut b, MACHINE);
-        put32(&mut b, 1); // e_version
-        put64(&mut b, 0); // e_entry
-        put64(&mut b, EHDR_SIZE); // e_phoff
-        put64(&mut b, if xnum { shoff } else { 0 }); // e_shoff
-        put32(&mut b, 0); // e_flags
-        put16(&mut b, EHDR_SIZE as u16);
-        put16(&mut b, PHDR_SIZE as u16);
-        put16(&mut b, if xnum { PN_XNUM } else { self.phnum } as u16);
-        put16(&mut b, if xnum { SHDR_SIZE as u16 } else { 0 });
-        put16(&mut b, u16::from(xnum)); // e_shnum
-        put16(&mut b, 0); // e_shstrndx
-
-        // PT_NOTE first, as the kernel does.
-        phdr(
-            &mut b,
-            PT_NOTE,
-            0,
+        let mut b = ehdr(self.phnum, EHDR_SIZE);
+        b.extend(program_headers(
+            regions,
+            &self.offsets,
             self.notes_offset,
-            0,
             self.notes_len,
-            0,
-            4,
-        );
-        for (r, &off) in regions.iter().zip(&self.offsets) {
-            let m = &r.mapping;
-            phdr(
-                &mut b,
-                PT_LOAD,
-                m.perms.elf_flags(),
-                off,
-                m.start,
-                r.file_bytes(),
-                m.len(),
-                page_size,
-            );
-        }
-        if xnum {
-            // Section 0 (SHT_NULL) carries the real program header count in sh_info.
-            let mut sh = [0u8; SHDR_SIZE as usize];
-            sh[44..48].copy_from_slice(&(self.phnum as u32).to_le_bytes());
-            b.extend_from_slice(&sh);
-        }
+            page_size,
+        ));
         b.resize(self.data_offset as usize, 0);
         b
     }
+}
+
+/// The ELF header of a core with `phnum` program headers at `phoff` (section 0 right after them
+/// when the count overflows `e_phnum`).
+pub(crate) fn ehdr(phnum: u64, phoff: u64) -> Vec<u8> {
+    let mut b = Vec::with_capacity(EHDR_SIZE as usize);
+    let xnum = phnum >= PN_XNUM;
+    let shoff = phoff + phnum * PHDR_SIZE;
+    // e_ident: magic, 64-bit, little-endian, version 1, System V ABI.
+    b.extend_from_slice(b"\x7fELF\x02\x01\x01\x00");
+    b.extend_from_slice(&[0u8; 8]);
+    put16(&mut b, ET_CORE);
+    put16(&mut b, MACHINE);
+    put32(&mut b, 1); // e_version
+    put64(&mut b, 0); // e_entry
+    put64(&mut b, phoff); // e_phoff
+    put64(&mut b, if xnum { shoff } else { 0 }); // e_shoff
+    put32(&mut b, 0); // e_flags
+    put16(&mut b, EHDR_SIZE as u16);
+    put16(&mut b, PHDR_SIZE as u16);
+    put16(&mut b, if xnum { PN_XNUM } else { phnum } as u16);
+    put16(&mut b, if xnum { SHDR_SIZE as u16 } else { 0 });
+    put16(&mut b, u16::from(xnum)); // e_shnum
+    put16(&mut b, 0); // e_shstrndx
+    b
+}
+
+/// PT_NOTE, then one PT_LOAD per region at `offsets` (and section 0 when the count overflows).
+pub(crate) fn program_headers(
+    regions: &[Region],
+    offsets: &[u64],
+    notes_offset: u64,
+    notes_len: u64,
+    page_size: u64,
+) -> Vec<u8> {
+    let phnum = regions.len() as u64 + 1;
+    let mut b = Vec::with_capacity((phnum * PHDR_SIZE + SHDR_SIZE) as usize);
+    // PT_NOTE first, as the kernel does.
+    phdr(&mut b, PT_NOTE, 0, notes_offset, 0, notes_len, 0, 4);
+    for (r, &off) in regions.iter().zip(offsets) {
+        let m = &r.mapping;
+        phdr(
+            &mut b,
+            PT_LOAD,
+            m.perms.elf_flags(),
+            off,
+            m.start,
+            r.file_bytes(),
+            m.len(),
+            page_size,
+        );
+    }
+    if phnum >= PN_XNUM {
+        // Section 0 (SHT_NULL) carries the real program header count in sh_info.
+        let mut sh = [0u8; SHDR_SIZE as usize];
+        sh[44..48].copy_from_slice(&(phnum as u32).to_le_bytes());
+        b.extend_from_slice(&sh);
+    }
+    b
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -65,6 +65,21 @@ impl Stopped {
         Ok(me)
     }
 
+    /// Seize and interrupt one thread of `pid` only: the others run on (for a syscall injected
+    /// through it, see [`Stopped::syscall`]).
+    pub fn stop_thread(pid: i32, tid: i32) -> Result<Stopped> {
+        let mut me = Stopped {
+            pid,
+            threads: BTreeMap::new(),
+            since: Instant::now(),
+        };
+        me.seize(tid)?;
+        if me.threads.is_empty() {
+            return Err(Error::ProcessExited { pid });
+        }
+        Ok(me)
+    }
+
     fn seize(&mut self, tid: i32) -> Result<()> {
         let pid = self.pid;
         let t = Pid::from_raw(tid);
@@ -191,6 +206,122 @@ impl Stopped {
             }
         }
     }
+}
+
+impl Stopped {
+    /// Make stopped thread `tid` execute one system call, `nr(args)`, and return its result (a
+    /// negative errno on failure), leaving the thread's registers as they were: it goes on, once
+    /// detached, exactly where it stopped (an interrupted system call is restarted as the kernel
+    /// would). Nothing of the target's memory is written: the `syscall` instruction is the one
+    /// the thread stopped in when it was in a system call, else `insn`, one found in its code.
+    ///
+    /// The call is stepped through with `PTRACE_SYSCALL`, never single-stepped: were this process
+    /// killed meanwhile, a pending single-step trap would kill the target. With the thread's own
+    /// instruction, it then returns to where it was, with this call's result.
+    #[cfg(target_arch = "x86_64")]
+    pub fn syscall(&mut self, tid: i32, insn: u64, nr: i64, args: [u64; 6]) -> Result<i64> {
+        let pid = self.pid;
+        let t = Pid::from_raw(tid);
+        if !self.threads.contains_key(&tid) {
+            return Err(Error::ProcessExited { pid });
+        }
+        let failed = |what: &str, e: Errno| match e {
+            Errno::ESRCH => Error::ProcessExited { pid },
+            e => Error::ptrace(pid, what, e),
+        };
+        ptrace::setoptions(t, ptrace::Options::PTRACE_O_TRACESYSGOOD)
+            .map_err(|e| failed("PTRACE_SETOPTIONS", e))?;
+        let saved = ptrace::getregs(t).map_err(|e| failed("reading registers", e))?;
+        let own = (saved.orig_rax as i64 >= 0)
+            .then(|| saved.rip.checked_sub(2))
+            .flatten()
+            .filter(|&at| is_syscall_insn(tid, at));
+        let mut call = saved;
+        call.rip = own.unwrap_or(insn);
+        call.rax = nr as u64;
+        // No syscall restart for the injected call: the interrupted one is restarted when the
+        // saved registers come back.
+        call.orig_rax = u64::MAX;
+        call.rdi = args[0];
+        call.rsi = args[1];
+        call.rdx = args[2];
+        call.r10 = args[3];
+        call.r8 = args[4];
+        call.r9 = args[5];
+        ptrace::setregs(t, call).map_err(|e| failed("setting registers", e))?;
+        let outcome = self
+            .run_to_syscall_stop(t)
+            .and_then(|()| self.run_to_syscall_stop(t))
+            .and_then(|()| {
+                ptrace::getregs(t)
+                    .map(|r| r.rax as i64)
+                    .map_err(|e| failed("reading registers", e))
+            });
+        // Whatever happened, the thread gets its own registers back before it may run again.
+        let restored = ptrace::setregs(t, saved);
+        let result = outcome?;
+        restored.map_err(|e| failed("restoring registers", e))?;
+        Ok(result)
+    }
+
+    /// Resume `t` to its next system-call entry or exit stop.
+    #[cfg(target_arch = "x86_64")]
+    fn run_to_syscall_stop(&mut self, t: Pid) -> Result<()> {
+        let pid = self.pid;
+        ptrace::syscall(t, None).map_err(|e| match e {
+            Errno::ESRCH => Error::ProcessExited { pid },
+            e => Error::ptrace(pid, "PTRACE_SYSCALL", e),
+        })?;
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            match waitpid(t, Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) => {
+                    if Instant::now() > deadline {
+                        return Err(Error::StopTimeout {
+                            pid,
+                            tid: t.as_raw(),
+                            seconds: STOP_TIMEOUT.as_secs(),
+                        });
+                    }
+                    std::thread::sleep(Duration::from_micros(20));
+                }
+                Ok(WaitStatus::PtraceSyscall(_)) => return Ok(()),
+                // A signal arrived first: keep it for the detach and give up the call (the
+                // caller falls back to what needs no injected call).
+                Ok(WaitStatus::Stopped(_, sig)) => {
+                    self.threads.insert(t.as_raw(), Some(sig));
+                    return Err(Error::ptrace(pid, "injected system call", Errno::EINTR));
+                }
+                Ok(WaitStatus::PtraceEvent(..)) => {
+                    return Err(Error::ptrace(pid, "injected system call", Errno::EINTR));
+                }
+                Ok(WaitStatus::Exited(..)) | Ok(WaitStatus::Signaled(..)) | Err(Errno::ECHILD) => {
+                    self.threads.remove(&t.as_raw());
+                    return Err(Error::ProcessExited { pid });
+                }
+                Ok(WaitStatus::Continued(_)) | Err(Errno::EINTR) => continue,
+                Err(e) => return Err(Error::ptrace(pid, "waitpid", e)),
+            }
+        }
+    }
+}
+
+/// The two bytes at `at` in thread `tid`'s memory are a `syscall` instruction (0f 05).
+#[cfg(target_arch = "x86_64")]
+fn is_syscall_insn(tid: i32, at: u64) -> bool {
+    let mut b = [0u8; 2];
+    let remote = [nix::sys::uio::RemoteIoVec {
+        base: at as usize,
+        len: 2,
+    }];
+    matches!(
+        nix::sys::uio::process_vm_readv(
+            Pid::from_raw(tid),
+            &mut [std::io::IoSliceMut::new(&mut b)],
+            &remote
+        ),
+        Ok(2)
+    ) && b == [0x0f, 0x05]
 }
 
 /// How long a killed thread may take to finish exiting before it is left to the kernel.

@@ -70,6 +70,8 @@ enum Output {
         file: File,
         /// Logical end of what was written so far (holes included).
         pos: u64,
+        /// End of the furthest positioned write.
+        end: u64,
     },
     Zstd(Box<zstd::stream::write::Encoder<'static, io::BufWriter<File>>>),
 }
@@ -78,20 +80,32 @@ impl Output {
     fn write(&mut self, b: &[u8]) -> io::Result<()> {
         match self {
             Output::Zstd(enc) => enc.write_all(b),
-            Output::Plain { direct, file, pos } => {
-                // Untouched memory reads as zeros; a hole costs no disk and reads back the same.
-                let mut at = 0usize;
-                while at < b.len() {
-                    let run_start = at;
-                    let zero = is_zero_page(&b[at..]);
-                    while at < b.len() && is_zero_page(&b[at..]) == zero {
-                        at = (at + PAGE).min(b.len());
-                    }
-                    if !zero {
-                        write_at(direct, file, &b[run_start..at], *pos + run_start as u64)?;
-                    }
-                }
+            Output::Plain {
+                direct, file, pos, ..
+            } => {
+                write_sparse(direct, file, b, *pos)?;
                 *pos += b.len() as u64;
+                Ok(())
+            }
+        }
+    }
+
+    /// Write `b` at `at`. Into a `fresh` part of the file (never written, so zeros), zero pages
+    /// become holes; over earlier bytes every byte is written.
+    fn write_at(&mut self, b: &[u8], at: u64, fresh: bool) -> io::Result<()> {
+        match self {
+            Output::Zstd(_) => Err(io::Error::other(
+                "a compressed stream cannot be written out of order",
+            )),
+            Output::Plain {
+                direct, file, end, ..
+            } => {
+                if fresh {
+                    write_sparse(direct, file, b, at)?;
+                } else {
+                    write_at(direct, file, b, at)?;
+                }
+                *end = (*end).max(at + b.len() as u64);
                 Ok(())
             }
         }
@@ -104,9 +118,26 @@ impl Output {
                 w.flush()
             }
             // Sets the length a trailing hole leaves short.
-            Output::Plain { file, pos, .. } => file.set_len(pos),
+            Output::Plain { file, pos, end, .. } => file.set_len(pos.max(end)),
         }
     }
+}
+
+/// Write `b` at `at`, leaving holes where it has whole pages of zeros (untouched memory reads as
+/// zeros; a hole costs no disk and reads back the same).
+fn write_sparse(direct: &mut Option<File>, file: &File, b: &[u8], at: u64) -> io::Result<()> {
+    let mut i = 0usize;
+    while i < b.len() {
+        let run_start = i;
+        let zero = is_zero_page(&b[i..]);
+        while i < b.len() && is_zero_page(&b[i..]) == zero {
+            i = (i + PAGE).min(b.len());
+        }
+        if !zero {
+            write_at(direct, file, &b[run_start..i], at + run_start as u64)?;
+        }
+    }
+    Ok(())
 }
 
 /// `pwrite` through `O_DIRECT` when the run is aligned, else (or when the filesystem refuses)
@@ -140,6 +171,19 @@ fn is_zero_page(b: &[u8]) -> bool {
 enum Msg {
     Memory(Buf),
     Bytes(Vec<u8>),
+    /// Parts of a buffer, each to its own place in the file.
+    Scatter(Buf, Vec<Piece>),
+    BytesAt(u64, Vec<u8>),
+}
+
+/// `len` bytes from `from` in a buffer go to offset `at` of the file; `fresh` when nothing was
+/// written there before (see [`Output::write_at`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Piece {
+    pub at: u64,
+    pub from: usize,
+    pub len: usize,
+    pub fresh: bool,
 }
 
 /// The reader's end of the pipeline.
@@ -173,6 +217,7 @@ impl Sink {
                 direct,
                 file,
                 pos: 0,
+                end: 0,
             }
         };
         let max_buffers = (budget / CHUNK).max(MIN_BUFFERS);
@@ -190,6 +235,17 @@ impl Sink {
                             let _ = free_tx.try_send(buf);
                         }
                         Msg::Bytes(b) => out.write(&b)?,
+                        Msg::Scatter(buf, pieces) => {
+                            for p in pieces {
+                                let b =
+                                    buf.bytes().get(p.from..p.from + p.len).ok_or_else(|| {
+                                        io::Error::other("a piece outside its buffer")
+                                    })?;
+                                out.write_at(b, p.at, p.fresh)?;
+                            }
+                            let _ = free_tx.try_send(buf);
+                        }
+                        Msg::BytesAt(at, b) => out.write_at(&b, at, false)?,
                     }
                 }
                 out.finish()
@@ -220,6 +276,16 @@ impl Sink {
     /// Queue a filled buffer; `false` once the writer has failed (see [`Sink::finish`]).
     pub fn send(&mut self, buf: Buf) -> bool {
         self.send_msg(Msg::Memory(buf))
+    }
+
+    /// Queue a filled buffer whose parts go to the places `pieces` say.
+    pub fn send_scattered(&mut self, buf: Buf, pieces: Vec<Piece>) -> bool {
+        self.send_msg(Msg::Scatter(buf, pieces))
+    }
+
+    /// Queue bytes to be written at `at`.
+    pub fn send_bytes_at(&mut self, at: u64, b: Vec<u8>) -> bool {
+        self.send_msg(Msg::BytesAt(at, b))
     }
 
     /// Queue bytes (headers, notes).

@@ -145,6 +145,7 @@ pub fn capture(pid: i32, dir: &Path, name: &str) -> PathBuf {
         compress: false,
         overwrite: false,
         max_bytes: None,
+        ..Default::default()
     };
     leakhunt_analyzer::capture::capture(pid, &opts).expect("capture");
     output

@@ -176,10 +176,10 @@ impl Hunt<'_> {
         let _ = fs::set_permissions(&captured.path, fs::Permissions::from_mode(0o600));
         let sha256 = snapshot::sha256_file(&captured.path).unwrap_or_default();
         let mut message = format!(
-            "snapshot {role} of {comm} (pid {pid}) at {at}: {} file, {} of memory, process stopped {:.2}s",
+            "snapshot {role} of {comm} (pid {pid}) at {at}: {} file, {} of memory, process stopped {}",
             human_bytes(captured.file_bytes),
             human_bytes(captured.memory_bytes),
-            captured.stopped.as_secs_f64()
+            human_duration(captured.stopped)
         );
         if let Some(note) = &captured.note {
             message.push_str(&format!(" ({note})"));
@@ -414,5 +414,14 @@ impl Hunt<'_> {
                 }
             }
         }
+    }
+}
+
+/// "12 ms" under ten seconds, "12.3 s" above.
+fn human_duration(d: std::time::Duration) -> String {
+    if d.as_secs() < 10 {
+        format!("{} ms", d.as_millis())
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
     }
 }

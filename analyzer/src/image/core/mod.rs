@@ -53,6 +53,8 @@ pub struct CoreFile {
     info: ProcessInfo,
     auxv: Vec<(u64, u64)>,
     notes: Vec<String>,
+    /// The note leakhunt's capture writes, when this core has one.
+    leakhunt: Option<crate::notes::LeakhuntNote>,
 }
 
 impl std::fmt::Debug for CoreFile {
@@ -132,6 +134,7 @@ impl CoreFile {
             info,
             auxv: contents.auxv,
             notes: Vec::new(),
+            leakhunt: contents.leakhunt,
         };
         core.attach_files(sysroot);
         Ok(core)
@@ -241,6 +244,11 @@ impl CoreFile {
                 self.map.as_slice().get(off..off.checked_add(len)?)?,
             ))
         })
+    }
+
+    /// What leakhunt's capture recorded: capture time, stop time, how memory was copied.
+    pub fn leakhunt_note(&self) -> Option<&crate::notes::LeakhuntNote> {
+        self.leakhunt.as_ref()
     }
 
     pub fn auxv(&self) -> &[(u64, u64)] {

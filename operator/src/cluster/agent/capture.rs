@@ -339,7 +339,10 @@ fn capture_one(dir: &Path, path: &Path, pid: i32, max: u64) -> Result<Written, (
         sha256: sha,
         took: captured.total,
         notes: super::SnapshotNotes {
-            taken: captured.note,
+            // "process stopped 9 ms (pre-copied 1.0 GiB, 2.9 MiB dirty; …)"
+            taken: captured
+                .note
+                .map(|n| format!("process stopped {} ms ({n})", captured.stopped.as_millis())),
             jvm: captured.jvm,
         },
     })

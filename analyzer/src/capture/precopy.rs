@@ -18,6 +18,9 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
+use std::io::IoSliceMut;
+
+use nix::sys::uio::{process_vm_readv, RemoteIoVec};
 use nix::unistd::Pid;
 
 use super::plan::{self, Region};
@@ -457,7 +460,9 @@ fn classify(
 fn read_into(pid: i32, target: Pid, reads: &[Read], sink: &mut Sink) -> Result<bool> {
     let mut buf = None;
     let mut filled = 0usize;
+    // Pieces of the current buffer and the target's addresses they are read from.
     let mut pieces: Vec<Piece> = Vec::new();
+    let mut addrs: Vec<u64> = Vec::new();
     for r in reads {
         let mut done = 0u64;
         while done < r.len {
@@ -469,20 +474,19 @@ fn read_into(pid: i32, target: Pid, reads: &[Read], sink: &mut Sink) -> Result<b
                 filled = 0;
             }
             let want = ((r.len - done) as usize).min(sink::CHUNK - filled);
-            if let Some(b) = buf.as_mut() {
-                let all = b.filled(sink::CHUNK);
-                read_chunk(pid, target, r.addr + done, &mut all[filled..filled + want])?;
-            }
             pieces.push(Piece {
                 at: r.at + done,
                 from: filled,
                 len: want,
                 fresh: r.fresh,
             });
+            addrs.push(r.addr + done);
             filled += want;
             done += want as u64;
             if filled == sink::CHUNK {
-                if let Some(b) = buf.take() {
+                if let Some(mut b) = buf.take() {
+                    fill(pid, target, b.filled(filled), &pieces, &addrs)?;
+                    addrs.clear();
                     if !sink.send_scattered(b, std::mem::take(&mut pieces)) {
                         return Ok(false);
                     }
@@ -490,12 +494,53 @@ fn read_into(pid: i32, target: Pid, reads: &[Read], sink: &mut Sink) -> Result<b
             }
         }
     }
-    if let Some(b) = buf.take() {
-        if !pieces.is_empty() && !sink.send_scattered(b, pieces) {
-            return Ok(false);
+    if let Some(mut b) = buf.take() {
+        if !pieces.is_empty() {
+            fill(pid, target, b.filled(filled), &pieces, &addrs)?;
+            if !sink.send_scattered(b, pieces) {
+                return Ok(false);
+            }
         }
     }
     Ok(true)
+}
+
+/// Read every piece of a buffer from the target: many at a time with one `process_vm_readv` (a
+/// dirty set is thousands of scattered pages), each on its own from the first that fails (see
+/// [`read_chunk`] for what an unreadable page becomes).
+fn fill(pid: i32, target: Pid, buf: &mut [u8], pieces: &[Piece], addrs: &[u64]) -> Result<()> {
+    // The kernel takes at most IOV_MAX remote ranges a call.
+    const BATCH: usize = 1024;
+    let mut i = 0;
+    while i < pieces.len() {
+        let batch = &pieces[i..(i + BATCH).min(pieces.len())];
+        let start = batch[0].from;
+        let end = batch.last().map_or(start, |p| p.from + p.len);
+        let remote: Vec<RemoteIoVec> = batch
+            .iter()
+            .zip(&addrs[i..])
+            .map(|(p, &a)| RemoteIoVec {
+                base: a as usize,
+                len: p.len,
+            })
+            .collect();
+        let got = process_vm_readv(target, &mut [IoSliceMut::new(&mut buf[start..end])], &remote)
+            .unwrap_or(0);
+        if got == end - start {
+            i += batch.len();
+            continue;
+        }
+        // Short: the pieces read whole stand; from the one that stopped it on, one at a time.
+        let whole = batch
+            .iter()
+            .take_while(|p| p.from + p.len <= start + got)
+            .count();
+        for (p, &a) in batch[whole..].iter().zip(&addrs[i + whole..]) {
+            read_chunk(pid, target, a, &mut buf[p.from..p.from + p.len])?;
+        }
+        i += batch.len();
+    }
+    Ok(())
 }
 
 /// After the stop: the copies within the file, zeros over what became empty, holes over the

@@ -24,6 +24,8 @@ const HUGE: usize = 2 << 20;
 /// logical block size).
 const ALIGN: usize = 4096;
 const PAGE: usize = 4096;
+/// Rewrites smaller than this go through the page cache.
+const SMALL_REWRITE: usize = 1 << 20;
 
 /// A buffer whose bytes start at an `ALIGN`-aligned address.
 pub(crate) struct Buf {
@@ -102,6 +104,10 @@ impl Output {
             } => {
                 if fresh {
                     write_sparse(direct, file, b, at)?;
+                } else if b.len() < SMALL_REWRITE {
+                    // A page of a dirty set rewritten in place: one `O_DIRECT` write each would
+                    // wait for the disk tens of thousands of times.
+                    file.write_all_at(b, at)?;
                 } else {
                     write_at(direct, file, b, at)?;
                 }

@@ -88,6 +88,8 @@ struct Recorder {
     parents: Mutex<Vec<i32>>,
     /// Creates this file after that many captures: opens a `gated_leaker`'s gate.
     gate: Option<(PathBuf, usize)>,
+    /// How each real snapshot was taken, as the snapshot layer says (the hunt prints it).
+    notes: Mutex<Vec<Option<String>>>,
 }
 
 impl Recorder {
@@ -127,6 +129,7 @@ impl Snapshotter for Recorder {
         }
         if self.real {
             let c = snapshot::Analyzer.capture(pid, output, max)?;
+            self.notes.lock().unwrap().push(c.note.clone());
             let mut taken = self.taken.lock().unwrap();
             taken.push((pid, c.path.clone()));
             self.open_gate(taken.len());
@@ -323,6 +326,24 @@ fn leaker_is_oom_killed_and_named() {
     );
     let taken = rec.taken.lock().unwrap().clone();
     assert_eq!(taken.len(), 2, "snapshot A and B: {taken:?}");
+    // Each snapshot says how long it stopped the process and how its memory was copied:
+    // pre-copied while it ran, or (on a kernel with no write tracker) why not.
+    let notes = rec.notes.lock().unwrap().clone();
+    assert_eq!(notes.len(), 2);
+    let yaml = std::fs::read_to_string(opts.report.as_ref().unwrap()).unwrap();
+    for role in ["A", "B"] {
+        assert!(
+            yaml.contains(&format!("snapshot {role}: process stopped ")),
+            "{yaml}"
+        );
+    }
+    for n in &notes {
+        let n = n.as_deref().unwrap_or_default();
+        assert!(
+            n.starts_with("pre-copied ") || n.starts_with("stopped for the whole copy: "),
+            "{n}"
+        );
+    }
     let pid = taken[0].0;
     assert_eq!(taken[1].0, pid);
     let kill = &outcome.kills.last().unwrap();
@@ -393,7 +414,9 @@ fn assert_same_as_agent(hunt: &LeakReportStatus, findings: &Findings) {
         s.oom_kills = 0;
         s.last_oom_kill = None;
         s.counted_kills.clear();
-        s.notes.retain(|n| !n.starts_with("thresholds:"));
+        // How each snapshot was taken: the agent notes it from its own capture, not from ops.
+        s.notes
+            .retain(|n| !n.starts_with("thresholds:") && !n.starts_with("snapshot "));
         s.incidents.retain(|i| i.reason != "OOMKilled");
         for i in &mut s.incidents {
             i.time = b.time.clone();

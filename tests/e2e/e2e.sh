@@ -240,6 +240,12 @@ check_analysed() {
   [ "$job_sa" = "leakhunt-analyzer/$NODE" ] || return 1
   kubectl describe leakreport -n $NS deployment-leaky-flask >"$DIR/describe.txt" || return 1
   grep -q 'LeakDetected' "$DIR/describe.txt" || return 1
+  # Both snapshots pre-copied while the process ran (this kernel: userfaultfd write-protect), the
+  # stop it cost in the notes.
+  local notes
+  notes=$(report '{.status.notes}' | tr -d '[]' | sed 's/","/\n/g' | grep '^"*snapshot [AB]: process stopped')
+  echo "$notes" | cut -c1-160 | sed 's/^/  note: /'
+  [ "$(echo "$notes" | grep -c 'ms (pre-copied .* dirty; userfaultfd write-protect tracking')" = 2 ]
 }
 check "analysed: verdict Leak, top suspect Profiler.results, in kubectl get" check_analysed
 

@@ -258,6 +258,12 @@ check_v2_leak() {
   [ "$(g '{.status.phase}')" = Analysed ] || return 1
   case "$(g '{.status.suspects[0].path}')" in *__main__.data) ;; *) return 1 ;; esac
   [ "$(g '{.status.snapshots[0].node}')" = "$NODE" ] && [ "$(g '{.status.process.containerPid}')" = 1 ] || return 1
+  # Both snapshots pre-copied while the process ran, the guest's Debian kernel tracking writes by
+  # soft-dirty bits (it has no PAGEMAP_SCAN).
+  local notes
+  notes=$(g '{.status.notes}' | tr -d '[]' | sed 's/","/\n/g' | grep '^"*snapshot [AB]: process stopped')
+  echo "$notes" | cut -c1-160 | sed 's/^/  note: /'
+  [ "$(echo "$notes" | grep -c 'ms (pre-copied .* dirty; soft-dirty tracking')" = 2 ] || return 1
   # The Job ran on the guest, where the pair is.
   local job_node
   job_node=$(kubectl -n $LH get pods -l job-name -o jsonpath='{.items[0].spec.nodeName}')

@@ -524,8 +524,12 @@ fn fill(pid: i32, target: Pid, buf: &mut [u8], pieces: &[Piece], addrs: &[u64]) 
                 len: p.len,
             })
             .collect();
-        let got = process_vm_readv(target, &mut [IoSliceMut::new(&mut buf[start..end])], &remote)
-            .unwrap_or(0);
+        let got = process_vm_readv(
+            target,
+            &mut [IoSliceMut::new(&mut buf[start..end])],
+            &remote,
+        )
+        .unwrap_or(0);
         if got == end - start {
             i += batch.len();
             continue;

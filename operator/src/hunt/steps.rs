@@ -185,6 +185,15 @@ impl Hunt<'_> {
             message.push_str(&format!(" ({note})"));
         }
         self.progress.event(&message);
+        if let Some(n) = &captured.note {
+            // In the report as the agent's has it: how long the process stopped, how it was copied.
+            self.apply(&Op::Note {
+                message: format!(
+                    "snapshot {role}: process stopped {} ({n})",
+                    human_duration(captured.stopped)
+                ),
+            });
+        }
         if let Some(j) = &captured.jvm {
             // The pools at each snapshot, and at A whether the heap's ceiling fits the limit.
             let mut notes = vec![format!("JVM at snapshot {role}: {}", j.pools())];

@@ -70,20 +70,29 @@ impl Tracker {
         task: i32,
         ranges: &[(u64, u64)],
     ) -> Result<(Tracker, Vec<(u64, u64)>), String> {
-        let soft = soft_dirty_works();
-        match (choice, soft) {
-            (TrackerChoice::SoftDirty, false) => {
-                Err("this kernel does not track soft-dirty pages (CONFIG_MEM_SOFT_DIRTY)".into())
+        let soft = || -> Result<Tracker, String> {
+            if !soft_dirty_works() {
+                return Err(
+                    "this kernel does not track soft-dirty pages (CONFIG_MEM_SOFT_DIRTY)".into(),
+                );
             }
-            (TrackerChoice::Auto | TrackerChoice::SoftDirty, true) => {
-                let pagemap = open_pagemap(pid)?;
-                clear_soft_dirty(pid)?;
-                Ok((Tracker::SoftDirty { pid, pagemap }, ranges.to_vec()))
-            }
-            (TrackerChoice::Auto | TrackerChoice::Userfaultfd, _) => {
-                let (uffd, covered) = Uffd::start(pid, task, ranges)?;
-                Ok((Tracker::Uffd(uffd), covered))
-            }
+            let pagemap = open_pagemap(pid)?;
+            clear_soft_dirty(pid)?;
+            Ok(Tracker::SoftDirty { pid, pagemap })
+        };
+        let uffd = || -> Result<(Tracker, Vec<(u64, u64)>), String> {
+            let (u, covered) = Uffd::start(pid, task, ranges)?;
+            Ok((Tracker::Uffd(u), covered))
+        };
+        match choice {
+            TrackerChoice::SoftDirty => soft().map(|t| (t, ranges.to_vec())),
+            TrackerChoice::Userfaultfd => uffd(),
+            // Soft-dirty first: nothing runs in the target. A kernel without it, or a target whose
+            // clear_refs we may not write (another user, no CAP_DAC_OVERRIDE): userfaultfd.
+            TrackerChoice::Auto => match soft() {
+                Ok(t) => Ok((t, ranges.to_vec())),
+                Err(not_soft) => uffd().map_err(|not_uffd| format!("{not_soft}; {not_uffd}")),
+            },
         }
     }
 

@@ -647,3 +647,105 @@ fn punch(file: &File, at: u64, len: u64) -> std::io::Result<()> {
         Err(std::io::Error::last_os_error())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::parse_maps;
+
+    fn region(line: &str) -> Region {
+        Region {
+            mapping: parse_maps(line).remove(0),
+            dump: true,
+        }
+    }
+
+    fn run(start: u64, end: u64, page: Page) -> Run {
+        Run { start, end, page }
+    }
+
+    #[test]
+    fn what_a_scan_does_not_cover_is_dirty() {
+        let runs = with_gaps_dirty(
+            vec![
+                run(0x2000, 0x3000, Page::Clean),
+                run(0x5000, 0x9000, Page::Absent),
+            ],
+            0x1000,
+            0x6000,
+        );
+        assert_eq!(
+            runs,
+            [
+                run(0x1000, 0x2000, Page::Dirty),
+                run(0x2000, 0x3000, Page::Clean),
+                run(0x3000, 0x5000, Page::Dirty),
+                run(0x5000, 0x6000, Page::Absent),
+            ]
+        );
+    }
+
+    #[test]
+    fn in_place_only_dirty_pages_are_read_and_absent_ones_zeroed() {
+        let copied = [Copied {
+            start: 0x10000,
+            end: 0x20000,
+            off: 0x1000,
+        }];
+        let r = region("10000-18000 rw-p 00000000 00:00 0\n");
+        let mut pos = 0x11000;
+        let placed = place(&r, &copied, &mut pos);
+        assert!(placed.in_place);
+        assert_eq!((placed.off, pos), (0x1000, 0x11000));
+        let runs = [
+            run(0x10000, 0x12000, Page::Clean),
+            run(0x12000, 0x13000, Page::Dirty),
+            run(0x13000, 0x15000, Page::Absent),
+            run(0x15000, 0x18000, Page::Clean),
+        ];
+        let (mut reads, mut fix) = (Vec::new(), Fixups::default());
+        classify(&r, &placed, &runs, &copied, &mut reads, &mut fix);
+        assert_eq!(reads.len(), 1);
+        assert_eq!(
+            (reads[0].addr, reads[0].len, reads[0].at, reads[0].fresh),
+            (0x12000, 0x1000, 0x3000, false)
+        );
+        assert_eq!(fix.zeros, [(0x4000, 0x2000)]);
+        assert!(fix.copies.is_empty());
+    }
+
+    #[test]
+    fn a_region_that_grew_is_appended_its_clean_copied_part_copied_within_the_file() {
+        // Copied [0x10000, 0x14000) at 0x1000; the mapping now reaches 0x16000.
+        let copied = [Copied {
+            start: 0x10000,
+            end: 0x14000,
+            off: 0x1000,
+        }];
+        let r = region("10000-16000 rw-p 00000000 00:00 0\n");
+        let mut pos = 0x5000;
+        let placed = place(&r, &copied, &mut pos);
+        assert!(!placed.in_place);
+        assert_eq!((placed.off, pos), (0x5000, 0xb000));
+        let runs = [
+            run(0x10000, 0x11000, Page::Dirty),
+            run(0x11000, 0x16000, Page::Clean),
+        ];
+        let (mut reads, mut fix) = (Vec::new(), Fixups::default());
+        classify(&r, &placed, &runs, &copied, &mut reads, &mut fix);
+        // The dirty page and the part never copied are read, into fresh space.
+        let got: Vec<_> = reads
+            .iter()
+            .map(|r| (r.addr, r.len, r.at, r.fresh))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (0x10000, 0x1000, 0x5000, true),
+                (0x14000, 0x2000, 0x9000, true)
+            ]
+        );
+        // The clean copied part moves from where it was copied to the region's new place.
+        assert_eq!(fix.copies, [(0x2000, 0x6000, 0x3000)]);
+    }
+}

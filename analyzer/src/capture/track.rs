@@ -120,6 +120,14 @@ impl Tracker {
         Ok(dirty_only(runs).iter().map(|r| r.end - r.start).sum())
     }
 
+    /// How long starting it held (one thread of) the target.
+    pub fn held(&self) -> std::time::Duration {
+        match self {
+            Tracker::SoftDirty { .. } => std::time::Duration::ZERO,
+            Tracker::Uffd(u) => u.held,
+        }
+    }
+
     /// Whether the next round of copies can be taken while the target runs: with soft-dirty the
     /// written set is read and cleared with the target stopped (a write between the two would be
     /// lost), with userfaultfd both are one atomic step.
@@ -238,6 +246,8 @@ pub(crate) struct Uffd {
     fd: OwnedFd,
     pagemap: File,
     registered: Vec<(u64, u64)>,
+    /// How long one thread of the target was held for the injected calls.
+    held: std::time::Duration,
 }
 
 // The uAPI of <linux/userfaultfd.h> and <linux/fs.h> (Linux 6.7), not in the libc crate.
@@ -330,7 +340,7 @@ impl Uffd {
         ranges: &[(u64, u64)],
     ) -> Result<(Uffd, Vec<(u64, u64)>), String> {
         let pagemap = open_pagemap(pid)?;
-        let fd = remote_userfaultfd(pid, task).map_err(|e| e.to_string())?;
+        let (fd, held) = remote_userfaultfd(pid, task).map_err(|e| e.to_string())?;
         let mut api = UffdioApi {
             api: UFFD_API,
             features: UFFD_FEATURE_WP_ASYNC,
@@ -343,6 +353,7 @@ impl Uffd {
             fd,
             pagemap,
             registered: Vec::new(),
+            held,
         };
         // The scan ioctl exists (6.7): probed on a page not registered yet.
         if let Some(&(start, _)) = ranges.first() {
@@ -430,7 +441,7 @@ impl Drop for Uffd {
 /// A userfaultfd created in `pid`'s mm by a system call injected into thread `task`, taken with
 /// `pidfd_getfd`, and closed in the target again: only our copy remains.
 #[cfg(target_arch = "x86_64")]
-fn remote_userfaultfd(pid: i32, task: i32) -> Result<OwnedFd> {
+fn remote_userfaultfd(pid: i32, task: i32) -> Result<(OwnedFd, std::time::Duration)> {
     let insn = find_syscall_insn(pid, task)?;
     let mut stopped = ptrace::Stopped::stop_thread(pid, task)?;
     let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64 | UFFD_USER_MODE_ONLY;
@@ -445,14 +456,14 @@ fn remote_userfaultfd(pid: i32, task: i32) -> Result<OwnedFd> {
     let ours = take_fd(pid, remote as i32);
     // Closed in the target whatever happened to our copy.
     let closed = stopped.syscall(task, insn, libc::SYS_close, [remote as u64, 0, 0, 0, 0, 0]);
-    drop(stopped);
+    let held = stopped.detach();
     let ours = ours?;
     closed?;
-    Ok(ours)
+    Ok((ours, held))
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn remote_userfaultfd(pid: i32, _task: i32) -> Result<OwnedFd> {
+fn remote_userfaultfd(pid: i32, _task: i32) -> Result<(OwnedFd, std::time::Duration)> {
     Err(Error::Process {
         pid,
         what: "userfaultfd in the target".into(),

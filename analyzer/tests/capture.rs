@@ -1131,3 +1131,76 @@ fn a_tracker_the_kernel_lacks_falls_back_and_says_so() {
     );
     assert_running(&t);
 }
+
+/// A parent and a child sharing 8 MiB (`MAP_SHARED`): the child stamps every page with the number
+/// of its sweep, a sweep a millisecond, through its own page tables, where no tracker of the
+/// parent sees it. The parent also holds 256 MiB of its own, so that copying it while it runs takes
+/// long enough for a copy of the shared pages taken then to be hundreds of sweeps old at the stop.
+const C_SHARED: &str = r#"
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+int main(void) {
+    char *own = malloc(256 << 20);
+    memset(own, 7, 256 << 20);
+    size_t pages = 2048;
+    volatile uint64_t *m = mmap(NULL, pages * 4096, PROT_READ | PROT_WRITE,
+                                MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    for (size_t p = 0; p < pages; p++) m[p * 512] = 1;
+    if (fork() == 0) {
+        for (uint64_t sweep = 2;; sweep++) {
+            for (size_t p = 0; p < pages; p++) m[p * 512] = sweep;
+            usleep(1000);
+        }
+    }
+    printf("shared %p 0 0\nready\n", (void *)m);
+    fflush(stdout);
+    for (;;) pause();
+}
+"#;
+
+#[test]
+fn shared_memory_another_process_writes_is_read_at_the_stop() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = dir.path().join("shared.c");
+    let exe = dir.path().join("shared");
+    std::fs::write(&src, C_SHARED).expect("write source");
+    assert!(Command::new("gcc")
+        .arg("-O1")
+        .arg("-o")
+        .arg(&exe)
+        .arg(&src)
+        .status()
+        .expect("gcc")
+        .success());
+    let child = Command::new(&exe)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start");
+    let t = Target::wait_ready(child, exe);
+    // Kill the writer (the parent's child) with the test, whatever happens.
+    struct Reap(i32);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = Command::new("pkill")
+                .args(["-KILL", "-P", &self.0.to_string()])
+                .status();
+        }
+    }
+    let _reap = Reap(t.pid());
+    std::thread::sleep(Duration::from_millis(200));
+    let out = dir.path().join("shared.core");
+    let s = capture(t.pid(), &opts(out.clone())).expect("capture");
+    let core = CoreFile::open(&out, None).expect("open");
+    let at = t.blocks["shared"].0;
+    let sweeps: Vec<u64> = (0..2048)
+        .map(|p| core.read_u64(at + p * 4096).expect("page"))
+        .collect();
+    let (lo, hi) = (sweeps.iter().min().unwrap(), sweeps.iter().max().unwrap());
+    // Read at the stop, the pages are a few sweeps apart at most (the child runs on while they are
+    // read); a copy from before the stop would be hundreds behind.
+    assert!(hi - lo <= 30, "sweeps {lo}..{hi} ({})", s.method);
+}

@@ -85,9 +85,11 @@ pub(crate) fn start(pid: i32, choice: TrackerChoice) -> std::result::Result<Star
     let task = ptrace::live_task(pid);
     let maps = task_maps(pid, task)?;
     let regions = plan::plan(task, &maps);
+    // Shared memory is not pre-copied: another process may write it through its own page
+    // tables, which neither tracker sees. It is read while the target is stopped.
     let ranges: Vec<(u64, u64)> = regions
         .iter()
-        .filter(|r| r.dump)
+        .filter(|r| r.dump && r.mapping.perms.private)
         .map(|r| (r.mapping.start, r.mapping.end))
         .collect();
     let (tracker, covered) = match Tracker::start(choice, pid, task, &ranges) {

@@ -366,33 +366,13 @@ impl<'a> Output<'a> {
     /// Waits for the writer, compresses a staged core and publishes the result at the output
     /// path; returns the size of the file written.
     fn finish(self, sink: sink::Sink, streamed: bool, core_len: u64) -> Result<u64> {
-        let Output {
-            path: output,
-            dir,
-            overwrite,
-            tmp,
-            raw,
-            ..
-        } = self;
-        let out_err = |source| Error::Output {
-            path: output.to_owned(),
-            source,
-        };
         if let Err(e) = sink.finish() {
-            return Err(write_error(e, output, core_len, &dir));
+            return Err(write_error(e, self.path, core_len, &self.dir));
         }
         if !streamed {
-            return Err(out_err(std::io::Error::other("the writer stopped early")));
+            return Err(self.err(std::io::Error::other("the writer stopped early")));
         }
-        Output {
-            path: output,
-            dir,
-            overwrite,
-            tmp,
-            raw,
-            compress_now: false,
-        }
-        .publish(core_len)
+        self.publish(core_len)
     }
 
     /// Compresses a staged core and publishes the result at the output path; returns the size of

@@ -116,19 +116,8 @@ pub(crate) fn capture(
     t0: Instant,
     started: Started,
 ) -> Result<CaptureSummary> {
+    let Started { tracker, covered } = started;
     let page = page_size();
-    run(pid, opts, out, t0, page, started.tracker, &started.covered)
-}
-
-fn run(
-    pid: i32,
-    opts: &CaptureOptions,
-    out: Output<'_>,
-    t0: Instant,
-    page: u64,
-    tracker: Tracker,
-    covered: &[(u64, u64)],
-) -> Result<CaptureSummary> {
     let target = Pid::from_raw(ptrace::live_task(pid));
     let first = out.raw.as_ref().unwrap_or(&out.tmp);
     let file = first.file().try_clone().map_err(|e| out.err(e))?;
@@ -139,7 +128,7 @@ fn run(
     let mut copied = Vec::with_capacity(covered.len());
     let mut pos = page;
     let mut reads = Vec::new();
-    for &(start, end) in covered {
+    for &(start, end) in &covered {
         reads.push(Read {
             addr: start,
             len: end - start,

@@ -181,16 +181,22 @@ impl Drop for Target {
 }
 
 fn compile_c(dir: &Path) -> PathBuf {
-    let src = dir.join("target.c");
-    let exe = dir.join("leakhunt-target");
-    std::fs::write(&src, C_PROGRAM).expect("write C source");
-    let st = Command::new("gcc")
+    compile(dir, "gcc", "target.c", "leakhunt-target", C_PROGRAM)
+}
+
+/// Build `source` (written to `dir/name`) into `dir/exe` with `compiler` (gcc or g++), with
+/// symbols.
+fn compile(dir: &Path, compiler: &str, name: &str, exe: &str, source: &str) -> PathBuf {
+    let src = dir.join(name);
+    let exe = dir.join(exe);
+    std::fs::write(&src, source).expect("write source");
+    let st = Command::new(compiler)
         .args(["-O1", "-g", "-pthread", "-o"])
         .arg(&exe)
         .arg(&src)
         .status()
-        .expect("run gcc (install it: .ci/install)");
-    assert!(st.success(), "gcc failed");
+        .unwrap_or_else(|e| panic!("run {compiler} (install it: .ci/install): {e}"));
+    assert!(st.success(), "{compiler} failed");
     exe
 }
 
@@ -742,16 +748,7 @@ int main(void) {
 #[test]
 fn captures_a_process_whose_main_thread_has_exited() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let src = dir.path().join("exited.c");
-    let exe = dir.path().join("exited-main");
-    std::fs::write(&src, EXITED_MAIN).expect("write");
-    let st = Command::new("gcc")
-        .args(["-O1", "-pthread", "-o"])
-        .arg(&exe)
-        .arg(&src)
-        .status()
-        .expect("gcc");
-    assert!(st.success());
+    let exe = compile(dir.path(), "gcc", "exited.c", "exited-main", EXITED_MAIN);
     let mut child = Command::new(&exe)
         .stdout(Stdio::piped())
         .spawn()
@@ -961,20 +958,6 @@ int main(int argc, char **argv) {
 }
 "#;
 
-fn compile_cxx(dir: &Path) -> PathBuf {
-    let src = dir.join("sweeper.cpp");
-    let exe = dir.join("sweeper");
-    std::fs::write(&src, CXX_SWEEPER).expect("write source");
-    let st = Command::new("g++")
-        .args(["-O1", "-g", "-pthread", "-o"])
-        .arg(&exe)
-        .arg(&src)
-        .status()
-        .expect("g++");
-    assert!(st.success(), "g++ failed");
-    exe
-}
-
 /// Every page of the sweeper's buffer in `core` as one instant has it; returns `(gen, cursor)`.
 fn assert_one_instant(core: &CoreFile, t: &Target, pages: u64) -> (u64, u64) {
     let (buf, gen_at, cursor_at) = (t.blocks["buf"].0, t.blocks["gen"].0, t.blocks["cursor"].0);
@@ -1034,7 +1017,7 @@ fn assert_untouched(pid: i32) {
 #[test]
 fn precopy_under_writes_is_one_instant_and_gdb_reads_it() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let exe = compile_cxx(dir.path());
+    let exe = compile(dir.path(), "g++", "sweeper.cpp", "sweeper", CXX_SWEEPER);
     let mib = 64u64;
     let child = Command::new(&exe)
         .args([mib.to_string().as_str(), "200"])
@@ -1165,17 +1148,7 @@ int main(void) {
 #[test]
 fn shared_memory_another_process_writes_is_read_at_the_stop() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let src = dir.path().join("shared.c");
-    let exe = dir.path().join("shared");
-    std::fs::write(&src, C_SHARED).expect("write source");
-    assert!(Command::new("gcc")
-        .arg("-O1")
-        .arg("-o")
-        .arg(&exe)
-        .arg(&src)
-        .status()
-        .expect("gcc")
-        .success());
+    let exe = compile(dir.path(), "gcc", "shared.c", "shared", C_SHARED);
     let child = Command::new(&exe)
         .stdout(Stdio::piped())
         .spawn()
